@@ -1,0 +1,109 @@
+//! Stable error and verdict codes.
+//!
+//! Every error the API returns and every preflight verdict carries one of these
+//! codes. The code string never changes once published; the texts may improve.
+//! Each code has an English and a Chinese message and a hint that says how to
+//! fix the problem.
+
+macro_rules! codes {
+    ($( $variant:ident = $code:literal, $en:literal, $zh:literal, $hint:literal; )*) => {
+        /// A stable code, such as `QF-LIMIT-RECIPIENTS`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Code { $( $variant, )* }
+
+        impl Code {
+            /// Every code, in catalogue order.
+            pub const ALL: &'static [Code] = &[ $( Code::$variant, )* ];
+
+            /// The code as it appears on the wire, e.g. `QF-LIMIT-RECIPIENTS`.
+            pub fn as_str(self) -> &'static str {
+                match self { $( Code::$variant => $code, )* }
+            }
+            /// Default English message.
+            pub fn message_en(self) -> &'static str {
+                match self { $( Code::$variant => $en, )* }
+            }
+            /// Default Chinese message.
+            pub fn message_zh(self) -> &'static str {
+                match self { $( Code::$variant => $zh, )* }
+            }
+            /// How to fix it.
+            pub fn hint(self) -> &'static str {
+                match self { $( Code::$variant => $hint, )* }
+            }
+            /// Looks a code up by its wire string.
+            pub fn from_wire(s: &str) -> Option<Code> {
+                match s { $( $code => Some(Code::$variant), )* _ => None }
+            }
+        }
+    };
+}
+
+codes! {
+    // Requests.
+    BadJson = "QF-BAD-JSON", "The request body is not valid JSON for this endpoint.", "请求体不是此接口可接受的 JSON。", "Check the body against /openapi.json: field names, types and required fields.";
+    BadRequest = "QF-BAD-REQUEST", "The request is malformed.", "请求格式错误。", "Check the parameters against /openapi.json.";
+    BadCursor = "QF-BAD-CURSOR", "The pagination cursor is not valid.", "分页游标无效。", "Pass back the next_cursor value of the previous page unchanged.";
+    Unauthenticated = "QF-AUTH-REQUIRED", "A valid API key is required.", "需要有效的 API 密钥。", "Send `Authorization: Bearer <key>` with a key issued for this workspace.";
+    Forbidden = "QF-AUTH-FORBIDDEN", "Your role does not allow this action.", "您的角色无权执行此操作。", "Ask a workspace owner or admin for a key with the needed role.";
+    NotFound = "QF-NOT-FOUND", "No such resource in this workspace.", "此工作区中不存在该资源。", "Check the id; ids of other workspaces are not visible.";
+    Conflict = "QF-STATE-CONFLICT", "The resource is not in a state that allows this action.", "资源当前状态不允许此操作。", "Fetch the resource to see its state.";
+    Duplicate = "QF-DUPLICATE", "A resource with this identity already exists.", "已存在相同标识的资源。", "Use the existing resource, or choose another identifier.";
+    PayloadTooLarge = "QF-PAYLOAD-TOO-LARGE", "The request body is too large.", "请求体过大。", "Split the upload into smaller parts.";
+    Internal = "QF-INTERNAL", "Internal error.", "内部错误。", "Retry later; if it persists, report it with the time of the request.";
+    Unavailable = "QF-UNAVAILABLE", "The service is temporarily unavailable.", "服务暂时不可用。", "Retry after the time in Retry-After.";
+    // Values.
+    InvalidName = "QF-INVALID-NAME", "The name is empty or too long.", "名称为空或过长。", "Use 1 to 128 characters.";
+    InvalidKind = "QF-INVALID-KIND", "Unknown workspace kind.", "未知的工作区类型。", "Use personal, enterprise or api.";
+    InvalidRole = "QF-INVALID-ROLE", "Unknown role.", "未知的角色。", "Use owner, admin, sender, reviewer, auditor or viewer.";
+    InvalidExternalId = "QF-INVALID-EXTERNAL-ID", "The external id is empty, too long or contains control characters.", "外部 ID 为空、过长或包含控制字符。", "Use 1 to 128 printable characters.";
+    InvalidAttribute = "QF-INVALID-ATTRIBUTE", "A profile attribute is invalid.", "联系人属性无效。", "Attribute keys are 1-64 letters, digits or _; values are strings, numbers or booleans; at most 64 attributes.";
+    InvalidEmail = "QF-INVALID-EMAIL", "The email address is not valid.", "邮箱地址无效。", "Use an address such as name@example.com.";
+    InvalidPhone = "QF-INVALID-PHONE", "The phone number is not valid.", "手机号无效。", "Use digits with an optional leading +, 6 to 20 digits.";
+    InvalidUrl = "QF-INVALID-URL", "The URL is not valid.", "URL 无效。", "Use an absolute http:// or https:// URL.";
+    InvalidChannel = "QF-INVALID-CHANNEL", "Unknown channel.", "未知的渠道。", "Use inbox, email, webhook, sms or wecom.";
+    InvalidTagPath = "QF-INVALID-TAG-PATH", "The tag path is not valid.", "标签路径无效。", "Use 1 to 3 non-empty levels separated by /, each at most 32 characters.";
+    TagTooDeep = "QF-TAG-TOO-DEEP", "Tags have at most 3 levels.", "标签最多 3 级。", "Shorten the path to 3 levels, e.g. 客户等级/金牌/华东.";
+    TagNested = "QF-TAG-NESTED-NOT-ALLOWED", "Personal workspaces have flat tags only.", "个人工作区只支持单级标签。", "Use a tag without /, or move to an enterprise workspace.";
+    InvalidDepartment = "QF-INVALID-DEPARTMENT", "The department is not valid.", "部门无效。", "Give a name of 1 to 64 characters and an existing parent_id.";
+    DepartmentNotAllowed = "QF-DEPARTMENT-NOT-ALLOWED", "Departments exist only in enterprise workspaces.", "只有企业工作区才有部门。", "Use tags, or move to an enterprise workspace.";
+    TextEmpty = "QF-CONTENT-EMPTY", "The message has no text.", "消息内容为空。", "Write the message text.";
+    TextTooLong = "QF-CONTENT-TOO-LONG", "The text is longer than the tier allows.", "文字超出当前账号类型允许的长度。", "Shorten the text; the limit is in the details.";
+    InvalidContent = "QF-INVALID-CONTENT", "The message content is incomplete or invalid.", "消息内容不完整或无效。", "Check the required fields of this message type in /openapi.json.";
+    ContentTypeNotAllowed = "QF-CONTENT-TYPE-NOT-ALLOWED", "This message type is not available for this kind of workspace.", "当前账号类型不支持此消息类型。", "Use text, image, link or miniprogram; file and rich text need an enterprise workspace.";
+    MediaNotFound = "QF-MEDIA-NOT-FOUND", "The referenced media was not uploaded to this workspace.", "引用的素材不存在于此工作区。", "Upload it with POST /v1/media and use the returned media_id.";
+    UnknownVariable = "QF-TEMPLATE-UNKNOWN-VARIABLE", "The message uses a variable no contact has.", "消息使用了不存在的变量。", "Use {{name}}, {{external_id}} or an attribute key that contacts have; give a default with {{key|default}}.";
+    TemplateSyntax = "QF-TEMPLATE-SYNTAX", "The message has an unclosed or empty {{variable}}.", "消息中的 {{变量}} 未闭合或为空。", "Close every {{ with }}; write a literal {{ as {{{{.";
+    // Audiences and import.
+    AudienceEmpty = "QF-AUDIENCE-EMPTY", "The audience has no recipients.", "发送对象为空。", "Pick a tag, department or contacts that exist and are not deleted.";
+    AudienceInvalid = "QF-AUDIENCE-INVALID", "The audience is not valid.", "发送对象无效。", "Give exactly one of contact_ids, tag, department or all.";
+    AudienceCombination = "QF-AUDIENCE-COMBINATION", "Personal workspaces send to one tag or to picked contacts, not a combination.", "个人号只能按单个标签或手动挑选联系人群发，不能跨标签组合。", "Pick one tag or a list of contacts; use an enterprise workspace for combined audiences.";
+    ApiBatchTooLarge = "QF-LIMIT-API-BATCH", "Too many recipients in one request.", "单次请求的接收者过多。", "Send at most 2,000 contact ids per request, or use a tag.";
+    ImportRejected = "QF-IMPORT-REJECTED", "Some import lines could not be parsed; nothing was imported.", "部分导入行无法解析，未导入任何数据。", "Fix the lines listed in rejected and import the file again.";
+    ImportFormat = "QF-IMPORT-FORMAT", "The import format is not recognised.", "无法识别导入格式。", "Send CSV with a header line (Content-Type: text/csv) or NDJSON (application/x-ndjson).";
+    LimitTags = "QF-LIMIT-TAGS", "The workspace has the most tags its tier allows.", "标签数量已达上限。", "Delete an unused tag (see the dormant-tag report) before creating another.";
+    LimitTagMembers = "QF-LIMIT-TAG-MEMBERS", "The tag would hold more contacts than the tier allows.", "该标签的联系人数量将超出上限。", "Split the contacts over several tags.";
+    // Preflight.
+    LimitRecipients = "QF-LIMIT-RECIPIENTS", "Too many recipients for one send.", "单次群发人数超出上限。", "Narrow the audience, or split it into several sends.";
+    LimitDailySends = "QF-LIMIT-DAILY-SENDS", "The daily number of mass sends is used up.", "今日群发次数已用完。", "Wait until clears_at, when the daily quota resets.";
+    ApprovalRequired = "QF-APPROVAL-REQUIRED", "A send this large needs approval.", "此规模的群发需要审批。", "Submit it; a reviewer or admin approves it with POST /v1/broadcasts/{id}/approve.";
+    ChannelUnavailable = "QF-CHANNEL-UNAVAILABLE", "The channel is not configured on this server.", "该渠道未在服务器上配置。", "Use the inbox channel, or configure the channel first.";
+    SelfApproval = "QF-APPROVAL-SELF", "You cannot approve your own send.", "不能审批自己的群发。", "Ask another reviewer or admin of the workspace.";
+    DuplicateClientMsgId = "QF-CLIENT-MSG-ID-REUSED", "This client_msg_id was used for different content.", "client_msg_id 已用于不同内容。", "Use a new client_msg_id for new content; resend the same body to get the original broadcast.";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_well_formed() {
+        let mut seen = std::collections::HashSet::new();
+        for code in Code::ALL {
+            assert!(seen.insert(code.as_str()), "duplicate {}", code.as_str());
+            assert!(code.as_str().starts_with("QF-"));
+            assert_eq!(Code::from_wire(code.as_str()), Some(*code));
+            assert!(!code.message_zh().is_empty() && !code.hint().is_empty());
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The policy: every number of the platform rules, read from a TOML file whose
+//! defaults ship in `policy/default.toml`. Code never hard-codes a limit.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::{message::ContentType, workspace::WorkspaceKind};
+
+/// The built-in policy file.
+pub const DEFAULT_POLICY_TOML: &str = include_str!("../policy/default.toml");
+
+/// The limits of one account tier.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TierPolicy {
+    /// Most recipients of one send; `None` is unlimited.
+    pub max_recipients: Option<u64>,
+    /// Sends with more recipients than this wait for approval.
+    pub approval_above: Option<u64>,
+    /// Mass sends per sender per local day; `None` is unlimited.
+    pub sends_per_day: Option<u32>,
+    pub text_max_chars: usize,
+    pub content_types: Vec<String>,
+    pub max_tags: Option<u64>,
+    pub max_contacts_per_tag: Option<u64>,
+    pub nested_tags: bool,
+    pub departments: bool,
+    /// Whether one send may combine tags, departments and contacts.
+    pub combined_audiences: bool,
+    /// Recipient limits per plan (API tier); a workspace's plan picks one.
+    #[serde(default)]
+    pub plans: BTreeMap<String, u64>,
+    pub default_plan: Option<String>,
+}
+
+impl TierPolicy {
+    pub fn allows_type(&self, t: ContentType) -> bool {
+        self.content_types.iter().any(|s| s == t.as_str())
+    }
+
+    /// The recipient limit for a workspace on `plan`.
+    pub fn recipient_limit(&self, plan: Option<&str>) -> Option<u64> {
+        let plan = plan.or(self.default_plan.as_deref());
+        plan.and_then(|p| self.plans.get(p).copied())
+            .or(self.max_recipients)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Tiers {
+    pub personal: TierPolicy,
+    pub enterprise: TierPolicy,
+    pub api: TierPolicy,
+}
+
+/// The whole policy.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub day_utc_offset_hours: i32,
+    pub api_batch_max: usize,
+    pub tiers: Tiers,
+}
+
+/// A policy file that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("invalid policy: {0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("invalid policy: {0}")]
+    Invalid(String),
+}
+
+impl Policy {
+    /// The built-in defaults.
+    ///
+    /// # Panics
+    /// Never: the default file is checked by a unit test.
+    pub fn builtin() -> Self {
+        Self::from_toml_str("").expect("the built-in policy parses")
+    }
+
+    /// Reads a policy file. Keys it leaves out keep their default values, so a
+    /// file may hold only the limits it changes.
+    ///
+    /// # Errors
+    /// Unknown keys, wrong types or inconsistent limits.
+    pub fn from_toml_str(overrides: &str) -> Result<Self, PolicyError> {
+        let mut base: toml::Table = toml::from_str(DEFAULT_POLICY_TOML)?;
+        let over: toml::Table = toml::from_str(overrides)?;
+        merge(&mut base, over);
+        let policy: Policy = toml::Value::Table(base).try_into()?;
+        policy.check()?;
+        Ok(policy)
+    }
+
+    fn check(&self) -> Result<(), PolicyError> {
+        if !(-12..=14).contains(&self.day_utc_offset_hours) {
+            return Err(PolicyError::Invalid(
+                "day_utc_offset_hours must be within -12..=14".into(),
+            ));
+        }
+        for (name, tier) in [
+            ("personal", &self.tiers.personal),
+            ("enterprise", &self.tiers.enterprise),
+            ("api", &self.tiers.api),
+        ] {
+            for t in &tier.content_types {
+                if ContentType::parse(t).is_err() {
+                    return Err(PolicyError::Invalid(format!(
+                        "tiers.{name}.content_types: unknown type {t:?}"
+                    )));
+                }
+            }
+            if tier.text_max_chars == 0 {
+                return Err(PolicyError::Invalid(format!(
+                    "tiers.{name}.text_max_chars must be positive"
+                )));
+            }
+            if let Some(plan) = &tier.default_plan {
+                if !tier.plans.contains_key(plan) {
+                    return Err(PolicyError::Invalid(format!(
+                        "tiers.{name}.default_plan {plan:?} is not in plans"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn tier(&self, kind: WorkspaceKind) -> &TierPolicy {
+        match kind {
+            WorkspaceKind::Personal => &self.tiers.personal,
+            WorkspaceKind::Enterprise => &self.tiers.enterprise,
+            WorkspaceKind::Api => &self.tiers.api,
+        }
+    }
+
+    /// The start of the local day that contains `now`, and the start of the next.
+    pub fn day_bounds(&self, now: crate::Millis) -> (crate::Millis, crate::Millis) {
+        const DAY: i64 = 86_400_000;
+        let offset = i64::from(self.day_utc_offset_hours) * 3_600_000;
+        let start = (now + offset).div_euclid(DAY) * DAY - offset;
+        (start, start + DAY)
+    }
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_matches_the_mission() {
+        let p = Policy::builtin();
+        assert_eq!(p.tiers.personal.max_recipients, Some(200));
+        assert_eq!(p.tiers.personal.sends_per_day, Some(5));
+        assert_eq!(p.tiers.enterprise.max_recipients, None);
+        assert_eq!(p.tiers.enterprise.approval_above, Some(500));
+        assert_eq!(p.tiers.api.recipient_limit(None), Some(500));
+        assert_eq!(p.tiers.api.recipient_limit(Some("pro")), Some(10_000));
+        assert!(!p.tiers.personal.allows_type(ContentType::File));
+    }
+
+    #[test]
+    fn overrides_merge_and_are_checked() {
+        let p = Policy::from_toml_str("[tiers.personal]\nsends_per_day = 3\n").unwrap();
+        assert_eq!(p.tiers.personal.sends_per_day, Some(3));
+        assert_eq!(p.tiers.personal.max_recipients, Some(200));
+        assert!(Policy::from_toml_str("[tiers.personal]\nsend_per_day = 3\n").is_err());
+        assert!(Policy::from_toml_str("[tiers.personal]\ncontent_types = [\"video\"]\n").is_err());
+    }
+
+    #[test]
+    fn day_bounds_use_the_offset() {
+        let p = Policy::builtin();
+        // 2026-11-21T15:59:59Z is 23:59:59 in UTC+8; 16:00Z is the next day.
+        let t = 1_795_276_799_000;
+        let (start, end) = p.day_bounds(t);
+        assert_eq!(end - start, 86_400_000);
+        assert_eq!(end, t + 1000);
+        assert!(start <= t && t < end);
+    }
+}

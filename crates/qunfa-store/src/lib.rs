@@ -1,0 +1,1 @@
+//! qunfa-store
