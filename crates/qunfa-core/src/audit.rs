@@ -67,18 +67,12 @@ pub enum ChainBreak {
 
 /// Verifies one chain, given its entries in `seq` order and the head
 /// (last seq and hash) recorded separately.
-pub fn verify_chain(
-    entries: &[StoredEntry],
-    head: Option<(i64, &str)>,
-) -> Result<usize, ChainBreak> {
+pub fn verify_chain(entries: &[StoredEntry], head: Option<(i64, &str)>) -> Result<usize, ChainBreak> {
     let mut prev_hash = GENESIS_HASH.to_owned();
     let mut prev_seq = 0;
     for e in entries {
         if e.seq != prev_seq + 1 {
-            return Err(ChainBreak::Gap {
-                after: prev_seq,
-                next: e.seq,
-            });
+            return Err(ChainBreak::Gap { after: prev_seq, next: e.seq });
         }
         if e.prev_hash != prev_hash {
             return Err(ChainBreak::BrokenLink { seq: e.seq });
@@ -100,10 +94,7 @@ pub fn verify_chain(
     }
     if let Some((head_seq, head_hash)) = head {
         if head_seq != prev_seq {
-            return Err(ChainBreak::Truncated {
-                last_seq: prev_seq,
-                head_seq,
-            });
+            return Err(ChainBreak::Truncated { last_seq: prev_seq, head_seq });
         }
         if head_hash != prev_hash {
             return Err(ChainBreak::Altered { seq: prev_seq });
@@ -156,25 +147,13 @@ mod tests {
 
         let mut altered = c.clone();
         altered[2].details = "{\"n\":99}".into();
-        assert_eq!(
-            verify_chain(&altered, Some(head)),
-            Err(ChainBreak::Altered { seq: 3 })
-        );
+        assert_eq!(verify_chain(&altered, Some(head)), Err(ChainBreak::Altered { seq: 3 }));
 
         let mut deleted = c.clone();
         deleted.remove(1);
-        assert_eq!(
-            verify_chain(&deleted, Some(head)),
-            Err(ChainBreak::Gap { after: 1, next: 3 })
-        );
+        assert_eq!(verify_chain(&deleted, Some(head)), Err(ChainBreak::Gap { after: 1, next: 3 }));
 
         let truncated = &c[..4];
-        assert_eq!(
-            verify_chain(truncated, Some(head)),
-            Err(ChainBreak::Truncated {
-                last_seq: 4,
-                head_seq: 5
-            })
-        );
+        assert_eq!(verify_chain(truncated, Some(head)), Err(ChainBreak::Truncated { last_seq: 4, head_seq: 5 }));
     }
 }

@@ -19,13 +19,7 @@ pub enum Channel {
 }
 
 impl Channel {
-    pub const ALL: [Channel; 5] = [
-        Channel::Inbox,
-        Channel::Email,
-        Channel::Webhook,
-        Channel::Sms,
-        Channel::Wecom,
-    ];
+    pub const ALL: [Channel; 5] = [Channel::Inbox, Channel::Email, Channel::Webhook, Channel::Sms, Channel::Wecom];
 
     pub fn parse(s: &str) -> Result<Self, Code> {
         match s {
@@ -88,15 +82,11 @@ impl EmailAddress {
             && !domain.starts_with('.')
             && !domain.ends_with('.')
             && !domain.contains("..")
-            && domain
-                .chars()
-                .all(|c| c.is_alphanumeric() || c == '-' || c == '.');
+            && domain.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '.');
         let local_ok = !local.is_empty()
             && local.len() <= 64
             && !local.contains('@')
-            && local
-                .chars()
-                .all(|c| !c.is_whitespace() && !c.is_control() && !"<>()[]\\,;:\"".contains(c));
+            && local.chars().all(|c| !c.is_whitespace() && !c.is_control() && !"<>()[]\\,;:\"".contains(c));
         if !domain_ok || !local_ok || s.len() > 254 {
             return Err(Code::InvalidEmail);
         }
@@ -113,11 +103,7 @@ pub struct PhoneNumber(String);
 
 impl PhoneNumber {
     pub fn parse(s: &str) -> Result<Self, Code> {
-        let compact: String = s
-            .trim()
-            .chars()
-            .filter(|c| *c != ' ' && *c != '-')
-            .collect();
+        let compact: String = s.trim().chars().filter(|c| *c != ' ' && *c != '-').collect();
         let digits = compact.strip_prefix('+').unwrap_or(&compact);
         if !(6..=20).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return Err(Code::InvalidPhone);
@@ -136,9 +122,7 @@ pub struct HttpUrl(String);
 impl HttpUrl {
     pub fn parse(s: &str) -> Result<Self, Code> {
         let s = s.trim();
-        let rest = s
-            .strip_prefix("https://")
-            .or_else(|| s.strip_prefix("http://"));
+        let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"));
         match rest {
             Some(rest)
                 if !rest.is_empty()
@@ -228,10 +212,7 @@ pub struct ContactError {
 
 impl ContactError {
     fn new(code: Code, field: impl Into<String>) -> Self {
-        Self {
-            code,
-            field: field.into(),
-        }
+        Self { code, field: field.into() }
     }
 }
 
@@ -283,38 +264,22 @@ impl ContactInput {
                 .map_err(|code| ContactError::new(code, "channels.webhook"))?,
             wecom_userid: match non_empty(c.wecom_userid) {
                 Some(s) if s.len() <= 64 && s.bytes().all(|b| b.is_ascii_graphic()) => Some(s),
-                Some(_) => {
-                    return Err(ContactError::new(
-                        Code::InvalidExternalId,
-                        "channels.wecom_userid",
-                    ))
-                }
+                Some(_) => return Err(ContactError::new(Code::InvalidExternalId, "channels.wecom_userid")),
                 None => None,
             },
         };
         let mut consent = BTreeMap::new();
         for (channel, given) in raw.consent {
-            let channel = Channel::parse(&channel)
-                .map_err(|c| ContactError::new(c, format!("consent.{channel}")))?;
+            let channel = Channel::parse(&channel).map_err(|c| ContactError::new(c, format!("consent.{channel}")))?;
             consent.insert(channel, given);
         }
         let mut tags = Vec::new();
         for (i, tag) in raw.tags.iter().enumerate() {
-            tags.push(
-                crate::tag::TagPath::parse(tag)
-                    .map_err(|c| ContactError::new(c, format!("tags[{i}]")))?,
-            );
+            tags.push(crate::tag::TagPath::parse(tag).map_err(|c| ContactError::new(c, format!("tags[{i}]")))?);
         }
         tags.sort();
         tags.dedup();
-        Ok(Self {
-            external_id,
-            name,
-            attributes,
-            channels,
-            consent,
-            tags,
-        })
+        Ok(Self { external_id, name, attributes, channels, consent, tags })
     }
 }
 
@@ -343,36 +308,12 @@ mod tests {
     fn invalid_fields_name_the_field() {
         let cases = [
             (r#"{"name":"x"}"#, Code::InvalidExternalId, "external_id"),
-            (
-                r#"{"external_id":"a","channels":{"email":"nope"}}"#,
-                Code::InvalidEmail,
-                "channels.email",
-            ),
-            (
-                r#"{"external_id":"a","channels":{"phone":"12ab"}}"#,
-                Code::InvalidPhone,
-                "channels.phone",
-            ),
-            (
-                r#"{"external_id":"a","attributes":{"9x":1}}"#,
-                Code::InvalidAttribute,
-                "attributes.9x",
-            ),
-            (
-                r#"{"external_id":"a","attributes":{"x":[1]}}"#,
-                Code::InvalidAttribute,
-                "attributes.x",
-            ),
-            (
-                r#"{"external_id":"a","tags":["a/b/c/d"]}"#,
-                Code::TagTooDeep,
-                "tags[0]",
-            ),
-            (
-                r#"{"external_id":"a","consent":{"fax":true}}"#,
-                Code::InvalidChannel,
-                "consent.fax",
-            ),
+            (r#"{"external_id":"a","channels":{"email":"nope"}}"#, Code::InvalidEmail, "channels.email"),
+            (r#"{"external_id":"a","channels":{"phone":"12ab"}}"#, Code::InvalidPhone, "channels.phone"),
+            (r#"{"external_id":"a","attributes":{"9x":1}}"#, Code::InvalidAttribute, "attributes.9x"),
+            (r#"{"external_id":"a","attributes":{"x":[1]}}"#, Code::InvalidAttribute, "attributes.x"),
+            (r#"{"external_id":"a","tags":["a/b/c/d"]}"#, Code::TagTooDeep, "tags[0]"),
+            (r#"{"external_id":"a","consent":{"fax":true}}"#, Code::InvalidChannel, "consent.fax"),
         ];
         for (json, code, field) in cases {
             let err = ContactInput::parse(raw(json)).unwrap_err();

@@ -80,10 +80,7 @@ struct Collector {
 
 impl Collector {
     fn new() -> Self {
-        Self {
-            out: ParsedImport::default(),
-            seen: HashSet::new(),
-        }
+        Self { out: ParsedImport::default(), seen: HashSet::new() }
     }
     fn push(&mut self, line: u64, raw: RawContact) {
         match ContactInput::parse(raw) {
@@ -94,10 +91,7 @@ impl Collector {
                     self.reject(
                         line,
                         Code::Duplicate,
-                        format!(
-                            "external_id {:?} appears earlier in the file",
-                            contact.external_id.as_str()
-                        ),
+                        format!("external_id {:?} appears earlier in the file", contact.external_id.as_str()),
                     );
                 }
             }
@@ -108,11 +102,7 @@ impl Collector {
         }
     }
     fn reject(&mut self, line: u64, code: Code, message: String) {
-        self.out.rejected.push(Rejection {
-            line,
-            code,
-            message,
-        });
+        self.out.rejected.push(Rejection { line, code, message });
     }
 }
 
@@ -126,52 +116,28 @@ fn parse_ndjson(data: &[u8]) -> ParsedImport {
         }
         match serde_json::from_slice::<RawContact>(line) {
             Ok(raw) => c.push(line_no, raw),
-            Err(e) => c.reject(
-                line_no,
-                Code::BadJson,
-                format!("column {}: {e}", e.column()),
-            ),
+            Err(e) => c.reject(line_no, Code::BadJson, format!("column {}: {e}", e.column())),
         }
     }
     c.out
 }
 
 /// Known CSV columns; every other column is a profile attribute.
-const CSV_FIELDS: [&str; 8] = [
-    "external_id",
-    "name",
-    "email",
-    "phone",
-    "webhook",
-    "wecom_userid",
-    "tags",
-    "consent",
-];
+const CSV_FIELDS: [&str; 8] = ["external_id", "name", "email", "phone", "webhook", "wecom_userid", "tags", "consent"];
 
 fn parse_csv(data: &[u8]) -> ParsedImport {
     let mut c = Collector::new();
     let data = data.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(data);
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(false)
-        .from_reader(data);
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(data);
     let headers = match reader.headers() {
         Ok(h) => h.iter().map(|h| h.trim().to_owned()).collect::<Vec<_>>(),
         Err(e) => {
-            c.reject(
-                1,
-                Code::ImportFormat,
-                format!("the header line is not valid CSV: {e}"),
-            );
+            c.reject(1, Code::ImportFormat, format!("the header line is not valid CSV: {e}"));
             return c.out;
         }
     };
     if !headers.iter().any(|h| h == "external_id") {
-        c.reject(
-            1,
-            Code::ImportFormat,
-            "the header line has no external_id column".into(),
-        );
+        c.reject(1, Code::ImportFormat, "the header line has no external_id column".into());
         return c.out;
     }
     let mut record = csv::StringRecord::new();
@@ -200,11 +166,7 @@ fn parse_csv(data: &[u8]) -> ParsedImport {
 }
 
 fn csv_row(headers: &[String], record: &csv::StringRecord) -> RawContact {
-    let mut raw = RawContact {
-        channels: RawChannels::default(),
-        attributes: BTreeMap::new(),
-        ..Default::default()
-    };
+    let mut raw = RawContact { channels: RawChannels::default(), attributes: BTreeMap::new(), ..Default::default() };
     for (header, value) in headers.iter().zip(record.iter()) {
         let value = value.trim();
         if value.is_empty() {
@@ -230,29 +192,17 @@ fn csv_row(headers: &[String], record: &csv::StringRecord) -> RawContact {
 }
 
 fn split_list(value: &str) -> Vec<String> {
-    value
-        .split(['|', ';'])
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
+    value.split(['|', ';']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
 }
 
 /// CSV cells are text; plain decimal numbers and true/false become typed values
 /// so that audience ranges work on imported data.
 fn csv_attribute(value: &str) -> serde_json::Value {
-    let numeric = value
-        .bytes()
-        .enumerate()
-        .all(|(i, b)| b.is_ascii_digit() || b == b'.' || (i == 0 && b == b'-'))
+    let numeric = value.bytes().enumerate().all(|(i, b)| b.is_ascii_digit() || b == b'.' || (i == 0 && b == b'-'))
         && value.bytes().any(|b| b.is_ascii_digit())
         && !(value.len() > 1 && value.starts_with('0') && !value.starts_with("0."));
     if numeric {
-        if let Some(n) = value
-            .parse::<f64>()
-            .ok()
-            .and_then(serde_json::Number::from_f64)
-        {
+        if let Some(n) = value.parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
             return serde_json::Value::Number(n);
         }
     }
@@ -274,15 +224,7 @@ mod tests {
         let out = parse(ImportFormat::Ndjson, data);
         assert_eq!(out.contacts.len(), 1);
         let lines: Vec<_> = out.rejected.iter().map(|r| (r.line, r.code)).collect();
-        assert_eq!(
-            lines,
-            [
-                (3, Code::BadJson),
-                (4, Code::InvalidEmail),
-                (5, Code::Duplicate),
-                (6, Code::BadJson)
-            ]
-        );
+        assert_eq!(lines, [(3, Code::BadJson), (4, Code::InvalidEmail), (5, Code::Duplicate), (6, Code::BadJson)]);
     }
 
     #[test]
@@ -300,10 +242,7 @@ mod tests {
         assert_eq!(u1.attributes["zip"], AttrValue::Text("0210".into()));
         assert_eq!(u1.consent.len(), 2);
         assert_eq!(out.rejected.len(), 1);
-        assert_eq!(
-            (out.rejected[0].line, out.rejected[0].code),
-            (4, Code::InvalidExternalId)
-        );
+        assert_eq!((out.rejected[0].line, out.rejected[0].code), (4, Code::InvalidExternalId));
     }
 
     #[test]
@@ -316,9 +255,6 @@ mod tests {
     fn csv_wrong_field_count() {
         let out = parse(ImportFormat::Csv, b"external_id,name\na,b\nc,d,e\nf,g\n");
         assert_eq!(out.contacts.len(), 2);
-        assert_eq!(
-            (out.rejected[0].line, out.rejected[0].code),
-            (3, Code::ImportFormat)
-        );
+        assert_eq!((out.rejected[0].line, out.rejected[0].code), (3, Code::ImportFormat));
     }
 }

@@ -44,10 +44,7 @@ pub struct MediaId(String);
 
 impl MediaId {
     pub fn parse(s: &str) -> Result<Self, Code> {
-        if s.len() == 64
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             Ok(Self(s.to_owned()))
         } else {
             Err(Code::MediaNotFound)
@@ -84,10 +81,7 @@ impl MessageText {
             return Err(Code::TextTooLong);
         }
         let template = Template::parse(s)?;
-        Ok(Self {
-            raw: s.to_owned(),
-            template,
-        })
+        Ok(Self { raw: s.to_owned(), template })
     }
     pub fn as_str(&self) -> &str {
         &self.raw
@@ -113,31 +107,12 @@ fn short_text(s: &str, max: usize) -> Result<String, Code> {
 /// Validated message content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Content {
-    Text {
-        text: MessageText,
-    },
-    Image {
-        media_id: MediaId,
-        caption: Option<MessageText>,
-    },
-    Link {
-        url: HttpUrl,
-        title: String,
-        description: Option<MessageText>,
-    },
-    MiniProgram {
-        appid: String,
-        pagepath: String,
-        title: String,
-        thumb_media_id: Option<MediaId>,
-    },
-    File {
-        media_id: MediaId,
-        filename: String,
-    },
-    RichText {
-        html: MessageText,
-    },
+    Text { text: MessageText },
+    Image { media_id: MediaId, caption: Option<MessageText> },
+    Link { url: HttpUrl, title: String, description: Option<MessageText> },
+    MiniProgram { appid: String, pagepath: String, title: String, thumb_media_id: Option<MediaId> },
+    File { media_id: MediaId, filename: String },
+    RichText { html: MessageText },
 }
 
 /// Content as it arrives, before validation (every field optional).
@@ -175,9 +150,9 @@ impl Content {
             _ => Ok(None),
         };
         Ok(match ContentType::parse(&raw.content_type)? {
-            ContentType::Text => Content::Text {
-                text: MessageText::parse(raw.text.as_deref().unwrap_or(""), max_text_chars)?,
-            },
+            ContentType::Text => {
+                Content::Text { text: MessageText::parse(raw.text.as_deref().unwrap_or(""), max_text_chars)? }
+            }
             ContentType::Image => Content::Image {
                 media_id: MediaId::parse(need(&raw.media_id)?)?,
                 caption: optional_text(&raw.caption)?,
@@ -189,30 +164,23 @@ impl Content {
             },
             ContentType::MiniProgram => {
                 let appid = need(&raw.appid)?;
-                if appid.is_empty()
-                    || appid.len() > 32
-                    || !appid.bytes().all(|b| b.is_ascii_alphanumeric())
-                {
+                if appid.is_empty() || appid.len() > 32 || !appid.bytes().all(|b| b.is_ascii_alphanumeric()) {
                     return Err(Code::InvalidContent);
                 }
                 Content::MiniProgram {
                     appid: appid.to_owned(),
                     pagepath: short_text(need(&raw.pagepath)?, 256)?,
                     title: short_text(need(&raw.title)?, 64)?,
-                    thumb_media_id: raw
-                        .thumb_media_id
-                        .as_deref()
-                        .map(MediaId::parse)
-                        .transpose()?,
+                    thumb_media_id: raw.thumb_media_id.as_deref().map(MediaId::parse).transpose()?,
                 }
             }
             ContentType::File => Content::File {
                 media_id: MediaId::parse(need(&raw.media_id)?)?,
                 filename: short_text(need(&raw.filename)?, 128)?,
             },
-            ContentType::RichText => Content::RichText {
-                html: MessageText::parse(raw.html.as_deref().unwrap_or(""), MAX_RICH_TEXT_CHARS)?,
-            },
+            ContentType::RichText => {
+                Content::RichText { html: MessageText::parse(raw.html.as_deref().unwrap_or(""), MAX_RICH_TEXT_CHARS)? }
+            }
         })
     }
 
@@ -254,31 +222,19 @@ impl Content {
 
     /// The raw form, for storage.
     pub fn to_raw(&self) -> RawContent {
-        let mut raw = RawContent {
-            content_type: self.content_type().as_str().to_owned(),
-            ..Default::default()
-        };
+        let mut raw = RawContent { content_type: self.content_type().as_str().to_owned(), ..Default::default() };
         match self {
             Content::Text { text } => raw.text = Some(text.as_str().to_owned()),
             Content::Image { media_id, caption } => {
                 raw.media_id = Some(media_id.as_str().to_owned());
                 raw.caption = caption.as_ref().map(|c| c.as_str().to_owned());
             }
-            Content::Link {
-                url,
-                title,
-                description,
-            } => {
+            Content::Link { url, title, description } => {
                 raw.url = Some(url.as_str().to_owned());
                 raw.title = Some(title.clone());
                 raw.description = description.as_ref().map(|c| c.as_str().to_owned());
             }
-            Content::MiniProgram {
-                appid,
-                pagepath,
-                title,
-                thumb_media_id,
-            } => {
+            Content::MiniProgram { appid, pagepath, title, thumb_media_id } => {
                 raw.appid = Some(appid.clone());
                 raw.pagepath = Some(pagepath.clone());
                 raw.title = Some(title.clone());
@@ -299,20 +255,13 @@ mod tests {
     use super::*;
 
     fn text(s: &str) -> RawContent {
-        RawContent {
-            content_type: "text".into(),
-            text: Some(s.into()),
-            ..Default::default()
-        }
+        RawContent { content_type: "text".into(), text: Some(s.into()), ..Default::default() }
     }
 
     #[test]
     fn text_limits_count_characters() {
         assert!(Content::parse(&text(&"群".repeat(2048)), 2048).is_ok());
-        assert_eq!(
-            Content::parse(&text(&"群".repeat(2049)), 2048),
-            Err(Code::TextTooLong)
-        );
+        assert_eq!(Content::parse(&text(&"群".repeat(2049)), 2048), Err(Code::TextTooLong));
         assert_eq!(Content::parse(&text("   "), 2048), Err(Code::TextEmpty));
     }
 
@@ -324,24 +273,11 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(Content::parse(&link, 2048), Err(Code::InvalidContent));
-        let link = RawContent {
-            title: Some("新品".into()),
-            ..link
-        };
-        assert_eq!(
-            Content::parse(&link, 2048).unwrap().content_type(),
-            ContentType::Link
-        );
-        let image = RawContent {
-            content_type: "image".into(),
-            media_id: Some("abc".into()),
-            ..Default::default()
-        };
+        let link = RawContent { title: Some("新品".into()), ..link };
+        assert_eq!(Content::parse(&link, 2048).unwrap().content_type(), ContentType::Link);
+        let image = RawContent { content_type: "image".into(), media_id: Some("abc".into()), ..Default::default() };
         assert_eq!(Content::parse(&image, 2048), Err(Code::MediaNotFound));
-        let bogus = RawContent {
-            content_type: "video".into(),
-            ..Default::default()
-        };
+        let bogus = RawContent { content_type: "video".into(), ..Default::default() };
         assert_eq!(Content::parse(&bogus, 2048), Err(Code::InvalidContent));
     }
 

@@ -42,8 +42,7 @@ impl TierPolicy {
     /// The recipient limit for a workspace on `plan`.
     pub fn recipient_limit(&self, plan: Option<&str>) -> Option<u64> {
         let plan = plan.or(self.default_plan.as_deref());
-        plan.and_then(|p| self.plans.get(p).copied())
-            .or(self.max_recipients)
+        plan.and_then(|p| self.plans.get(p).copied()).or(self.max_recipients)
     }
 }
 
@@ -98,32 +97,22 @@ impl Policy {
 
     fn check(&self) -> Result<(), PolicyError> {
         if !(-12..=14).contains(&self.day_utc_offset_hours) {
-            return Err(PolicyError::Invalid(
-                "day_utc_offset_hours must be within -12..=14".into(),
-            ));
+            return Err(PolicyError::Invalid("day_utc_offset_hours must be within -12..=14".into()));
         }
-        for (name, tier) in [
-            ("personal", &self.tiers.personal),
-            ("enterprise", &self.tiers.enterprise),
-            ("api", &self.tiers.api),
-        ] {
+        for (name, tier) in
+            [("personal", &self.tiers.personal), ("enterprise", &self.tiers.enterprise), ("api", &self.tiers.api)]
+        {
             for t in &tier.content_types {
                 if ContentType::parse(t).is_err() {
-                    return Err(PolicyError::Invalid(format!(
-                        "tiers.{name}.content_types: unknown type {t:?}"
-                    )));
+                    return Err(PolicyError::Invalid(format!("tiers.{name}.content_types: unknown type {t:?}")));
                 }
             }
             if tier.text_max_chars == 0 {
-                return Err(PolicyError::Invalid(format!(
-                    "tiers.{name}.text_max_chars must be positive"
-                )));
+                return Err(PolicyError::Invalid(format!("tiers.{name}.text_max_chars must be positive")));
             }
             if let Some(plan) = &tier.default_plan {
                 if !tier.plans.contains_key(plan) {
-                    return Err(PolicyError::Invalid(format!(
-                        "tiers.{name}.default_plan {plan:?} is not in plans"
-                    )));
+                    return Err(PolicyError::Invalid(format!("tiers.{name}.default_plan {plan:?} is not in plans")));
                 }
             }
         }

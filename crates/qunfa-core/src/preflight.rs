@@ -2,9 +2,7 @@
 //! every verdict that would block, delay or hold it for review, so preflight
 //! and send share one code path.
 
-use crate::{
-    contact::Channel, message::Content, policy::Policy, workspace::WorkspaceKind, Code, Millis,
-};
+use crate::{contact::Channel, message::Content, policy::Policy, workspace::WorkspaceKind, Code, Millis};
 
 /// How serious a verdict is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -127,9 +125,7 @@ pub fn preflight(policy: &Policy, p: &SendProposal<'_>) -> Vec<Verdict> {
     // Text length (the content was parsed with the tier limit already, but a
     // policy change since the draft was written must still be honoured).
     for text in p.content.texts() {
-        if text.n_chars() > tier.text_max_chars
-            && content_type != crate::message::ContentType::RichText
-        {
+        if text.n_chars() > tier.text_max_chars && content_type != crate::message::ContentType::RichText {
             out.push(
                 Verdict::new(
                     Code::TextTooLong,
@@ -139,24 +135,14 @@ pub fn preflight(policy: &Policy, p: &SendProposal<'_>) -> Vec<Verdict> {
                         text.n_chars(),
                         tier.text_max_chars
                     ),
-                    format!(
-                        "文字共 {} 个字符，{} 工作区最多 {} 个。",
-                        text.n_chars(),
-                        kind,
-                        tier.text_max_chars
-                    ),
+                    format!("文字共 {} 个字符，{} 工作区最多 {} 个。", text.n_chars(), kind, tier.text_max_chars),
                 )
                 .limits(tier.text_max_chars as u64, text.n_chars() as u64),
             );
         }
     }
     if !p.unknown_variables.is_empty() {
-        let list = p
-            .unknown_variables
-            .iter()
-            .map(|v| format!("{{{{{v}}}}}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let list = p.unknown_variables.iter().map(|v| format!("{{{{{v}}}}}")).collect::<Vec<_>>().join(", ");
         out.push(Verdict::new(
             Code::UnknownVariable,
             Severity::Block,
@@ -204,7 +190,10 @@ pub fn preflight(policy: &Policy, p: &SendProposal<'_>) -> Vec<Verdict> {
                 Verdict::new(
                     Code::LimitRecipients,
                     Severity::Block,
-                    format!("The audience has {} recipients; {kind} workspaces may send to {limit} at once.", p.n_recipients),
+                    format!(
+                        "The audience has {} recipients; {kind} workspaces may send to {limit} at once.",
+                        p.n_recipients
+                    ),
                     format!("发送对象共 {} 人，{} 工作区单次最多 {} 人。", p.n_recipients, kind, limit),
                 )
                 .limits(limit, p.n_recipients),
@@ -218,10 +207,7 @@ pub fn preflight(policy: &Policy, p: &SendProposal<'_>) -> Vec<Verdict> {
             out.push(Verdict::new(
                 Code::ChannelUnavailable,
                 Severity::Block,
-                format!(
-                    "The {} channel is not configured on this server.",
-                    channel.as_str()
-                ),
+                format!("The {} channel is not configured on this server.", channel.as_str()),
                 format!("服务器未配置 {} 渠道。", channel.as_str()),
             ));
         }
@@ -234,14 +220,8 @@ pub fn preflight(policy: &Policy, p: &SendProposal<'_>) -> Vec<Verdict> {
             let mut v = Verdict::new(
                 Code::LimitDailySends,
                 Severity::Block,
-                format!(
-                    "{} of {per_day} mass sends used today; the quota resets at local midnight.",
-                    p.sends_today
-                ),
-                format!(
-                    "今日已群发 {} 次（上限 {per_day} 次），零点后恢复。",
-                    p.sends_today
-                ),
+                format!("{} of {per_day} mass sends used today; the quota resets at local midnight.", p.sends_today),
+                format!("今日已群发 {} 次（上限 {per_day} 次），零点后恢复。", p.sends_today),
             )
             .limits(u64::from(per_day), u64::from(p.sends_today));
             v.clears_at = Some(next_day);
@@ -256,14 +236,8 @@ pub fn preflight(policy: &Policy, p: &SendProposal<'_>) -> Vec<Verdict> {
                 Verdict::new(
                     Code::ApprovalRequired,
                     Severity::Review,
-                    format!(
-                        "{} recipients is above {above}: the send waits for approval.",
-                        p.n_recipients
-                    ),
-                    format!(
-                        "发送对象 {} 人超过 {above} 人，需审批后发送。",
-                        p.n_recipients
-                    ),
+                    format!("{} recipients is above {above}: the send waits for approval.", p.n_recipients),
+                    format!("发送对象 {} 人超过 {above} 人，需审批后发送。", p.n_recipients),
                 )
                 .limits(above, p.n_recipients),
             );
@@ -297,11 +271,7 @@ mod tests {
                 filename: Some("报价单.pdf".into()),
                 ..Default::default()
             },
-            _ => RawContent {
-                content_type: "text".into(),
-                text: Some("你好".into()),
-                ..Default::default()
-            },
+            _ => RawContent { content_type: "text".into(), text: Some("你好".into()), ..Default::default() },
         };
         Content::parse(&raw, 2048).unwrap()
     }
@@ -326,22 +296,13 @@ mod tests {
             sends_today,
             now: 1_795_276_799_000,
         };
-        preflight(&policy, &p)
-            .iter()
-            .map(|v| (v.code.as_str(), v.severity.as_str()))
-            .collect()
+        preflight(&policy, &p).iter().map(|v| (v.code.as_str(), v.severity.as_str())).collect()
     }
 
     #[test]
     fn personal_rules_all_at_once() {
         let file = content("file");
-        let got = codes(
-            WorkspaceKind::Personal,
-            &file,
-            AudienceShape::Tags { n_tags: 2 },
-            350,
-            5,
-        );
+        let got = codes(WorkspaceKind::Personal, &file, AudienceShape::Tags { n_tags: 2 }, 350, 5);
         assert_eq!(
             got,
             [
@@ -357,27 +318,13 @@ mod tests {
     fn personal_within_limits_passes() {
         let text = content("text");
         assert!(codes(WorkspaceKind::Personal, &text, AudienceShape::Tag, 200, 4).is_empty());
-        assert!(codes(
-            WorkspaceKind::Personal,
-            &text,
-            AudienceShape::Contacts { n_ids: 3 },
-            3,
-            0
-        )
-        .is_empty());
+        assert!(codes(WorkspaceKind::Personal, &text, AudienceShape::Contacts { n_ids: 3 }, 3, 0).is_empty());
     }
 
     #[test]
     fn enterprise_needs_approval_above_500() {
         let text = content("file");
-        assert!(codes(
-            WorkspaceKind::Enterprise,
-            &text,
-            AudienceShape::Tags { n_tags: 3 },
-            500,
-            99
-        )
-        .is_empty());
+        assert!(codes(WorkspaceKind::Enterprise, &text, AudienceShape::Tags { n_tags: 3 }, 500, 99).is_empty());
         assert_eq!(
             codes(WorkspaceKind::Enterprise, &text, AudienceShape::All, 501, 0),
             [("QF-APPROVAL-REQUIRED", "review")]

@@ -17,11 +17,10 @@ impl TagPath {
     /// empty or over-long segments.
     pub fn parse(s: &str) -> Result<Self, Code> {
         let segments: Vec<&str> = s.split('/').map(str::trim).collect();
-        if segments.iter().any(|seg| {
-            seg.is_empty()
-                || seg.chars().count() > MAX_SEGMENT_CHARS
-                || seg.chars().any(char::is_control)
-        }) {
+        if segments
+            .iter()
+            .any(|seg| seg.is_empty() || seg.chars().count() > MAX_SEGMENT_CHARS || seg.chars().any(char::is_control))
+        {
             return Err(Code::InvalidTagPath);
         }
         if segments.len() > MAX_TAG_DEPTH {
@@ -58,10 +57,7 @@ mod tests {
 
     #[test]
     fn parse_paths() {
-        assert_eq!(
-            TagPath::parse(" 客户等级 / 金牌 ").unwrap().as_str(),
-            "客户等级/金牌"
-        );
+        assert_eq!(TagPath::parse(" 客户等级 / 金牌 ").unwrap().as_str(), "客户等级/金牌");
         assert_eq!(TagPath::parse("a/b/c/d"), Err(Code::TagTooDeep));
         assert_eq!(TagPath::parse("a//b"), Err(Code::InvalidTagPath));
         assert_eq!(TagPath::parse(""), Err(Code::InvalidTagPath));

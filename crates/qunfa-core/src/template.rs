@@ -16,10 +16,7 @@ pub struct Template {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
     Literal(String),
-    Variable {
-        name: String,
-        default: Option<String>,
-    },
+    Variable { name: String, default: Option<String> },
 }
 
 /// Built-in variables every contact has.
@@ -53,10 +50,7 @@ impl Template {
             if !literal.is_empty() {
                 segments.push(Segment::Literal(std::mem::take(&mut literal)));
             }
-            segments.push(Segment::Variable {
-                name: name.to_owned(),
-                default,
-            });
+            segments.push(Segment::Variable { name: name.to_owned(), default });
             rest = &after[end + 2..];
         }
         literal.push_str(rest);
@@ -68,9 +62,7 @@ impl Template {
 
     /// Whether rendering depends on the recipient.
     pub fn has_variables(&self) -> bool {
-        self.segments
-            .iter()
-            .any(|s| matches!(s, Segment::Variable { .. }))
+        self.segments.iter().any(|s| matches!(s, Segment::Variable { .. }))
     }
 
     /// Variable names used, in order of first use.
@@ -87,14 +79,8 @@ impl Template {
     }
 
     /// Variables that are neither built in nor in `known_attributes`.
-    pub fn unknown_variables<'a>(
-        &'a self,
-        known_attributes: &dyn Fn(&str) -> bool,
-    ) -> Vec<&'a str> {
-        self.variables()
-            .into_iter()
-            .filter(|v| !BUILTIN_VARIABLES.contains(v) && !known_attributes(v))
-            .collect()
+    pub fn unknown_variables<'a>(&'a self, known_attributes: &dyn Fn(&str) -> bool) -> Vec<&'a str> {
+        self.variables().into_iter().filter(|v| !BUILTIN_VARIABLES.contains(v) && !known_attributes(v)).collect()
     }
 
     /// Renders with `lookup` giving each variable's value for one recipient.
@@ -128,10 +114,7 @@ mod tests {
 
     #[test]
     fn renders() {
-        assert_eq!(
-            render("{{name}}您好，{{ city }}门店见"),
-            "张三您好，上海门店见"
-        );
+        assert_eq!(render("{{name}}您好，{{ city }}门店见"), "张三您好，上海门店见");
         assert_eq!(render("亲爱的{{level|会员}}"), "亲爱的会员");
         assert_eq!(render("literal {{{{name}}"), "literal {{name}}");
         assert_eq!(render("no vars"), "no vars");

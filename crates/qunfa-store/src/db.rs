@@ -1,0 +1,580 @@
+//! One portable SQL layer over two backends: embedded SQLite (rusqlite) and
+//! PostgreSQL (the synchronous `postgres` client). Store code writes SQL once
+//! with `?` placeholders; this module rewrites them to `$n` for PostgreSQL,
+//! caches prepared statements per connection, and converts values both ways.
+//!
+//! Everything here blocks: async callers run it on a blocking thread.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Condvar, Mutex},
+    time::Duration,
+};
+
+use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+
+use crate::StoreError;
+
+/// A value bound to or read from SQL.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value::Int(v)
+    }
+}
+impl From<u32> for Value {
+    fn from(v: u32) -> Self {
+        Value::Int(i64::from(v))
+    }
+}
+impl From<usize> for Value {
+    fn from(v: usize) -> Self {
+        Value::Int(v as i64)
+    }
+}
+impl From<u64> for Value {
+    fn from(v: u64) -> Self {
+        Value::Int(v as i64)
+    }
+}
+impl From<bool> for Value {
+    fn from(v: bool) -> Self {
+        Value::Int(i64::from(v))
+    }
+}
+impl From<f64> for Value {
+    fn from(v: f64) -> Self {
+        Value::Real(v)
+    }
+}
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Value::Text(v.to_owned())
+    }
+}
+impl From<String> for Value {
+    fn from(v: String) -> Self {
+        Value::Text(v)
+    }
+}
+impl From<&String> for Value {
+    fn from(v: &String) -> Self {
+        Value::Text(v.clone())
+    }
+}
+impl From<Vec<u8>> for Value {
+    fn from(v: Vec<u8>) -> Self {
+        Value::Blob(v)
+    }
+}
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+
+/// Builds a `&[Value]` from expressions.
+#[macro_export]
+macro_rules! params {
+    () => { &[] as &[$crate::db::Value] };
+    ($($v:expr),+ $(,)?) => { &[$($crate::db::Value::from($v)),+] as &[$crate::db::Value] };
+}
+
+/// One result row.
+#[derive(Debug, Clone)]
+pub struct Row(Vec<Value>);
+
+impl Row {
+    pub fn i64(&self, i: usize) -> i64 {
+        match &self.0[i] {
+            Value::Int(v) => *v,
+            Value::Real(v) => *v as i64,
+            _ => 0,
+        }
+    }
+    pub fn opt_i64(&self, i: usize) -> Option<i64> {
+        match &self.0[i] {
+            Value::Null => None,
+            _ => Some(self.i64(i)),
+        }
+    }
+    pub fn str(&self, i: usize) -> &str {
+        match &self.0[i] {
+            Value::Text(s) => s,
+            _ => "",
+        }
+    }
+    pub fn opt_str(&self, i: usize) -> Option<&str> {
+        match &self.0[i] {
+            Value::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+    pub fn string(&self, i: usize) -> String {
+        self.str(i).to_owned()
+    }
+    pub fn opt_string(&self, i: usize) -> Option<String> {
+        self.opt_str(i).map(str::to_owned)
+    }
+    pub fn blob(&self, i: usize) -> &[u8] {
+        match &self.0[i] {
+            Value::Blob(b) => b,
+            Value::Text(s) => s.as_bytes(),
+            _ => &[],
+        }
+    }
+    pub fn opt_blob(&self, i: usize) -> Option<&[u8]> {
+        match &self.0[i] {
+            Value::Null => None,
+            _ => Some(self.blob(i)),
+        }
+    }
+}
+
+/// Which database is behind a [`Db`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl ToSql for Value {
+    fn to_sql(&self, ty: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Int(v) => match *ty {
+                Type::INT2 => i16::try_from(*v)?.to_sql(ty, out),
+                Type::INT4 => i32::try_from(*v)?.to_sql(ty, out),
+                Type::BOOL => (*v != 0).to_sql(ty, out),
+                Type::FLOAT8 => (*v as f64).to_sql(ty, out),
+                _ => v.to_sql(ty, out),
+            },
+            Value::Real(v) => v.to_sql(ty, out),
+            Value::Text(v) => v.to_sql(ty, out),
+            Value::Blob(v) => v.to_sql(ty, out),
+        }
+    }
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+    to_sql_checked!();
+}
+
+/// An open connection of either backend.
+pub enum Conn {
+    Sqlite(rusqlite::Connection),
+    Postgres { client: postgres::Client, statements: HashMap<String, postgres::Statement> },
+}
+
+impl Conn {
+    pub fn backend(&self) -> Backend {
+        match self {
+            Conn::Sqlite(_) => Backend::Sqlite,
+            Conn::Postgres { .. } => Backend::Postgres,
+        }
+    }
+
+    /// Runs a statement; returns the number of rows changed.
+    pub fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
+        match self {
+            Conn::Sqlite(c) => {
+                let mut stmt = c.prepare_cached(sql)?;
+                let n = stmt.execute(rusqlite::params_from_iter(params.iter().map(sqlite_value)))?;
+                Ok(n as u64)
+            }
+            Conn::Postgres { client, statements } => {
+                let stmt = pg_prepare(client, statements, sql)?;
+                let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+                Ok(client.execute(&stmt, &refs)?)
+            }
+        }
+    }
+
+    /// Runs a query and returns every row.
+    pub fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        match self {
+            Conn::Sqlite(c) => {
+                let mut stmt = c.prepare_cached(sql)?;
+                let n_cols = stmt.column_count();
+                let mut rows = stmt.query(rusqlite::params_from_iter(params.iter().map(sqlite_value)))?;
+                let mut out = Vec::new();
+                while let Some(row) = rows.next()? {
+                    let mut values = Vec::with_capacity(n_cols);
+                    for i in 0..n_cols {
+                        values.push(match row.get_ref(i)? {
+                            rusqlite::types::ValueRef::Null => Value::Null,
+                            rusqlite::types::ValueRef::Integer(v) => Value::Int(v),
+                            rusqlite::types::ValueRef::Real(v) => Value::Real(v),
+                            rusqlite::types::ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+                            rusqlite::types::ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+                        });
+                    }
+                    out.push(Row(values));
+                }
+                Ok(out)
+            }
+            Conn::Postgres { client, statements } => {
+                let stmt = pg_prepare(client, statements, sql)?;
+                let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+                let rows = client.query(&stmt, &refs)?;
+                rows.iter().map(pg_row).collect()
+            }
+        }
+    }
+
+    pub fn query_opt(&mut self, sql: &str, params: &[Value]) -> Result<Option<Row>, StoreError> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+
+    pub fn query_one(&mut self, sql: &str, params: &[Value]) -> Result<Row, StoreError> {
+        self.query_opt(sql, params)?.ok_or(StoreError::NotFound)
+    }
+
+    /// Runs several statements without parameters.
+    pub fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        match self {
+            Conn::Sqlite(c) => c.execute_batch(sql)?,
+            Conn::Postgres { client, .. } => client.batch_execute(sql)?,
+        }
+        Ok(())
+    }
+
+    /// Inserts many rows into `table` as fast as the backend allows: one
+    /// prepared statement reused in the open transaction on SQLite, multi-row
+    /// `INSERT`s of up to 1,000 rows on PostgreSQL. `conflict` is appended
+    /// (e.g. `ON CONFLICT DO NOTHING`). Returns the rows actually inserted.
+    pub fn bulk_insert(
+        &mut self,
+        table: &str,
+        columns: &[&str],
+        conflict: &str,
+        rows: &mut dyn Iterator<Item = Vec<Value>>,
+    ) -> Result<u64, StoreError> {
+        let cols = columns.join(", ");
+        match self {
+            Conn::Sqlite(c) => {
+                let marks = vec!["?"; columns.len()].join(", ");
+                let sql = format!("INSERT INTO {table} ({cols}) VALUES ({marks}) {conflict}");
+                let mut stmt = c.prepare_cached(&sql)?;
+                let mut n = 0;
+                for row in rows {
+                    n += stmt.execute(rusqlite::params_from_iter(row.iter().map(sqlite_value)))? as u64;
+                }
+                Ok(n)
+            }
+            Conn::Postgres { client, statements } => {
+                const CHUNK: usize = 1000;
+                let mut n = 0;
+                let mut chunk: Vec<Value> = Vec::with_capacity(CHUNK * columns.len());
+                let mut n_rows = 0;
+                let mut flush = |chunk: &mut Vec<Value>, n_rows: usize| -> Result<u64, StoreError> {
+                    if n_rows == 0 {
+                        return Ok(0);
+                    }
+                    let mut sql = format!("INSERT INTO {table} ({cols}) VALUES ");
+                    for r in 0..n_rows {
+                        if r > 0 {
+                            sql.push(',');
+                        }
+                        sql.push('(');
+                        for c in 0..columns.len() {
+                            if c > 0 {
+                                sql.push(',');
+                            }
+                            sql.push('?');
+                        }
+                        sql.push(')');
+                    }
+                    sql.push(' ');
+                    sql.push_str(conflict);
+                    let stmt = pg_prepare(client, statements, &sql)?;
+                    let refs: Vec<&(dyn ToSql + Sync)> = chunk.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+                    let changed = client.execute(&stmt, &refs)?;
+                    chunk.clear();
+                    Ok(changed)
+                };
+                for row in rows {
+                    chunk.extend(row);
+                    n_rows += 1;
+                    if n_rows == CHUNK {
+                        n += flush(&mut chunk, n_rows)?;
+                        n_rows = 0;
+                    }
+                }
+                n += flush(&mut chunk, n_rows)?;
+                Ok(n)
+            }
+        }
+    }
+}
+
+fn sqlite_value(v: &Value) -> rusqlite::types::ToSqlOutput<'_> {
+    use rusqlite::types::ValueRef;
+    rusqlite::types::ToSqlOutput::Borrowed(match v {
+        Value::Null => ValueRef::Null,
+        Value::Int(i) => ValueRef::Integer(*i),
+        Value::Real(f) => ValueRef::Real(*f),
+        Value::Text(s) => ValueRef::Text(s.as_bytes()),
+        Value::Blob(b) => ValueRef::Blob(b),
+    })
+}
+
+/// Rewrites `?` placeholders to `$1, $2, …`, leaving quoted text alone.
+pub fn pg_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    let mut in_quote = false;
+    for ch in sql.chars() {
+        match ch {
+            '\'' => {
+                in_quote = !in_quote;
+                out.push(ch);
+            }
+            '?' if !in_quote => {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+            }
+            _ => out.push(ch),
+        }
+    }
+    out
+}
+
+fn pg_prepare(
+    client: &mut postgres::Client,
+    statements: &mut HashMap<String, postgres::Statement>,
+    sql: &str,
+) -> Result<postgres::Statement, StoreError> {
+    if let Some(s) = statements.get(sql) {
+        return Ok(s.clone());
+    }
+    // Multi-row inserts make many distinct statements; keep the cache bounded.
+    if statements.len() > 512 {
+        statements.clear();
+    }
+    let stmt = client.prepare(&pg_placeholders(sql))?;
+    statements.insert(sql.to_owned(), stmt.clone());
+    Ok(stmt)
+}
+
+fn pg_row(row: &postgres::Row) -> Result<Row, StoreError> {
+    let mut values = Vec::with_capacity(row.len());
+    for (i, col) in row.columns().iter().enumerate() {
+        let v = match *col.type_() {
+            Type::INT8 => row.try_get::<_, Option<i64>>(i)?.map_or(Value::Null, Value::Int),
+            Type::INT4 => row.try_get::<_, Option<i32>>(i)?.map_or(Value::Null, |v| Value::Int(v.into())),
+            Type::INT2 => row.try_get::<_, Option<i16>>(i)?.map_or(Value::Null, |v| Value::Int(v.into())),
+            Type::BOOL => row.try_get::<_, Option<bool>>(i)?.map_or(Value::Null, |v| Value::Int(v.into())),
+            Type::FLOAT8 => row.try_get::<_, Option<f64>>(i)?.map_or(Value::Null, Value::Real),
+            Type::FLOAT4 => row.try_get::<_, Option<f32>>(i)?.map_or(Value::Null, |v| Value::Real(v.into())),
+            Type::BYTEA => row.try_get::<_, Option<Vec<u8>>>(i)?.map_or(Value::Null, Value::Blob),
+            _ => row.try_get::<_, Option<String>>(i)?.map_or(Value::Null, Value::Text),
+        };
+        values.push(v);
+    }
+    Ok(Row(values))
+}
+
+/// Where the database is.
+#[derive(Debug, Clone)]
+pub enum DbLocation {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// A `postgres://` URL.
+    Postgres(String),
+}
+
+impl DbLocation {
+    /// Picks the backend from a database URL: `postgres://` or `postgresql://`
+    /// is PostgreSQL, `sqlite://PATH` or a plain path is SQLite.
+    pub fn parse(url: &str) -> Self {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            DbLocation::Postgres(url.to_owned())
+        } else {
+            DbLocation::Sqlite(PathBuf::from(url.strip_prefix("sqlite://").unwrap_or(url)))
+        }
+    }
+}
+
+struct PoolInner {
+    idle: Mutex<(Vec<Conn>, usize)>,
+    available: Condvar,
+    /// SQLite has one writer: writers queue here instead of spinning on SQLITE_BUSY.
+    sqlite_writer: Mutex<()>,
+}
+
+/// A small blocking connection pool with transaction helpers.
+#[derive(Clone)]
+pub struct Db {
+    location: Arc<DbLocation>,
+    backend: Backend,
+    max_conns: usize,
+    inner: Arc<PoolInner>,
+}
+
+/// A connection checked out of the pool; returned on drop.
+pub struct PooledConn {
+    conn: Option<Conn>,
+    inner: Arc<PoolInner>,
+}
+
+impl std::ops::Deref for PooledConn {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        self.conn.as_ref().expect("connection present until drop")
+    }
+}
+impl std::ops::DerefMut for PooledConn {
+    fn deref_mut(&mut self) -> &mut Conn {
+        self.conn.as_mut().expect("connection present until drop")
+    }
+}
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.0.push(conn);
+            self.inner.available.notify_one();
+        }
+    }
+}
+
+impl Db {
+    /// Opens a pool. Nothing connects until the first checkout.
+    pub fn open(location: DbLocation, max_conns: usize) -> Self {
+        let backend = match location {
+            DbLocation::Sqlite(_) => Backend::Sqlite,
+            DbLocation::Postgres(_) => Backend::Postgres,
+        };
+        Self {
+            location: Arc::new(location),
+            backend,
+            max_conns: max_conns.max(1),
+            inner: Arc::new(PoolInner {
+                idle: Mutex::new((Vec::new(), 0)),
+                available: Condvar::new(),
+                sqlite_writer: Mutex::new(()),
+            }),
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    fn connect(&self) -> Result<Conn, StoreError> {
+        match &*self.location {
+            DbLocation::Sqlite(path) => {
+                let c = rusqlite::Connection::open(path)?;
+                c.busy_timeout(Duration::from_secs(10))?;
+                c.set_prepared_statement_cache_capacity(256);
+                c.execute_batch(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;
+                     PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;",
+                )?;
+                Ok(Conn::Sqlite(c))
+            }
+            DbLocation::Postgres(url) => {
+                let client = postgres::Client::connect(url, postgres::NoTls)?;
+                Ok(Conn::Postgres { client, statements: HashMap::new() })
+            }
+        }
+    }
+
+    /// Checks a connection out, opening one when the pool is not full.
+    ///
+    /// # Errors
+    /// When a new connection cannot be opened.
+    pub fn conn(&self) -> Result<PooledConn, StoreError> {
+        let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(conn) = idle.0.pop() {
+                return Ok(PooledConn { conn: Some(conn), inner: self.inner.clone() });
+            }
+            if idle.1 < self.max_conns {
+                idle.1 += 1;
+                drop(idle);
+                return match self.connect() {
+                    Ok(conn) => Ok(PooledConn { conn: Some(conn), inner: self.inner.clone() }),
+                    Err(e) => {
+                        self.inner.idle.lock().unwrap_or_else(|e| e.into_inner()).1 -= 1;
+                        Err(e)
+                    }
+                };
+            }
+            let (guard, _) =
+                self.inner.available.wait_timeout(idle, Duration::from_secs(30)).unwrap_or_else(|e| e.into_inner());
+            idle = guard;
+        }
+    }
+
+    /// Runs `f` in a write transaction; commits when it returns `Ok`, rolls
+    /// back otherwise.
+    ///
+    /// # Errors
+    /// `f`'s error, or the database's.
+    pub fn write<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let _writer = match self.backend {
+            Backend::Sqlite => Some(self.inner.sqlite_writer.lock().unwrap_or_else(|e| e.into_inner())),
+            Backend::Postgres => None,
+        };
+        let mut conn = self.conn()?;
+        let begin = match self.backend {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        };
+        conn.batch(begin)?;
+        match f(&mut conn) {
+            Ok(v) => match conn.batch("COMMIT") {
+                Ok(()) => Ok(v),
+                Err(e) => {
+                    let _ = conn.batch("ROLLBACK");
+                    Err(e)
+                }
+            },
+            Err(e) => {
+                if let Err(rollback) = conn.batch("ROLLBACK") {
+                    tracing::warn!(%rollback, "rollback failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `f` for reading (a consistent snapshot on both backends).
+    ///
+    /// # Errors
+    /// `f`'s error, or the database's.
+    pub fn read<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut conn = self.conn()?;
+        match self.backend {
+            // A single autocommit statement is already a snapshot; a multi-statement
+            // read takes a deferred transaction so it sees one state.
+            Backend::Sqlite => conn.batch("BEGIN DEFERRED")?,
+            Backend::Postgres => conn.batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?,
+        }
+        let result = f(&mut conn);
+        let _ = conn.batch(if result.is_ok() { "COMMIT" } else { "ROLLBACK" });
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders() {
+        assert_eq!(pg_placeholders("SELECT ? , '?' , ?"), "SELECT $1 , '?' , $2");
+    }
+}

@@ -1,0 +1,142 @@
+//! How domain values are stored in JSON columns.
+
+use std::collections::BTreeMap;
+
+use qunfa_audience::AudienceSpec;
+use qunfa_core::{
+    contact::{AttrValue, Channel},
+    message::RawContent,
+};
+use serde_json::{json, Map, Value as Json};
+
+use crate::StoreError;
+
+pub fn attributes_to_json(attrs: &BTreeMap<String, AttrValue>) -> String {
+    let mut map = Map::new();
+    for (k, v) in attrs {
+        map.insert(k.clone(), attr_to_json(v));
+    }
+    Json::Object(map).to_string()
+}
+
+pub fn attr_to_json(v: &AttrValue) -> Json {
+    match v {
+        AttrValue::Text(s) => Json::String(s.clone()),
+        AttrValue::Number(n) => serde_json::Number::from_f64(*n).map_or(Json::Null, |n| {
+            // Whole numbers print without a fraction.
+            if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() < 9.0e15) {
+                Json::from(n.as_f64().unwrap_or_default() as i64)
+            } else {
+                Json::Number(n)
+            }
+        }),
+        AttrValue::Bool(b) => Json::Bool(*b),
+    }
+}
+
+pub fn consent_to_json(consent: &BTreeMap<Channel, bool>) -> String {
+    let map: Map<String, Json> = consent.iter().map(|(c, v)| (c.as_str().to_owned(), Json::Bool(*v))).collect();
+    Json::Object(map).to_string()
+}
+
+pub fn parse_object(text: &str) -> Result<Map<String, Json>, StoreError> {
+    match serde_json::from_str(text) {
+        Ok(Json::Object(m)) => Ok(m),
+        _ => Err(StoreError::Corrupt(format!("expected a JSON object, found {text:.40}"))),
+    }
+}
+
+/// Renders an attribute for a template.
+pub fn attr_display(v: &Json) -> Option<String> {
+    match v {
+        Json::String(s) => Some(s.clone()),
+        Json::Number(n) => Some(n.to_string()),
+        Json::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+pub fn content_to_json(raw: &RawContent) -> String {
+    let mut map = Map::new();
+    map.insert("type".into(), Json::String(raw.content_type.clone()));
+    let fields = [
+        ("text", &raw.text),
+        ("media_id", &raw.media_id),
+        ("caption", &raw.caption),
+        ("url", &raw.url),
+        ("title", &raw.title),
+        ("description", &raw.description),
+        ("appid", &raw.appid),
+        ("pagepath", &raw.pagepath),
+        ("thumb_media_id", &raw.thumb_media_id),
+        ("filename", &raw.filename),
+        ("html", &raw.html),
+    ];
+    for (k, v) in fields {
+        if let Some(v) = v {
+            map.insert(k.into(), Json::String(v.clone()));
+        }
+    }
+    Json::Object(map).to_string()
+}
+
+pub fn content_from_json(text: &str) -> Result<RawContent, StoreError> {
+    let m = parse_object(text)?;
+    let get = |k: &str| m.get(k).and_then(Json::as_str).map(str::to_owned);
+    Ok(RawContent {
+        content_type: get("type").unwrap_or_default(),
+        text: get("text"),
+        media_id: get("media_id"),
+        caption: get("caption"),
+        url: get("url"),
+        title: get("title"),
+        description: get("description"),
+        appid: get("appid"),
+        pagepath: get("pagepath"),
+        thumb_media_id: get("thumb_media_id"),
+        filename: get("filename"),
+        html: get("html"),
+    })
+}
+
+pub fn audience_to_json(spec: &AudienceSpec) -> String {
+    match spec {
+        AudienceSpec::All => json!({"all": true}),
+        AudienceSpec::Contacts(ids) => json!({"contact_idx": ids}),
+        AudienceSpec::Tag(id) => json!({"tag": id}),
+        AudienceSpec::Tags(ids) => json!({"tags": ids}),
+        AudienceSpec::Department(id) => json!({"department": id}),
+    }
+    .to_string()
+}
+
+pub fn audience_from_json(text: &str) -> Result<AudienceSpec, StoreError> {
+    let m = parse_object(text)?;
+    let corrupt = || StoreError::Corrupt(format!("audience {text:.60}"));
+    if m.contains_key("all") {
+        return Ok(AudienceSpec::All);
+    }
+    if let Some(ids) = m.get("contact_idx").and_then(Json::as_array) {
+        let ids = ids.iter().map(|v| v.as_u64().map(|v| v as u32)).collect::<Option<Vec<_>>>().ok_or_else(corrupt)?;
+        return Ok(AudienceSpec::Contacts(ids));
+    }
+    if let Some(id) = m.get("tag").and_then(Json::as_i64) {
+        return Ok(AudienceSpec::Tag(id));
+    }
+    if let Some(ids) = m.get("tags").and_then(Json::as_array) {
+        return Ok(AudienceSpec::Tags(ids.iter().map(Json::as_i64).collect::<Option<Vec<_>>>().ok_or_else(corrupt)?));
+    }
+    if let Some(id) = m.get("department").and_then(Json::as_i64) {
+        return Ok(AudienceSpec::Department(id));
+    }
+    Err(corrupt())
+}
+
+pub fn channels_to_json(channels: &[Channel]) -> String {
+    Json::Array(channels.iter().map(|c| Json::String(c.as_str().into())).collect()).to_string()
+}
+
+pub fn channels_from_json(text: &str) -> Result<Vec<Channel>, StoreError> {
+    let list: Vec<String> = serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    list.iter().map(|s| Channel::parse(s).map_err(|_| StoreError::Corrupt(format!("channel {s}")))).collect()
+}

@@ -1,0 +1,297 @@
+//! The storage test suite. Every test runs against SQLite and PostgreSQL.
+
+use qunfa_audience::AudienceSpec;
+use qunfa_core::{
+    broadcast::{BroadcastState, Priority},
+    contact::{Channel, ContactInput, RawContact},
+    import::{parse, ImportFormat},
+    message::{Content, RawContent},
+    workspace::{Name, Role, WorkspaceKind},
+    Code, Policy,
+};
+use qunfa_store::{
+    broadcasts::{DispatchCache, DispatchRules, NewBroadcast},
+    json::content_to_json,
+    test_support, Store, StoreError,
+};
+
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $name() { super::$name(super::open(qunfa_store::test_support::sqlite())); } )*
+        }
+        mod postgres {
+            $( #[test] fn $name() { super::$name(super::open(qunfa_store::test_support::postgres())); } )*
+        }
+    };
+}
+
+both_backends!(
+    workspaces_and_keys,
+    import_creates_and_updates,
+    personal_tag_rules,
+    audiences_follow_subtrees,
+    client_msg_id_is_idempotent,
+    dispatch_delivers_exactly_once,
+    personalised_bodies_and_inbox,
+    audit_chain_detects_tampering,
+);
+
+struct Fixture {
+    store: Store,
+    _db: test_support::TestDb,
+}
+
+fn open(db: test_support::TestDb) -> Fixture {
+    let store = Store::open(db.location.clone(), 4).expect("open store");
+    Fixture { store, _db: db }
+}
+
+const NOW: i64 = 1_795_000_000_000;
+
+fn ws(f: &Fixture, kind: WorkspaceKind) -> i64 {
+    f.store.create_workspace(&Name::parse("测试").unwrap(), kind, None, "test", NOW).unwrap().0.id
+}
+
+fn contacts(ndjson: &str) -> Vec<ContactInput> {
+    let out = parse(ImportFormat::Ndjson, ndjson.as_bytes());
+    assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+    out.contacts
+}
+
+fn many(n: usize, tag: &str) -> Vec<ContactInput> {
+    (0..n)
+        .map(|i| {
+            let raw: RawContact = serde_json::from_value(serde_json::json!({
+                "external_id": format!("u{i}"), "name": format!("用户{i}"), "attributes": {"city": "上海", "n": i}, "tags": [tag]
+            }))
+            .unwrap();
+            ContactInput::parse(raw).unwrap()
+        })
+        .collect()
+}
+
+fn rejected_code<T: std::fmt::Debug>(r: Result<T, StoreError>) -> Code {
+    match r {
+        Err(StoreError::Rejected { code, .. }) => code,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+fn workspaces_and_keys(f: Fixture) {
+    let (w, key) =
+        f.store.create_workspace(&Name::parse("华东").unwrap(), WorkspaceKind::Enterprise, None, "t", NOW).unwrap();
+    let auth = f.store.authenticate(&key.secret).unwrap().expect("key works");
+    assert_eq!((auth.workspace.id, auth.role), (w.id, Role::Owner));
+    assert!(f.store.authenticate("qf_0000").unwrap().is_none());
+    assert!(f.store.authenticate("bogus").unwrap().is_none());
+    let (member, sender_key) =
+        f.store.create_member(w.id, &Name::parse("小王").unwrap(), Role::Sender, NOW - 1000, "t", NOW).unwrap();
+    let auth = f.store.authenticate(&sender_key.secret).unwrap().unwrap();
+    assert_eq!((auth.member_id, auth.role), (member.id, Role::Sender));
+    assert_eq!(f.store.members(w.id).unwrap().len(), 2);
+}
+
+fn import_creates_and_updates(f: Fixture) {
+    let w = ws(&f, WorkspaceKind::Enterprise);
+    let tier = Policy::builtin().tiers.enterprise;
+    let first = contacts(
+        r#"{"external_id":"a","name":"甲","attributes":{"city":"上海"},"tags":["客户等级/金牌/华东"]}
+{"external_id":"b","name":"乙","channels":{"email":"b@example.com"}}"#,
+    );
+    let out = f.store.import_contacts(w, &tier, &first, "t", NOW).unwrap();
+    assert_eq!((out.imported, out.updated, out.tags_created), (2, 0, 3));
+    let second = contacts(
+        r#"{"external_id":"b","attributes":{"vip":true},"tags":["新客"]}
+{"external_id":"c","name":"丙"}"#,
+    );
+    let out = f.store.import_contacts(w, &tier, &second, "t", NOW).unwrap();
+    assert_eq!((out.imported, out.updated), (1, 1));
+    let list = f.store.contacts(w, None, 10).unwrap();
+    let idxs: Vec<u32> = list.iter().map(|c| c.idx).collect();
+    assert_eq!(idxs, [0, 1, 2], "dense ids in import order");
+    let b = f.store.contact(w, 1).unwrap();
+    assert_eq!(b.name, "乙", "an import without a name keeps the old one");
+    assert_eq!(b.email.as_deref(), Some("b@example.com"));
+    assert_eq!(b.attributes["vip"], serde_json::json!(true));
+    assert_eq!(b.tags, ["新客"]);
+    // Duplicate create is refused; delete erases personal data.
+    let dup = f.store.create_contact(w, &tier, &contacts(r#"{"external_id":"a"}"#)[0], "t", NOW);
+    assert_eq!(rejected_code(dup), Code::Duplicate);
+    f.store.delete_contact(w, 0, "t", NOW).unwrap();
+    assert!(matches!(f.store.contact(w, 0), Err(StoreError::NotFound)));
+    assert_eq!(f.store.contacts(w, None, 10).unwrap().len(), 2);
+    let keys = f.store.attribute_keys(w).unwrap();
+    assert!(keys.contains("city") && keys.contains("vip"));
+}
+
+fn personal_tag_rules(f: Fixture) {
+    let w = ws(&f, WorkspaceKind::Personal);
+    let tier = Policy::builtin().tiers.personal;
+    let nested = contacts(r#"{"external_id":"a","tags":["客户等级/金牌"]}"#);
+    assert_eq!(rejected_code(f.store.import_contacts(w, &tier, &nested, "t", NOW)), Code::TagNested);
+    assert!(f.store.contacts(w, None, 10).unwrap().is_empty(), "a refused import writes nothing");
+    // 501 contacts on one tag is over the 500 limit; 500 is fine.
+    assert_eq!(rejected_code(f.store.import_contacts(w, &tier, &many(501, "好友"), "t", NOW)), Code::LimitTagMembers);
+    assert!(f.store.contacts(w, None, 10).unwrap().is_empty());
+    f.store.import_contacts(w, &tier, &many(500, "好友"), "t", NOW).unwrap();
+    for i in 1..20 {
+        f.store.create_tag(w, &tier, &qunfa_core::tag::TagPath::parse(&format!("t{i}")).unwrap(), "t", NOW).unwrap();
+    }
+    let over = f.store.create_tag(w, &tier, &qunfa_core::tag::TagPath::parse("t20").unwrap(), "t", NOW);
+    assert_eq!(rejected_code(over), Code::LimitTags);
+    assert_eq!(f.store.tags(w).unwrap().len(), 20);
+}
+
+fn audiences_follow_subtrees(f: Fixture) {
+    let w = ws(&f, WorkspaceKind::Enterprise);
+    let tier = Policy::builtin().tiers.enterprise;
+    f.store
+        .import_contacts(
+            w,
+            &tier,
+            &contacts(
+                r#"{"external_id":"a","tags":["等级/金牌/华东"]}
+{"external_id":"b","tags":["等级/金牌"]}
+{"external_id":"c","tags":["等级/银牌"]}
+{"external_id":"d"}"#,
+            ),
+            "t",
+            NOW,
+        )
+        .unwrap();
+    let tag = |p: &str| f.store.tag_by_path(w, &qunfa_core::tag::TagPath::parse(p).unwrap()).unwrap();
+    let members = |spec| f.store.resolve_audience(w, &spec).unwrap().iter().collect::<Vec<u32>>();
+    assert_eq!(members(AudienceSpec::Tag(tag("等级"))), [0, 1, 2]);
+    assert_eq!(members(AudienceSpec::Tag(tag("等级/金牌"))), [0, 1]);
+    assert_eq!(members(AudienceSpec::Tags(vec![tag("等级/金牌/华东"), tag("等级/银牌")])), [0, 2]);
+    assert_eq!(members(AudienceSpec::All), [0, 1, 2, 3]);
+    assert_eq!(members(AudienceSpec::Contacts(vec![3, 99])), [3]);
+    let root = f.store.create_department(w, &Name::parse("总部").unwrap(), None, "t", NOW).unwrap();
+    let child = f.store.create_department(w, &Name::parse("华东区").unwrap(), Some(root.id), "t", NOW).unwrap();
+    f.store.department_members(w, child.id, &[1, 3], "t", NOW).unwrap();
+    assert_eq!(members(AudienceSpec::Department(root.id)), [1, 3]);
+    assert!(matches!(f.store.resolve_audience(w, &AudienceSpec::Tag(999_999)), Err(StoreError::NotFound)));
+    let missing = f.store.department_members(w, child.id, &[77], "t", NOW);
+    assert_eq!(rejected_code(missing), Code::NotFound);
+}
+
+fn text_broadcast(text: &str, client_msg_id: Option<&str>) -> NewBroadcast {
+    let raw = RawContent { content_type: "text".into(), text: Some(text.into()), ..Default::default() };
+    Content::parse(&raw, 2048).unwrap();
+    NewBroadcast {
+        content_json: content_to_json(&raw),
+        audience_json: r#"{"all":true}"#.into(),
+        channels: vec![Channel::Inbox],
+        priority: Priority::Broadcast,
+        client_msg_id: client_msg_id.map(str::to_owned),
+        request_hash: format!("hash-of-{text}"),
+    }
+}
+
+fn client_msg_id_is_idempotent(f: Fixture) {
+    let w = ws(&f, WorkspaceKind::Enterprise);
+    let (first, created) = f.store.create_broadcast(w, 1, &text_broadcast("你好", Some("m-1")), "t", NOW).unwrap();
+    assert!(created);
+    let (again, created) = f.store.create_broadcast(w, 1, &text_broadcast("你好", Some("m-1")), "t", NOW).unwrap();
+    assert!(!created);
+    assert_eq!(again.id, first.id);
+    let reused = f.store.create_broadcast(w, 1, &text_broadcast("别的", Some("m-1")), "t", NOW);
+    assert_eq!(rejected_code(reused), Code::DuplicateClientMsgId);
+}
+
+fn run_until_idle(store: &Store) -> u64 {
+    let cache = DispatchCache::default();
+    let mut delivered = 0;
+    loop {
+        let step = store.run_inbox_step("test", &cache, 8, NOW + 1).unwrap();
+        delivered += step.delivered;
+        if step.jobs == 0 {
+            return delivered;
+        }
+    }
+}
+
+fn dispatch_delivers_exactly_once(f: Fixture) {
+    let w = ws(&f, WorkspaceKind::Enterprise);
+    let tier = Policy::builtin().tiers.enterprise;
+    f.store.import_contacts(w, &tier, &many(4_500, "全员"), "t", NOW).unwrap();
+    let (b, _) = f.store.create_broadcast(w, 1, &text_broadcast("通知", None), "t", NOW).unwrap();
+    let audience = f.store.resolve_audience(w, &AudienceSpec::All).unwrap();
+    let rules = DispatchRules { from: BroadcastState::Draft, daily_limit: None, approved_by: None };
+    f.store.dispatch(w, b.id, &audience, rules, "[]", "t", NOW).unwrap();
+    // A second dispatch of the same broadcast is a state conflict.
+    assert_eq!(rejected_code(f.store.dispatch(w, b.id, &audience, rules, "[]", "t", NOW)), Code::Conflict);
+    assert_eq!(run_until_idle(&f.store), 4_500);
+    let b = f.store.broadcast(w, b.id).unwrap();
+    assert_eq!(
+        (b.state, b.n_recipients, b.n_delivered, b.n_batches, b.n_batches_done),
+        (BroadcastState::Completed, 4_500, 4_500, 3, 3)
+    );
+    assert_eq!(f.store.delivery_totals(b.id).unwrap(), (4_500, 0));
+    // Replaying the jobs (as after a crash between commit and ack) writes nothing twice.
+    f.store.db.write(|c| c.execute("UPDATE jobs SET state = 'ready', lease_until = NULL", &[])).unwrap();
+    assert_eq!(run_until_idle(&f.store), 0);
+    assert_eq!(f.store.delivery_totals(b.id).unwrap(), (4_500, 0));
+    let frozen = f.store.frozen_audience(w, b.id).unwrap();
+    assert_eq!(qunfa_audience::FrozenAudience::deserialize(&frozen).unwrap().len(), 4_500);
+    let page = f.store.deliveries(b.id, Some(("inbox".into(), 4_497)), 10).unwrap();
+    assert_eq!(page.iter().map(|d| d.contact_idx).collect::<Vec<_>>(), [4_498, 4_499]);
+}
+
+fn personalised_bodies_and_inbox(f: Fixture) {
+    let w = ws(&f, WorkspaceKind::Personal);
+    let tier = Policy::builtin().tiers.personal;
+    f.store
+        .import_contacts(
+            w,
+            &tier,
+            &contacts(
+                r#"{"external_id":"a","name":"张三","attributes":{"city":"上海"}}
+{"external_id":"b","name":"李四"}"#,
+            ),
+            "t",
+            NOW,
+        )
+        .unwrap();
+    let (b, _) = f
+        .store
+        .create_broadcast(w, 1, &text_broadcast("{{name}}，{{city|您所在城市}}门店开业", None), "t", NOW)
+        .unwrap();
+    let audience = f.store.resolve_audience(w, &AudienceSpec::All).unwrap();
+    let rules = DispatchRules { from: BroadcastState::Draft, daily_limit: Some((5, NOW - 1000)), approved_by: None };
+    f.store.dispatch(w, b.id, &audience, rules, "[]", "t", NOW).unwrap();
+    run_until_idle(&f.store);
+    let inbox = f.store.inbox(w, 0, None, 10).unwrap();
+    assert_eq!(inbox[0].body.as_deref(), Some("张三，上海门店开业"));
+    assert_eq!(f.store.inbox(w, 1, None, 10).unwrap()[0].body.as_deref(), Some("李四，您所在城市门店开业"));
+    assert!(f.store.mark_read(w, 0, b.id, NOW + 5).unwrap());
+    assert!(!f.store.mark_read(w, 0, b.id, NOW + 6).unwrap(), "only the first read counts");
+    f.store.reply(w, 1, b.id, "收到", NOW + 7).unwrap();
+    let b = f.store.broadcast(w, b.id).unwrap();
+    assert_eq!((b.n_read, b.n_replied), (2, 1));
+    assert!(matches!(f.store.mark_read(w, 0, b.id + 100, NOW), Err(StoreError::NotFound)));
+    assert_eq!(f.store.sends_today(1, NOW - 1000).unwrap(), 1);
+    let token = f.store.create_inbox_token(w, 1, "t", NOW).unwrap();
+    assert_eq!(f.store.inbox_auth(&token).unwrap(), Some((w, 1)));
+}
+
+fn audit_chain_detects_tampering(f: Fixture) {
+    let w = ws(&f, WorkspaceKind::Enterprise);
+    let tier = Policy::builtin().tiers.enterprise;
+    f.store.import_contacts(w, &tier, &many(3, "x"), "t", NOW).unwrap();
+    let ok = |store: &Store| store.audit_verify().unwrap().iter().all(|r| r.result.is_ok());
+    assert!(ok(&f.store));
+    let entries = f.store.audit_entries(w, 0, 100).unwrap();
+    assert!(entries.len() >= 3);
+    f.store
+        .db
+        .write(|c| {
+            c.execute("UPDATE audit_log SET details = '{\"imported\":999}' WHERE chain = ? AND seq = 3", &[w.into()])
+        })
+        .unwrap();
+    assert!(!ok(&f.store), "a changed entry is detected");
+    let report = f.store.audit_verify().unwrap();
+    let broken = report.iter().find(|r| r.chain == w).unwrap();
+    assert_eq!(broken.result, Err(qunfa_core::audit::ChainBreak::Altered { seq: 3 }));
+}
