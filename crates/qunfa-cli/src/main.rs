@@ -1,1 +1,580 @@
-fn main() {}
+//! The `qunfa` binary: `serve`, `workspace create`, `contacts import`, `send`,
+//! `explain`, `audit verify` and `bench`.
+
+mod bench;
+mod client;
+mod config;
+mod demo;
+
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use crate::{
+    client::{render_verdict, Client},
+    config::{Config, FlagOverrides},
+};
+
+#[derive(Parser)]
+#[command(
+    name = "qunfa",
+    version,
+    about = "qunfa (群发): self-hosted mass messaging with the platform's rules built in"
+)]
+struct Cli {
+    /// Configuration file (default: ./qunfa.toml when present).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Address to listen on (serve).
+    #[arg(long, global = true)]
+    listen: Option<String>,
+    /// Directory for the SQLite database and local state.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// `postgres://…` to use PostgreSQL instead of SQLite.
+    #[arg(long, global = true)]
+    database_url: Option<String>,
+    /// The server admin token (serve: sets it; workspace create: uses it).
+    #[arg(long, global = true)]
+    admin_token: Option<String>,
+    /// A policy file with limits that override the built-in defaults.
+    #[arg(long, global = true)]
+    policy: Option<PathBuf>,
+    /// Base URL of the server for client commands.
+    #[arg(long, global = true)]
+    server: Option<String>,
+    /// Workspace API key for client commands.
+    #[arg(long, global = true)]
+    api_key: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (API, docs, delivery engine).
+    Serve {
+        /// Seed demo workspaces and print their keys.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Manage workspaces (needs the admin token).
+    #[command(subcommand)]
+    Workspace(WorkspaceCommand),
+    /// Manage contacts.
+    #[command(subcommand)]
+    Contacts(ContactsCommand),
+    /// Compose and send a broadcast (or only preflight it with --dry-run).
+    Send(SendArgs),
+    /// Explain a broadcast: its state, counts and every verdict.
+    Explain { broadcast_id: String },
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Benchmarks of the bulk paths.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum WorkspaceCommand {
+    /// Create a workspace and print its owner's API key.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// personal, enterprise or api.
+        #[arg(long)]
+        kind: String,
+        /// Plan of an api workspace (basic, standard, pro).
+        #[arg(long)]
+        plan: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ContactsCommand {
+    /// Import a CSV (header line) or NDJSON file, with a progress bar on a terminal.
+    Import {
+        file: PathBuf,
+        /// Import the valid lines even when some are rejected.
+        #[arg(long)]
+        partial: bool,
+        /// csv or ndjson (default: from the file extension).
+        #[arg(long)]
+        format: Option<String>,
+        /// Contacts per request.
+        #[arg(long, default_value_t = 20_000)]
+        chunk: usize,
+    },
+}
+
+#[derive(Args)]
+struct SendArgs {
+    /// Message text (may use {{name}} and attribute variables).
+    #[arg(long, conflicts_with = "content")]
+    text: Option<String>,
+    /// A JSON file with the content object ({"type": "link", …}).
+    #[arg(long)]
+    content: Option<PathBuf>,
+    /// Send to every contact.
+    #[arg(long)]
+    all: bool,
+    /// Send to a tag (path or id); repeat for several tags.
+    #[arg(long)]
+    tag: Vec<String>,
+    /// Send to picked contacts (ids); repeat or separate with commas.
+    #[arg(long, value_delimiter = ',')]
+    contact: Vec<String>,
+    /// Send to a department (id).
+    #[arg(long)]
+    department: Option<String>,
+    /// Channels (default inbox).
+    #[arg(long, value_delimiter = ',')]
+    channel: Vec<String>,
+    /// Idempotency key.
+    #[arg(long)]
+    client_msg_id: Option<String>,
+    /// Only print the preflight; the draft stays a draft.
+    #[arg(long)]
+    dry_run: bool,
+    /// Wait until every recipient has a delivery record.
+    #[arg(long)]
+    wait: bool,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify every hash chain of the audit log (reads the database directly).
+    Verify,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Contact import: parse + validate + store, against the raw bulk insert.
+    Import {
+        #[arg(long, default_value_t = 1_000_000)]
+        contacts: usize,
+    },
+    /// Inbox broadcast fan-out: accepted → all records durable, against the raw bulk insert.
+    Fanout {
+        #[arg(long, default_value_t = 100_000)]
+        recipients: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let flags = FlagOverrides {
+        listen: cli.listen.clone(),
+        data_dir: cli.data_dir.clone(),
+        database_url: cli.database_url.clone(),
+        admin_token: cli.admin_token.clone(),
+        policy: cli.policy.clone(),
+        server: cli.server.clone(),
+        api_key: cli.api_key.clone(),
+    };
+    let config = match Config::load(cli.config.as_deref(), flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match run(cli.command, config) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { demo } => serve(config, demo),
+        Command::Workspace(WorkspaceCommand::Create { name, kind, plan }) => {
+            let token =
+                config.admin_token.as_ref().context("the admin token is needed: --admin-token or QUNFA_ADMIN_TOKEN")?;
+            let client = Client::new(&config.server, Some(token.expose()));
+            let body = json!({"name": name, "kind": kind, "plan": plan});
+            let w = runtime()?.block_on(client.post("/v1/workspaces", body))?;
+            println!("workspace {} ({}) created", w["id"].as_str().unwrap_or("?"), w["kind"].as_str().unwrap_or("?"));
+            println!("owner API key (shown once): {}", w["api_key"].as_str().unwrap_or("?"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Contacts(ContactsCommand::Import { file, partial, format, chunk }) => {
+            import(&config, &file, partial, format.as_deref(), chunk)
+        }
+        Command::Send(args) => runtime()?.block_on(send(&config, args)),
+        Command::Explain { broadcast_id } => runtime()?.block_on(explain(&config, &broadcast_id)),
+        Command::Audit(AuditCommand::Verify) => audit_verify(&config),
+        Command::Bench(BenchCommand::Import { contacts }) => {
+            bench::check_url(config.database_url.as_deref())?;
+            bench::import(config.database_url.as_deref(), contacts)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Fanout { recipients }) => {
+            bench::check_url(config.database_url.as_deref())?;
+            bench::fanout(config.database_url.as_deref(), recipients)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
+    let policy = config.load_policy()?;
+    let location = config.database();
+    let store = qunfa_store::Store::open(location.clone(), config.db_connections)
+        .with_context(|| format!("opening the database {location:?}"))?;
+    let admin_hash = match &config.admin_token {
+        Some(token) => {
+            let hash = qunfa_store::secret_hash(token.expose());
+            store.setting_set("admin_token_hash", &hash)?;
+            hash
+        }
+        None => match store.setting("admin_token_hash")? {
+            Some(hash) => hash,
+            None => {
+                let token = qunfa_store::new_secret("qfa_");
+                let hash = qunfa_store::secret_hash(&token);
+                let in_force = store.setting_init("admin_token_hash", &hash)?;
+                if in_force == hash {
+                    println!("admin token (printed once; set QUNFA_ADMIN_TOKEN to choose your own): {token}");
+                }
+                in_force
+            }
+        },
+    };
+    let demo_keys = if demo { Some(demo::seed(&store, &policy)?) } else { None };
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let engine = qunfa_engine::Engine::start(store.clone(), qunfa_engine::EngineConfig::default());
+        let state = qunfa_server::AppState::new(store, policy, engine, admin_hash);
+        tracing::info!(%addr, "qunfa listening on http://{addr} (API docs at http://{addr}/docs)");
+        if let Some(k) = demo_keys {
+            print_demo(&addr.to_string(), &k);
+        }
+        qunfa_server::serve(listener, state, shutdown_signal()).await?;
+        tracing::info!("stopped cleanly");
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_demo(addr: &str, k: &demo::DemoKeys) {
+    println!(
+        "\nqunfa demo is running at http://{addr}  (API docs: http://{addr}/docs)\n\
+         \n  enterprise workspace {} 星辰零售 — 10,000 contacts, departments, nested tags\n    \
+         owner key:    {}\n    sender key:   {}\n    reviewer key: {}\n\
+         \n  personal workspace {} 张三的个人号 — 150 friends, flat tags\n    owner key:    {}\n\
+         \nTry:  curl -s -H 'Authorization: Bearer {}' http://{addr}/v1/tags\n\
+         (these keys are new at every start; the data stays in the data directory)\n",
+        k.enterprise_id,
+        k.enterprise_owner,
+        k.enterprise_sender,
+        k.enterprise_reviewer,
+        k.personal_id,
+        k.personal_owner,
+        k.enterprise_sender
+    );
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+    tracing::info!("shutting down: finishing the delivery step in flight");
+}
+
+fn api_client(config: &Config) -> anyhow::Result<Client> {
+    let key = config.api_key.as_ref().context("a workspace API key is needed: --api-key or QUNFA_API_KEY")?;
+    Ok(Client::new(&config.server, Some(key.expose())))
+}
+
+/// Byte ranges of the records of a file, so it can be sent in chunks that
+/// are each a valid file (CSV chunks repeat the header line).
+fn record_ranges(
+    data: &[u8],
+    format: qunfa_core::import::ImportFormat,
+) -> anyhow::Result<(Vec<u8>, Vec<(usize, usize)>)> {
+    use qunfa_core::import::ImportFormat;
+    match format {
+        ImportFormat::Ndjson => {
+            let mut ranges = Vec::new();
+            let mut start = 0;
+            for (i, b) in data.iter().enumerate() {
+                if *b == b'\n' {
+                    if data[start..i].iter().any(|b| !b.is_ascii_whitespace()) {
+                        ranges.push((start, i + 1));
+                    }
+                    start = i + 1;
+                }
+            }
+            if data[start..].iter().any(|b| !b.is_ascii_whitespace()) {
+                ranges.push((start, data.len()));
+            }
+            Ok((Vec::new(), ranges))
+        }
+        ImportFormat::Csv => {
+            let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(data);
+            let mut record = csv::ByteRecord::new();
+            let mut starts = Vec::new();
+            loop {
+                let pos = reader.position().byte() as usize;
+                if !reader.read_byte_record(&mut record)? {
+                    break;
+                }
+                starts.push(pos);
+            }
+            anyhow::ensure!(!starts.is_empty(), "the CSV file is empty");
+            let header_end = starts.get(1).copied().unwrap_or(data.len());
+            let mut ranges = Vec::new();
+            for (i, &s) in starts.iter().enumerate().skip(1) {
+                ranges.push((s, starts.get(i + 1).copied().unwrap_or(data.len())));
+            }
+            let mut header = data[..header_end].to_vec();
+            if !header.ends_with(b"\n") {
+                header.push(b'\n');
+            }
+            Ok((header, ranges))
+        }
+    }
+}
+
+fn import(
+    config: &Config,
+    file: &std::path::Path,
+    partial: bool,
+    format: Option<&str>,
+    chunk: usize,
+) -> anyhow::Result<ExitCode> {
+    use qunfa_core::import::{self, ImportFormat};
+    let client = api_client(config)?;
+    let data = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let format = match format {
+        Some("csv") => ImportFormat::Csv,
+        Some("ndjson") => ImportFormat::Ndjson,
+        Some(f) => bail!("unknown format {f:?}: use csv or ndjson"),
+        None => ImportFormat::detect(&file.display().to_string())
+            .context("cannot tell the format from the file name: pass --format csv|ndjson")?,
+    };
+    // Validate the whole file first: nothing is sent unless it all parses (or --partial).
+    let parsed = import::parse(format, &data);
+    if !parsed.rejected.is_empty() {
+        eprintln!("{} line(s) rejected:", parsed.rejected.len());
+        for r in parsed.rejected.iter().take(20) {
+            eprintln!("  line {}: {} {}", r.line, r.code.as_str(), r.message);
+        }
+        if parsed.rejected.len() > 20 {
+            eprintln!("  … and {} more", parsed.rejected.len() - 20);
+        }
+        if !partial {
+            eprintln!("nothing was imported (use --partial to import the valid lines)");
+            return Ok(ExitCode::from(2));
+        }
+    }
+    let (header, ranges) = record_ranges(&data, format)?;
+    let bar = indicatif::ProgressBar::new(ranges.len() as u64);
+    if std::io::stderr().is_terminal() {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} contacts  {per_sec}  eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let (content_type, fmt) = match format {
+        ImportFormat::Csv => ("text/csv", "csv"),
+        ImportFormat::Ndjson => ("application/x-ndjson", "ndjson"),
+    };
+    let rt = runtime()?;
+    let (mut imported, mut updated) = (0u64, 0u64);
+    for group in ranges.chunks(chunk.max(1)) {
+        let mut body = header.clone();
+        for &(s, e) in group {
+            body.extend_from_slice(&data[s..e]);
+            if !body.ends_with(b"\n") {
+                body.push(b'\n');
+            }
+        }
+        let path = format!("/v1/contacts/import?format={fmt}&partial={partial}");
+        let (_, out) = rt.block_on(client.raw(&path, content_type, body)).with_context(|| {
+            format!("the import stopped after {imported} new and {updated} updated contacts (each chunk is one transaction)")
+        })?;
+        imported += out["imported"].as_u64().unwrap_or(0);
+        updated += out["updated"].as_u64().unwrap_or(0);
+        bar.inc(group.len() as u64);
+    }
+    bar.finish_and_clear();
+    println!("imported {imported} new contacts, updated {updated}, rejected {}", parsed.rejected.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn send(config: &Config, a: SendArgs) -> anyhow::Result<ExitCode> {
+    let client = api_client(config)?;
+    let content: Value = match (&a.text, &a.content) {
+        (Some(t), _) => json!({"type": "text", "text": t}),
+        (None, Some(path)) => {
+            serde_json::from_slice(&std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?)?
+        }
+        (None, None) => bail!("give --text or --content"),
+    };
+    let audience = match (a.all, a.tag.len(), a.contact.is_empty(), &a.department) {
+        (true, 0, true, None) => json!({"all": true}),
+        (false, 1, true, None) => json!({"tag": a.tag[0]}),
+        (false, n, true, None) if n > 1 => json!({"tags": a.tag}),
+        (false, 0, false, None) => json!({"contact_ids": a.contact}),
+        (false, 0, true, Some(d)) => json!({"department": d}),
+        _ => bail!("give exactly one audience: --all, --tag (repeatable), --contact or --department"),
+    };
+    let channels = if a.channel.is_empty() { vec!["inbox".to_owned()] } else { a.channel.clone() };
+    let mut body = json!({"content": content, "audience": audience, "channels": channels});
+    if let Some(id) = &a.client_msg_id {
+        body["client_msg_id"] = json!(id);
+    }
+    let b = client.post("/v1/broadcasts", body).await?;
+    let id = b["id"].as_str().unwrap_or_default().to_owned();
+    if a.dry_run {
+        let p = client.post(&format!("/v1/broadcasts/{id}/preflight"), json!({})).await?;
+        print_preflight(&id, &p);
+        return Ok(if p["ok"].as_bool() == Some(true) { ExitCode::SUCCESS } else { ExitCode::from(2) });
+    }
+    match client.send(reqwest::Method::POST, &format!("/v1/broadcasts/{id}/send"), None).await {
+        Ok((_, b)) => {
+            println!("broadcast {id}: {} ({} recipients)", b["state"].as_str().unwrap_or("?"), b["recipients"]);
+            if b["state"] == "pending_approval" {
+                println!("waiting for approval: a reviewer runs POST /v1/broadcasts/{id}/approve");
+                return Ok(ExitCode::SUCCESS);
+            }
+            if a.wait {
+                wait(&client, &id).await?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("broadcast {id} was not sent:\n{e}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+async fn wait(client: &Client, id: &str) -> anyhow::Result<()> {
+    let bar = indicatif::ProgressBar::new(0);
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    loop {
+        let b = client.get(&format!("/v1/broadcasts/{id}")).await?;
+        bar.set_length(b["counts"]["total"].as_u64().unwrap_or(0));
+        bar.set_position(b["counts"]["sent"].as_u64().unwrap_or(0));
+        if b["state"] == "completed" || b["state"] == "cancelled" {
+            bar.finish_and_clear();
+            println!(
+                "broadcast {id}: {} — delivered {}, failed {}",
+                b["state"].as_str().unwrap_or("?"),
+                b["counts"]["delivered"],
+                b["counts"]["failed"]
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn print_preflight(id: &str, p: &Value) {
+    let verdicts = p["verdicts"].as_array().cloned().unwrap_or_default();
+    println!(
+        "broadcast {id}: {} recipients — {}",
+        p["recipients"],
+        if p["ok"].as_bool() == Some(true) { "may be sent" } else { "blocked" }
+    );
+    if verdicts.is_empty() {
+        println!("  no verdicts: nothing stops this send");
+    }
+    for v in &verdicts {
+        println!("{}", render_verdict(v));
+    }
+}
+
+async fn explain(config: &Config, id: &str) -> anyhow::Result<ExitCode> {
+    let client = api_client(config)?;
+    let b = client.get(&format!("/v1/broadcasts/{id}")).await?;
+    let c = &b["counts"];
+    println!(
+        "broadcast {id}: {} — {} recipients; delivered {}, failed {}, read {}, replied {}",
+        b["state"].as_str().unwrap_or("?"),
+        b["recipients"],
+        c["delivered"],
+        c["failed"],
+        c["read"],
+        c["replied"]
+    );
+    match b["state"].as_str() {
+        Some("draft") | Some("pending_approval") => {
+            let p = client.post(&format!("/v1/broadcasts/{id}/preflight"), json!({})).await?;
+            print_preflight(id, &p);
+        }
+        _ => {
+            println!("verdicts recorded when it was submitted:");
+            let recorded = b["verdicts"].as_array().cloned().unwrap_or_default();
+            if recorded.iter().all(|v| v.get("code").is_none()) {
+                println!("  none");
+            }
+            for v in recorded {
+                if v.get("code").is_some() {
+                    println!("{}", render_verdict(&v));
+                } else if let Some(by) = v.get("approved_by") {
+                    println!("  approved by member {by}: {}", v["comment"].as_str().unwrap_or(""));
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn audit_verify(config: &Config) -> anyhow::Result<ExitCode> {
+    let store = qunfa_store::Store::open(config.database(), 1)?;
+    let mut broken = 0;
+    let reports = store.audit_verify()?;
+    for r in &reports {
+        match &r.result {
+            Ok(n) => println!("chain {}: ok ({n} entries)", r.chain),
+            Err(b) => {
+                broken += 1;
+                println!("chain {}: BROKEN — {b:?}", r.chain);
+            }
+        }
+    }
+    if broken > 0 {
+        println!("{broken} of {} chains are broken: the audit log was changed", reports.len());
+        Ok(ExitCode::FAILURE)
+    } else {
+        println!("all {} chains verified", reports.len());
+        Ok(ExitCode::SUCCESS)
+    }
+}

@@ -107,3 +107,11 @@ mod tests {
         }
     }
 }
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.as_str(), self.message_en())
+    }
+}
+
+impl std::error::Error for Code {}

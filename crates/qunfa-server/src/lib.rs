@@ -1,1 +1,125 @@
-//! qunfa-server
+//! The HTTP face of qunfa: the `/v1` REST API, its OpenAPI document and
+//! Swagger UI, health and metrics. Only this crate knows HTTP and JSON.
+
+pub mod error;
+pub mod extract;
+mod routes;
+pub mod wire;
+
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+use axum::{extract::DefaultBodyLimit, Router};
+use qunfa_core::{contact::Channel, Policy};
+use qunfa_engine::Engine;
+use qunfa_store::Store;
+
+use crate::error::ApiError;
+
+/// Everything a handler can reach.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub store: Store,
+    pub policy: Policy,
+    pub engine: Engine,
+    admin_token_hash: String,
+    pub metrics: HttpMetrics,
+    /// Channels this server can deliver through.
+    pub channels: Vec<Channel>,
+}
+
+/// Request counters by status class.
+#[derive(Default)]
+pub struct HttpMetrics {
+    pub by_class: [AtomicU64; 6],
+}
+
+impl HttpMetrics {
+    fn record(&self, status: u16) {
+        let class = usize::from(status / 100).min(5);
+        self.by_class[class].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// `admin_token_hash` is the SHA-256 (hex) of the server admin token.
+    pub fn new(store: Store, policy: Policy, engine: Engine, admin_token_hash: String) -> Self {
+        AppState(Arc::new(Inner {
+            store,
+            policy,
+            engine,
+            admin_token_hash,
+            metrics: HttpMetrics::default(),
+            channels: vec![Channel::Inbox],
+        }))
+    }
+
+    pub fn admin_token_hash(&self) -> &str {
+        &self.0.admin_token_hash
+    }
+
+    /// Runs blocking store work off the async threads.
+    ///
+    /// # Errors
+    /// `f`'s error; a panicked task is an internal error.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || f(&state.0)).await.map_err(|e| ApiError::internal(&e))?
+    }
+}
+
+/// Largest request body (imports are sent in chunks by the CLI).
+pub const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
+
+/// The whole application.
+pub fn app(state: AppState) -> Router {
+    let (router, openapi) = routes::router().split_for_parts();
+    let openapi = Arc::new(openapi);
+    router
+        .merge(routes::ops::docs_router(openapi))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn count_requests(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(req).await;
+    state.metrics.record(response.status().as_u16());
+    response
+}
+
+/// Serves until `shutdown` resolves, then stops the engine after its step in flight.
+///
+/// # Errors
+/// When serving fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let engine = state.engine.clone();
+    let result = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await;
+    engine.shutdown().await;
+    result
+}

@@ -13,6 +13,7 @@ pub mod contacts;
 pub mod db;
 pub mod inbox;
 pub mod json;
+pub mod media;
 pub mod tags;
 pub mod workspaces;
 

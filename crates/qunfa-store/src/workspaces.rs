@@ -157,6 +157,31 @@ impl Store {
         })
     }
 
+    /// Issues another key for an existing member.
+    ///
+    /// # Errors
+    /// `NotFound`, or database errors.
+    pub fn issue_key(&self, workspace_id: i64, member_id: i64, actor: &str, now: i64) -> Result<IssuedKey, StoreError> {
+        self.db.write(|c| {
+            let m = c.query_one(
+                "SELECT role FROM members WHERE id = ? AND workspace_id = ?",
+                params![member_id, workspace_id],
+            )?;
+            let role = Role::parse(m.str(0)).map_err(|_| StoreError::Corrupt("member role".into()))?;
+            let key = insert_key(c, workspace_id, member_id, role, now)?;
+            audit::append(
+                c,
+                workspace_id,
+                actor,
+                "api_key.created",
+                &format!("api_key:{}", key.id),
+                &format!("{{\"role\":\"{}\"}}", role.as_str()),
+                now,
+            )?;
+            Ok(key)
+        })
+    }
+
     /// Lists the members of a workspace.
     ///
     /// # Errors

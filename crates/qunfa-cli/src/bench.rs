@@ -1,0 +1,260 @@
+//! `qunfa bench …`: throughput of the bulk paths, each measured against the
+//! raw bulk insert of the same rows in the same run (the floor).
+
+use std::time::Instant;
+
+use anyhow::Context;
+use qunfa_audience::AudienceSpec;
+use qunfa_core::{
+    broadcast::{BroadcastState, Priority},
+    contact::Channel,
+    import::{self, ImportFormat},
+    message::RawContent,
+    workspace::{Name, WorkspaceKind},
+    Policy,
+};
+use qunfa_store::{
+    broadcasts::{DispatchCache, DispatchRules, NewBroadcast},
+    json::content_to_json,
+    now_millis, params, DbLocation, Store, Value,
+};
+
+/// A database for one benchmark run: a fresh SQLite file in a temporary
+/// directory, or a fresh database on the PostgreSQL server given.
+pub struct BenchDb {
+    pub store: Store,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+pub fn open(database_url: Option<&str>) -> anyhow::Result<BenchDb> {
+    match database_url {
+        Some(url) if url.starts_with("postgres") => {
+            let name = qunfa_store::new_secret("qunfa_bench_");
+            let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+            client.batch_execute(&format!("CREATE DATABASE {name}"))?;
+            let base = url.rsplit_once('/').map_or(url, |(b, _)| b);
+            Ok(BenchDb { store: Store::open(DbLocation::Postgres(format!("{base}/{name}")), 4)?, _tmp: None })
+        }
+        _ => {
+            let tmp = tempfile::tempdir()?;
+            let store = Store::open(DbLocation::Sqlite(tmp.path().join("bench.db")), 4)?;
+            Ok(BenchDb { store, _tmp: Some(tmp) })
+        }
+    }
+}
+
+fn ndjson_contacts(n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n * 260);
+    let cities = ["上海", "杭州", "广州", "深圳", "北京", "成都"];
+    for i in 0..n {
+        let city = cities[i % cities.len()];
+        let line = serde_json::json!({
+            "external_id": format!("c{i}"),
+            "name": format!("用户{i}"),
+            "attributes": {"city": city, "spend": (i * 37) % 20_000, "age": 18 + i % 50, "vip": i % 10 == 0, "last_active": "2026-10-01"},
+            "channels": {"email": format!("u{i}@example.com")},
+            "tags": [format!("等级/L{}", i % 3), format!("兴趣/T{}", i % 17)],
+        });
+        serde_json::to_writer(&mut out, &line).expect("writing to a Vec");
+        out.push(b'\n');
+    }
+    out
+}
+
+fn rate(n: usize, secs: f64) -> String {
+    format!("{:.0}/s", n as f64 / secs)
+}
+
+/// `bench import`: parse + validate + store N contacts with 2 tags each.
+pub fn import(database_url: Option<&str>, n: usize) -> anyhow::Result<()> {
+    let data = ndjson_contacts(n);
+    println!(
+        "bench import: {n} contacts with 2 tags and 5 attributes each ({:.1} MB of NDJSON)",
+        data.len() as f64 / 1e6
+    );
+    let policy = Policy::builtin();
+
+    // Baseline first: the raw bulk insert of the same rows, no parsing or rules.
+    let base = open(database_url)?;
+    let (w, _) = base.store.create_workspace(
+        &Name::parse("baseline")?,
+        WorkspaceKind::Enterprise,
+        None,
+        "bench",
+        now_millis(),
+    )?;
+    let parsed = import::parse(ImportFormat::Ndjson, &data);
+    anyhow::ensure!(parsed.rejected.is_empty(), "generated data was rejected");
+    let rows: Vec<Vec<Value>> = parsed
+        .contacts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            vec![
+                Value::Int(w.id),
+                Value::Int(i as i64),
+                Value::Text(c.external_id.as_str().into()),
+                Value::Text(c.name.clone()),
+                Value::Text(qunfa_store::json::attributes_to_json(&c.attributes)),
+                Value::Text(c.channels.email.as_ref().map(|e| e.as_str().to_owned()).unwrap_or_default()),
+                Value::Text("{}".into()),
+                Value::Int(0),
+                Value::Int(0),
+            ]
+        })
+        .collect();
+    let tag_rows: Vec<Vec<Value>> = (0..n)
+        .flat_map(|i| {
+            [(i % 3) as i64 + 1, (i % 17) as i64 + 10]
+                .map(|t| vec![Value::Int(w.id), Value::Int(t), Value::Int(i as i64)])
+        })
+        .collect();
+    let t = Instant::now();
+    base.store.db.write(|c| {
+        c.bulk_insert(
+            "contacts",
+            &[
+                "workspace_id",
+                "idx",
+                "external_id",
+                "name",
+                "attributes",
+                "email",
+                "consent",
+                "created_at",
+                "updated_at",
+            ],
+            "",
+            &mut rows.into_iter(),
+        )?;
+        c.bulk_insert("contact_tags", &["workspace_id", "tag_id", "contact_idx"], "", &mut tag_rows.into_iter())
+    })?;
+    let baseline = t.elapsed().as_secs_f64();
+    drop(base);
+
+    let bench = open(database_url)?;
+    let (w, _) =
+        bench.store.create_workspace(&Name::parse("bench")?, WorkspaceKind::Enterprise, None, "bench", now_millis())?;
+    let t = Instant::now();
+    let parsed = import::parse(ImportFormat::Ndjson, &data);
+    let parse_secs = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let outcome =
+        bench.store.import_contacts(w.id, &policy.tiers.enterprise, &parsed.contacts, "bench", now_millis())?;
+    let store_secs = t.elapsed().as_secs_f64();
+    anyhow::ensure!(outcome.imported == n as u64, "imported {} of {n}", outcome.imported);
+    let total = parse_secs + store_secs;
+    println!("  backend            {:?}", bench.store.backend());
+    println!("  parse + validate   {parse_secs:.3} s  ({})", rate(n, parse_secs));
+    println!("  store (one tx)     {store_secs:.3} s  ({})", rate(n, store_secs));
+    println!("  total              {total:.3} s  ({})  <- import throughput", rate(n, total));
+    println!(
+        "  baseline raw insert of the same rows: {baseline:.3} s ({}); import/baseline = {:.2}x",
+        rate(n, baseline),
+        total / baseline
+    );
+    Ok(())
+}
+
+/// `bench fanout`: an N-recipient inbox broadcast from accepted (dispatch) to
+/// every delivery record committed.
+pub fn fanout(database_url: Option<&str>, n: usize) -> anyhow::Result<()> {
+    println!("bench fanout: {n}-recipient inbox broadcast, accepted → every delivery record durable");
+    let policy = Policy::builtin();
+    let bench = open(database_url)?;
+    let store = &bench.store;
+    let (w, _) =
+        store.create_workspace(&Name::parse("bench")?, WorkspaceKind::Enterprise, None, "bench", now_millis())?;
+    let parsed = import::parse(ImportFormat::Ndjson, &ndjson_contacts(n));
+    store.import_contacts(w.id, &policy.tiers.enterprise, &parsed.contacts, "bench", now_millis())?;
+
+    // Baseline: the raw bulk insert of the same N delivery rows, one prepared
+    // statement in one transaction, into the same table and indexes.
+    let t = Instant::now();
+    store.db.write(|c| {
+        c.bulk_insert(
+            "deliveries",
+            &[
+                "broadcast_id",
+                "channel",
+                "contact_idx",
+                "workspace_id",
+                "state",
+                "attempts",
+                "queued_at",
+                "sent_at",
+                "delivered_at",
+            ],
+            "",
+            &mut (0..n).map(|i| {
+                vec![
+                    Value::Int(-1),
+                    Value::Text("inbox".into()),
+                    Value::Int(i as i64),
+                    Value::Int(w.id),
+                    Value::Text("delivered".into()),
+                    Value::Int(1),
+                    Value::Int(1),
+                    Value::Int(1),
+                    Value::Int(1),
+                ]
+            }),
+        )
+    })?;
+    let baseline = t.elapsed().as_secs_f64();
+    store.db.write(|c| c.execute("DELETE FROM deliveries WHERE broadcast_id = -1", params![]))?;
+
+    let raw = RawContent {
+        content_type: "text".into(),
+        text: Some("双十一大促：全场五折，详情见门店。".into()),
+        ..Default::default()
+    };
+    let new = NewBroadcast {
+        content_json: content_to_json(&raw),
+        audience_json: r#"{"all":true}"#.into(),
+        channels: vec![Channel::Inbox],
+        priority: Priority::Broadcast,
+        client_msg_id: None,
+        request_hash: "bench".into(),
+    };
+    let (b, _) = store.create_broadcast(w.id, 1, &new, "bench", now_millis())?;
+    let cache = DispatchCache::default();
+    let jobs_per_step = qunfa_engine::EngineConfig::default().jobs_per_step;
+
+    let t = Instant::now();
+    let audience = store.resolve_audience(w.id, &AudienceSpec::All)?;
+    let rules = DispatchRules { from: BroadcastState::Draft, daily_limit: None, approved_by: None };
+    store.dispatch(w.id, b.id, &audience, rules, "[]", "bench", now_millis())?;
+    let accepted = t.elapsed().as_secs_f64();
+    loop {
+        let step = store.run_inbox_step("bench", &cache, jobs_per_step, now_millis())?;
+        if step.jobs == 0 {
+            break;
+        }
+    }
+    let total = t.elapsed().as_secs_f64();
+    let rec = store.broadcast(w.id, b.id)?;
+    anyhow::ensure!(
+        rec.state == BroadcastState::Completed && rec.n_delivered == n as u64,
+        "broadcast did not complete: {:?}",
+        rec.state
+    );
+    let (records, dupes) = store.delivery_totals(b.id)?;
+    anyhow::ensure!(records == n as u64 && dupes == 0, "{records} records, {dupes} duplicated");
+    println!("  backend                       {:?}", store.backend());
+    println!("  freeze audience + queue       {accepted:.3} s");
+    println!("  accepted → all {n} durable  {total:.3} s  ({})", rate(n, total));
+    println!("  baseline raw insert of {n} rows: {baseline:.3} s; fanout/baseline = {:.2}x", total / baseline);
+    println!("  check: {records} delivery records, {dupes} duplicates, state {}", rec.state.as_str());
+    Ok(())
+}
+
+/// Makes sure a benchmark database URL is usable before a long run.
+pub fn check_url(url: Option<&str>) -> anyhow::Result<()> {
+    if let Some(u) = url {
+        if u.starts_with("postgres") {
+            postgres::Client::connect(u, postgres::NoTls).context("cannot connect to the PostgreSQL server")?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! Typed configuration. It flows one way: built-in defaults → `qunfa.toml` →
+//! `QUNFA_*` environment variables → command-line flags. Nothing else reads
+//! the environment.
+
+use std::path::{Path, PathBuf};
+
+use figment::{
+    providers::{Env, Format, Serialized, Toml},
+    Figment,
+};
+use serde::{Deserialize, Serialize};
+
+/// A secret that never prints.
+#[derive(Clone, Deserialize, Serialize, Default)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Every setting.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address `serve` listens on.
+    pub listen: String,
+    /// Where the SQLite database and other local state live.
+    pub data_dir: PathBuf,
+    /// `postgres://…` selects PostgreSQL; empty means SQLite in `data_dir`.
+    pub database_url: Option<String>,
+    /// The server admin token; generated and printed at first start when unset.
+    pub admin_token: Option<Secret>,
+    /// A policy file overriding the built-in limits.
+    pub policy: Option<PathBuf>,
+    /// Log filter (`info`, `qunfa=debug`, …).
+    pub log: String,
+    /// Database connections per process.
+    pub db_connections: usize,
+    /// Base URL client commands talk to.
+    pub server: String,
+    /// Workspace API key for client commands.
+    pub api_key: Option<Secret>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./qunfa-data"),
+            database_url: None,
+            admin_token: None,
+            policy: None,
+            log: "info".into(),
+            db_connections: 8,
+            server: "http://127.0.0.1:8080".into(),
+            api_key: None,
+        }
+    }
+}
+
+const KEYS: [&str; 10] = [
+    "listen",
+    "data_dir",
+    "database_url",
+    "admin_token",
+    "policy",
+    "log",
+    "db_connections",
+    "server",
+    "api_key",
+    "config",
+];
+
+/// Flags that override the file and the environment (only the ones given).
+#[derive(Debug, Default, Serialize)]
+pub struct FlagOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+}
+
+impl Config {
+    /// Loads the configuration. `file` is `qunfa.toml` unless `--config` or
+    /// `QUNFA_CONFIG` names another; a missing default file is fine, a missing
+    /// named file is an error.
+    ///
+    /// # Errors
+    /// Unknown keys, wrong types, or a named file that does not exist.
+    pub fn load(file: Option<&Path>, flags: FlagOverrides) -> anyhow::Result<Config> {
+        let env_file = std::env::var_os("QUNFA_CONFIG").map(PathBuf::from);
+        let named = file.map(Path::to_path_buf).or(env_file);
+        if let Some(path) = &named {
+            anyhow::ensure!(path.exists(), "config file {} does not exist", path.display());
+        }
+        let path = named.unwrap_or_else(|| PathBuf::from("qunfa.toml"));
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(&path))
+            .merge(Env::prefixed("QUNFA_").only(&KEYS).ignore(&["config"]))
+            .merge(Serialized::defaults(flags))
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        Ok(config)
+    }
+
+    /// The database this configuration names.
+    pub fn database(&self) -> qunfa_store::DbLocation {
+        match self.database_url.as_deref().filter(|u| !u.is_empty()) {
+            Some(url) => qunfa_store::DbLocation::parse(url),
+            None => qunfa_store::DbLocation::Sqlite(self.data_dir.join("qunfa.db")),
+        }
+    }
+
+    /// The policy in force.
+    ///
+    /// # Errors
+    /// An unreadable or invalid policy file.
+    pub fn load_policy(&self) -> anyhow::Result<qunfa_core::Policy> {
+        match &self.policy {
+            None => Ok(qunfa_core::Policy::builtin()),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read policy {}: {e}", path.display()))?;
+                Ok(qunfa_core::Policy::from_toml_str(&text)?)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("qunfa.toml", "listen = \"127.0.0.1:9000\"\nlog = \"debug\"\n")?;
+            jail.set_env("QUNFA_LOG", "warn");
+            jail.set_env("QUNFA_TEST_POSTGRES_URL", "postgres://ignored");
+            let c =
+                Config::load(None, FlagOverrides { server: Some("http://x".into()), ..Default::default() }).unwrap();
+            assert_eq!(c.listen, "127.0.0.1:9000");
+            assert_eq!(c.log, "warn");
+            assert_eq!(c.server, "http://x");
+            assert_eq!(format!("{:?}", Secret("s3cret".into())), "Secret(***)");
+            jail.create_file("bad.toml", "lisen = 1\n")?;
+            assert!(Config::load(Some(Path::new("bad.toml")), FlagOverrides::default()).is_err());
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,116 @@
+//! Extractors: JSON bodies with coded errors, and the three kinds of caller
+//! (workspace API key, recipient inbox token, server admin token).
+
+use axum::{
+    body::Bytes,
+    extract::{FromRequest, FromRequestParts, Request},
+    http::{header, request::Parts},
+};
+use qunfa_core::{workspace::Action, Code};
+use qunfa_store::workspaces::AuthContext;
+use serde::de::DeserializeOwned;
+
+use crate::{error::ApiError, AppState};
+
+/// A JSON body. Malformed JSON, wrong types and unknown fields are answered
+/// with `QF-BAD-JSON` and serde's description of where the problem is. The
+/// `Content-Type` header is not required (many clients omit it).
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::code(Code::PayloadTooLarge)
+            } else {
+                ApiError::new(Code::BadRequest, e.body_text())
+            }
+        })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Parses a JSON body with a coded error.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = if path == "." || path.is_empty() { inner.to_string() } else { format!("{path}: {inner}") };
+        ApiError::new(Code::BadJson, message)
+    })?;
+    de.end().map_err(|e| ApiError::new(Code::BadJson, e.to_string()))?;
+    Ok(value)
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// A caller with a workspace API key.
+pub struct Auth(pub AuthContext);
+
+impl Auth {
+    /// Refuses unless the key's role allows `action`.
+    ///
+    /// # Errors
+    /// `QF-AUTH-FORBIDDEN`.
+    pub fn require(&self, action: Action) -> Result<(), ApiError> {
+        if self.0.role.allows(action) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                Code::Forbidden,
+                format!("the {} role may not do this ({action:?})", self.0.role.as_str()),
+            ))
+        }
+    }
+    pub fn workspace_id(&self) -> i64 {
+        self.0.workspace.id
+    }
+}
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or_else(|| ApiError::code(Code::Unauthenticated))?.to_owned();
+        let ctx = state.blocking(move |s| s.store.authenticate(&token).map_err(ApiError::from)).await?;
+        ctx.map(Auth).ok_or_else(|| ApiError::code(Code::Unauthenticated))
+    }
+}
+
+/// A recipient with an inbox token: (workspace id, contact idx).
+pub struct InboxAuth(pub i64, pub u32);
+
+impl FromRequestParts<AppState> for InboxAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or_else(|| ApiError::code(Code::Unauthenticated))?.to_owned();
+        let found = state.blocking(move |s| s.store.inbox_auth(&token).map_err(ApiError::from)).await?;
+        found.map(|(w, i)| InboxAuth(w, i)).ok_or_else(|| {
+            ApiError::new(Code::Unauthenticated, "an inbox token is required (POST /v1/contacts/{id}/inbox-token)")
+        })
+    }
+}
+
+/// The server administrator.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or_else(|| ApiError::code(Code::Unauthenticated))?;
+        if qunfa_store::secret_hash(token) == state.admin_token_hash() {
+            Ok(Admin)
+        } else {
+            Err(ApiError::new(Code::Unauthenticated, "the server admin token is required"))
+        }
+    }
+}

@@ -1,0 +1,567 @@
+//! Broadcasts: compose, preflight, send, approve, progress and delivery log.
+
+use std::{convert::Infallible, time::Duration};
+
+use axum::{
+    extract::{Path, Query, State},
+    http::StatusCode,
+    response::sse::{Event, KeepAlive, Sse},
+    Json,
+};
+use futures::Stream;
+use qunfa_audience::{roaring::RoaringBitmap, AudienceSpec};
+use qunfa_core::{
+    broadcast::{BroadcastState, Priority},
+    contact::Channel,
+    message::{Content, RawContent},
+    preflight::{self, AudienceShape, SendProposal, Severity, Verdict},
+    workspace::{Action, WorkspaceKind},
+    Code,
+};
+use qunfa_store::{
+    broadcasts::{BroadcastRecord, DispatchRules, NewBroadcast},
+    json::{audience_from_json, audience_to_json, content_to_json},
+    now_millis, StoreError,
+};
+use sha2::Digest;
+
+use super::{contact_id, parse_contact_ids, parse_id, PageQuery};
+use crate::{
+    error::{ApiError, ApiResult, ErrorBody},
+    extract::{ApiJson, Auth},
+    wire::*,
+    AppState, Inner,
+};
+
+pub fn broadcast_response(b: BroadcastRecord) -> BroadcastResponse {
+    let total = b.n_recipients * b.channels.len() as u64;
+    let finished = b.n_delivered + b.n_failed;
+    let audience = serde_json::from_str(&b.audience_json).unwrap_or_default();
+    BroadcastResponse {
+        id: b.id.to_string(),
+        state: b.state.as_str().into(),
+        content: b.content.into(),
+        audience,
+        channels: b.channels.iter().map(|c| c.as_str().to_owned()).collect(),
+        priority: b.priority.as_str().into(),
+        client_msg_id: b.client_msg_id,
+        member_id: b.member_id.to_string(),
+        recipients: b.n_recipients,
+        counts: Counts {
+            total,
+            queued: total.saturating_sub(finished),
+            sent: finished,
+            delivered: b.n_delivered,
+            failed: b.n_failed,
+            read: b.n_read,
+            replied: b.n_replied,
+        },
+        created_at: ts(b.created_at),
+        submitted_at: ts_opt(b.submitted_at),
+        approved_by: b.approved_by.map(|m| m.to_string()),
+        approved_at: ts_opt(b.approved_at),
+        dispatched_at: ts_opt(b.dispatched_at),
+        completed_at: ts_opt(b.completed_at),
+        verdicts: b.verdicts_json.and_then(|v| serde_json::from_str(&v).ok()),
+    }
+}
+
+fn parse_audience(s: &Inner, ws: i64, w: &AudienceWire) -> Result<AudienceSpec, ApiError> {
+    let given = [w.all.is_some(), w.contact_ids.is_some(), w.tag.is_some(), w.tags.is_some(), w.department.is_some()];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err(ApiError::new(
+            Code::AudienceInvalid,
+            "give exactly one of all, contact_ids, tag, tags or department",
+        ));
+    }
+    let tag_id = |t: &str| -> Result<i64, ApiError> {
+        if let Ok(id) = t.parse::<i64>() {
+            if s.store.tag(ws, id).is_ok() {
+                return Ok(id);
+            }
+        }
+        let path = qunfa_core::tag::TagPath::parse(t)
+            .map_err(|code| ApiError::new(code, format!("tag {t:?}: {}", code.message_en())))?;
+        s.store.tag_by_path(ws, &path).map_err(|e| match e {
+            StoreError::NotFound => ApiError::new(Code::NotFound, format!("no tag {t:?} in this workspace")),
+            e => e.into(),
+        })
+    };
+    if w.all == Some(false) {
+        return Err(ApiError::new(Code::AudienceInvalid, "all must be true when given"));
+    }
+    if w.all.is_some() {
+        return Ok(AudienceSpec::All);
+    }
+    if let Some(ids) = &w.contact_ids {
+        if ids.len() > s.policy.api_batch_max {
+            return Err(ApiError::new(
+                Code::ApiBatchTooLarge,
+                format!("{} contact ids; at most {} per request", ids.len(), s.policy.api_batch_max),
+            ));
+        }
+        let mut idxs = parse_contact_ids(ws, ids)?;
+        let (_, missing) = s.store.existing_contacts(ws, &idxs)?;
+        if !missing.is_empty() {
+            let details = missing.iter().map(|i| serde_json::Value::String(contact_id(ws, *i))).collect();
+            return Err(ApiError::new(
+                Code::NotFound,
+                format!("{} contact id(s) not found in this workspace", missing.len()),
+            )
+            .with_details(details));
+        }
+        idxs.sort_unstable();
+        idxs.dedup();
+        return Ok(AudienceSpec::Contacts(idxs));
+    }
+    if let Some(t) = &w.tag {
+        return Ok(AudienceSpec::Tag(tag_id(t)?));
+    }
+    if let Some(tags) = &w.tags {
+        if tags.is_empty() {
+            return Err(ApiError::new(Code::AudienceInvalid, "tags is empty"));
+        }
+        let mut ids = tags.iter().map(|t| tag_id(t)).collect::<Result<Vec<_>, _>>()?;
+        ids.sort_unstable();
+        ids.dedup();
+        return Ok(AudienceSpec::Tags(ids));
+    }
+    let d = w.department.as_deref().unwrap_or_default();
+    let id = parse_id(d)?;
+    if !s.store.departments(ws)?.iter().any(|x| x.id == id) {
+        return Err(ApiError::new(Code::NotFound, format!("no department {d:?} in this workspace")));
+    }
+    Ok(AudienceSpec::Department(id))
+}
+
+fn content_error(code: Code, raw: &RawContent, limit: usize) -> ApiError {
+    if code == Code::TextTooLong {
+        let longest = [&raw.text, &raw.caption, &raw.description, &raw.html]
+            .iter()
+            .filter_map(|t| t.as_ref())
+            .map(|t| t.chars().count())
+            .max()
+            .unwrap_or(0);
+        return ApiError::new(code, format!("the text has {longest} characters; this workspace allows {limit}"))
+            .with_details(vec![serde_json::json!({"limit": limit, "actual": longest})]);
+    }
+    ApiError::code(code)
+}
+
+/// Compose a broadcast (a draft). Malformed content, text over the tier's
+/// limit, unknown channels and contacts of other workspaces are refused here;
+/// every other rule is reported by preflight.
+#[utoipa::path(post, path = "/v1/broadcasts", tag = "broadcasts", request_body = CreateBroadcastRequest,
+    responses((status = 201, body = BroadcastResponse), (status = 200, description = "the original broadcast of a repeated client_msg_id", body = BroadcastResponse),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create_broadcast(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiJson(req): ApiJson<CreateBroadcastRequest>,
+) -> ApiResult<(StatusCode, Json<BroadcastResponse>)> {
+    auth.require(Action::Send)?;
+    let tier = state.policy.tier(auth.0.workspace.kind);
+    let raw: RawContent = req.content.into();
+    let content =
+        Content::parse(&raw, tier.text_max_chars).map_err(|code| content_error(code, &raw, tier.text_max_chars))?;
+    let mut channels = Vec::new();
+    for c in req.channels.unwrap_or_else(|| vec!["inbox".into()]) {
+        let ch = Channel::parse(&c).map_err(|code| ApiError::new(code, format!("unknown channel {c:?}")))?;
+        if !channels.contains(&ch) {
+            channels.push(ch);
+        }
+    }
+    if channels.is_empty() {
+        return Err(ApiError::new(Code::InvalidChannel, "name at least one channel"));
+    }
+    let priority = match req.priority.as_deref() {
+        None => Priority::Broadcast,
+        Some(p) => Priority::parse(p)
+            .map_err(|_| ApiError::new(Code::BadRequest, "priority is transactional, chat or broadcast"))?,
+    };
+    if let Some(cid) = &req.client_msg_id {
+        if cid.is_empty() || cid.chars().count() > 128 {
+            return Err(ApiError::new(Code::BadRequest, "client_msg_id has 1 to 128 characters"));
+        }
+    }
+    let (ws, member, actor) = (auth.workspace_id(), auth.0.member_id, auth.0.actor());
+    let audience = req.audience;
+    let client_msg_id = req.client_msg_id;
+    let (b, created) = state
+        .blocking(move |s| {
+            for media in content.media() {
+                if !s.store.media_exists(ws, media)? {
+                    return Err(ApiError::new(
+                        Code::MediaNotFound,
+                        format!("media {} was not uploaded to this workspace", media.as_str()),
+                    ));
+                }
+            }
+            let spec = parse_audience(s, ws, &audience)?;
+            let content_json = content_to_json(&content.to_raw());
+            let audience_json = audience_to_json(&spec);
+            let request_hash = hex::encode(sha2::Sha256::digest(
+                format!(
+                    "{content_json}\n{audience_json}\n{}\n{}",
+                    qunfa_store::json::channels_to_json(&channels),
+                    priority.as_str()
+                )
+                .as_bytes(),
+            ));
+            let new = NewBroadcast { content_json, audience_json, channels, priority, client_msg_id, request_hash };
+            Ok(s.store.create_broadcast(ws, member, &new, &actor, now_millis())?)
+        })
+        .await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(broadcast_response(b))))
+}
+
+/// Broadcasts, newest first.
+#[utoipa::path(get, path = "/v1/broadcasts", tag = "broadcasts", params(PageQuery), responses((status = 200, body = Page<BroadcastResponse>)))]
+pub async fn list_broadcasts(
+    State(state): State<AppState>,
+    auth: Auth,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Json<Page<BroadcastResponse>>> {
+    auth.require(Action::Read)?;
+    let (ws, limit, before) = (auth.workspace_id(), q.limit()?, q.cursor_i64()?);
+    let rows = state.blocking(move |s| Ok(s.store.broadcasts(ws, before, limit)?)).await?;
+    let next_cursor = (rows.len() == limit).then(|| rows.last().map(|b| b.id.to_string())).flatten();
+    Ok(Json(Page { items: rows.into_iter().map(broadcast_response).collect(), next_cursor }))
+}
+
+async fn load(state: &AppState, ws: i64, id: &str) -> ApiResult<BroadcastRecord> {
+    let id = parse_id(id)?;
+    state.blocking(move |s| Ok(s.store.broadcast(ws, id)?)).await
+}
+
+/// A broadcast with its state and counts.
+#[utoipa::path(get, path = "/v1/broadcasts/{id}", tag = "broadcasts", params(("id" = String, Path)),
+    responses((status = 200, body = BroadcastResponse), (status = 404, body = ErrorBody)))]
+pub async fn get_broadcast(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<BroadcastResponse>> {
+    auth.require(Action::Read)?;
+    Ok(Json(broadcast_response(load(&state, auth.workspace_id(), &id).await?)))
+}
+
+/// Every verdict on a broadcast, with its audience resolved now.
+/// `already_counted`: the broadcast itself is among the sender's sends today.
+pub fn evaluate(
+    s: &Inner,
+    kind: WorkspaceKind,
+    plan: Option<&str>,
+    b: &BroadcastRecord,
+    already_counted: bool,
+) -> Result<(Vec<Verdict>, RoaringBitmap), ApiError> {
+    let now = now_millis();
+    let spec = audience_from_json(&b.audience_json)?;
+    let mut verdicts = Vec::new();
+    let audience = match s.store.resolve_audience(b.workspace_id, &spec) {
+        Ok(a) => a,
+        Err(StoreError::NotFound) => {
+            verdicts.push(Verdict {
+                code: Code::AudienceInvalid,
+                severity: Severity::Block,
+                message: "A tag or department of this audience was deleted.".into(),
+                message_zh: "发送对象中的标签或部门已被删除。".into(),
+                hint: "Compose the broadcast again with an existing tag or department.".into(),
+                clears_at: None,
+                limit: None,
+                actual: None,
+            });
+            RoaringBitmap::new()
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let content =
+        Content::parse(&b.content, usize::MAX).map_err(|_| ApiError::internal(&"stored content does not parse"))?;
+    let keys = s.store.attribute_keys(b.workspace_id)?;
+    let mut unknown_variables: Vec<String> = Vec::new();
+    for text in content.texts() {
+        for v in text.template().unknown_variables(&|k| keys.contains(k)) {
+            if !unknown_variables.iter().any(|u| u == v) {
+                unknown_variables.push(v.to_owned());
+            }
+        }
+    }
+    let shape = match &spec {
+        AudienceSpec::All => AudienceShape::All,
+        AudienceSpec::Contacts(ids) => AudienceShape::Contacts { n_ids: ids.len() },
+        AudienceSpec::Tag(_) => AudienceShape::Tag,
+        AudienceSpec::Tags(t) => AudienceShape::Tags { n_tags: t.len() },
+        AudienceSpec::Department(_) => AudienceShape::Department,
+    };
+    let (day_start, _) = s.policy.day_bounds(now);
+    let mut sends_today = s.store.sends_today(b.member_id, day_start)?;
+    if already_counted {
+        sends_today = sends_today.saturating_sub(1);
+    }
+    let proposal = SendProposal {
+        kind,
+        plan,
+        content: &content,
+        unknown_variables,
+        audience: shape,
+        n_recipients: audience.len(),
+        channels: &b.channels,
+        available_channels: &s.channels,
+        sends_today,
+        now,
+    };
+    verdicts.extend(preflight::preflight(&s.policy, &proposal));
+    verdicts.sort_by_key(|v| v.severity);
+    Ok((verdicts, audience))
+}
+
+/// An optional JSON body: empty means the defaults.
+fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        crate::extract::parse_json(body)
+    }
+}
+
+fn verdicts_json(verdicts: &[Verdict]) -> String {
+    serde_json::to_string(&verdicts.iter().map(VerdictWire::from).collect::<Vec<_>>()).unwrap_or_else(|_| "[]".into())
+}
+
+/// "Why can't I send?": every reason the send would be blocked, held for approval or delayed, each with a code, messages in English and Chinese, and a fix.
+#[utoipa::path(post, path = "/v1/broadcasts/{id}/preflight", tag = "broadcasts", params(("id" = String, Path)),
+    responses((status = 200, body = PreflightResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn preflight(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<PreflightResponse>> {
+    auth.require(Action::Read)?;
+    let b = load(&state, auth.workspace_id(), &id).await?;
+    if !b.state.may_submit() && b.state != BroadcastState::PendingApproval {
+        return Err(ApiError::new(
+            Code::Conflict,
+            format!("the broadcast is {}; GET it for the verdicts recorded at submission", b.state.as_str()),
+        ));
+    }
+    let (kind, plan) = (auth.0.workspace.kind, auth.0.workspace.plan.clone());
+    let pending = b.state == BroadcastState::PendingApproval;
+    let (verdicts, audience) = state.blocking(move |s| evaluate(s, kind, plan.as_deref(), &b, pending)).await?;
+    Ok(Json(PreflightResponse {
+        ok: !preflight::blocks(&verdicts),
+        recipients: audience.len(),
+        verdicts: verdicts.iter().map(VerdictWire::from).collect(),
+    }))
+}
+
+/// Send: freezes the audience and queues delivery (202), holds the broadcast
+/// for approval when a verdict says `review` (202, state `pending_approval`),
+/// or refuses with every verdict (422).
+#[utoipa::path(post, path = "/v1/broadcasts/{id}/send", tag = "broadcasts", params(("id" = String, Path)),
+    responses((status = 202, body = BroadcastResponse), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn send(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<BroadcastResponse>)> {
+    auth.require(Action::Send)?;
+    let ws = auth.workspace_id();
+    let b = load(&state, ws, &id).await?;
+    if !b.state.may_submit() {
+        return Err(ApiError::new(Code::Conflict, format!("the broadcast is {}, not a draft", b.state.as_str())));
+    }
+    let (kind, plan, actor) = (auth.0.workspace.kind, auth.0.workspace.plan.clone(), auth.0.actor());
+    let b = state
+        .blocking(move |s| {
+            let (verdicts, audience) = evaluate(s, kind, plan.as_deref(), &b, false)?;
+            if preflight::blocks(&verdicts) {
+                return Err(ApiError::from_verdicts(&verdicts));
+            }
+            let now = now_millis();
+            let recorded = verdicts_json(&verdicts);
+            if preflight::needs_review(&verdicts) {
+                s.store.hold_for_approval(ws, b.id, &recorded, &actor, now)?;
+            } else {
+                let tier = s.policy.tier(kind);
+                let daily_limit = tier.sends_per_day.map(|l| (l, s.policy.day_bounds(now).0));
+                let rules = DispatchRules { from: BroadcastState::Draft, daily_limit, approved_by: None };
+                s.store.dispatch(ws, b.id, &audience, rules, &recorded, &actor, now)?;
+                s.engine.wake();
+            }
+            Ok(s.store.broadcast(ws, b.id)?)
+        })
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(broadcast_response(b))))
+}
+
+/// Approve a broadcast waiting for approval (reviewer, admin or owner; not its own sender). It is dispatched at once.
+#[utoipa::path(post, path = "/v1/broadcasts/{id}/approve", tag = "broadcasts", params(("id" = String, Path)), request_body = ApprovalRequest,
+    responses((status = 202, body = BroadcastResponse), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn approve(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<BroadcastResponse>)> {
+    auth.require(Action::Approve)?;
+    let comment = optional_body::<ApprovalRequest>(&body)?.comment.unwrap_or_default();
+    let ws = auth.workspace_id();
+    let b = load(&state, ws, &id).await?;
+    if b.state != BroadcastState::PendingApproval {
+        return Err(ApiError::new(
+            Code::Conflict,
+            format!("the broadcast is {}, not waiting for approval", b.state.as_str()),
+        ));
+    }
+    if b.member_id == auth.0.member_id {
+        return Err(ApiError::code(Code::SelfApproval));
+    }
+    let (kind, plan, actor, approver) =
+        (auth.0.workspace.kind, auth.0.workspace.plan.clone(), auth.0.actor(), auth.0.member_id);
+    let b = state
+        .blocking(move |s| {
+            let (verdicts, audience) = evaluate(s, kind, plan.as_deref(), &b, true)?;
+            if preflight::blocks(&verdicts) {
+                return Err(ApiError::from_verdicts(&verdicts));
+            }
+            let now = now_millis();
+            let mut recorded: serde_json::Value = serde_json::from_str(&verdicts_json(&verdicts)).unwrap_or_default();
+            if let Some(list) = recorded.as_array_mut() {
+                list.push(serde_json::json!({"approved_by": approver.to_string(), "comment": comment}));
+            }
+            let rules =
+                DispatchRules { from: BroadcastState::PendingApproval, daily_limit: None, approved_by: Some(approver) };
+            s.store.dispatch(ws, b.id, &audience, rules, &recorded.to_string(), &actor, now)?;
+            s.engine.wake();
+            Ok(s.store.broadcast(ws, b.id)?)
+        })
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(broadcast_response(b))))
+}
+
+/// Reject a broadcast waiting for approval.
+#[utoipa::path(post, path = "/v1/broadcasts/{id}/reject", tag = "broadcasts", params(("id" = String, Path)), request_body = ApprovalRequest,
+    responses((status = 200, body = BroadcastResponse), (status = 409, body = ErrorBody)))]
+pub async fn reject(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<BroadcastResponse>> {
+    auth.require(Action::Approve)?;
+    let comment = optional_body::<ApprovalRequest>(&body)?.comment.unwrap_or_default();
+    let ws = auth.workspace_id();
+    let id = parse_id(&id)?;
+    let actor = auth.0.actor();
+    let b = state
+        .blocking(move |s| {
+            s.store.broadcast(ws, id)?;
+            s.store.reject_broadcast(ws, id, &comment, &actor, now_millis())?;
+            Ok(s.store.broadcast(ws, id)?)
+        })
+        .await?;
+    Ok(Json(broadcast_response(b)))
+}
+
+/// The per-recipient delivery log.
+#[utoipa::path(get, path = "/v1/broadcasts/{id}/deliveries", tag = "broadcasts", params(("id" = String, Path), PageQuery),
+    responses((status = 200, body = Page<DeliveryWire>), (status = 404, body = ErrorBody)))]
+pub async fn deliveries(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Json<Page<DeliveryWire>>> {
+    auth.require(Action::Read)?;
+    let ws = auth.workspace_id();
+    let b = load(&state, ws, &id).await?;
+    let limit = q.limit()?;
+    let after = match q.cursor.as_deref() {
+        None => None,
+        Some(c) => {
+            let (ch, idx) = c.split_once(':').ok_or_else(|| ApiError::code(Code::BadCursor))?;
+            Some((ch.to_owned(), idx.parse::<u32>().map_err(|_| ApiError::code(Code::BadCursor))?))
+        }
+    };
+    let rows = state.blocking(move |s| Ok(s.store.deliveries(b.id, after, limit)?)).await?;
+    let next_cursor =
+        (rows.len() == limit).then(|| rows.last().map(|d| format!("{}:{}", d.channel, d.contact_idx))).flatten();
+    let items = rows
+        .into_iter()
+        .map(|d| DeliveryWire {
+            contact_id: contact_id(ws, d.contact_idx),
+            channel: d.channel,
+            state: d.state,
+            attempts: d.attempts,
+            error_code: d.error_code,
+            queued_at: ts(d.queued_at),
+            sent_at: ts_opt(d.sent_at),
+            delivered_at: ts_opt(d.delivered_at),
+            read_at: ts_opt(d.read_at),
+            replied_at: ts_opt(d.replied_at),
+        })
+        .collect();
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// Replies recipients sent to a broadcast.
+#[utoipa::path(get, path = "/v1/broadcasts/{id}/replies", tag = "broadcasts", params(("id" = String, Path), PageQuery),
+    responses((status = 200, body = Page<ReplyResponse>), (status = 404, body = ErrorBody)))]
+pub async fn replies(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Json<Page<ReplyResponse>>> {
+    auth.require(Action::Read)?;
+    let ws = auth.workspace_id();
+    let b = load(&state, ws, &id).await?;
+    let (limit, after) = (q.limit()?, q.cursor_i64()?);
+    let rows = state.blocking(move |s| Ok(s.store.replies(b.id, after, limit)?)).await?;
+    let next_cursor = (rows.len() == limit).then(|| rows.last().map(|r| r.id.to_string())).flatten();
+    let items = rows
+        .into_iter()
+        .map(|r| ReplyResponse {
+            id: r.id.to_string(),
+            contact_id: contact_id(ws, r.contact_idx),
+            text: r.text,
+            created_at: ts(r.created_at),
+        })
+        .collect();
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// Progress as server-sent events: a `progress` event (the broadcast as JSON)
+/// whenever its state or counts change; the stream ends when it is completed or cancelled.
+#[utoipa::path(get, path = "/v1/broadcasts/{id}/events", tag = "broadcasts", params(("id" = String, Path)),
+    responses((status = 200, content_type = "text/event-stream", body = String), (status = 404, body = ErrorBody)))]
+pub async fn events(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    auth.require(Action::Read)?;
+    let ws = auth.workspace_id();
+    let first = load(&state, ws, &id).await?;
+    let id = first.id;
+    let stream = futures::stream::unfold((state, None::<String>, false), move |(state, last, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            let b = match state.blocking(move |s| Ok(s.store.broadcast(ws, id)?)).await {
+                Ok(b) => b,
+                Err(_) => return None,
+            };
+            let finished = matches!(b.state, BroadcastState::Completed | BroadcastState::Cancelled);
+            let json = serde_json::to_string(&broadcast_response(b)).unwrap_or_default();
+            if last.as_deref() != Some(json.as_str()) {
+                let event = Event::default().event("progress").data(json.clone());
+                return Some((Ok(event), (state, Some(json), finished)));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}

@@ -1,0 +1,59 @@
+//! Uploaded media (images, files), stored by content hash per workspace.
+
+use qunfa_core::message::MediaId;
+
+use crate::{audit, params, Store, StoreError};
+
+impl Store {
+    /// Stores bytes under their SHA-256; uploading the same bytes twice is a no-op.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn put_media(
+        &self,
+        workspace_id: i64,
+        bytes: &[u8],
+        content_type: &str,
+        filename: Option<&str>,
+        actor: &str,
+        now: i64,
+    ) -> Result<MediaId, StoreError> {
+        let id = MediaId::of(bytes);
+        self.db.write(|c| {
+            let n = c.execute(
+                "INSERT INTO media (workspace_id, id, content_type, filename, size, bytes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT DO NOTHING",
+                params![workspace_id, id.as_str(), content_type, filename, bytes.len(), bytes.to_vec(), now],
+            )?;
+            if n == 1 {
+                audit::append(c, workspace_id, actor, "media.uploaded", &format!("media:{}", id.as_str()), &serde_json::json!({"size": bytes.len(), "content_type": content_type}).to_string(), now)?;
+            }
+            Ok(())
+        })?;
+        Ok(id)
+    }
+
+    /// Content type and bytes of a media item.
+    ///
+    /// # Errors
+    /// `NotFound`, or database errors.
+    pub fn media(&self, workspace_id: i64, id: &MediaId) -> Result<(String, Vec<u8>), StoreError> {
+        let r = self.db.conn()?.query_one(
+            "SELECT content_type, bytes FROM media WHERE workspace_id = ? AND id = ?",
+            params![workspace_id, id.as_str()],
+        )?;
+        Ok((r.string(0), r.blob(1).to_vec()))
+    }
+
+    /// Whether a media item exists in the workspace.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn media_exists(&self, workspace_id: i64, id: &MediaId) -> Result<bool, StoreError> {
+        Ok(self
+            .db
+            .conn()?
+            .query_opt("SELECT 1 FROM media WHERE workspace_id = ? AND id = ?", params![workspace_id, id.as_str()])?
+            .is_some())
+    }
+}
