@@ -22,6 +22,8 @@ pub struct ApiError {
     pub message: String,
     pub details: Vec<serde_json::Value>,
     pub retry_after: Option<u64>,
+    /// A specific Chinese message; the code's default otherwise.
+    pub message_zh: Option<String>,
 }
 
 /// The body of every error response.
@@ -62,7 +64,14 @@ pub fn status_of(code: Code) -> StatusCode {
 
 impl ApiError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Self { status: status_of(code), code, message: message.into(), details: Vec::new(), retry_after: None }
+        Self {
+            status: status_of(code),
+            code,
+            message: message.into(),
+            details: Vec::new(),
+            retry_after: None,
+            message_zh: None,
+        }
     }
     pub fn code(code: Code) -> Self {
         Self::new(code, code.message_en())
@@ -84,6 +93,7 @@ impl ApiError {
         let first =
             verdicts.iter().find(|v| v.severity == qunfa_core::preflight::Severity::Block).unwrap_or(&verdicts[0]);
         let mut e = Self::new(first.code, first.message.clone());
+        e.message_zh = Some(first.message_zh.clone());
         e.status = StatusCode::UNPROCESSABLE_ENTITY;
         e.details = verdicts.iter().map(|v| serde_json::to_value(VerdictWire::from(v)).unwrap_or_default()).collect();
         if let Some(clears_at) = first.clears_at {
@@ -124,7 +134,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code.as_str().to_owned(),
                 message: self.message,
-                message_zh: self.code.message_zh().to_owned(),
+                message_zh: self.message_zh.unwrap_or_else(|| self.code.message_zh().to_owned()),
                 hint: self.code.hint().to_owned(),
                 details: self.details,
             },

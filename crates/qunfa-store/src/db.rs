@@ -413,6 +413,18 @@ struct PoolInner {
     sqlite_writer: Mutex<()>,
 }
 
+impl Drop for PoolInner {
+    fn drop(&mut self) {
+        let conns = std::mem::take(&mut self.idle.get_mut().unwrap_or_else(|e| e.into_inner()).0);
+        if conns.iter().any(|c| matches!(c, Conn::Postgres { .. })) {
+            // `postgres::Client` closes by blocking on its own runtime, which
+            // panics when the last pool handle is dropped inside an async task.
+            // Closing on a plain thread works from anywhere.
+            let _ = std::thread::spawn(move || drop(conns)).join();
+        }
+    }
+}
+
 /// A small blocking connection pool with transaction helpers.
 #[derive(Clone)]
 pub struct Db {

@@ -36,7 +36,16 @@ use crate::{
 pub fn broadcast_response(b: BroadcastRecord) -> BroadcastResponse {
     let total = b.n_recipients * b.channels.len() as u64;
     let finished = b.n_delivered + b.n_failed;
-    let audience = serde_json::from_str(&b.audience_json).unwrap_or_default();
+    let audience = match audience_from_json(&b.audience_json) {
+        Ok(AudienceSpec::All) => serde_json::json!({"all": true}),
+        Ok(AudienceSpec::Contacts(ids)) => {
+            serde_json::json!({"contact_ids": ids.iter().map(|i| contact_id(b.workspace_id, *i)).collect::<Vec<_>>()})
+        }
+        Ok(AudienceSpec::Tag(t)) => serde_json::json!({"tag": t.to_string()}),
+        Ok(AudienceSpec::Tags(t)) => serde_json::json!({"tags": t.iter().map(ToString::to_string).collect::<Vec<_>>()}),
+        Ok(AudienceSpec::Department(d)) => serde_json::json!({"department": d.to_string()}),
+        Err(_) => serde_json::Value::Null,
+    };
     BroadcastResponse {
         id: b.id.to_string(),
         state: b.state.as_str().into(),

@@ -1,0 +1,579 @@
+//! Black-box tests through the HTTP API. Every test runs on SQLite and on
+//! PostgreSQL, each with a fresh database and a server on port 0.
+
+mod support;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use support::{spawn_app, Backend, TestApp, ADMIN_TOKEN};
+
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(super::spawn_app(super::Backend::Sqlite).await).await; } )*
+        }
+        mod postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(super::spawn_app(super::Backend::Postgres).await).await; } )*
+        }
+    };
+}
+
+both_backends!(
+    first_mass_send_end_to_end,
+    bad_input_changes_nothing,
+    import_reports_broken_lines,
+    auth_roles_and_isolation,
+    personal_rules_all_at_once,
+    daily_quota_clears_at_midnight,
+    enterprise_approval,
+    idempotent_client_msg_id,
+    contacts_crud,
+    departments_tags_and_media,
+    operations_endpoints,
+    no_panic_on_junk,
+);
+
+async fn first_mass_send_end_to_end(app: TestApp) {
+    let (_, owner) = app.workspace("enterprise").await;
+    // Import CSV with nested tags and attributes.
+    let csv = "external_id,name,email,tags,city,spend\n\
+               u1,张三,zs@example.com,客户等级/金牌/华东,上海,16000\n\
+               u2,李四,,客户等级/金牌,北京,15500\n\
+               u3,王五,,客户等级/银牌,广州,9000\n";
+    let out = app.raw("/v1/contacts/import", &owner, "text/csv", csv).await.expect(200);
+    assert_eq!((out["imported"].as_u64(), out["tags_created"].as_u64()), (Some(3), Some(4)));
+    let tags = app.get("/v1/tags", &owner).await.expect(200);
+    let paths: Vec<&str> = tags.as_array().unwrap().iter().map(|t| t["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["客户等级", "客户等级/金牌", "客户等级/金牌/华东", "客户等级/银牌"]);
+
+    // Compose for the 金牌 subtree with a variable, preflight, send.
+    let id = app.draft(&owner, "{{name}}您好：{{city}}门店 VIP 专场", json!({"tag": "客户等级/金牌"})).await;
+    let pf = app.post(&format!("/v1/broadcasts/{id}/preflight"), &owner, json!({})).await.expect(200);
+    assert_eq!((pf["ok"].as_bool(), pf["recipients"].as_u64()), (Some(true), Some(2)));
+    assert_eq!(pf["verdicts"], json!([]));
+    let sent = app.post(&format!("/v1/broadcasts/{id}/send"), &owner, json!({})).await.expect(202);
+    assert_eq!(sent["state"], "sending");
+    let done = app.wait_completed(&owner, &id).await;
+    assert_eq!(done["counts"]["delivered"], 2);
+    assert_eq!(done["counts"]["queued"], 0);
+    assert!(done["dispatched_at"].is_string() && done["completed_at"].is_string());
+    // A second send of the same broadcast is a conflict, not a second delivery.
+    app.post(&format!("/v1/broadcasts/{id}/send"), &owner, json!({})).await.expect_error(409, "QF-STATE-CONFLICT");
+
+    // Exactly one delivery record per recipient.
+    let log = app.get(&format!("/v1/broadcasts/{id}/deliveries"), &owner).await.expect(200);
+    let items = log["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert!(items.iter().all(|d| d["state"] == "delivered" && d["attempts"] == 1 && d["delivered_at"].is_string()));
+
+    // The recipient reads and replies with their own token.
+    let contacts = app.get("/v1/contacts", &owner).await.expect(200);
+    let zhang = contacts["items"][0]["id"].as_str().unwrap().to_owned();
+    let token = app.post(&format!("/v1/contacts/{zhang}/inbox-token"), &owner, json!({})).await.expect(201)["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let inbox = app.get("/v1/inbox", &token).await.expect(200);
+    let msg = &inbox["items"][0];
+    assert_eq!(msg["text"], "张三您好：上海门店 VIP 专场");
+    assert!(msg["read_at"].is_null());
+    let mid = msg["message_id"].as_str().unwrap().to_owned();
+    assert_eq!(app.post(&format!("/v1/inbox/{mid}/read"), &token, json!({})).await.expect(200)["first_read"], true);
+    assert_eq!(app.post(&format!("/v1/inbox/{mid}/read"), &token, json!({})).await.expect(200)["first_read"], false);
+    app.post(&format!("/v1/inbox/{mid}/reply"), &token, json!({"text": "收到，谢谢"})).await.expect(201);
+    let b = app.get(&format!("/v1/broadcasts/{id}"), &owner).await.expect(200);
+    assert_eq!((b["counts"]["read"].as_u64(), b["counts"]["replied"].as_u64()), (Some(1), Some(1)));
+    let replies = app.get(&format!("/v1/broadcasts/{id}/replies"), &owner).await.expect(200);
+    assert_eq!(replies["items"][0]["text"], "收到，谢谢");
+    // The recipient cannot see a message that was not sent to them.
+    app.post(&format!("/v1/inbox/{}/read", mid.parse::<i64>().unwrap() + 1), &token, json!({}))
+        .await
+        .expect_error(404, "QF-NOT-FOUND");
+    // Workspace keys are not inbox tokens, and inbox tokens are not workspace keys.
+    app.get("/v1/inbox", &owner).await.expect_error(401, "QF-AUTH-REQUIRED");
+    app.get("/v1/contacts", &token).await.expect_error(401, "QF-AUTH-REQUIRED");
+
+    // Every state change is in the audit log, and the chain verifies.
+    let audit = app.get("/v1/audit?limit=1000", &owner).await.expect(200);
+    let actions: Vec<&str> = audit["items"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    for a in [
+        "workspace.created",
+        "contacts.imported",
+        "broadcast.created",
+        "broadcast.dispatched",
+        "broadcast.completed",
+        "inbox_token.created",
+    ] {
+        assert!(actions.contains(&a), "{a} missing from {actions:?}");
+    }
+    let store = app.store.clone();
+    let reports = tokio::task::spawn_blocking(move || store.audit_verify().unwrap()).await.unwrap();
+    assert!(reports.iter().all(|r| r.result.is_ok()), "{reports:?}");
+}
+
+async fn count(app: &TestApp, key: &str, path: &str) -> usize {
+    let v = app.get(path, key).await.expect(200);
+    v.get("items").unwrap_or(&v).as_array().unwrap().len()
+}
+
+async fn bad_input_changes_nothing(app: TestApp) {
+    let (_, key) = app.workspace("enterprise").await;
+    let ids = app.contacts(&key, 2, &["A"]).await;
+    let r = app.raw("/v1/broadcasts", &key, "application/json", "{\"content\": ").await;
+    r.expect_error(400, "QF-BAD-JSON");
+    let r = app
+        .post(
+            "/v1/broadcasts",
+            &key,
+            json!({"content": {"type": "text", "text": "hi"}, "audience": {"all": true}, "colour": "red"}),
+        )
+        .await;
+    let body = r.expect_error(400, "QF-BAD-JSON");
+    assert!(body["error"]["message"].as_str().unwrap().contains("colour"), "{body}");
+    let r = app
+        .post(
+            "/v1/broadcasts",
+            &key,
+            json!({"content": {"type": "text", "text": "群".repeat(3000)}, "audience": {"all": true}}),
+        )
+        .await;
+    let body = r.expect_error(422, "QF-CONTENT-TOO-LONG");
+    assert_eq!(body["error"]["details"][0], json!({"limit": 2048, "actual": 3000}));
+    app.post("/v1/broadcasts", &key, json!({"content": {"type": "text", "text": "  "}, "audience": {"all": true}}))
+        .await
+        .expect_error(400, "QF-CONTENT-EMPTY");
+    app.post(
+        "/v1/broadcasts",
+        &key,
+        json!({"content": {"type": "text", "text": "hi {{name"}, "audience": {"all": true}}),
+    )
+    .await
+    .expect_error(400, "QF-TEMPLATE-SYNTAX");
+    app.post("/v1/broadcasts", &key, json!({"content": {"type": "video"}, "audience": {"all": true}}))
+        .await
+        .expect_error(400, "QF-INVALID-CONTENT");
+    app.post(
+        "/v1/broadcasts",
+        &key,
+        json!({"content": {"type": "text", "text": "hi"}, "audience": {"all": true, "tag": "A"}}),
+    )
+    .await
+    .expect_error(400, "QF-AUDIENCE-INVALID");
+    app.post("/v1/broadcasts", &key, json!({"content": {"type": "text", "text": "hi"}, "audience": {"tag": "nope"}}))
+        .await
+        .expect_error(404, "QF-NOT-FOUND");
+    app.post(
+        "/v1/broadcasts",
+        &key,
+        json!({"content": {"type": "text", "text": "hi"}, "audience": {"all": true}, "channels": ["pigeon"]}),
+    )
+    .await
+    .expect_error(400, "QF-INVALID-CHANNEL");
+    let many: Vec<String> = (0..2001).map(|_| ids[0].clone()).collect();
+    app.post(
+        "/v1/broadcasts",
+        &key,
+        json!({"content": {"type": "text", "text": "hi"}, "audience": {"contact_ids": many}}),
+    )
+    .await
+    .expect_error(422, "QF-LIMIT-API-BATCH");
+    assert_eq!(count(&app, &key, "/v1/broadcasts").await, 0, "no draft was created by bad input");
+
+    // A four-level tag path.
+    app.post("/v1/tags", &key, json!({"path": "a/b/c/d"})).await.expect_error(400, "QF-TAG-TOO-DEEP");
+    app.post("/v1/tags", &key, json!({"path": "a//b"})).await.expect_error(400, "QF-INVALID-TAG-PATH");
+    assert_eq!(count(&app, &key, "/v1/tags").await, 1);
+
+    // A contact id of another workspace is not found, in a path and in an audience.
+    let (_, other) = app.workspace("enterprise").await;
+    let foreign = app.contacts(&other, 1, &[]).await;
+    app.get(&format!("/v1/contacts/{}", foreign[0]), &key).await.expect_error(404, "QF-NOT-FOUND");
+    app.get("/v1/contacts/not-a-number", &key).await.expect_error(404, "QF-NOT-FOUND");
+    let r = app
+        .post(
+            "/v1/broadcasts",
+            &key,
+            json!({"content": {"type": "text", "text": "hi"}, "audience": {"contact_ids": [ids[0], foreign[0]]}}),
+        )
+        .await;
+    let body = r.expect_error(404, "QF-NOT-FOUND");
+    assert_eq!(body["error"]["details"], json!([foreign[0]]));
+    app.post("/v1/tags/1/members", &key, json!({"contact_ids": [foreign[0]]})).await.expect_error(404, "QF-NOT-FOUND");
+    assert_eq!(count(&app, &key, "/v1/broadcasts").await, 0);
+
+    // An empty audience is refused at send with the verdict, and nothing is sent.
+    app.post("/v1/tags", &key, json!({"path": "空标签"})).await.expect(201);
+    let id = app.draft(&key, "hi", json!({"tag": "空标签"})).await;
+    let pf = app.post(&format!("/v1/broadcasts/{id}/preflight"), &key, json!({})).await.expect(200);
+    assert_eq!((pf["ok"].as_bool(), pf["verdicts"][0]["code"].as_str()), (Some(false), Some("QF-AUDIENCE-EMPTY")));
+    app.post(&format!("/v1/broadcasts/{id}/send"), &key, json!({})).await.expect_error(422, "QF-AUDIENCE-EMPTY");
+    assert_eq!(app.get(&format!("/v1/broadcasts/{id}"), &key).await.expect(200)["state"], "draft");
+
+    // Unknown template variables: a draft is kept, the send is refused.
+    let id = app.draft(&key, "{{shoe_size}} 码鞋到货", json!({"all": true})).await;
+    let body = app
+        .post(&format!("/v1/broadcasts/{id}/send"), &key, json!({}))
+        .await
+        .expect_error(422, "QF-TEMPLATE-UNKNOWN-VARIABLE");
+    assert!(body["error"]["message"].as_str().unwrap().contains("shoe_size"));
+    assert_eq!(app.get(&format!("/v1/broadcasts/{id}"), &key).await.expect(200)["state"], "draft");
+    // Bad pagination.
+    app.get("/v1/contacts?limit=0", &key).await.expect_error(400, "QF-BAD-REQUEST");
+    app.get("/v1/broadcasts?cursor=xyz", &key).await.expect_error(400, "QF-BAD-CURSOR");
+}
+
+async fn import_reports_broken_lines(app: TestApp) {
+    let (_, key) = app.workspace("enterprise").await;
+    let body = "{\"external_id\":\"a\",\"name\":\"甲\"}\n{broken json\n{\"external_id\":\"b\",\"channels\":{\"email\":\"not-an-email\"}}\n{\"external_id\":\"c\",\"tags\":[\"a/b/c/d\"]}\n";
+    let r = app.raw("/v1/contacts/import", &key, "application/x-ndjson", body).await;
+    let err = r.expect_error(422, "QF-IMPORT-REJECTED");
+    let lines: Vec<(u64, &str)> = err["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["line"].as_u64().unwrap(), d["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(lines, [(2, "QF-BAD-JSON"), (3, "QF-INVALID-EMAIL"), (4, "QF-TAG-TOO-DEEP")]);
+    assert_eq!(count(&app, &key, "/v1/contacts").await, 0, "nothing imported");
+    assert_eq!(count(&app, &key, "/v1/tags").await, 0);
+    // With partial=true the valid lines go in and the others are reported.
+    let out = app.raw("/v1/contacts/import?partial=true", &key, "application/x-ndjson", body).await.expect(200);
+    assert_eq!(out["imported"], 1);
+    assert_eq!(out["rejected"].as_array().unwrap().len(), 3);
+    // CSV with a wrong field count, and a body that is neither format.
+    let r = app.raw("/v1/contacts/import", &key, "text/csv", "external_id,name\nx,1\ny,2,3\n").await;
+    let err = r.expect_error(422, "QF-IMPORT-REJECTED");
+    assert_eq!(err["error"]["details"][0]["line"], 3);
+    app.raw("/v1/contacts/import", &key, "image/png", "x").await.expect_error(400, "QF-IMPORT-FORMAT");
+    assert_eq!(count(&app, &key, "/v1/contacts").await, 1);
+}
+
+async fn auth_roles_and_isolation(app: TestApp) {
+    // Admin-only workspace creation; the admin token is nothing else.
+    app.call(Method::POST, "/v1/workspaces", None, Some(json!({"name": "x", "kind": "personal"})))
+        .await
+        .expect_error(401, "QF-AUTH-REQUIRED");
+    app.call(Method::POST, "/v1/workspaces", Some("qfa_wrong"), Some(json!({"name": "x", "kind": "personal"})))
+        .await
+        .expect_error(401, "QF-AUTH-REQUIRED");
+    app.call(Method::POST, "/v1/workspaces", Some(ADMIN_TOKEN), Some(json!({"name": "x", "kind": "galaxy"})))
+        .await
+        .expect_error(400, "QF-INVALID-KIND");
+    app.call(
+        Method::POST,
+        "/v1/workspaces",
+        Some(ADMIN_TOKEN),
+        Some(json!({"name": "x", "kind": "api", "plan": "mega"})),
+    )
+    .await
+    .expect_error(400, "QF-BAD-REQUEST");
+    app.get("/v1/contacts", ADMIN_TOKEN).await.expect_error(401, "QF-AUTH-REQUIRED");
+    let (_, owner) = app.workspace("enterprise").await;
+    app.call(Method::POST, "/v1/workspaces", Some(&owner), Some(json!({"name": "x", "kind": "personal"})))
+        .await
+        .expect_error(401, "QF-AUTH-REQUIRED");
+    app.get("/v1/contacts", "qf_00000000000000000000000000000000").await.expect_error(401, "QF-AUTH-REQUIRED");
+
+    let (_, viewer) = app.member(&owner, "viewer").await;
+    let (_, sender) = app.member(&owner, "sender").await;
+    let (_, auditor) = app.member(&owner, "auditor").await;
+    app.contacts(&owner, 1, &[]).await;
+    app.get("/v1/contacts", &viewer).await.expect(200);
+    app.post("/v1/contacts", &viewer, json!({"external_id": "v"})).await.expect_error(403, "QF-AUTH-FORBIDDEN");
+    app.post("/v1/broadcasts", &viewer, json!({"content": {"type": "text", "text": "hi"}, "audience": {"all": true}}))
+        .await
+        .expect_error(403, "QF-AUTH-FORBIDDEN");
+    app.get("/v1/audit", &viewer).await.expect_error(403, "QF-AUTH-FORBIDDEN");
+    app.get("/v1/audit", &auditor).await.expect(200);
+    app.post("/v1/members", &sender, json!({"name": "x", "role": "admin"}))
+        .await
+        .expect_error(403, "QF-AUTH-FORBIDDEN");
+    let (_, admin) = app.member(&owner, "admin").await;
+    app.post("/v1/members", &admin, json!({"name": "x", "role": "owner"})).await.expect_error(403, "QF-AUTH-FORBIDDEN");
+    let id = app.draft(&sender, "hi", json!({"all": true})).await;
+
+    // Another workspace sees none of it.
+    let (_, stranger) = app.workspace("enterprise").await;
+    app.get(&format!("/v1/broadcasts/{id}"), &stranger).await.expect_error(404, "QF-NOT-FOUND");
+    app.post(&format!("/v1/broadcasts/{id}/send"), &stranger, json!({})).await.expect_error(404, "QF-NOT-FOUND");
+    assert_eq!(count(&app, &stranger, "/v1/contacts").await, 0);
+    let me = app.get("/v1/workspace", &sender).await.expect(200);
+    assert_eq!(me["role"], "sender");
+}
+
+async fn personal_rules_all_at_once(app: TestApp) {
+    let (_, key) = app.workspace("personal").await;
+    app.post("/v1/tags", &key, json!({"path": "客户/VIP"})).await.expect_error(422, "QF-TAG-NESTED-NOT-ALLOWED");
+    app.contacts(&key, 201, &[]).await;
+    // 201 friends over one tag is impossible (500 per tag is fine), so use all.
+    let id = app.draft(&key, "周末聚会", json!({"all": true})).await;
+    let pf = app.post(&format!("/v1/broadcasts/{id}/preflight"), &key, json!({})).await.expect(200);
+    assert_eq!(pf["verdicts"][0]["code"], "QF-LIMIT-RECIPIENTS");
+    assert_eq!((pf["verdicts"][0]["limit"].as_u64(), pf["verdicts"][0]["actual"].as_u64()), (Some(200), Some(201)));
+
+    // A file to two tags: every violation at once, each with a code, both languages and a fix.
+    let media = app.raw("/v1/media?filename=a.pdf", &key, "application/pdf", "%PDF-1.4 demo").await.expect(201);
+    app.post("/v1/tags", &key, json!({"path": "同事"})).await.expect(201);
+    app.post("/v1/tags", &key, json!({"path": "家人"})).await.expect(201);
+    let b = app
+        .post("/v1/broadcasts", &key, json!({"content": {"type": "file", "media_id": media["media_id"], "filename": "a.pdf"}, "audience": {"tags": ["同事", "家人"]}, "channels": ["inbox", "sms"]}))
+        .await
+        .expect(201);
+    let id = b["id"].as_str().unwrap();
+    let err = app
+        .post(&format!("/v1/broadcasts/{id}/send"), &key, json!({}))
+        .await
+        .expect_error(422, "QF-CONTENT-TYPE-NOT-ALLOWED");
+    let codes: Vec<&str> =
+        err["error"]["details"].as_array().unwrap().iter().map(|v| v["code"].as_str().unwrap()).collect();
+    assert_eq!(
+        codes,
+        ["QF-CONTENT-TYPE-NOT-ALLOWED", "QF-AUDIENCE-COMBINATION", "QF-AUDIENCE-EMPTY", "QF-CHANNEL-UNAVAILABLE"]
+    );
+    for v in err["error"]["details"].as_array().unwrap() {
+        assert!(v["message_zh"].as_str().unwrap().chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c)), "{v}");
+        assert!(!v["hint"].as_str().unwrap().is_empty());
+    }
+    assert_eq!(app.get(&format!("/v1/broadcasts/{id}"), &key).await.expect(200)["state"], "draft");
+    // Departments do not exist for personal workspaces.
+    app.post("/v1/departments", &key, json!({"name": "x"})).await.expect_error(422, "QF-DEPARTMENT-NOT-ALLOWED");
+}
+
+async fn daily_quota_clears_at_midnight(app: TestApp) {
+    let (_, key) = app.workspace("personal").await;
+    let ids = app.contacts(&key, 3, &[]).await;
+    for i in 0..5 {
+        let id = app.draft(&key, &format!("第{i}条"), json!({"contact_ids": [ids[i % 3]]})).await;
+        app.post(&format!("/v1/broadcasts/{id}/send"), &key, json!({})).await.expect(202);
+    }
+    let id = app.draft(&key, "第六条", json!({"contact_ids": [ids[0]]})).await;
+    let pf = app.post(&format!("/v1/broadcasts/{id}/preflight"), &key, json!({})).await.expect(200);
+    let v = &pf["verdicts"][0];
+    assert_eq!(
+        (v["code"].as_str(), v["limit"].as_u64(), v["actual"].as_u64()),
+        (Some("QF-LIMIT-DAILY-SENDS"), Some(5), Some(5))
+    );
+    let clears_at = v["clears_at"].as_str().expect("the quota clears by itself");
+    // Local midnight in UTC+8 is 16:00 UTC.
+    assert!(clears_at.ends_with("T16:00:00.000Z"), "{clears_at}");
+    let resp = app.http.post(format!("{}/v1/broadcasts/{id}/send", app.base)).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 422);
+    assert!(resp.headers().get("retry-after").is_some(), "a quota refusal says when to retry");
+}
+
+async fn enterprise_approval(app: TestApp) {
+    let (_, owner) = app.workspace("enterprise").await;
+    let (_, sender) = app.member(&owner, "sender").await;
+    let (_, reviewer) = app.member(&owner, "reviewer").await;
+    app.contacts(&owner, 501, &["全员"]).await;
+    let id = app.draft(&sender, "年终答谢会邀请", json!({"tag": "全员"})).await;
+    let pf = app.post(&format!("/v1/broadcasts/{id}/preflight"), &sender, json!({})).await.expect(200);
+    assert_eq!(pf["ok"], true);
+    assert_eq!(pf["verdicts"][0]["code"], "QF-APPROVAL-REQUIRED");
+    assert_eq!(pf["verdicts"][0]["severity"], "review");
+    let b = app.post(&format!("/v1/broadcasts/{id}/send"), &sender, json!({})).await.expect(202);
+    assert_eq!(b["state"], "pending_approval");
+    // A sender cannot approve; nobody approves their own send; a reviewer can.
+    app.post(&format!("/v1/broadcasts/{id}/approve"), &sender, json!({})).await.expect_error(403, "QF-AUTH-FORBIDDEN");
+    let (_, sender_reviewer) = app.member(&owner, "admin").await;
+    let own = app.draft(&sender_reviewer, "自己审批", json!({"tag": "全员"})).await;
+    app.post(&format!("/v1/broadcasts/{own}/send"), &sender_reviewer, json!({})).await.expect(202);
+    app.post(&format!("/v1/broadcasts/{own}/approve"), &sender_reviewer, json!({}))
+        .await
+        .expect_error(403, "QF-APPROVAL-SELF");
+    let b = app.post(&format!("/v1/broadcasts/{id}/approve"), &reviewer, json!({"comment": "同意"})).await.expect(202);
+    assert_eq!(b["state"], "sending");
+    app.post(&format!("/v1/broadcasts/{id}/approve"), &reviewer, json!({}))
+        .await
+        .expect_error(409, "QF-STATE-CONFLICT");
+    let done = app.wait_completed(&sender, &id).await;
+    assert_eq!(done["counts"]["delivered"], 501);
+    assert!(done["approved_by"].is_string());
+    // Rejecting the other one cancels it.
+    let r = app.post(&format!("/v1/broadcasts/{own}/reject"), &reviewer, json!({"comment": "重复"})).await.expect(200);
+    assert_eq!(r["state"], "cancelled");
+}
+
+async fn idempotent_client_msg_id(app: TestApp) {
+    let (_, key) = app.workspace("enterprise").await;
+    app.contacts(&key, 2, &[]).await;
+    let body = json!({"content": {"type": "text", "text": "到货通知"}, "audience": {"all": true}, "client_msg_id": "order-42"});
+    let first = app.post("/v1/broadcasts", &key, body.clone()).await.expect(201);
+    let again = app.post("/v1/broadcasts", &key, body).await.expect(200);
+    assert_eq!(first["id"], again["id"]);
+    let other = json!({"content": {"type": "text", "text": "别的内容"}, "audience": {"all": true}, "client_msg_id": "order-42"});
+    app.post("/v1/broadcasts", &key, other).await.expect_error(409, "QF-CLIENT-MSG-ID-REUSED");
+    assert_eq!(count(&app, &key, "/v1/broadcasts").await, 1);
+}
+
+async fn contacts_crud(app: TestApp) {
+    let (_, key) = app.workspace("enterprise").await;
+    let c = app
+        .post("/v1/contacts", &key, json!({"external_id": "wx-1", "name": "赵六", "attributes": {"city": "杭州", "spend": 12}, "channels": {"email": "z@example.com"}, "consent": {"email": true}, "tags": ["新客"]}))
+        .await
+        .expect(201);
+    let id = c["id"].as_str().unwrap();
+    assert_eq!(c["tags"], json!(["新客"]));
+    app.post("/v1/contacts", &key, json!({"external_id": "wx-1"})).await.expect_error(409, "QF-DUPLICATE");
+    app.post("/v1/contacts", &key, json!({"external_id": "wx-2", "channels": {"phone": "abc"}}))
+        .await
+        .expect_error(400, "QF-INVALID-PHONE");
+    let p = app
+        .call(Method::PATCH, &format!("/v1/contacts/{id}"), Some(&key), Some(json!({"attributes": {"spend": 99, "city": null}, "channels": {"email": null, "phone": "+86 138 0000 0000"}})))
+        .await
+        .expect(200);
+    assert_eq!(p["attributes"], json!({"spend": 99}));
+    assert_eq!(p["channels"]["email"], Value::Null);
+    assert_eq!(p["channels"]["phone"], "+8613800000000");
+    assert_eq!(p["name"], "赵六");
+    app.call(Method::PATCH, &format!("/v1/contacts/{id}"), Some(&key), Some(json!({"channels": {"email": "bad"}})))
+        .await
+        .expect_error(400, "QF-INVALID-EMAIL");
+    app.call(Method::DELETE, &format!("/v1/contacts/{id}"), Some(&key), None).await.expect(204);
+    app.get(&format!("/v1/contacts/{id}"), &key).await.expect_error(404, "QF-NOT-FOUND");
+    app.call(Method::DELETE, &format!("/v1/contacts/{id}"), Some(&key), None).await.expect_error(404, "QF-NOT-FOUND");
+    // The external id can be imported again and gets a new id.
+    let again = app.post("/v1/contacts", &key, json!({"external_id": "wx-1"})).await.expect(201);
+    assert_ne!(again["id"], c["id"]);
+}
+
+async fn departments_tags_and_media(app: TestApp) {
+    let (_, key) = app.workspace("enterprise").await;
+    let ids = app.contacts(&key, 4, &[]).await;
+    let hq = app.post("/v1/departments", &key, json!({"name": "总部"})).await.expect(201);
+    let east = app.post("/v1/departments", &key, json!({"name": "华东区", "parent_id": hq["id"]})).await.expect(201);
+    app.post("/v1/departments", &key, json!({"name": "x", "parent_id": "99999"}))
+        .await
+        .expect_error(400, "QF-INVALID-DEPARTMENT");
+    let eid = east["id"].as_str().unwrap();
+    app.post(&format!("/v1/departments/{eid}/members"), &key, json!({"contact_ids": [ids[0], ids[1]]}))
+        .await
+        .expect(200);
+    let tree = app.get("/v1/departments", &key).await.expect(200);
+    assert_eq!(tree[0]["children"][0]["n_contacts"], 2);
+    let hid = hq["id"].as_str().unwrap();
+    let id = app.draft(&key, "部门通知", json!({"department": hid})).await;
+    app.post(&format!("/v1/broadcasts/{id}/send"), &key, json!({})).await.expect(202);
+    assert_eq!(app.wait_completed(&key, &id).await["recipients"], 2);
+
+    let tag = app.post("/v1/tags", &key, json!({"path": "活动/618"})).await.expect(201);
+    let tid = tag["id"].as_str().unwrap();
+    app.post(&format!("/v1/tags/{tid}/members"), &key, json!({"contact_ids": [ids[2], ids[3]]})).await.expect(200);
+    app.call(Method::DELETE, &format!("/v1/tags/{tid}/members"), Some(&key), Some(json!({"contact_ids": [ids[3]]})))
+        .await
+        .expect(200);
+    let id = app.draft(&key, "活动提醒", json!({"tag": "活动"})).await;
+    app.post(&format!("/v1/broadcasts/{id}/send"), &key, json!({})).await.expect(202);
+    assert_eq!(app.wait_completed(&key, &id).await["recipients"], 1);
+    let tags = app.get("/v1/tags", &key).await.expect(200);
+    let used = tags.as_array().unwrap().iter().find(|t| t["path"] == "活动").unwrap();
+    assert!(used["last_used_at"].is_string(), "a send marks its tag used");
+
+    // Images are stored by content hash and must exist before a send names them.
+    let png = [0x89u8, b'P', b'N', b'G', 1, 2, 3];
+    let m = app.raw("/v1/media", &key, "image/png", png.to_vec()).await.expect(201);
+    let mid = m["media_id"].as_str().unwrap();
+    assert_eq!(mid.len(), 64);
+    let again = app.raw("/v1/media", &key, "image/png", png.to_vec()).await.expect(201);
+    assert_eq!(again["media_id"], m["media_id"]);
+    let got = app.http.get(format!("{}/v1/media/{mid}", app.base)).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(got.bytes().await.unwrap().as_ref(), &png);
+    app.post(
+        "/v1/broadcasts",
+        &key,
+        json!({"content": {"type": "image", "media_id": mid, "caption": "新品"}, "audience": {"all": true}}),
+    )
+    .await
+    .expect(201);
+    let missing = "0".repeat(64);
+    app.post(
+        "/v1/broadcasts",
+        &key,
+        json!({"content": {"type": "image", "media_id": missing}, "audience": {"all": true}}),
+    )
+    .await
+    .expect_error(404, "QF-MEDIA-NOT-FOUND");
+    app.post(
+        "/v1/broadcasts",
+        &key,
+        json!({"content": {"type": "link", "url": "ftp://x", "title": "t"}, "audience": {"all": true}}),
+    )
+    .await
+    .expect_error(400, "QF-INVALID-URL");
+}
+
+async fn operations_endpoints(app: TestApp) {
+    let h = app.call(Method::GET, "/healthz", None, None).await.expect(200);
+    assert_eq!(h["status"], "ok");
+    let spec = app.call(Method::GET, "/openapi.json", None, None).await.expect(200);
+    for path in
+        ["/v1/workspaces", "/v1/contacts/import", "/v1/broadcasts/{id}/preflight", "/v1/inbox/{message_id}/read"]
+    {
+        assert!(spec["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
+    }
+    let docs = app.http.get(format!("{}/docs", app.base)).send().await.unwrap().text().await.unwrap();
+    assert!(docs.contains("swagger-ui-bundle.js"));
+    let js = app.http.get(format!("{}/docs/swagger-ui-bundle.js", app.base)).send().await.unwrap();
+    assert_eq!(js.status().as_u16(), 200);
+    let (_, key) = app.workspace("personal").await;
+    app.contacts(&key, 1, &[]).await;
+    let id = app.draft(&key, "hi", json!({"all": true})).await;
+    app.post(&format!("/v1/broadcasts/{id}/send"), &key, json!({})).await.expect(202);
+    app.wait_completed(&key, &id).await;
+    let metrics = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("qunfa_deliveries_total{channel=\"inbox\"} 1"), "{metrics}");
+    assert!(metrics.contains("qunfa_http_requests_total{class=\"2xx\"}"));
+    // Progress over SSE ends with the completed state.
+    let sse = app
+        .http
+        .get(format!("{}/v1/broadcasts/{id}/events", app.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(sse.contains("event: progress") && sse.contains("\"state\":\"completed\""), "{sse}");
+}
+
+async fn no_panic_on_junk(app: TestApp) {
+    let (_, key) = app.workspace("enterprise").await;
+    app.contacts(&key, 1, &["t"]).await;
+    let junk = [
+        "null", "[]", "0", "\"x\"", "{}", "{\"content\":null}", "{\"content\":{\"type\":1}}",
+        "{\"content\":{\"type\":\"text\",\"text\":\"\\u0000\"},\"audience\":{\"all\":true}}",
+        "{\"content\":{\"type\":\"text\",\"text\":\"x\"},\"audience\":{\"contact_ids\":[\"-1\",\"18446744073709551616\"]}}",
+        "{\"content\":{\"type\":\"text\",\"text\":\"x\"},\"audience\":{\"department\":\"0\"}}",
+        "{\"content\":{\"type\":\"text\",\"text\":\"x\"},\"audience\":{\"tags\":[]}}",
+        "{\"content\":{\"type\":\"miniprogram\",\"appid\":\"../../\",\"pagepath\":\"p\",\"title\":\"t\"},\"audience\":{\"all\":true}}",
+        "{\"path\":\"\"}", "{\"external_id\":\"\u{202e}\"}", "{\"contact_ids\":[1,2]}", "\u{feff}{}",
+    ];
+    for path in [
+        "/v1/broadcasts",
+        "/v1/tags",
+        "/v1/contacts",
+        "/v1/departments",
+        "/v1/tags/1/members",
+        "/v1/members",
+        "/v1/broadcasts/1/send",
+        "/v1/broadcasts/1/approve",
+    ] {
+        for body in junk {
+            let r = app.raw(path, &key, "application/json", body.to_owned()).await;
+            assert!(r.status < 500, "{path} {body} -> {}", r.status);
+        }
+    }
+    for path in [
+        "/v1/contacts/99999999999999999999",
+        "/v1/broadcasts/-1",
+        "/v1/broadcasts/0/deliveries",
+        "/v1/inbox/abc",
+        "/v1/media/zz",
+    ] {
+        let r = app.get(path, &key).await;
+        assert!(matches!(r.status, 401 | 404), "{path} -> {}", r.status);
+    }
+}

@@ -1,0 +1,179 @@
+//! `spawn_app()`: qunfa on port 0 with a fresh database, and a client.
+
+use qunfa_store::{test_support, Store};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+pub const ADMIN_TOKEN: &str = "qfa_test_admin_token";
+
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub store: Store,
+    _db: test_support::TestDb,
+}
+
+#[derive(Clone, Copy)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    let db = tokio::task::spawn_blocking(move || match backend {
+        Backend::Sqlite => test_support::sqlite(),
+        Backend::Postgres => test_support::postgres(),
+    })
+    .await
+    .unwrap();
+    let location = db.location.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(location, 4).expect("open store")).await.unwrap();
+    let engine = qunfa_engine::Engine::start(
+        store.clone(),
+        qunfa_engine::EngineConfig { poll_interval: std::time::Duration::from_millis(50), ..Default::default() },
+    );
+    let state = qunfa_server::AppState::new(
+        store.clone(),
+        qunfa_core::Policy::builtin(),
+        engine,
+        qunfa_store::secret_hash(ADMIN_TOKEN),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(qunfa_server::serve(listener, state, std::future::pending()));
+    TestApp { base: format!("http://{addr}"), http: reqwest::Client::new(), store, _db: db }
+}
+
+/// A response: status and JSON body (or the text as a JSON string).
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Resp {
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Value {
+        assert_eq!(self.status, status, "unexpected answer: {}", self.body);
+        self.body
+    }
+    #[track_caller]
+    pub fn expect_error(self, status: u16, code: &str) -> Value {
+        assert_eq!((self.status, self.code()), (status, code), "unexpected answer: {}", self.body);
+        for field in ["message", "message_zh", "hint"] {
+            assert!(
+                self.body["error"][field].as_str().is_some_and(|s| !s.is_empty()),
+                "error without {field}: {}",
+                self.body
+            );
+        }
+        self.body
+    }
+}
+
+impl TestApp {
+    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Resp {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        self.finish(r).await
+    }
+
+    pub async fn raw(&self, path: &str, token: &str, content_type: &str, body: impl Into<reqwest::Body>) -> Resp {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .body(body);
+        self.finish(r).await
+    }
+
+    async fn finish(&self, r: reqwest::RequestBuilder) -> Resp {
+        let resp = r.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        assert_ne!(status, 500, "internal error: {body}");
+        Resp { status, body }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Resp {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Resp {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    /// Creates a workspace; returns (id, owner key).
+    pub async fn workspace(&self, kind: &str) -> (String, String) {
+        let w = self
+            .call(
+                Method::POST,
+                "/v1/workspaces",
+                Some(ADMIN_TOKEN),
+                Some(json!({"name": format!("{kind} ws"), "kind": kind})),
+            )
+            .await
+            .expect(201);
+        (w["id"].as_str().unwrap().to_owned(), w["api_key"].as_str().unwrap().to_owned())
+    }
+
+    /// Adds a member; returns (member id, key).
+    pub async fn member(&self, key: &str, role: &str) -> (String, String) {
+        let m = self.post("/v1/members", key, json!({"name": format!("{role} 成员"), "role": role})).await.expect(201);
+        (m["id"].as_str().unwrap().to_owned(), m["api_key"].as_str().unwrap().to_owned())
+    }
+
+    /// Imports `n` contacts as NDJSON, each with `tags`; returns their ids.
+    pub async fn contacts(&self, key: &str, n: usize, tags: &[&str]) -> Vec<String> {
+        let mut body = String::new();
+        for i in 0..n {
+            body.push_str(&json!({"external_id": format!("u{i}"), "name": format!("用户{i}"), "attributes": {"city": "上海", "i": i}, "tags": tags}).to_string());
+            body.push('\n');
+        }
+        let out = self.raw("/v1/contacts/import", key, "application/x-ndjson", body).await.expect(200);
+        assert_eq!(out["imported"].as_u64().unwrap() + out["updated"].as_u64().unwrap(), n as u64);
+        let mut ids = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(c) => format!("/v1/contacts?limit=1000&cursor={c}"),
+                None => "/v1/contacts?limit=1000".into(),
+            };
+            let page = self.get(&path, key).await.expect(200);
+            ids.extend(page["items"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_owned()));
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => return ids,
+            }
+        }
+    }
+
+    /// Creates a text broadcast; returns its id.
+    pub async fn draft(&self, key: &str, text: &str, audience: Value) -> String {
+        let b = self
+            .post("/v1/broadcasts", key, json!({"content": {"type": "text", "text": text}, "audience": audience}))
+            .await
+            .expect(201);
+        b["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Polls until the broadcast is completed.
+    pub async fn wait_completed(&self, key: &str, id: &str) -> Value {
+        for _ in 0..400 {
+            let b = self.get(&format!("/v1/broadcasts/{id}"), key).await.expect(200);
+            if b["state"] == "completed" {
+                return b;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("broadcast {id} did not complete");
+    }
+}
