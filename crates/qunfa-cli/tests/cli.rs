@@ -1,0 +1,145 @@
+//! The `qunfa` binary end to end: a real server process on a free port, driven
+//! by the client commands, stopped with SIGTERM, then audited offline.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+const ADMIN: &str = "qfa_cli_test_token";
+
+fn qunfa(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_qunfa"));
+    c.args(args).current_dir(dir).env("QUNFA_LOG", "warn");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("QUNFA_") && k != "QUNFA_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    qunfa(dir, args).output().expect("run qunfa")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn serve_import_send_explain_audit() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("http://{listen}");
+    let mut server = Server(
+        qunfa(d, &["serve", "--listen", &listen, "--data-dir", "data", "--admin-token", ADMIN])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    while std::net::TcpStream::connect(&listen).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(30), "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let o = run(
+        d,
+        &[
+            "workspace",
+            "create",
+            "--name",
+            "测试个人号",
+            "--kind",
+            "personal",
+            "--server",
+            &url,
+            "--admin-token",
+            ADMIN,
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    let key = out.split_whitespace().find(|w| w.starts_with("qf_")).expect("a key is printed").to_owned();
+    let c = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--server", &url, "--api-key", &key]);
+        run(d, &all)
+    };
+
+    // A file with a broken line imports nothing and names the line.
+    std::fs::write(d.join("bad.csv"), "external_id,name,tags,city\na,甲,同事,上海\nb,乙,同事,北京,extra\n").unwrap();
+    let o = c(&["contacts", "import", "bad.csv"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("line 3"), "{}", text(&o));
+    std::fs::write(d.join("ok.csv"), "external_id,name,tags,city\na,甲,同事,上海\nb,乙,同事,北京\nc,丙,家人,广州\n")
+        .unwrap();
+    let o = c(&["contacts", "import", "ok.csv", "--chunk", "2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("imported 3 new contacts"), "{}", text(&o));
+
+    // Dry run: preflight only.
+    let o = c(&["send", "--text", "{{name}}，周末聚餐", "--tag", "同事", "--dry-run"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("2 recipients") && text(&o).contains("may be sent"), "{}", text(&o));
+    // Combining tags is refused for a personal account, with every reason.
+    let o = c(&["send", "--text", "hi", "--tag", "同事", "--tag", "家人", "--dry-run"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("QF-AUDIENCE-COMBINATION") && text(&o).contains("fix:"), "{}", text(&o));
+    let o = c(&["send", "--text", "hi", "--tag", "同事", "--tag", "家人"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("was not sent"), "{}", text(&o));
+
+    // A real send, waited for, then explained.
+    let o = c(&["send", "--text", "{{name}}，周末聚餐", "--all", "--wait"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("completed — delivered 3"), "{}", text(&o));
+    let id = text(&o).split_whitespace().nth(1).unwrap().trim_end_matches(':').to_owned();
+    let o = c(&["explain", &id]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("completed") && text(&o).contains("delivered 3"), "{}", text(&o));
+
+    // SIGTERM stops the server cleanly.
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = server.0.wait().unwrap();
+    assert!(status.success(), "server exit: {status:?}");
+
+    // The audit chain verifies offline, and detects a changed entry.
+    let o = run(d, &["audit", "verify", "--data-dir", "data"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("chains verified"), "{}", text(&o));
+    let db = rusqlite::Connection::open(d.join("data/qunfa.db")).unwrap();
+    db.execute("UPDATE audit_log SET details = '{\"imported\":999}' WHERE action = 'contacts.imported'", []).unwrap();
+    drop(db);
+    let o = run(d, &["audit", "verify", "--data-dir", "data"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("BROKEN"), "{}", text(&o));
+}
+
+#[test]
+fn bad_config_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("qunfa.toml"), "listn = \"x\"\n").unwrap();
+    let o = run(dir.path(), &["audit", "verify"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("invalid configuration"), "{}", text(&o));
+}

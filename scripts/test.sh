@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command: starts a throwaway PostgreSQL on loopback (installing
+# Debian's package if needed) so that every storage and API test runs on both
+# SQLite and PostgreSQL, then runs the whole workspace's tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${QUNFA_TEST_POSTGRES_URL:-}" ]; then
+  QUNFA_TEST_POSTGRES_URL=$(scripts/pg-start.sh)
+  export QUNFA_TEST_POSTGRES_URL
+fi
+echo "PostgreSQL for tests: $QUNFA_TEST_POSTGRES_URL" >&2
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi
