@@ -223,8 +223,9 @@ pub fn fanout(database_url: Option<&str>, n: usize) -> anyhow::Result<()> {
 
     let t = Instant::now();
     let audience = store.resolve_audience(w.id, &AudienceSpec::All)?;
-    let rules = DispatchRules { from: BroadcastState::Draft, daily_limit: None, approved_by: None };
-    store.dispatch(w.id, b.id, &audience, rules, "[]", "bench", now_millis())?;
+    let rules =
+        DispatchRules { from: BroadcastState::Draft, daily_limit: None, approved_by: None, verdicts_json: "[]" };
+    store.dispatch(w.id, b.id, &audience, rules, "bench", now_millis())?;
     let accepted = t.elapsed().as_secs_f64();
     loop {
         let step = store.run_inbox_step("bench", &cache, jobs_per_step, now_millis())?;

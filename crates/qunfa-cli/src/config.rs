@@ -151,6 +151,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's own test harness signature
     fn layers_apply_in_order() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("qunfa.toml", "listen = \"127.0.0.1:9000\"\nlog = \"debug\"\n")?;

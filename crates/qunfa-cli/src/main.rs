@@ -316,12 +316,12 @@ fn api_client(config: &Config) -> anyhow::Result<Client> {
     Ok(Client::new(&config.server, Some(key.expose())))
 }
 
+/// `start..end` of one record in a file.
+type ByteRange = (usize, usize);
+
 /// Byte ranges of the records of a file, so it can be sent in chunks that
 /// are each a valid file (CSV chunks repeat the header line).
-fn record_ranges(
-    data: &[u8],
-    format: qunfa_core::import::ImportFormat,
-) -> anyhow::Result<(Vec<u8>, Vec<(usize, usize)>)> {
+fn record_ranges(data: &[u8], format: qunfa_core::import::ImportFormat) -> anyhow::Result<(Vec<u8>, Vec<ByteRange>)> {
     use qunfa_core::import::ImportFormat;
     match format {
         ImportFormat::Ndjson => {

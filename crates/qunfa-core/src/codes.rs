@@ -92,6 +92,14 @@ codes! {
     DuplicateClientMsgId = "QF-CLIENT-MSG-ID-REUSED", "This client_msg_id was used for different content.", "client_msg_id 已用于不同内容。", "Use a new client_msg_id for new content; resend the same body to get the original broadcast.";
 }
 
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.as_str(), self.message_en())
+    }
+}
+
+impl std::error::Error for Code {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,11 +115,3 @@ mod tests {
         }
     }
 }
-
-impl std::fmt::Display for Code {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.as_str(), self.message_en())
-    }
-}
-
-impl std::error::Error for Code {}

@@ -168,15 +168,17 @@ impl DispatchCache {
     }
 }
 
-/// How a dispatch is allowed to start.
+/// How a dispatch is allowed to start, and what it records.
 #[derive(Debug, Clone, Copy)]
-pub struct DispatchRules {
+pub struct DispatchRules<'a> {
     /// The state the broadcast must be in.
     pub from: BroadcastState,
     /// The sender's daily limit and the start of its local day, re-checked in
     /// the dispatch transaction so two racing sends cannot both pass.
     pub daily_limit: Option<(u32, i64)>,
     pub approved_by: Option<i64>,
+    /// The verdicts (JSON) recorded with the broadcast.
+    pub verdicts_json: &'a str,
 }
 
 fn subtree(rows: &[(i64, Option<i64>)], root: i64) -> Vec<i64> {
@@ -436,8 +438,7 @@ impl Store {
         workspace_id: i64,
         id: i64,
         audience: &RoaringBitmap,
-        rules: DispatchRules,
-        verdicts_json: &str,
+        rules: DispatchRules<'_>,
         actor: &str,
         now: i64,
     ) -> Result<(), StoreError> {
@@ -472,7 +473,7 @@ impl Store {
                     now,
                     rules.approved_by,
                     rules.approved_by.map(|_| now),
-                    verdicts_json,
+                    rules.verdicts_json,
                     id
                 ],
             )?;

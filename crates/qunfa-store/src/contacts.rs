@@ -50,6 +50,9 @@ fn record_from(r: &Row) -> Result<ContactRecord, StoreError> {
     })
 }
 
+/// Per contact: name, external id and attributes, for rendering templates.
+pub type TemplateData = HashMap<u32, (String, String, Map<String, Json>)>;
+
 /// The counts of an import.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ImportOutcome {
@@ -308,12 +311,7 @@ impl Store {
     ///
     /// # Errors
     /// Database errors.
-    pub fn template_data(
-        c: &mut Conn,
-        workspace_id: i64,
-        lo: u32,
-        hi: u32,
-    ) -> Result<HashMap<u32, (String, String, Map<String, Json>)>, StoreError> {
+    pub fn template_data(c: &mut Conn, workspace_id: i64, lo: u32, hi: u32) -> Result<TemplateData, StoreError> {
         let rows = c.query(
             "SELECT idx, name, external_id, attributes FROM contacts WHERE workspace_id = ? AND idx >= ? AND idx <= ?",
             params![workspace_id, lo, hi],

@@ -170,6 +170,8 @@ impl ToSql for Value {
 }
 
 /// An open connection of either backend.
+// A pool holds a handful of these; their size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Conn {
     Sqlite(rusqlite::Connection),
     Postgres { client: postgres::Client, statements: HashMap<String, postgres::Statement> },

@@ -18,6 +18,13 @@ pub struct TagRecord {
     pub last_used_at: Option<i64>,
 }
 
+/// Contacts to add to or remove from a tag.
+#[derive(Debug, Clone, Copy)]
+pub enum MembershipChange<'a> {
+    Add(&'a [u32]),
+    Remove(&'a [u32]),
+}
+
 /// A department.
 #[derive(Debug, Clone)]
 pub struct DepartmentRecord {
@@ -181,7 +188,7 @@ impl Store {
             .collect())
     }
 
-    /// Adds (`add = true`) or removes contacts of a tag. Returns how many changed.
+    /// Adds or removes contacts of a tag. Returns how many changed.
     ///
     /// # Errors
     /// `NotFound` for an unknown tag or contact, `QF-LIMIT-TAG-MEMBERS`, or database errors.
@@ -190,11 +197,14 @@ impl Store {
         workspace_id: i64,
         tier: &TierPolicy,
         tag_id: i64,
-        idxs: &[u32],
-        add: bool,
+        change: MembershipChange<'_>,
         actor: &str,
         now: i64,
     ) -> Result<u64, StoreError> {
+        let (idxs, add) = match change {
+            MembershipChange::Add(idxs) => (idxs, true),
+            MembershipChange::Remove(idxs) => (idxs, false),
+        };
         self.db.write(|c| {
             c.query_one("SELECT id FROM tags WHERE id = ? AND workspace_id = ?", params![tag_id, workspace_id])?;
             require_contacts(c, workspace_id, idxs)?;

@@ -394,8 +394,13 @@ pub async fn send(
             } else {
                 let tier = s.policy.tier(kind);
                 let daily_limit = tier.sends_per_day.map(|l| (l, s.policy.day_bounds(now).0));
-                let rules = DispatchRules { from: BroadcastState::Draft, daily_limit, approved_by: None };
-                s.store.dispatch(ws, b.id, &audience, rules, &recorded, &actor, now)?;
+                let rules = DispatchRules {
+                    from: BroadcastState::Draft,
+                    daily_limit,
+                    approved_by: None,
+                    verdicts_json: &recorded,
+                };
+                s.store.dispatch(ws, b.id, &audience, rules, &actor, now)?;
                 s.engine.wake();
             }
             Ok(s.store.broadcast(ws, b.id)?)
@@ -439,9 +444,14 @@ pub async fn approve(
             if let Some(list) = recorded.as_array_mut() {
                 list.push(serde_json::json!({"approved_by": approver.to_string(), "comment": comment}));
             }
-            let rules =
-                DispatchRules { from: BroadcastState::PendingApproval, daily_limit: None, approved_by: Some(approver) };
-            s.store.dispatch(ws, b.id, &audience, rules, &recorded.to_string(), &actor, now)?;
+            let recorded_json = recorded.to_string();
+            let rules = DispatchRules {
+                from: BroadcastState::PendingApproval,
+                daily_limit: None,
+                approved_by: Some(approver),
+                verdicts_json: &recorded_json,
+            };
+            s.store.dispatch(ws, b.id, &audience, rules, &actor, now)?;
             s.engine.wake();
             Ok(s.store.broadcast(ws, b.id)?)
         })

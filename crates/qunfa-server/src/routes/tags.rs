@@ -77,7 +77,14 @@ async fn tag_members(
     let (kind, actor) = (auth.0.workspace.kind, auth.0.actor());
     let changed = state
         .blocking(move |s| {
-            Ok(s.store.tag_members(ws, s.policy.tier(kind), tag_id, &idxs, add, &actor, now_millis())?)
+            Ok({
+                let change = if add {
+                    qunfa_store::tags::MembershipChange::Add(&idxs)
+                } else {
+                    qunfa_store::tags::MembershipChange::Remove(&idxs)
+                };
+                s.store.tag_members(ws, s.policy.tier(kind), tag_id, change, &actor, now_millis())
+            }?)
         })
         .await?;
     Ok(Json(ChangedResponse { changed }))

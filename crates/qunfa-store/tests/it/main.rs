@@ -218,10 +218,11 @@ fn dispatch_delivers_exactly_once(f: Fixture) {
     f.store.import_contacts(w, &tier, &many(4_500, "全员"), "t", NOW).unwrap();
     let (b, _) = f.store.create_broadcast(w, 1, &text_broadcast("通知", None), "t", NOW).unwrap();
     let audience = f.store.resolve_audience(w, &AudienceSpec::All).unwrap();
-    let rules = DispatchRules { from: BroadcastState::Draft, daily_limit: None, approved_by: None };
-    f.store.dispatch(w, b.id, &audience, rules, "[]", "t", NOW).unwrap();
+    let rules =
+        DispatchRules { from: BroadcastState::Draft, daily_limit: None, approved_by: None, verdicts_json: "[]" };
+    f.store.dispatch(w, b.id, &audience, rules, "t", NOW).unwrap();
     // A second dispatch of the same broadcast is a state conflict.
-    assert_eq!(rejected_code(f.store.dispatch(w, b.id, &audience, rules, "[]", "t", NOW)), Code::Conflict);
+    assert_eq!(rejected_code(f.store.dispatch(w, b.id, &audience, rules, "t", NOW)), Code::Conflict);
     assert_eq!(run_until_idle(&f.store), 4_500);
     let b = f.store.broadcast(w, b.id).unwrap();
     assert_eq!(
@@ -259,8 +260,13 @@ fn personalised_bodies_and_inbox(f: Fixture) {
         .create_broadcast(w, 1, &text_broadcast("{{name}}，{{city|您所在城市}}门店开业", None), "t", NOW)
         .unwrap();
     let audience = f.store.resolve_audience(w, &AudienceSpec::All).unwrap();
-    let rules = DispatchRules { from: BroadcastState::Draft, daily_limit: Some((5, NOW - 1000)), approved_by: None };
-    f.store.dispatch(w, b.id, &audience, rules, "[]", "t", NOW).unwrap();
+    let rules = DispatchRules {
+        from: BroadcastState::Draft,
+        daily_limit: Some((5, NOW - 1000)),
+        approved_by: None,
+        verdicts_json: "[]",
+    };
+    f.store.dispatch(w, b.id, &audience, rules, "t", NOW).unwrap();
     run_until_idle(&f.store);
     let inbox = f.store.inbox(w, 0, None, 10).unwrap();
     assert_eq!(inbox[0].body.as_deref(), Some("张三，上海门店开业"));
