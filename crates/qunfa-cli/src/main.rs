@@ -17,6 +17,10 @@ use crate::{
     config::{Config, FlagOverrides},
 };
 
+// Imports and fan-out allocate many small strings; mimalloc makes that much cheaper than glibc malloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "qunfa",
@@ -156,11 +160,15 @@ enum BenchCommand {
     Import {
         #[arg(long, default_value_t = 1_000_000)]
         contacts: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
     /// Inbox broadcast fan-out: accepted → all records durable, against the raw bulk insert.
     Fanout {
         #[arg(long, default_value_t = 100_000)]
         recipients: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
 }
 
@@ -217,14 +225,14 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Send(args) => runtime()?.block_on(send(&config, args)),
         Command::Explain { broadcast_id } => runtime()?.block_on(explain(&config, &broadcast_id)),
         Command::Audit(AuditCommand::Verify) => audit_verify(&config),
-        Command::Bench(BenchCommand::Import { contacts }) => {
+        Command::Bench(BenchCommand::Import { contacts, runs }) => {
             bench::check_url(config.database_url.as_deref())?;
-            bench::import(config.database_url.as_deref(), contacts)?;
+            bench::import(config.database_url.as_deref(), contacts, runs.max(1))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench(BenchCommand::Fanout { recipients }) => {
+        Command::Bench(BenchCommand::Fanout { recipients, runs }) => {
             bench::check_url(config.database_url.as_deref())?;
-            bench::fanout(config.database_url.as_deref(), recipients)?;
+            bench::fanout(config.database_url.as_deref(), recipients, runs.max(1))?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -384,7 +392,7 @@ fn import(
             .context("cannot tell the format from the file name: pass --format csv|ndjson")?,
     };
     // Validate the whole file first: nothing is sent unless it all parses (or --partial).
-    let parsed = import::parse(format, &data);
+    let parsed = import::parse_parallel(format, &data, bench::parse_threads());
     if !parsed.rejected.is_empty() {
         eprintln!("{} line(s) rejected:", parsed.rejected.len());
         for r in parsed.rejected.iter().take(20) {

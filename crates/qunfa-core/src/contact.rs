@@ -55,6 +55,10 @@ pub enum AttrValue {
 pub struct ExternalId(String);
 
 impl ExternalId {
+    /// The value, moved out.
+    pub fn into_string(self) -> String {
+        self.0
+    }
     pub fn parse(s: &str) -> Result<Self, Code> {
         let s = s.trim();
         let n = s.chars().count();
@@ -73,6 +77,10 @@ impl ExternalId {
 pub struct EmailAddress(String);
 
 impl EmailAddress {
+    /// The value, moved out.
+    pub fn into_string(self) -> String {
+        self.0
+    }
     pub fn parse(s: &str) -> Result<Self, Code> {
         let s = s.trim();
         let Some((local, domain)) = s.rsplit_once('@') else {
@@ -102,6 +110,10 @@ impl EmailAddress {
 pub struct PhoneNumber(String);
 
 impl PhoneNumber {
+    /// The value, moved out.
+    pub fn into_string(self) -> String {
+        self.0
+    }
     pub fn parse(s: &str) -> Result<Self, Code> {
         let compact: String = s.trim().chars().filter(|c| *c != ' ' && *c != '-').collect();
         let digits = compact.strip_prefix('+').unwrap_or(&compact);
@@ -120,6 +132,10 @@ impl PhoneNumber {
 pub struct HttpUrl(String);
 
 impl HttpUrl {
+    /// The value, moved out.
+    pub fn into_string(self) -> String {
+        self.0
+    }
     pub fn parse(s: &str) -> Result<Self, Code> {
         let s = s.trim();
         let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"));

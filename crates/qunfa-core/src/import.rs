@@ -53,13 +53,84 @@ impl ImportFormat {
 #[derive(Debug, Default)]
 pub struct ParsedImport {
     pub contacts: Vec<ContactInput>,
+    /// The line of each contact, in the same order.
+    pub lines: Vec<u64>,
     pub rejected: Vec<Rejection>,
 }
 
-/// Parses a whole import file.
+/// Parses a whole import file. NDJSON is parsed on up to `threads` threads
+/// (lines are independent); CSV on one (a quoted field may hold a newline).
+pub fn parse_parallel(format: ImportFormat, data: &[u8], threads: usize) -> ParsedImport {
+    if format == ImportFormat::Csv || threads <= 1 || data.len() < (1 << 20) {
+        return parse(format, data);
+    }
+    // Split at line boundaries into `threads` pieces of about equal size.
+    let mut pieces = Vec::with_capacity(threads);
+    let mut start = 0;
+    for i in 1..=threads {
+        let target = (data.len() * i / threads).max(start);
+        let end = if i == threads {
+            data.len()
+        } else {
+            data[target..].iter().position(|b| *b == b'\n').map_or(data.len(), |p| target + p + 1)
+        };
+        pieces.push((start, end));
+        start = end;
+    }
+    let line_offsets: Vec<u64> = {
+        let mut offsets = Vec::with_capacity(pieces.len());
+        let mut lines = 0u64;
+        for &(s, e) in &pieces {
+            offsets.push(lines);
+            lines += data[s..e].iter().filter(|b| **b == b'\n').count() as u64;
+        }
+        offsets
+    };
+    let parts: Vec<ParsedImport> = std::thread::scope(|scope| {
+        let handles: Vec<_> = pieces
+            .iter()
+            .zip(&line_offsets)
+            .map(|(&(s, e), &offset)| scope.spawn(move || parse_ndjson_from(&data[s..e], offset)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+    });
+    // Merge in order; a duplicate across pieces is reported like one within a piece.
+    let mut out = ParsedImport::default();
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut duplicates = Vec::new();
+    for (i, c) in parts.iter().flat_map(|p| p.contacts.iter()).enumerate() {
+        if !seen.insert(c.external_id.as_str()) {
+            duplicates.push(i);
+        }
+    }
+    let mut rejected: Vec<Rejection> = parts.iter().flat_map(|p| p.rejected.iter().cloned()).collect();
+    let mut contacts = Vec::with_capacity(parts.iter().map(|p| p.contacts.len()).sum());
+    let mut lines = Vec::with_capacity(contacts.capacity());
+    let mut dup = duplicates.iter().peekable();
+    for (i, (c, line)) in parts.into_iter().flat_map(|p| p.contacts.into_iter().zip(p.lines)).enumerate() {
+        if dup.peek() == Some(&&i) {
+            dup.next();
+            rejected.push(Rejection {
+                line,
+                code: Code::Duplicate,
+                message: format!("external_id {:?} appears earlier in the file", c.external_id.as_str()),
+            });
+        } else {
+            contacts.push(c);
+            lines.push(line);
+        }
+    }
+    rejected.sort_by_key(|r| r.line);
+    out.contacts = contacts;
+    out.lines = lines;
+    out.rejected = rejected;
+    out
+}
+
+/// Parses a whole import file on the calling thread.
 pub fn parse(format: ImportFormat, data: &[u8]) -> ParsedImport {
     let mut out = match format {
-        ImportFormat::Ndjson => parse_ndjson(data),
+        ImportFormat::Ndjson => parse_ndjson_from(data, 0),
         ImportFormat::Csv => parse_csv(data),
     };
     if out.contacts.len() > MAX_IMPORT_ROWS {
@@ -69,24 +140,47 @@ pub fn parse(format: ImportFormat, data: &[u8]) -> ParsedImport {
             message: format!("at most {MAX_IMPORT_ROWS} contacts per import"),
         });
         out.contacts.truncate(MAX_IMPORT_ROWS);
+        out.lines.truncate(MAX_IMPORT_ROWS);
     }
     out
 }
 
-struct Collector {
+/// Receives chunks of valid contacts; returns `false` to stop receiving.
+pub type ChunkSink<'a> = dyn FnMut(Vec<ContactInput>) -> bool + 'a;
+
+struct Collector<'a> {
     out: ParsedImport,
-    seen: HashSet<String>,
+    seen: rustc_hash::FxHashSet<String>,
+    sink: Option<(&'a mut ChunkSink<'a>, usize)>,
+    accepting: bool,
 }
 
-impl Collector {
+impl<'a> Collector<'a> {
     fn new() -> Self {
-        Self { out: ParsedImport::default(), seen: HashSet::new() }
+        Self { out: ParsedImport::default(), seen: Default::default(), sink: None, accepting: true }
+    }
+    fn with_sink(sink: &'a mut ChunkSink<'a>, chunk_size: usize) -> Self {
+        Self { sink: Some((sink, chunk_size.max(1))), ..Self::new() }
+    }
+    /// Hands the contacts collected so far to the sink, if there is one.
+    fn flush(&mut self) {
+        if let Some((sink, _)) = &mut self.sink {
+            let chunk = std::mem::take(&mut self.out.contacts);
+            self.out.lines.clear();
+            if self.accepting && !chunk.is_empty() {
+                self.accepting = sink(chunk);
+            }
+        }
     }
     fn push(&mut self, line: u64, raw: RawContact) {
         match ContactInput::parse(raw) {
             Ok(contact) => {
                 if self.seen.insert(contact.external_id.as_str().to_owned()) {
                     self.out.contacts.push(contact);
+                    self.out.lines.push(line);
+                    if self.sink.as_ref().is_some_and(|(_, size)| self.out.contacts.len() >= *size) {
+                        self.flush();
+                    }
                 } else {
                     self.reject(
                         line,
@@ -106,10 +200,15 @@ impl Collector {
     }
 }
 
-fn parse_ndjson(data: &[u8]) -> ParsedImport {
+fn parse_ndjson_from(data: &[u8], first_line: u64) -> ParsedImport {
     let mut c = Collector::new();
+    parse_ndjson_into(data, first_line, &mut c);
+    c.out
+}
+
+fn parse_ndjson_into(data: &[u8], first_line: u64, c: &mut Collector<'_>) {
     for (i, line) in data.split(|b| *b == b'\n').enumerate() {
-        let line_no = i as u64 + 1;
+        let line_no = first_line + i as u64 + 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
@@ -119,7 +218,6 @@ fn parse_ndjson(data: &[u8]) -> ParsedImport {
             Err(e) => c.reject(line_no, Code::BadJson, format!("column {}: {e}", e.column())),
         }
     }
-    c.out
 }
 
 /// Known CSV columns; every other column is a profile attribute.
@@ -127,18 +225,23 @@ const CSV_FIELDS: [&str; 8] = ["external_id", "name", "email", "phone", "webhook
 
 fn parse_csv(data: &[u8]) -> ParsedImport {
     let mut c = Collector::new();
+    parse_csv_into(data, &mut c);
+    c.out
+}
+
+fn parse_csv_into(data: &[u8], c: &mut Collector<'_>) {
     let data = data.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(data);
     let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(data);
     let headers = match reader.headers() {
         Ok(h) => h.iter().map(|h| h.trim().to_owned()).collect::<Vec<_>>(),
         Err(e) => {
             c.reject(1, Code::ImportFormat, format!("the header line is not valid CSV: {e}"));
-            return c.out;
+            return;
         }
     };
     if !headers.iter().any(|h| h == "external_id") {
         c.reject(1, Code::ImportFormat, "the header line has no external_id column".into());
-        return c.out;
+        return;
     }
     let mut record = csv::StringRecord::new();
     loop {
@@ -162,7 +265,25 @@ fn parse_csv(data: &[u8]) -> ParsedImport {
             }
         }
     }
-    c.out
+}
+
+/// Parses a file on the calling thread, handing valid contacts to `sink` in
+/// chunks of `chunk_size` as soon as each is full, so that storing can start
+/// before parsing ends. Returns every rejected line (of the whole file, even
+/// after `sink` stopped accepting).
+pub fn parse_chunked<'a>(
+    format: ImportFormat,
+    data: &[u8],
+    chunk_size: usize,
+    sink: &'a mut ChunkSink<'a>,
+) -> Vec<Rejection> {
+    let mut c = Collector::with_sink(sink, chunk_size);
+    match format {
+        ImportFormat::Ndjson => parse_ndjson_into(data, 0, &mut c),
+        ImportFormat::Csv => parse_csv_into(data, &mut c),
+    }
+    c.flush();
+    c.out.rejected
 }
 
 fn csv_row(headers: &[String], record: &csv::StringRecord) -> RawContact {
@@ -225,6 +346,54 @@ mod tests {
         assert_eq!(out.contacts.len(), 1);
         let lines: Vec<_> = out.rejected.iter().map(|r| (r.line, r.code)).collect();
         assert_eq!(lines, [(3, Code::BadJson), (4, Code::InvalidEmail), (5, Code::Duplicate), (6, Code::BadJson)]);
+    }
+
+    #[test]
+    fn chunked_parse_matches_whole() {
+        let data: String = (0..10_000)
+            .map(|i| if i % 1000 == 7 { "{bad\n".to_owned() } else { format!("{{\"external_id\":\"u{i}\"}}\n") })
+            .collect();
+        let whole = parse(ImportFormat::Ndjson, data.as_bytes());
+        let mut chunks: Vec<Vec<ContactInput>> = Vec::new();
+        let mut sink = |chunk: Vec<ContactInput>| {
+            chunks.push(chunk);
+            true
+        };
+        let rejected = parse_chunked(ImportFormat::Ndjson, data.as_bytes(), 3000, &mut sink);
+        assert_eq!(chunks.iter().map(Vec::len).collect::<Vec<_>>(), [3000, 3000, 3000, 990]);
+        assert_eq!(chunks.concat(), whole.contacts);
+        assert_eq!(rejected, whole.rejected);
+        // A sink that stops early still gets every rejection reported.
+        let mut calls = 0;
+        let mut stop = |_chunk: Vec<ContactInput>| {
+            calls += 1;
+            false
+        };
+        let rejected = parse_chunked(ImportFormat::Ndjson, data.as_bytes(), 3000, &mut stop);
+        assert_eq!((calls, rejected.len()), (1, 10));
+    }
+
+    #[test]
+    fn parallel_parse_matches_sequential() {
+        let mut data = String::new();
+        for i in 0..40_000 {
+            match i % 997 {
+                0 => data.push_str("{broken\n"),
+                1 => data.push_str("{\"external_id\":\"u5\"}\n"),
+                2 => data.push('\n'),
+                _ => data.push_str(&format!(
+                    "{{\"external_id\":\"u{i}\",\"name\":\"名{i}\",\"attributes\":{{\"n\":{i}}}}}\n"
+                )),
+            }
+        }
+        let seq = parse(ImportFormat::Ndjson, data.as_bytes());
+        for threads in [2, 3, 7] {
+            let par = parse_parallel(ImportFormat::Ndjson, data.as_bytes(), threads);
+            assert_eq!(par.contacts, seq.contacts);
+            assert_eq!(par.lines, seq.lines);
+            assert_eq!(par.rejected, seq.rejected);
+        }
+        assert!(seq.rejected.iter().any(|r| r.code == Code::Duplicate));
     }
 
     #[test]

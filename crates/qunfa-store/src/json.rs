@@ -11,12 +11,41 @@ use serde_json::{json, Map, Value as Json};
 
 use crate::StoreError;
 
+/// Writes attributes as a JSON object directly (the import hot path: no
+/// intermediate map).
 pub fn attributes_to_json(attrs: &BTreeMap<String, AttrValue>) -> String {
-    let mut map = Map::new();
-    for (k, v) in attrs {
-        map.insert(k.clone(), attr_to_json(v));
+    use std::fmt::Write;
+    let mut out = String::with_capacity(16 + attrs.len() * 24);
+    out.push('{');
+    for (i, (k, v)) in attrs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_string(&mut out, k);
+        out.push(':');
+        match v {
+            AttrValue::Text(s) => push_json_string(&mut out, s),
+            AttrValue::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            AttrValue::Number(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => {
+                let _ = write!(out, "{}", *n as i64);
+            }
+            AttrValue::Number(n) => {
+                let _ = write!(out, "{n}");
+            }
+        }
     }
-    Json::Object(map).to_string()
+    out.push('}');
+    out
+}
+
+fn push_json_string(out: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&Json::String(s.to_owned()).to_string());
+    }
 }
 
 pub fn attr_to_json(v: &AttrValue) -> Json {
@@ -35,8 +64,17 @@ pub fn attr_to_json(v: &AttrValue) -> Json {
 }
 
 pub fn consent_to_json(consent: &BTreeMap<Channel, bool>) -> String {
-    let map: Map<String, Json> = consent.iter().map(|(c, v)| (c.as_str().to_owned(), Json::Bool(*v))).collect();
-    Json::Object(map).to_string()
+    let mut out = String::from("{");
+    for (i, (channel, given)) in consent.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(channel.as_str());
+        out.push_str(if *given { "\":true" } else { "\":false" });
+    }
+    out.push('}');
+    out
 }
 
 pub fn parse_object(text: &str) -> Result<Map<String, Json>, StoreError> {
@@ -139,4 +177,22 @@ pub fn channels_to_json(channels: &[Channel]) -> String {
 pub fn channels_from_json(text: &str) -> Result<Vec<Channel>, StoreError> {
     let list: Vec<String> = serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     list.iter().map(|s| Channel::parse(s).map_err(|_| StoreError::Corrupt(format!("channel {s}")))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_round_trip_through_serde() {
+        let mut attrs = BTreeMap::new();
+        attrs.insert("city".to_owned(), AttrValue::Text("上海 \"浦东\"\n".into()));
+        attrs.insert("spend".to_owned(), AttrValue::Number(5000.0));
+        attrs.insert("ratio".to_owned(), AttrValue::Number(0.25));
+        attrs.insert("vip".to_owned(), AttrValue::Bool(true));
+        let text = attributes_to_json(&attrs);
+        let parsed: Json = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed, serde_json::json!({"city": "上海 \"浦东\"\n", "spend": 5000, "ratio": 0.25, "vip": true}));
+        assert_eq!(attributes_to_json(&BTreeMap::new()), "{}");
+    }
 }

@@ -34,21 +34,26 @@ pub struct DepartmentRecord {
     pub n_contacts: u64,
 }
 
-/// Makes sure every path (and, for nested tags, its ancestors) exists; returns
-/// path → id and the number created. Enforces the tier's tag rules.
-pub(crate) fn ensure_paths(
+/// Makes sure every path (and, for nested tags, its ancestors) exists, adding
+/// ids to `ids` (loaded from the database on first use, `loaded`); returns
+/// the number created. Enforces the tier's tag rules.
+pub(crate) fn ensure_paths<'m>(
     c: &mut Conn,
     workspace_id: i64,
     tier: &TierPolicy,
     paths: &[&TagPath],
     now: i64,
-) -> Result<(HashMap<String, i64>, u64), StoreError> {
-    let mut ids = HashMap::new();
+    ids: &'m mut HashMap<String, i64>,
+    loaded: &mut bool,
+) -> Result<(&'m HashMap<String, i64>, u64), StoreError> {
     if paths.is_empty() {
         return Ok((ids, 0));
     }
-    for r in c.query("SELECT path, id FROM tags WHERE workspace_id = ?", params![workspace_id])? {
-        ids.insert(r.string(0), r.i64(1));
+    if !*loaded {
+        for r in c.query("SELECT path, id FROM tags WHERE workspace_id = ?", params![workspace_id])? {
+            ids.insert(r.string(0), r.i64(1));
+        }
+        *loaded = true;
     }
     let mut created = 0;
     for path in paths {
@@ -125,7 +130,8 @@ impl Store {
         now: i64,
     ) -> Result<TagRecord, StoreError> {
         let id = self.db.write(|c| {
-            let (ids, created) = ensure_paths(c, workspace_id, tier, &[path], now)?;
+            let (mut ids, mut loaded) = (HashMap::new(), false);
+            let (ids, created) = ensure_paths(c, workspace_id, tier, &[path], now, &mut ids, &mut loaded)?;
             if created == 0 {
                 return Err(StoreError::rejected(Code::Duplicate, format!("tag {:?} exists", path.as_str())));
             }

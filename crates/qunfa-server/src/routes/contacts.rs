@@ -9,7 +9,7 @@ use axum::{
 };
 use qunfa_core::{
     contact::{ContactInput, RawChannels, RawContact},
-    import::{self, ImportFormat},
+    import::ImportFormat,
     message::MediaId,
     workspace::Action,
     Code,
@@ -225,13 +225,13 @@ pub async fn import_contacts(
     let partial = q.partial.unwrap_or(false);
     state
         .blocking(move |s| {
-            let parsed = import::parse(format, &body);
-            let rejected: Vec<RejectedLine> = parsed
+            let report = s.store.import_file(ws, s.policy.tier(kind), format, &body, partial, &actor, now_millis())?;
+            let rejected: Vec<RejectedLine> = report
                 .rejected
                 .iter()
                 .map(|r| RejectedLine { line: r.line, code: r.code.as_str().into(), message: r.message.clone() })
                 .collect();
-            if !rejected.is_empty() && !partial {
+            let Some(outcome) = report.outcome else {
                 let details = rejected.iter().take(1000).map(|r| serde_json::to_value(r).unwrap_or_default()).collect();
                 return Err(ApiError::new(
                     Code::ImportRejected,
@@ -242,8 +242,7 @@ pub async fn import_contacts(
                     ),
                 )
                 .with_details(details));
-            }
-            let outcome = s.store.import_contacts(ws, s.policy.tier(kind), &parsed.contacts, &actor, now_millis())?;
+            };
             Ok(Json(ImportResponse {
                 imported: outcome.imported,
                 updated: outcome.updated,
