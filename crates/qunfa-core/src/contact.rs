@@ -50,11 +50,30 @@ pub enum AttrValue {
     Bool(bool),
 }
 
+/// `s` trimmed, reusing its buffer when there is nothing to trim.
+fn trim_owned(s: String) -> String {
+    let t = s.trim();
+    if t.len() == s.len() {
+        s
+    } else {
+        t.to_owned()
+    }
+}
+
 /// External id: 1–128 printable characters, unique per workspace.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ExternalId(String);
 
 impl ExternalId {
+    /// Like [`ExternalId::parse`], reusing the string.
+    pub fn parse_owned(s: String) -> Result<Self, Code> {
+        let s = trim_owned(s);
+        let n = s.chars().count();
+        if n == 0 || n > 128 || s.chars().any(char::is_control) {
+            return Err(Code::InvalidExternalId);
+        }
+        Ok(Self(s))
+    }
     /// The value, moved out.
     pub fn into_string(self) -> String {
         self.0
@@ -82,7 +101,12 @@ impl EmailAddress {
         self.0
     }
     pub fn parse(s: &str) -> Result<Self, Code> {
-        let s = s.trim();
+        Self::parse_owned(s.to_owned())
+    }
+
+    /// Like [`EmailAddress::parse`], reusing the string.
+    pub fn parse_owned(s: String) -> Result<Self, Code> {
+        let s = trim_owned(s);
         let Some((local, domain)) = s.rsplit_once('@') else {
             return Err(Code::InvalidEmail);
         };
@@ -98,7 +122,7 @@ impl EmailAddress {
         if !domain_ok || !local_ok || s.len() > 254 {
             return Err(Code::InvalidEmail);
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self(s))
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -238,9 +262,9 @@ impl ContactInput {
     /// # Errors
     /// The first invalid field, with its code.
     pub fn parse(raw: RawContact) -> Result<Self, ContactError> {
-        let external_id = ExternalId::parse(raw.external_id.as_deref().unwrap_or(""))
+        let external_id = ExternalId::parse_owned(raw.external_id.unwrap_or_default())
             .map_err(|c| ContactError::new(c, "external_id"))?;
-        let name = raw.name.unwrap_or_default().trim().to_owned();
+        let name = trim_owned(raw.name.unwrap_or_default());
         if name.chars().count() > 128 || name.chars().any(char::is_control) {
             return Err(ContactError::new(Code::InvalidName, "name"));
         }
@@ -267,7 +291,7 @@ impl ContactInput {
         let non_empty = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
         let channels = ChannelAddresses {
             email: non_empty(c.email)
-                .map(|s| EmailAddress::parse(&s))
+                .map(EmailAddress::parse_owned)
                 .transpose()
                 .map_err(|code| ContactError::new(code, "channels.email"))?,
             phone: non_empty(c.phone)
