@@ -54,7 +54,8 @@ async fn first_mass_send_end_to_end(app: TestApp) {
     assert_eq!((pf["ok"].as_bool(), pf["recipients"].as_u64()), (Some(true), Some(2)));
     assert_eq!(pf["verdicts"], json!([]));
     let sent = app.post(&format!("/v1/broadcasts/{id}/send"), &owner, json!({})).await.expect(202);
-    assert_eq!(sent["state"], "sending");
+    // The engine may finish before the answer is written.
+    assert!(sent["state"] == "sending" || sent["state"] == "completed", "{sent}");
     let done = app.wait_completed(&owner, &id).await;
     assert_eq!(done["counts"]["delivered"], 2);
     assert_eq!(done["counts"]["queued"], 0);
@@ -384,7 +385,7 @@ async fn enterprise_approval(app: TestApp) {
         .await
         .expect_error(403, "QF-APPROVAL-SELF");
     let b = app.post(&format!("/v1/broadcasts/{id}/approve"), &reviewer, json!({"comment": "同意"})).await.expect(202);
-    assert_eq!(b["state"], "sending");
+    assert!(b["state"] == "sending" || b["state"] == "completed", "{b}");
     app.post(&format!("/v1/broadcasts/{id}/approve"), &reviewer, json!({}))
         .await
         .expect_error(409, "QF-STATE-CONFLICT");
