@@ -443,9 +443,45 @@ fn pg_row(row: &postgres::Row) -> Result<Row, StoreError> {
 
 /// Settings of every SQLite connection. WAL with `synchronous = FULL`: a
 /// commit is durable (fsynced) before it returns. 16 KiB pages and a large
-/// page cache suit the bulk paths (import, fan-out).
+/// page cache suit the bulk paths (import, fan-out). Checkpoints run on a
+/// background thread ([`sqlite_checkpointer`]) rather than inside whichever
+/// commit crosses SQLite's threshold, so no request waits for the WAL to be
+/// copied into the database file.
 const SQLITE_PRAGMAS: &str = "PRAGMA page_size = 16384; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
-     PRAGMA foreign_keys = ON; PRAGMA cache_size = -1048576; PRAGMA temp_store = MEMORY;";
+     PRAGMA foreign_keys = ON; PRAGMA cache_size = -1048576; PRAGMA temp_store = MEMORY;
+     PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;";
+
+/// WAL frames after which the checkpointer insists (waits for readers).
+const WAL_RESTART_FRAMES: i64 = 8192;
+
+/// Checkpoints the WAL every 200 ms on its own connection for as long as the
+/// pool lives (its `Drop` stops and joins this thread). A PASSIVE checkpoint never blocks readers or writers; when the
+/// WAL has grown past [`WAL_RESTART_FRAMES`] anyway (long readers), a RESTART
+/// checkpoint waits for them so the WAL starts over. On exit it leaves the
+/// WAL to SQLite, which checkpoints when the last connection closes.
+fn sqlite_checkpointer(path: PathBuf, stop: std::sync::mpsc::Receiver<()>) {
+    let mut conn: Option<rusqlite::Connection> = None;
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(Duration::from_millis(200)) {
+        if conn.is_none() {
+            conn = rusqlite::Connection::open(&path).ok();
+            if let Some(c) = &conn {
+                let _ = c.busy_timeout(Duration::from_millis(200));
+            }
+        }
+        let Some(c) = &conn else { continue };
+        let frames =
+            c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)));
+        match frames {
+            Ok((log, done)) if log > WAL_RESTART_FRAMES && done < log => {
+                if let Err(error) = c.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
+                    tracing::debug!(%error, "WAL restart deferred");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => tracing::debug!(%error, "WAL checkpoint deferred"),
+        }
+    }
+}
 
 /// Where the database is.
 #[derive(Debug, Clone)]
@@ -473,10 +509,16 @@ struct PoolInner {
     available: Condvar,
     /// SQLite has one writer: writers queue here instead of spinning on SQLITE_BUSY.
     sqlite_writer: Mutex<()>,
+    /// The SQLite checkpointer thread and the sender that stops it.
+    checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
 }
 
 impl Drop for PoolInner {
     fn drop(&mut self) {
+        if let Some((stop, thread)) = self.checkpointer.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+            drop(stop);
+            let _ = thread.join();
+        }
         let conns = std::mem::take(&mut self.idle.get_mut().unwrap_or_else(|e| e.into_inner()).0);
         if conns.iter().any(|c| matches!(c, Conn::Postgres { .. })) {
             // `postgres::Client` closes by blocking on its own runtime, which
@@ -534,7 +576,21 @@ impl Db {
             idle: Mutex::new((Vec::new(), 0)),
             available: Condvar::new(),
             sqlite_writer: Mutex::new(()),
+            checkpointer: Mutex::new(None),
         });
+        if let DbLocation::Sqlite(path) = &location {
+            let path = path.clone();
+            let (stop, stopped) = std::sync::mpsc::channel();
+            match std::thread::Builder::new()
+                .name("qunfa-checkpoint".into())
+                .spawn(move || sqlite_checkpointer(path, stopped))
+            {
+                Ok(thread) => *inner.checkpointer.lock().unwrap_or_else(|e| e.into_inner()) = Some((stop, thread)),
+                Err(error) => {
+                    tracing::warn!(%error, "no background WAL checkpointer: the WAL is checkpointed when the database closes")
+                }
+            }
+        }
         Self { location: Arc::new(location), backend, max_conns: max_conns.max(1), inner }
     }
 

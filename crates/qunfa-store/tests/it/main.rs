@@ -301,3 +301,32 @@ fn audit_chain_detects_tampering(f: Fixture) {
     let broken = report.iter().find(|r| r.chain == w).unwrap();
     assert_eq!(broken.result, Err(qunfa_core::audit::ChainBreak::Altered { seq: 3 }));
 }
+
+/// With SQLite's own checkpoints off, committed pages reach the main database
+/// file only through the background checkpointer.
+#[test]
+fn sqlite_background_checkpoints_reach_the_database_file() {
+    let db = test_support::sqlite();
+    let path = match &db.location {
+        qunfa_store::DbLocation::Sqlite(p) => p.clone(),
+        qunfa_store::DbLocation::Postgres(_) => unreachable!("a SQLite test database"),
+    };
+    let store = Store::open(db.location.clone(), 2).unwrap();
+    let before = std::fs::metadata(&path).unwrap().len();
+    let w =
+        store.create_workspace(&Name::parse("ckpt").unwrap(), WorkspaceKind::Enterprise, None, "t", NOW).unwrap().0.id;
+    store.import_contacts(w, &Policy::builtin().tiers.enterprise, &many(20_000, "x"), "t", NOW).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let after = std::fs::metadata(&path).unwrap().len();
+        eprintln!(
+            "before {before} after {after} wal {:?}",
+            std::fs::metadata(path.with_extension("db-wal")).map(|m| m.len())
+        );
+        if after > before + 1_000_000 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the WAL was not checkpointed: {before} -> {after} bytes");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
