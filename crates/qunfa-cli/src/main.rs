@@ -533,15 +533,15 @@ async fn explain(config: &Config, id: &str) -> anyhow::Result<ExitCode> {
     let client = api_client(config)?;
     let b = client.get(&format!("/v1/broadcasts/{id}")).await?;
     let c = &b["counts"];
-    println!(
-        "broadcast {id}: {} — {} recipients; delivered {}, failed {}, read {}, replied {}",
-        b["state"].as_str().unwrap_or("?"),
-        b["recipients"],
-        c["delivered"],
-        c["failed"],
-        c["read"],
-        c["replied"]
-    );
+    let state = b["state"].as_str().unwrap_or("?");
+    if matches!(state, "draft" | "pending_approval") {
+        println!("broadcast {id}: {state} (the audience is counted below and frozen when it is sent)");
+    } else {
+        println!(
+            "broadcast {id}: {state} — {} recipients; delivered {}, failed {}, read {}, replied {}",
+            b["recipients"], c["delivered"], c["failed"], c["read"], c["replied"]
+        );
+    }
     match b["state"].as_str() {
         Some("draft") | Some("pending_approval") => {
             let p = client.post(&format!("/v1/broadcasts/{id}/preflight"), json!({})).await?;

@@ -101,6 +101,11 @@ pub struct SendProposal<'a> {
 pub fn preflight(policy: &Policy, p: &SendProposal<'_>) -> Vec<Verdict> {
     let tier = policy.tier(p.kind);
     let kind = p.kind.as_str();
+    let kind_zh = match p.kind {
+        WorkspaceKind::Personal => "个人号",
+        WorkspaceKind::Enterprise => "企业号",
+        WorkspaceKind::Api => "第三方（API）账号",
+    };
     let mut out = Vec::new();
 
     // Content type for this tier.
@@ -115,8 +120,7 @@ pub fn preflight(policy: &Policy, p: &SendProposal<'_>) -> Vec<Verdict> {
                 tier.content_types.join(", ")
             ),
             format!(
-                "{} 工作区不能发送 {} 类型消息；允许的类型：{}。",
-                kind,
+                "{kind_zh}不能发送 {} 类型消息；允许的类型：{}。",
                 content_type.as_str(),
                 tier.content_types.join("、")
             ),
@@ -135,7 +139,7 @@ pub fn preflight(policy: &Policy, p: &SendProposal<'_>) -> Vec<Verdict> {
                         text.n_chars(),
                         tier.text_max_chars
                     ),
-                    format!("文字共 {} 个字符，{} 工作区最多 {} 个。", text.n_chars(), kind, tier.text_max_chars),
+                    format!("文字共 {} 个字符，{kind_zh}最多 {} 个。", text.n_chars(), tier.text_max_chars),
                 )
                 .limits(tier.text_max_chars as u64, text.n_chars() as u64),
             );
@@ -157,13 +161,13 @@ pub fn preflight(policy: &Policy, p: &SendProposal<'_>) -> Vec<Verdict> {
             Code::AudienceCombination,
             Severity::Block,
             format!("This send combines {n_tags} tags; {kind} workspaces send to one tag or to picked contacts."),
-            format!("此次群发组合了 {n_tags} 个标签；{kind} 工作区只能选择单个标签或手动挑选联系人。"),
+            format!("此次群发组合了 {n_tags} 个标签；{kind_zh}只能选择单个标签或手动挑选联系人，不能跨标签组合。"),
         )),
         AudienceShape::Department if !tier.departments => out.push(Verdict::new(
             Code::DepartmentNotAllowed,
             Severity::Block,
             format!("{kind} workspaces have no departments."),
-            format!("{kind} 工作区没有部门。"),
+            format!("{kind_zh}没有部门。"),
         )),
         AudienceShape::Contacts { n_ids } if n_ids > policy.api_batch_max => out.push(
             Verdict::new(
@@ -194,7 +198,7 @@ pub fn preflight(policy: &Policy, p: &SendProposal<'_>) -> Vec<Verdict> {
                         "The audience has {} recipients; {kind} workspaces may send to {limit} at once.",
                         p.n_recipients
                     ),
-                    format!("发送对象共 {} 人，{} 工作区单次最多 {} 人。", p.n_recipients, kind, limit),
+                    format!("发送对象共 {} 人，{kind_zh}单次群发最多 {} 人。", p.n_recipients, limit),
                 )
                 .limits(limit, p.n_recipients),
             );
