@@ -25,6 +25,17 @@ pub enum MembershipChange<'a> {
     Remove(&'a [u32]),
 }
 
+fn tag_record(r: &crate::Row) -> TagRecord {
+    TagRecord {
+        id: r.i64(0),
+        path: r.string(1),
+        parent_id: r.opt_i64(2),
+        created_at: r.i64(3),
+        last_used_at: r.opt_i64(4),
+        n_contacts: r.i64(5) as u64,
+    }
+}
+
 /// A department.
 #[derive(Debug, Clone)]
 pub struct DepartmentRecord {
@@ -155,7 +166,25 @@ impl Store {
     /// # Errors
     /// `NotFound`, or database errors.
     pub fn tag(&self, workspace_id: i64, id: i64) -> Result<TagRecord, StoreError> {
-        self.tags(workspace_id)?.into_iter().find(|t| t.id == id).ok_or(StoreError::NotFound)
+        let r = self.db.conn()?.query_one(
+            "SELECT t.id, t.path, t.parent_id, t.created_at, t.last_used_at,
+                    (SELECT COUNT(*) FROM contact_tags ct WHERE ct.workspace_id = t.workspace_id AND ct.tag_id = t.id)
+             FROM tags t WHERE t.workspace_id = ? AND t.id = ?",
+            params![workspace_id, id],
+        )?;
+        Ok(tag_record(&r))
+    }
+
+    /// Whether a tag id exists in the workspace (without counting its members).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn tag_exists(&self, workspace_id: i64, id: i64) -> Result<bool, StoreError> {
+        Ok(self
+            .db
+            .conn()?
+            .query_opt("SELECT 1 FROM tags WHERE workspace_id = ? AND id = ?", params![workspace_id, id])?
+            .is_some())
     }
 
     /// The id of a tag path.
@@ -181,17 +210,7 @@ impl Store {
              FROM tags t WHERE t.workspace_id = ? ORDER BY t.path",
             params![workspace_id],
         )?;
-        Ok(rows
-            .iter()
-            .map(|r| TagRecord {
-                id: r.i64(0),
-                path: r.string(1),
-                parent_id: r.opt_i64(2),
-                created_at: r.i64(3),
-                last_used_at: r.opt_i64(4),
-                n_contacts: r.i64(5) as u64,
-            })
-            .collect())
+        Ok(rows.iter().map(tag_record).collect())
     }
 
     /// Adds or removes contacts of a tag. Returns how many changed.
@@ -275,6 +294,18 @@ impl Store {
             audit::append(c, workspace_id, actor, "department.created", &format!("department:{id}"), &serde_json::json!({"name": name.as_str(), "parent_id": parent_id}).to_string(), now)?;
             Ok(DepartmentRecord { id, name: name.as_str().to_owned(), parent_id, n_contacts: 0 })
         })
+    }
+
+    /// Whether a department id exists in the workspace.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn department_exists(&self, workspace_id: i64, id: i64) -> Result<bool, StoreError> {
+        Ok(self
+            .db
+            .conn()?
+            .query_opt("SELECT 1 FROM departments WHERE workspace_id = ? AND id = ?", params![workspace_id, id])?
+            .is_some())
     }
 
     /// Every department of a workspace.

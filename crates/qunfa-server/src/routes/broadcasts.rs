@@ -85,7 +85,7 @@ fn parse_audience(s: &Inner, ws: i64, w: &AudienceWire) -> Result<AudienceSpec, 
     }
     let tag_id = |t: &str| -> Result<i64, ApiError> {
         if let Ok(id) = t.parse::<i64>() {
-            if s.store.tag(ws, id).is_ok() {
+            if s.store.tag_exists(ws, id)? {
                 return Ok(id);
             }
         }
@@ -137,7 +137,7 @@ fn parse_audience(s: &Inner, ws: i64, w: &AudienceWire) -> Result<AudienceSpec, 
     }
     let d = w.department.as_deref().unwrap_or_default();
     let id = parse_id(d)?;
-    if !s.store.departments(ws)?.iter().any(|x| x.id == id) {
+    if !s.store.department_exists(ws, id)? {
         return Err(ApiError::new(Code::NotFound, format!("no department {d:?} in this workspace")));
     }
     Ok(AudienceSpec::Department(id))
