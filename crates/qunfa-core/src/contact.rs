@@ -276,7 +276,11 @@ impl ContactInput {
             let field = format!("attributes.{key}");
             parse_attribute_key(&key).map_err(|c| ContactError::new(c, field.clone()))?;
             let value = match value {
-                serde_json::Value::String(s) if s.chars().count() <= 1024 => AttrValue::Text(s),
+                serde_json::Value::String(s)
+                    if s.chars().count() <= 1024 && !s.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\t')) =>
+                {
+                    AttrValue::Text(s)
+                }
                 serde_json::Value::Number(n) => match n.as_f64() {
                     Some(f) if f.is_finite() => AttrValue::Number(f),
                     _ => return Err(ContactError::new(Code::InvalidAttribute, field)),
@@ -352,6 +356,7 @@ mod tests {
             (r#"{"external_id":"a","channels":{"phone":"12ab"}}"#, Code::InvalidPhone, "channels.phone"),
             (r#"{"external_id":"a","attributes":{"9x":1}}"#, Code::InvalidAttribute, "attributes.9x"),
             (r#"{"external_id":"a","attributes":{"x":[1]}}"#, Code::InvalidAttribute, "attributes.x"),
+            (r#"{"external_id":"a","attributes":{"x":"a\u0000b"}}"#, Code::InvalidAttribute, "attributes.x"),
             (r#"{"external_id":"a","tags":["a/b/c/d"]}"#, Code::TagTooDeep, "tags[0]"),
             (r#"{"external_id":"a","consent":{"fax":true}}"#, Code::InvalidChannel, "consent.fax"),
         ];

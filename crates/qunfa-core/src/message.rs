@@ -80,6 +80,9 @@ impl MessageText {
         if s.chars().count() > max_chars {
             return Err(Code::TextTooLong);
         }
+        if s.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
+            return Err(Code::InvalidContent);
+        }
         let template = Template::parse(s)?;
         Ok(Self { raw: s.to_owned(), template })
     }
@@ -263,6 +266,8 @@ mod tests {
         assert!(Content::parse(&text(&"群".repeat(2048)), 2048).is_ok());
         assert_eq!(Content::parse(&text(&"群".repeat(2049)), 2048), Err(Code::TextTooLong));
         assert_eq!(Content::parse(&text("   "), 2048), Err(Code::TextEmpty));
+        assert_eq!(Content::parse(&text("a\u{0}b"), 2048), Err(Code::InvalidContent));
+        assert!(Content::parse(&text("第一行\n第二行\t!"), 2048).is_ok());
     }
 
     #[test]

@@ -44,7 +44,8 @@ pub enum Role {
 pub enum Action {
     /// Create, change or delete contacts, tags, departments, media.
     ManageContacts,
-    /// Compose, preflight and send broadcasts.
+    /// Compose and send broadcasts. (Preflight is a read: every role that can
+    /// see a broadcast may ask why it would be blocked.)
     Send,
     /// Approve or reject broadcasts that wait for approval.
     Approve,

@@ -24,6 +24,7 @@ pub struct EngineMetrics {
     pub deliveries: AtomicU64,
     pub broadcasts_completed: AtomicU64,
     pub step_errors: AtomicU64,
+    pub dead_letters: AtomicU64,
 }
 
 /// Settings of the worker.
@@ -35,6 +36,8 @@ pub struct EngineConfig {
     pub jobs_per_step: usize,
     /// How often an idle worker looks for work other nodes queued.
     pub poll_interval: Duration,
+    /// Failed attempts after which a job becomes a dead letter.
+    pub max_job_attempts: i64,
 }
 
 impl Default for EngineConfig {
@@ -43,6 +46,7 @@ impl Default for EngineConfig {
             node: format!("node-{}", std::process::id()),
             jobs_per_step: 16,
             poll_interval: Duration::from_millis(250),
+            max_job_attempts: 5,
         }
     }
 }
@@ -72,7 +76,10 @@ impl Engine {
             let cache = Arc::new(DispatchCache::default());
             while !e.stop.load(Ordering::Acquire) {
                 let (store2, cache2, e2, config2) = (store.clone(), cache.clone(), e.clone(), config.clone());
-                let drained = tokio::task::spawn_blocking(move || e2.drain(&store2, &cache2, &config2)).await;
+                let drained = tokio::task::spawn_blocking(move || {
+                    drain(&store2, &cache2, &config2, &e2.metrics, &e2.stop, &now_millis)
+                })
+                .await;
                 let pause = match drained {
                     Ok(true) => config.poll_interval,
                     // An error: back off so a broken database is not hammered.
@@ -89,33 +96,6 @@ impl Engine {
         engine
     }
 
-    /// Runs steps until the queue is empty or a stop is requested. Returns
-    /// `false` after an error.
-    fn drain(&self, store: &Store, cache: &DispatchCache, config: &EngineConfig) -> bool {
-        while !self.stop.load(Ordering::Acquire) {
-            match store.run_inbox_step(&config.node, cache, config.jobs_per_step, now_millis()) {
-                Ok(report) => {
-                    self.metrics.steps.fetch_add(1, Ordering::Relaxed);
-                    self.metrics.jobs_done.fetch_add(report.jobs, Ordering::Relaxed);
-                    self.metrics.deliveries.fetch_add(report.delivered, Ordering::Relaxed);
-                    self.metrics.broadcasts_completed.fetch_add(report.completed_broadcasts, Ordering::Relaxed);
-                    if report.jobs > 0 {
-                        tracing::debug!(jobs = report.jobs, delivered = report.delivered, "delivery step");
-                    }
-                    if report.jobs == 0 {
-                        return true;
-                    }
-                }
-                Err(error) => {
-                    self.metrics.step_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%error, "delivery step failed; its jobs stay queued");
-                    return false;
-                }
-            }
-        }
-        true
-    }
-
     /// Tells the worker that new jobs are queued.
     pub fn wake(&self) {
         self.wake.notify_one();
@@ -129,4 +109,69 @@ impl Engine {
             let _ = tokio::time::timeout(Duration::from_millis(100), self.done.notified()).await;
         }
     }
+}
+
+/// Runs delivery steps until the queue is empty or `stop` is set; `clock`
+/// gives the time (tests inject one). Returns `false` after an error, when the
+/// caller should back off.
+///
+/// A step that fails is retried one job at a time, so one job that always
+/// fails (a poison message) cannot hold back the others: when the
+/// single-job step fails too, that job is deferred with backoff and, after
+/// `max_job_attempts`, becomes a dead letter. A database that is down or
+/// locked defers nothing: the worker just backs off.
+pub fn drain(
+    store: &Store,
+    cache: &DispatchCache,
+    config: &EngineConfig,
+    metrics: &EngineMetrics,
+    stop: &AtomicBool,
+    clock: &dyn Fn() -> i64,
+) -> bool {
+    let mut jobs_per_step = config.jobs_per_step;
+    while !stop.load(Ordering::Acquire) {
+        match store.run_inbox_step(&config.node, cache, jobs_per_step, clock()) {
+            Ok(report) => {
+                metrics.steps.fetch_add(1, Ordering::Relaxed);
+                metrics.jobs_done.fetch_add(report.jobs, Ordering::Relaxed);
+                metrics.deliveries.fetch_add(report.delivered, Ordering::Relaxed);
+                metrics.broadcasts_completed.fetch_add(report.completed_broadcasts, Ordering::Relaxed);
+                if report.jobs > 0 {
+                    tracing::debug!(jobs = report.jobs, delivered = report.delivered, "delivery step");
+                }
+                if report.jobs == 0 {
+                    return true;
+                }
+                jobs_per_step = config.jobs_per_step;
+            }
+            Err(error) if error.is_transient() => {
+                metrics.step_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, "database unavailable; delivery paused, its jobs stay queued");
+                return false;
+            }
+            Err(error) if jobs_per_step > 1 => {
+                metrics.step_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, "delivery step failed; retrying its jobs one at a time");
+                jobs_per_step = 1;
+            }
+            Err(error) => {
+                metrics.step_errors.fetch_add(1, Ordering::Relaxed);
+                match store.defer_failed_job(&error.to_string(), config.max_job_attempts, clock()) {
+                    Ok(Some((job, dead))) => {
+                        if dead {
+                            metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
+                        }
+                        tracing::warn!(%error, job, dead, "delivery job failed");
+                    }
+                    Ok(None) => {}
+                    Err(defer_error) => {
+                        tracing::warn!(%error, %defer_error, "delivery job failed and could not be deferred");
+                        return false;
+                    }
+                }
+                jobs_per_step = config.jobs_per_step;
+            }
+        }
+    }
+    true
 }

@@ -192,6 +192,17 @@ fn subtree(rows: &[(i64, Option<i64>)], root: i64) -> Vec<i64> {
     out
 }
 
+/// Refuses when the member's sends today reach `limit`. The member row is
+/// locked first (a no-op update), so on PostgreSQL two racing sends of one
+/// member count one after the other; SQLite has one writer anyway.
+fn check_daily_quota(c: &mut Conn, member_id: i64, limit: u32, day_start: i64) -> Result<(), StoreError> {
+    c.execute("UPDATE members SET role = role WHERE id = ?", params![member_id])?;
+    if sends_today_in(c, member_id, day_start)? >= limit {
+        return Err(StoreError::rejected(Code::LimitDailySends, "the daily send quota was used by another send"));
+    }
+    Ok(())
+}
+
 fn sends_today_in(c: &mut Conn, member_id: i64, day_start: i64) -> Result<u32, StoreError> {
     Ok(c
         .query_one(
@@ -385,11 +396,16 @@ impl Store {
         &self,
         workspace_id: i64,
         id: i64,
+        daily_limit: Option<(u32, i64)>,
         verdicts_json: &str,
         actor: &str,
         now: i64,
     ) -> Result<(), StoreError> {
         self.db.write(|c| {
+            if let Some((limit, day_start)) = daily_limit {
+                let member = c.query_one("SELECT member_id FROM broadcasts WHERE id = ? AND workspace_id = ?", params![id, workspace_id])?;
+                check_daily_quota(c, member.i64(0), limit, day_start)?;
+            }
             let n = c.execute(
                 "UPDATE broadcasts SET state = 'pending_approval', submitted_at = ?, verdicts = ? WHERE id = ? AND workspace_id = ? AND state = 'draft'",
                 params![now, verdicts_json, id, workspace_id],
@@ -455,16 +471,18 @@ impl Store {
             }
             if let Some((limit, day_start)) = rules.daily_limit {
                 // A send held for approval counted when it was submitted.
-                if rules.from == BroadcastState::Draft && sends_today_in(c, b.i64(0), day_start)? >= limit {
-                    return Err(StoreError::rejected(Code::LimitDailySends, "the daily send quota was used by another send"));
+                if rules.from == BroadcastState::Draft {
+                    check_daily_quota(c, b.i64(0), limit, day_start)?;
                 }
             }
             let channels = channels_from_json(b.str(2))?;
             let priority = b.i64(3);
-            c.execute(
+            // The state guard makes a racing reject, approve or send lose cleanly:
+            // on PostgreSQL the row lock makes the loser re-read the new state.
+            let changed = c.execute(
                 "UPDATE broadcasts SET state = 'sending', frozen_audience = ?, n_recipients = ?, n_batches = ?, dispatched_at = ?,
                  submitted_at = COALESCE(submitted_at, ?), approved_by = ?, approved_at = ?, verdicts = ?
-                 WHERE id = ?",
+                 WHERE id = ? AND state = ?",
                 params![
                     frozen_bytes.clone(),
                     n_recipients,
@@ -474,9 +492,13 @@ impl Store {
                     rules.approved_by,
                     rules.approved_by.map(|_| now),
                     rules.verdicts_json,
-                    id
+                    id,
+                    rules.from.as_str()
                 ],
             )?;
+            if changed == 0 {
+                return Err(StoreError::rejected(Code::Conflict, format!("the broadcast is no longer {}", rules.from.as_str())));
+            }
             let mut jobs = Vec::with_capacity(n_batches * channels.len());
             for channel in &channels {
                 for batch_no in 0..n_batches {
@@ -657,6 +679,93 @@ impl Store {
                 }
             }
             Ok(report)
+        })
+    }
+
+    /// After a step failed: takes the job a step would claim first, counts the
+    /// failed attempt and retries it later (exponential backoff from 1 s). At
+    /// `max_attempts` the job is dead: its recipients get `failed` delivery
+    /// records with `QF-DELIVERY-FAILED`, so the broadcast still completes and
+    /// the failure shows in its counts. Returns the job id and whether it died.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn defer_failed_job(
+        &self,
+        error: &str,
+        max_attempts: i64,
+        now: i64,
+    ) -> Result<Option<(i64, bool)>, StoreError> {
+        let backend = self.backend();
+        self.db.write(|c| {
+            let lock = if backend == Backend::Postgres { "FOR UPDATE SKIP LOCKED" } else { "" };
+            let Some(job) = c.query_opt(
+                &format!(
+                    "SELECT id, broadcast_id, batch_no, channel, attempts, created_at FROM jobs
+                     WHERE state = 'ready' AND run_at <= ? AND (lease_until IS NULL OR lease_until < ?)
+                     ORDER BY priority, run_at, id LIMIT 1 {lock}"
+                ),
+                params![now, now],
+            )?
+            else {
+                return Ok(None);
+            };
+            let (job_id, broadcast_id, batch_no, channel, attempts) = (job.i64(0), job.i64(1), job.i64(2), job.string(3), job.i64(4) + 1);
+            let error: String = error.chars().filter(|ch| !ch.is_control()).take(500).collect();
+            if attempts < max_attempts {
+                let backoff = 1000i64 << (attempts - 1).clamp(0, 16);
+                c.execute(
+                    "UPDATE jobs SET attempts = ?, run_at = ?, last_error = ?, lease_until = NULL WHERE id = ?",
+                    params![attempts, now + backoff, error, job_id],
+                )?;
+                return Ok(Some((job_id, false)));
+            }
+            c.execute("UPDATE jobs SET attempts = ?, state = 'dead', last_error = ?, lease_until = NULL WHERE id = ?", params![attempts, error.clone(), job_id])?;
+            let b = c.query_one("SELECT workspace_id, frozen_audience FROM broadcasts WHERE id = ?", params![broadcast_id])?;
+            let workspace_id = b.i64(0);
+            let failed = match FrozenAudience::deserialize(b.blob(1)) {
+                Ok(frozen) => {
+                    let rows: Vec<Vec<Value>> = frozen
+                        .batch(batch_no as usize)
+                        .iter()
+                        .map(|idx| {
+                            vec![
+                                Value::Int(broadcast_id),
+                                Value::Text(channel.clone()),
+                                Value::Int(i64::from(*idx)),
+                                Value::Int(workspace_id),
+                                Value::Text("failed".into()),
+                                Value::Int(attempts),
+                                Value::Text(Code::DeliveryFailed.as_str().into()),
+                                Value::Int(job.i64(5)),
+                            ]
+                        })
+                        .collect();
+                    c.bulk_insert_borrowed(
+                        "deliveries",
+                        &["broadcast_id", "channel", "contact_idx", "workspace_id", "state", "attempts", "error_code", "queued_at"],
+                        "ON CONFLICT DO NOTHING",
+                        &rows,
+                    )?
+                }
+                Err(_) => 0,
+            };
+            c.execute(
+                "UPDATE broadcasts SET n_failed = n_failed + ?, n_batches_done = n_batches_done + 1 WHERE id = ?",
+                params![failed, broadcast_id],
+            )?;
+            let done = c.query_opt(
+                "UPDATE broadcasts SET state = 'completed', completed_at = ? WHERE id = ? AND state = 'sending' AND n_batches_done >= n_batches
+                 RETURNING n_delivered, n_failed",
+                params![now, broadcast_id],
+            )?;
+            let details = serde_json::json!({"job": job_id, "batch": batch_no, "failed": failed, "error": error}).to_string();
+            audit::append(c, workspace_id, "engine", "delivery.dead_letter", &format!("broadcast:{broadcast_id}"), &details, now)?;
+            if let Some(r) = done {
+                let details = serde_json::json!({"delivered": r.i64(0), "failed": r.i64(1)}).to_string();
+                audit::append(c, workspace_id, "engine", "broadcast.completed", &format!("broadcast:{broadcast_id}"), &details, now)?;
+            }
+            Ok(Some((job_id, true)))
         })
     }
 

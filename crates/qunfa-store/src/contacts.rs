@@ -395,7 +395,8 @@ impl Store {
                 "UPDATE contacts SET deleted_at = ?, external_id = ?, name = '', attributes = '{}', email = NULL, phone = NULL,
                  webhook = NULL, wecom_userid = NULL, consent = '{}', updated_at = ?
                  WHERE workspace_id = ? AND idx = ? AND deleted_at IS NULL",
-                params![now, format!("~deleted~{idx}"), now, workspace_id, idx],
+                // A control character: no external id a user can give (ExternalId refuses them).
+                params![now, format!("\u{1}deleted\u{1}{idx}"), now, workspace_id, idx],
             )?;
             if changed == 0 {
                 return Err(StoreError::NotFound);
@@ -403,6 +404,9 @@ impl Store {
             c.execute("DELETE FROM contact_tags WHERE workspace_id = ? AND contact_idx = ?", params![workspace_id, idx])?;
             c.execute("DELETE FROM contact_departments WHERE workspace_id = ? AND contact_idx = ?", params![workspace_id, idx])?;
             c.execute("DELETE FROM inbox_tokens WHERE workspace_id = ? AND contact_idx = ?", params![workspace_id, idx])?;
+            // Texts rendered for them and texts they wrote are personal data too.
+            c.execute("UPDATE deliveries SET body = NULL WHERE workspace_id = ? AND contact_idx = ?", params![workspace_id, idx])?;
+            c.execute("UPDATE replies SET text = '' WHERE workspace_id = ? AND contact_idx = ?", params![workspace_id, idx])?;
             audit::append(c, workspace_id, actor, "contact.deleted", &format!("contact:{idx}"), "{}", now)?;
             Ok(())
         })

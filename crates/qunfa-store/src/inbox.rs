@@ -146,20 +146,34 @@ impl Store {
         now: i64,
     ) -> Result<ReplyRecord, StoreError> {
         let text = text.trim();
-        if text.is_empty() || text.chars().count() > 2048 {
-            return Err(StoreError::rejected(Code::InvalidContent, "a reply has 1 to 2,048 characters"));
+        if text.is_empty()
+            || text.chars().count() > 2048
+            || text.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+        {
+            return Err(StoreError::rejected(
+                Code::InvalidContent,
+                "a reply has 1 to 2,048 characters and no control characters",
+            ));
         }
         self.db.write(|c| {
-            let d = c.query_one(
-                "SELECT read_at, replied_at FROM deliveries WHERE broadcast_id = ? AND channel = 'inbox' AND contact_idx = ? AND workspace_id = ?",
+            c.query_one(
+                "SELECT 1 FROM deliveries WHERE broadcast_id = ? AND channel = 'inbox' AND contact_idx = ? AND workspace_id = ?",
                 params![broadcast_id, idx, workspace_id],
             )?;
-            if d.opt_i64(0).is_none() {
-                c.execute("UPDATE deliveries SET read_at = ?, state = 'read' WHERE broadcast_id = ? AND channel = 'inbox' AND contact_idx = ?", params![now, broadcast_id, idx])?;
+            // Conditional updates: only the one that changes the row counts, even
+            // when a read and a reply (or two replies) race.
+            let first_read = c.execute(
+                "UPDATE deliveries SET read_at = ?, state = 'read' WHERE broadcast_id = ? AND channel = 'inbox' AND contact_idx = ? AND read_at IS NULL",
+                params![now, broadcast_id, idx],
+            )? == 1;
+            if first_read {
                 c.execute("UPDATE broadcasts SET n_read = n_read + 1 WHERE id = ?", params![broadcast_id])?;
             }
-            if d.opt_i64(1).is_none() {
-                c.execute("UPDATE deliveries SET replied_at = ? WHERE broadcast_id = ? AND channel = 'inbox' AND contact_idx = ?", params![now, broadcast_id, idx])?;
+            let first_reply = c.execute(
+                "UPDATE deliveries SET replied_at = ? WHERE broadcast_id = ? AND channel = 'inbox' AND contact_idx = ? AND replied_at IS NULL",
+                params![now, broadcast_id, idx],
+            )? == 1;
+            if first_reply {
                 c.execute("UPDATE broadcasts SET n_replied = n_replied + 1 WHERE id = ?", params![broadcast_id])?;
             }
             let id = c

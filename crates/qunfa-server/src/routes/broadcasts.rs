@@ -83,18 +83,22 @@ fn parse_audience(s: &Inner, ws: i64, w: &AudienceWire) -> Result<AudienceSpec, 
             "give exactly one of all, contact_ids, tag, tags or department",
         ));
     }
+    // A tag is named by its path first; a number names a tag id only when no
+    // tag has that path (a tag may well be called "2024").
     let tag_id = |t: &str| -> Result<i64, ApiError> {
-        if let Ok(id) = t.parse::<i64>() {
-            if s.store.tag_exists(ws, id)? {
-                return Ok(id);
+        let path = qunfa_core::tag::TagPath::parse(t);
+        if let Ok(path) = &path {
+            match s.store.tag_by_path(ws, path) {
+                Ok(id) => return Ok(id),
+                Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e.into()),
             }
         }
-        let path = qunfa_core::tag::TagPath::parse(t)
-            .map_err(|code| ApiError::new(code, format!("tag {t:?}: {}", code.message_en())))?;
-        s.store.tag_by_path(ws, &path).map_err(|e| match e {
-            StoreError::NotFound => ApiError::new(Code::NotFound, format!("no tag {t:?} in this workspace")),
-            e => e.into(),
-        })
+        match (t.parse::<i64>(), path) {
+            (Ok(id), _) if s.store.tag_exists(ws, id)? => Ok(id),
+            (_, Err(code)) => Err(ApiError::new(code, format!("tag {t:?}: {}", code.message_en()))),
+            (_, Ok(_)) => Err(ApiError::new(Code::NotFound, format!("no tag {t:?} in this workspace"))),
+        }
     };
     if w.all == Some(false) {
         return Err(ApiError::new(Code::AudienceInvalid, "all must be true when given"));
@@ -389,11 +393,10 @@ pub async fn send(
             }
             let now = now_millis();
             let recorded = verdicts_json(&verdicts);
+            let daily_limit = s.policy.tier(kind).sends_per_day.map(|l| (l, s.policy.day_bounds(now).0));
             if preflight::needs_review(&verdicts) {
-                s.store.hold_for_approval(ws, b.id, &recorded, &actor, now)?;
+                s.store.hold_for_approval(ws, b.id, daily_limit, &recorded, &actor, now)?;
             } else {
-                let tier = s.policy.tier(kind);
-                let daily_limit = tier.sends_per_day.map(|l| (l, s.policy.day_bounds(now).0));
                 let rules = DispatchRules {
                     from: BroadcastState::Draft,
                     daily_limit,

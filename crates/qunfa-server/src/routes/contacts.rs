@@ -296,6 +296,9 @@ pub async fn upload_media(
     if body.len() > MAX_MEDIA_BYTES {
         return Err(ApiError::code(Code::PayloadTooLarge));
     }
+    if q.filename.as_deref().is_some_and(|f| f.chars().count() > 255 || f.chars().any(char::is_control)) {
+        return Err(ApiError::new(Code::BadRequest, "filename has at most 255 characters and no control characters"));
+    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -84,6 +84,10 @@ async fn first_mass_send_end_to_end(app: TestApp) {
     assert_eq!(app.post(&format!("/v1/inbox/{mid}/read"), &token, json!({})).await.expect(200)["first_read"], true);
     assert_eq!(app.post(&format!("/v1/inbox/{mid}/read"), &token, json!({})).await.expect(200)["first_read"], false);
     app.post(&format!("/v1/inbox/{mid}/reply"), &token, json!({"text": "收到，谢谢"})).await.expect(201);
+    app.post(&format!("/v1/inbox/{mid}/reply"), &token, json!({"text": "坏\u{0}字符"}))
+        .await
+        .expect_error(400, "QF-INVALID-CONTENT");
+    app.post(&format!("/v1/inbox/{mid}/reply"), &token, json!({"text": "再次回复"})).await.expect(201);
     let b = app.get(&format!("/v1/broadcasts/{id}"), &owner).await.expect(200);
     assert_eq!((b["counts"]["read"].as_u64(), b["counts"]["replied"].as_u64()), (Some(1), Some(1)));
     let replies = app.get(&format!("/v1/broadcasts/{id}/replies"), &owner).await.expect(200);
@@ -459,6 +463,15 @@ async fn departments_tags_and_media(app: TestApp) {
     app.post(&format!("/v1/broadcasts/{id}/send"), &key, json!({})).await.expect(202);
     assert_eq!(app.wait_completed(&key, &id).await["recipients"], 2);
 
+    // A tag named like a number is found by its name, not taken for an id.
+    let first = app.post("/v1/tags", &key, json!({"path": "先建"})).await.expect(201);
+    let numeric = app.post("/v1/tags", &key, json!({"path": first["id"]})).await.expect(201);
+    assert_ne!(numeric["id"], first["id"]);
+    let b = app
+        .post("/v1/broadcasts", &key, json!({"content": {"type": "text", "text": "x"}, "audience": {"tag": "1"}}))
+        .await
+        .expect(201);
+    assert_eq!(b["audience"]["tag"], numeric["id"]);
     let tag = app.post("/v1/tags", &key, json!({"path": "活动/618"})).await.expect(201);
     let tid = tag["id"].as_str().unwrap();
     app.post(&format!("/v1/tags/{tid}/members"), &key, json!({"contact_ids": [ids[2], ids[3]]})).await.expect(200);

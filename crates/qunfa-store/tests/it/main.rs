@@ -35,6 +35,9 @@ both_backends!(
     dispatch_delivers_exactly_once,
     personalised_bodies_and_inbox,
     audit_chain_detects_tampering,
+    racing_dispatches_send_once,
+    racing_sends_respect_the_daily_quota,
+    deleting_a_contact_erases_what_was_rendered_and_written,
 );
 
 struct Fixture {
@@ -329,4 +332,89 @@ fn sqlite_background_checkpoints_reach_the_database_file() {
         assert!(std::time::Instant::now() < deadline, "the WAL was not checkpointed: {before} -> {after} bytes");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+fn racing_dispatches_send_once(f: Fixture) {
+    let w = ws(&f, WorkspaceKind::Enterprise);
+    f.store.import_contacts(w, &Policy::builtin().tiers.enterprise, &many(100, "x"), "t", NOW).unwrap();
+    let (b, _) = f.store.create_broadcast(w, 1, &text_broadcast("抢发", None), "t", NOW).unwrap();
+    let audience = f.store.resolve_audience(w, &AudienceSpec::All).unwrap();
+    let results: Vec<Result<(), StoreError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                s.spawn(|| {
+                    let rules = DispatchRules {
+                        from: BroadcastState::Draft,
+                        daily_limit: None,
+                        approved_by: None,
+                        verdicts_json: "[]",
+                    };
+                    f.store.dispatch(w, b.id, &audience, rules, "t", NOW)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    for r in results.into_iter().filter(Result::is_err) {
+        assert_eq!(rejected_code(r), Code::Conflict);
+    }
+    assert_eq!(run_until_idle(&f.store), 100);
+}
+
+fn racing_sends_respect_the_daily_quota(f: Fixture) {
+    let w = ws(&f, WorkspaceKind::Personal);
+    f.store.import_contacts(w, &Policy::builtin().tiers.personal, &many(3, "x"), "t", NOW).unwrap();
+    let audience = f.store.resolve_audience(w, &AudienceSpec::All).unwrap();
+    let drafts: Vec<i64> = (0..8)
+        .map(|i| f.store.create_broadcast(w, 1, &text_broadcast(&format!("第{i}条"), None), "t", NOW).unwrap().0.id)
+        .collect();
+    let results: Vec<Result<(), StoreError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = drafts
+            .iter()
+            .map(|id| {
+                let audience = &audience;
+                let store = &f.store;
+                s.spawn(move || {
+                    let rules = DispatchRules {
+                        from: BroadcastState::Draft,
+                        daily_limit: Some((5, NOW - 1000)),
+                        approved_by: None,
+                        verdicts_json: "[]",
+                    };
+                    store.dispatch(w, *id, audience, rules, "t", NOW)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 5, "{results:?}");
+    for r in results.into_iter().filter(Result::is_err) {
+        assert_eq!(rejected_code(r), Code::LimitDailySends);
+    }
+    assert_eq!(f.store.sends_today(1, NOW - 1000).unwrap(), 5);
+}
+
+fn deleting_a_contact_erases_what_was_rendered_and_written(f: Fixture) {
+    let w = ws(&f, WorkspaceKind::Personal);
+    let tier = Policy::builtin().tiers.personal;
+    f.store.import_contacts(w, &tier, &contacts(r#"{"external_id":"a","name":"张三"}"#), "t", NOW).unwrap();
+    let (b, _) = f.store.create_broadcast(w, 1, &text_broadcast("{{name}}您好", None), "t", NOW).unwrap();
+    let audience = f.store.resolve_audience(w, &AudienceSpec::All).unwrap();
+    let rules =
+        DispatchRules { from: BroadcastState::Draft, daily_limit: None, approved_by: None, verdicts_json: "[]" };
+    f.store.dispatch(w, b.id, &audience, rules, "t", NOW).unwrap();
+    run_until_idle(&f.store);
+    f.store.reply(w, 0, b.id, "我的手机号是 13800000000", NOW).unwrap();
+    f.store.delete_contact(w, 0, "t", NOW).unwrap();
+    let left = f
+        .store
+        .db
+        .read(|c| c.query_one("SELECT d.body, r.text FROM deliveries d JOIN replies r ON r.broadcast_id = d.broadcast_id WHERE d.broadcast_id = ?", &[b.id.into()]))
+        .unwrap();
+    assert_eq!((left.opt_str(0), left.str(1)), (None, ""));
+    // A user-chosen external id can never collide with a deleted contact's tombstone.
+    f.store.import_contacts(w, &tier, &contacts(r#"{"external_id":"~deleted~1"}"#), "t", NOW).unwrap();
+    f.store.delete_contact(w, 1, "t", NOW).unwrap();
+    assert!(ContactInput::parse(serde_json::from_str(r#"{"external_id":"\u0001deleted\u00011"}"#).unwrap()).is_err());
 }
