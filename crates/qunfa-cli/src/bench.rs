@@ -61,6 +61,26 @@ fn ndjson_contacts(n: usize) -> Vec<u8> {
     out
 }
 
+/// The same contacts as [`ndjson_contacts`], as CSV (tags separated by `|`).
+fn csv_contacts(n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n * 120);
+    out.extend_from_slice(b"external_id,name,email,tags,city,spend,age,vip,last_active\n");
+    let cities = ["上海", "杭州", "广州", "深圳", "北京", "成都"];
+    for i in 0..n {
+        let line = format!(
+            "c{i},用户{i},u{i}@example.com,等级/L{}|兴趣/T{},{},{},{},{},2026-10-01\n",
+            i % 3,
+            i % 17,
+            cities[i % cities.len()],
+            (i * 37) % 20_000,
+            18 + i % 50,
+            i % 10 == 0
+        );
+        out.extend_from_slice(line.as_bytes());
+    }
+    out
+}
+
 fn rate(n: usize, secs: f64) -> String {
     format!("{:.0}/s", n as f64 / secs)
 }
@@ -77,10 +97,13 @@ pub fn parse_threads() -> usize {
 
 /// `bench import`: parse + validate + store N contacts with 2 tags each, in
 /// `runs` runs, each with fresh databases and its own baseline.
-pub fn import(database_url: Option<&str>, n: usize, runs: usize) -> anyhow::Result<()> {
-    let data = ndjson_contacts(n);
+pub fn import(database_url: Option<&str>, n: usize, runs: usize, format: ImportFormat) -> anyhow::Result<()> {
+    let data = match format {
+        ImportFormat::Ndjson => ndjson_contacts(n),
+        ImportFormat::Csv => csv_contacts(n),
+    };
     println!(
-        "bench import: {n} contacts with 2 tags and 5 attributes each ({:.1} MB of NDJSON), {runs} runs",
+        "bench import: {n} contacts with 2 tags and 5 attributes each ({:.1} MB of {format:?}), {runs} runs",
         data.len() as f64 / 1e6
     );
     let policy = Policy::builtin();
@@ -95,7 +118,7 @@ pub fn import(database_url: Option<&str>, n: usize, runs: usize) -> anyhow::Resu
             "bench",
             now_millis(),
         )?;
-        let parsed = import::parse(ImportFormat::Ndjson, &data);
+        let parsed = import::parse(format, &data);
         anyhow::ensure!(parsed.rejected.is_empty(), "generated data was rejected");
         let rows: Vec<Vec<Value>> = parsed
             .contacts
@@ -159,13 +182,16 @@ pub fn import(database_url: Option<&str>, n: usize, runs: usize) -> anyhow::Resu
         let report = bench.store.import_file(
             w.id,
             &policy.tiers.enterprise,
-            ImportFormat::Ndjson,
+            format,
             &data,
             false,
             "bench",
             now_millis(),
         )?;
         let total = t.elapsed().as_secs_f64();
+        if let Some(r) = report.rejected.first() {
+            anyhow::bail!("{} lines rejected, first: line {} {} {}", report.rejected.len(), r.line, r.code.as_str(), r.message);
+        }
         let imported = report.outcome.map_or(0, |o| o.imported);
         anyhow::ensure!(imported == n as u64, "imported {imported} of {n}");
         println!(

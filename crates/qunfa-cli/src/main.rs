@@ -160,14 +160,17 @@ enum BenchCommand {
     Import {
         #[arg(long, default_value_t = 1_000_000)]
         contacts: usize,
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// ndjson or csv.
+        #[arg(long, default_value = "ndjson")]
+        format: String,
     },
     /// Inbox broadcast fan-out: accepted → all records durable, against the raw bulk insert.
     Fanout {
         #[arg(long, default_value_t = 100_000)]
         recipients: usize,
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 5)]
         runs: usize,
     },
 }
@@ -225,9 +228,14 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Send(args) => runtime()?.block_on(send(&config, args)),
         Command::Explain { broadcast_id } => runtime()?.block_on(explain(&config, &broadcast_id)),
         Command::Audit(AuditCommand::Verify) => audit_verify(&config),
-        Command::Bench(BenchCommand::Import { contacts, runs }) => {
+        Command::Bench(BenchCommand::Import { contacts, runs, format }) => {
+            let format = match format.as_str() {
+                "csv" => qunfa_core::import::ImportFormat::Csv,
+                "ndjson" => qunfa_core::import::ImportFormat::Ndjson,
+                other => bail!("unknown format {other:?}: use csv or ndjson"),
+            };
             bench::check_url(config.database_url.as_deref())?;
-            bench::import(config.database_url.as_deref(), contacts, runs.max(1))?;
+            bench::import(config.database_url.as_deref(), contacts, runs.max(1), format)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Fanout { recipients, runs }) => {
