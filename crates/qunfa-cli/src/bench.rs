@@ -179,18 +179,17 @@ pub fn import(database_url: Option<&str>, n: usize, runs: usize, format: ImportF
         // The real path: the file's bytes in, parsed and validated on one
         // thread while the single writer stores them, one transaction.
         let t = Instant::now();
-        let report = bench.store.import_file(
-            w.id,
-            &policy.tiers.enterprise,
-            format,
-            &data,
-            false,
-            "bench",
-            now_millis(),
-        )?;
+        let report =
+            bench.store.import_file(w.id, &policy.tiers.enterprise, format, &data, false, "bench", now_millis())?;
         let total = t.elapsed().as_secs_f64();
         if let Some(r) = report.rejected.first() {
-            anyhow::bail!("{} lines rejected, first: line {} {} {}", report.rejected.len(), r.line, r.code.as_str(), r.message);
+            anyhow::bail!(
+                "{} lines rejected, first: line {} {} {}",
+                report.rejected.len(),
+                r.line,
+                r.code.as_str(),
+                r.message
+            );
         }
         let imported = report.outcome.map_or(0, |o| o.imported);
         anyhow::ensure!(imported == n as u64, "imported {imported} of {n}");
