@@ -192,6 +192,20 @@ fn subtree(rows: &[(i64, Option<i64>)], root: i64) -> Vec<i64> {
     out
 }
 
+/// Completes a sending broadcast whose every batch is done (delivered or dead
+/// letter) and audits it; returns whether it completed now.
+fn complete_if_done(c: &mut Conn, broadcast_id: i64, now: i64) -> Result<bool, StoreError> {
+    let done = c.query_opt(
+        "UPDATE broadcasts SET state = 'completed', completed_at = ? WHERE id = ? AND state = 'sending' AND n_batches_done >= n_batches
+         RETURNING workspace_id, n_delivered, n_failed",
+        params![now, broadcast_id],
+    )?;
+    let Some(r) = done else { return Ok(false) };
+    let details = serde_json::json!({"delivered": r.i64(1), "failed": r.i64(2)}).to_string();
+    audit::append(c, r.i64(0), "engine", "broadcast.completed", &format!("broadcast:{broadcast_id}"), &details, now)?;
+    Ok(true)
+}
+
 /// Refuses when the member's sends today reach `limit`. The member row is
 /// locked first (a no-op update), so on PostgreSQL two racing sends of one
 /// member count one after the other; SQLite has one writer anyway.
@@ -666,16 +680,9 @@ impl Store {
                 }
             }
             for broadcast_id in touched {
-                let done = c.query_opt(
-                    "UPDATE broadcasts SET state = 'completed', completed_at = ? WHERE id = ? AND state = 'sending' AND n_batches_done >= n_batches
-                     RETURNING workspace_id, n_delivered, n_failed",
-                    params![now, broadcast_id],
-                )?;
-                if let Some(r) = done {
+                if complete_if_done(c, broadcast_id, now)? {
                     report.completed_broadcasts += 1;
                     cache.forget(broadcast_id);
-                    let details = serde_json::json!({"delivered": r.i64(1), "failed": r.i64(2)}).to_string();
-                    audit::append(c, r.i64(0), "engine", "broadcast.completed", &format!("broadcast:{broadcast_id}"), &details, now)?;
                 }
             }
             Ok(report)
@@ -710,7 +717,8 @@ impl Store {
             else {
                 return Ok(None);
             };
-            let (job_id, broadcast_id, batch_no, channel, attempts) = (job.i64(0), job.i64(1), job.i64(2), job.string(3), job.i64(4) + 1);
+            let (job_id, broadcast_id, batch_no, channel, attempts) =
+                (job.i64(0), job.i64(1), job.i64(2), job.string(3), job.i64(4) + 1);
             let error: String = error.chars().filter(|ch| !ch.is_control()).take(500).collect();
             if attempts < max_attempts {
                 let backoff = 1000i64 << (attempts - 1).clamp(0, 16);
@@ -720,8 +728,14 @@ impl Store {
                 )?;
                 return Ok(Some((job_id, false)));
             }
-            c.execute("UPDATE jobs SET attempts = ?, state = 'dead', last_error = ?, lease_until = NULL WHERE id = ?", params![attempts, error.clone(), job_id])?;
-            let b = c.query_one("SELECT workspace_id, frozen_audience FROM broadcasts WHERE id = ?", params![broadcast_id])?;
+            c.execute(
+                "UPDATE jobs SET attempts = ?, state = 'dead', last_error = ?, lease_until = NULL WHERE id = ?",
+                params![attempts, error.clone(), job_id],
+            )?;
+            let b = c.query_one(
+                "SELECT workspace_id, frozen_audience FROM broadcasts WHERE id = ?",
+                params![broadcast_id],
+            )?;
             let workspace_id = b.i64(0);
             let failed = match FrozenAudience::deserialize(b.blob(1)) {
                 Ok(frozen) => {
@@ -743,7 +757,16 @@ impl Store {
                         .collect();
                     c.bulk_insert_borrowed(
                         "deliveries",
-                        &["broadcast_id", "channel", "contact_idx", "workspace_id", "state", "attempts", "error_code", "queued_at"],
+                        &[
+                            "broadcast_id",
+                            "channel",
+                            "contact_idx",
+                            "workspace_id",
+                            "state",
+                            "attempts",
+                            "error_code",
+                            "queued_at",
+                        ],
                         "ON CONFLICT DO NOTHING",
                         &rows,
                     )?
@@ -754,17 +777,18 @@ impl Store {
                 "UPDATE broadcasts SET n_failed = n_failed + ?, n_batches_done = n_batches_done + 1 WHERE id = ?",
                 params![failed, broadcast_id],
             )?;
-            let done = c.query_opt(
-                "UPDATE broadcasts SET state = 'completed', completed_at = ? WHERE id = ? AND state = 'sending' AND n_batches_done >= n_batches
-                 RETURNING n_delivered, n_failed",
-                params![now, broadcast_id],
+            let details =
+                serde_json::json!({"job": job_id, "batch": batch_no, "failed": failed, "error": error}).to_string();
+            audit::append(
+                c,
+                workspace_id,
+                "engine",
+                "delivery.dead_letter",
+                &format!("broadcast:{broadcast_id}"),
+                &details,
+                now,
             )?;
-            let details = serde_json::json!({"job": job_id, "batch": batch_no, "failed": failed, "error": error}).to_string();
-            audit::append(c, workspace_id, "engine", "delivery.dead_letter", &format!("broadcast:{broadcast_id}"), &details, now)?;
-            if let Some(r) = done {
-                let details = serde_json::json!({"delivered": r.i64(0), "failed": r.i64(1)}).to_string();
-                audit::append(c, workspace_id, "engine", "broadcast.completed", &format!("broadcast:{broadcast_id}"), &details, now)?;
-            }
+            complete_if_done(c, broadcast_id, now)?;
             Ok(Some((job_id, true)))
         })
     }

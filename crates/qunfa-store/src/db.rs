@@ -250,8 +250,12 @@ impl Conn {
         Ok(())
     }
 
-    /// Like [`Conn::bulk_insert`] for rows the caller keeps (so that they can be
-    /// freed on the thread that made them).
+    /// Inserts many rows into `table` as fast as the backend allows:
+    /// multi-row prepared statements reused in the open transaction (SQLite:
+    /// 512 parameters per statement; PostgreSQL: 1,000 rows). `conflict` is
+    /// appended (e.g. `ON CONFLICT DO NOTHING`). The caller keeps the rows, so
+    /// they can be freed on the thread that made them. Returns the rows
+    /// actually inserted.
     pub fn bulk_insert_borrowed(
         &mut self,
         table: &str,
@@ -259,38 +263,31 @@ impl Conn {
         conflict: &str,
         rows: &[Vec<Value>],
     ) -> Result<u64, StoreError> {
-        match self {
-            Conn::Sqlite(c) => {
-                let per_stmt = (512 / columns.len()).max(1);
-                let cols = columns.join(", ");
-                let marks = format!("({})", vec!["?"; columns.len()].join(", "));
-                let mut n = 0;
-                let mut chunks = rows.chunks_exact(per_stmt);
-                if rows.len() >= per_stmt {
-                    let multi = format!(
-                        "INSERT INTO {table} ({cols}) VALUES {} {conflict}",
-                        vec![marks.as_str(); per_stmt].join(", ")
-                    );
-                    let mut stmt = c.prepare_cached(&multi)?;
-                    for chunk in chunks.by_ref() {
-                        n += stmt.execute(rusqlite::params_from_iter(chunk.iter().flatten().map(sqlite_value)))? as u64;
-                    }
+        let rows_per_stmt = match self {
+            Conn::Sqlite(_) => (512 / columns.len()).max(1),
+            Conn::Postgres { .. } => 1000,
+        };
+        let mut n = 0;
+        for chunk in rows.chunks(rows_per_stmt) {
+            let sql = insert_sql(table, columns, chunk.len(), conflict);
+            n += match self {
+                Conn::Sqlite(c) => c
+                    .prepare_cached(&sql)?
+                    .execute(rusqlite::params_from_iter(chunk.iter().flatten().map(sqlite_value)))?
+                    as u64,
+                Conn::Postgres { client, statements } => {
+                    let stmt = pg_prepare(client, statements, &sql)?;
+                    let refs: Vec<&(dyn ToSql + Sync)> =
+                        chunk.iter().flatten().map(|v| v as &(dyn ToSql + Sync)).collect();
+                    client.execute(&stmt, &refs)?
                 }
-                let single = format!("INSERT INTO {table} ({cols}) VALUES {marks} {conflict}");
-                let mut stmt = c.prepare_cached(&single)?;
-                for row in chunks.remainder() {
-                    n += stmt.execute(rusqlite::params_from_iter(row.iter().map(sqlite_value)))? as u64;
-                }
-                Ok(n)
-            }
-            Conn::Postgres { .. } => self.bulk_insert(table, columns, conflict, &mut rows.iter().cloned()),
+            };
         }
+        Ok(n)
     }
 
-    /// Inserts many rows into `table` as fast as the backend allows: one
-    /// prepared statement reused in the open transaction on SQLite, multi-row
-    /// `INSERT`s of up to 1,000 rows on PostgreSQL. `conflict` is appended
-    /// (e.g. `ON CONFLICT DO NOTHING`). Returns the rows actually inserted.
+    /// [`Conn::bulk_insert_borrowed`] for rows made on the fly; they are
+    /// buffered a few thousand at a time.
     pub fn bulk_insert(
         &mut self,
         table: &str,
@@ -298,79 +295,28 @@ impl Conn {
         conflict: &str,
         rows: &mut dyn Iterator<Item = Vec<Value>>,
     ) -> Result<u64, StoreError> {
-        let cols = columns.join(", ");
-        match self {
-            Conn::Sqlite(c) => {
-                // Multi-row statements amortise SQLite's per-statement work; the
-                // remainder goes through the single-row statement.
-                let per_stmt = (512 / columns.len()).max(1);
-                let marks = format!("({})", vec!["?"; columns.len()].join(", "));
-                let single = format!("INSERT INTO {table} ({cols}) VALUES {marks} {conflict}");
-                let multi = format!(
-                    "INSERT INTO {table} ({cols}) VALUES {} {conflict}",
-                    vec![marks.as_str(); per_stmt].join(", ")
-                );
-                let mut n = 0;
-                let mut buffer: Vec<Vec<Value>> = Vec::with_capacity(per_stmt);
-                for row in rows {
-                    buffer.push(row);
-                    if buffer.len() == per_stmt {
-                        let mut stmt = c.prepare_cached(&multi)?;
-                        n +=
-                            stmt.execute(rusqlite::params_from_iter(buffer.iter().flatten().map(sqlite_value)))? as u64;
-                        buffer.clear();
-                    }
-                }
-                let mut stmt = c.prepare_cached(&single)?;
-                for row in &buffer {
-                    n += stmt.execute(rusqlite::params_from_iter(row.iter().map(sqlite_value)))? as u64;
-                }
-                Ok(n)
+        let mut n = 0;
+        let mut buffer: Vec<Vec<Value>> = Vec::with_capacity(4096);
+        loop {
+            buffer.extend((&mut *rows).take(4096));
+            if buffer.is_empty() {
+                return Ok(n);
             }
-            Conn::Postgres { client, statements } => {
-                const CHUNK: usize = 1000;
-                let mut n = 0;
-                let mut chunk: Vec<Value> = Vec::with_capacity(CHUNK * columns.len());
-                let mut n_rows = 0;
-                let mut flush = |chunk: &mut Vec<Value>, n_rows: usize| -> Result<u64, StoreError> {
-                    if n_rows == 0 {
-                        return Ok(0);
-                    }
-                    let mut sql = format!("INSERT INTO {table} ({cols}) VALUES ");
-                    for r in 0..n_rows {
-                        if r > 0 {
-                            sql.push(',');
-                        }
-                        sql.push('(');
-                        for c in 0..columns.len() {
-                            if c > 0 {
-                                sql.push(',');
-                            }
-                            sql.push('?');
-                        }
-                        sql.push(')');
-                    }
-                    sql.push(' ');
-                    sql.push_str(conflict);
-                    let stmt = pg_prepare(client, statements, &sql)?;
-                    let refs: Vec<&(dyn ToSql + Sync)> = chunk.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-                    let changed = client.execute(&stmt, &refs)?;
-                    chunk.clear();
-                    Ok(changed)
-                };
-                for row in rows {
-                    chunk.extend(row);
-                    n_rows += 1;
-                    if n_rows == CHUNK {
-                        n += flush(&mut chunk, n_rows)?;
-                        n_rows = 0;
-                    }
-                }
-                n += flush(&mut chunk, n_rows)?;
-                Ok(n)
-            }
+            n += self.bulk_insert_borrowed(table, columns, conflict, &buffer)?;
+            buffer.clear();
         }
     }
+}
+
+/// `INSERT INTO table (columns) VALUES (?, …), … conflict` for `n_rows` rows.
+/// Full chunks share one text, so the statement caches see few distinct ones.
+fn insert_sql(table: &str, columns: &[&str], n_rows: usize, conflict: &str) -> String {
+    let marks = format!("({})", vec!["?"; columns.len()].join(", "));
+    format!(
+        "INSERT INTO {table} ({}) VALUES {} {conflict}",
+        columns.join(", "),
+        vec![marks.as_str(); n_rows].join(", ")
+    )
 }
 
 fn sqlite_value(v: &Value) -> rusqlite::types::ToSqlOutput<'_> {
