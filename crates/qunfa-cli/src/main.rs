@@ -400,7 +400,7 @@ fn import(
             .context("cannot tell the format from the file name: pass --format csv|ndjson")?,
     };
     // Validate the whole file first: nothing is sent unless it all parses (or --partial).
-    let parsed = import::parse_parallel(format, &data, bench::parse_threads());
+    let parsed = import::parse_parallel(format, &data, qunfa_store::contacts::import_threads());
     if !parsed.rejected.is_empty() {
         eprintln!("{} line(s) rejected:", parsed.rejected.len());
         for r in parsed.rejected.iter().take(20) {

@@ -224,14 +224,38 @@ pub struct RawContact {
     pub external_id: Option<String>,
     #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
-    pub attributes: BTreeMap<String, serde_json::Value>,
+    /// In the order given; a key given twice keeps its last value.
+    #[serde(default, deserialize_with = "attribute_pairs")]
+    pub attributes: Vec<(String, serde_json::Value)>,
     #[serde(default)]
     pub channels: RawChannels,
     #[serde(default)]
     pub consent: BTreeMap<String, bool>,
     #[serde(default)]
     pub tags: Vec<String>,
+}
+
+/// Reads a JSON object as key–value pairs without building a map: the
+/// validated contact builds the only one.
+fn attribute_pairs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(String, serde_json::Value)>, D::Error> {
+    struct Pairs;
+    impl<'de> serde::de::Visitor<'de> for Pairs {
+        type Value = Vec<(String, serde_json::Value)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object of attributes")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8).min(MAX_ATTRIBUTES));
+            while let Some(pair) = map.next_entry()? {
+                out.push(pair);
+            }
+            Ok(out)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+    }
+    d.deserialize_any(Pairs)
 }
 
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -268,13 +292,14 @@ impl ContactInput {
         if name.chars().count() > 128 || name.chars().any(char::is_control) {
             return Err(ContactError::new(Code::InvalidName, "name"));
         }
-        if raw.attributes.len() > MAX_ATTRIBUTES {
-            return Err(ContactError::new(Code::InvalidAttribute, "attributes"));
+        let too_many = || ContactError::new(Code::InvalidAttribute, "attributes");
+        if raw.attributes.len() > 4 * MAX_ATTRIBUTES {
+            return Err(too_many());
         }
         let mut attributes = BTreeMap::new();
         for (key, value) in raw.attributes {
-            let field = format!("attributes.{key}");
-            parse_attribute_key(&key).map_err(|c| ContactError::new(c, field.clone()))?;
+            let field = || format!("attributes.{key}");
+            parse_attribute_key(&key).map_err(|c| ContactError::new(c, field()))?;
             let value = match value {
                 serde_json::Value::String(s)
                     if s.chars().count() <= 1024 && !s.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\t')) =>
@@ -283,13 +308,16 @@ impl ContactInput {
                 }
                 serde_json::Value::Number(n) => match n.as_f64() {
                     Some(f) if f.is_finite() => AttrValue::Number(f),
-                    _ => return Err(ContactError::new(Code::InvalidAttribute, field)),
+                    _ => return Err(ContactError::new(Code::InvalidAttribute, field())),
                 },
                 serde_json::Value::Bool(b) => AttrValue::Bool(b),
                 serde_json::Value::Null => continue,
-                _ => return Err(ContactError::new(Code::InvalidAttribute, field)),
+                _ => return Err(ContactError::new(Code::InvalidAttribute, field())),
             };
             attributes.insert(key, value);
+        }
+        if attributes.len() > MAX_ATTRIBUTES {
+            return Err(too_many());
         }
         let c = raw.channels;
         let non_empty = |s: Option<String>| s.filter(|s| !s.trim().is_empty());

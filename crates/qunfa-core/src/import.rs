@@ -5,10 +5,15 @@
 //! [`Rejection`] with its 1-based line number, so a caller can refuse the whole
 //! file and report every broken line at once.
 
-use std::collections::{BTreeMap, HashSet};
+use std::{
+    collections::BTreeMap,
+    sync::{Condvar, Mutex},
+};
+
+use rustc_hash::FxHashMap;
 
 use crate::{
-    contact::{ContactInput, RawChannels, RawContact},
+    contact::{ContactInput, RawContact},
     Code,
 };
 
@@ -58,136 +63,290 @@ pub struct ParsedImport {
     pub rejected: Vec<Rejection>,
 }
 
-/// Parses a whole import file. NDJSON is parsed on up to `threads` threads
-/// (lines are independent); CSV on one (a quoted field may hold a newline).
+/// Contacts per chunk: the unit of parallel parsing and of hand-over to the consumer.
+pub const CHUNK_LINES: usize = 8192;
+
+/// Parses a whole import file on up to `threads` threads.
 pub fn parse_parallel(format: ImportFormat, data: &[u8], threads: usize) -> ParsedImport {
-    if format == ImportFormat::Csv || threads <= 1 || data.len() < (1 << 20) {
-        return parse(format, data);
-    }
-    // Split at line boundaries into `threads` pieces of about equal size.
-    let mut pieces = Vec::with_capacity(threads);
-    let mut start = 0;
-    for i in 1..=threads {
-        let target = (data.len() * i / threads).max(start);
-        let end = if i == threads {
-            data.len()
-        } else {
-            data[target..].iter().position(|b| *b == b'\n').map_or(data.len(), |p| target + p + 1)
-        };
-        pieces.push((start, end));
-        start = end;
-    }
-    let line_offsets: Vec<u64> = {
-        let mut offsets = Vec::with_capacity(pieces.len());
-        let mut lines = 0u64;
-        for &(s, e) in &pieces {
-            offsets.push(lines);
-            lines += data[s..e].iter().filter(|b| **b == b'\n').count() as u64;
-        }
-        offsets
-    };
-    let parts: Vec<ParsedImport> = std::thread::scope(|scope| {
-        let handles: Vec<_> = pieces
-            .iter()
-            .zip(&line_offsets)
-            .map(|(&(s, e), &offset)| scope.spawn(move || parse_ndjson_from(&data[s..e], offset)))
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
-    });
-    // Merge in order; a duplicate across pieces is reported like one within a piece.
     let mut out = ParsedImport::default();
-    let mut seen: HashSet<&str> = HashSet::new();
-    let mut duplicates = Vec::new();
-    for (i, c) in parts.iter().flat_map(|p| p.contacts.iter()).enumerate() {
-        if !seen.insert(c.external_id.as_str()) {
-            duplicates.push(i);
+    let rejected = parse_with(format, data, threads, CHUNK_LINES, &|contacts| contacts, &mut |chunk| {
+        let mut skipped = chunk.skipped.iter().peekable();
+        for (i, (c, line)) in chunk.prepared.into_iter().zip(chunk.lines).enumerate() {
+            if skipped.next_if_eq(&&i).is_none() {
+                out.contacts.push(c);
+                out.lines.push(line);
+            }
         }
-    }
-    let mut rejected: Vec<Rejection> = parts.iter().flat_map(|p| p.rejected.iter().cloned()).collect();
-    let mut contacts = Vec::with_capacity(parts.iter().map(|p| p.contacts.len()).sum());
-    let mut lines = Vec::with_capacity(contacts.capacity());
-    let mut dup = duplicates.iter().peekable();
-    for (i, (c, line)) in parts.into_iter().flat_map(|p| p.contacts.into_iter().zip(p.lines)).enumerate() {
-        if dup.peek() == Some(&&i) {
-            dup.next();
-            rejected.push(Rejection {
-                line,
-                code: Code::Duplicate,
-                message: format!("external_id {:?} appears earlier in the file", c.external_id.as_str()),
-            });
-        } else {
-            contacts.push(c);
-            lines.push(line);
-        }
-    }
-    rejected.sort_by_key(|r| r.line);
-    out.contacts = contacts;
-    out.lines = lines;
+        true
+    });
     out.rejected = rejected;
     out
 }
 
 /// Parses a whole import file on the calling thread.
 pub fn parse(format: ImportFormat, data: &[u8]) -> ParsedImport {
-    let mut out = match format {
-        ImportFormat::Ndjson => parse_ndjson_from(data, 0),
-        ImportFormat::Csv => parse_csv(data),
-    };
-    if out.contacts.len() > MAX_IMPORT_ROWS {
-        out.rejected.push(Rejection {
-            line: MAX_IMPORT_ROWS as u64 + 1,
-            code: Code::PayloadTooLarge,
-            message: format!("at most {MAX_IMPORT_ROWS} contacts per import"),
-        });
-        out.contacts.truncate(MAX_IMPORT_ROWS);
-        out.lines.truncate(MAX_IMPORT_ROWS);
-    }
-    out
+    parse_parallel(format, data, 1)
 }
 
-/// Receives chunks of valid contacts; returns `false` to stop receiving.
-pub type ChunkSink<'a> = dyn FnMut(Vec<ContactInput>) -> bool + 'a;
+/// A chunk of valid contacts, in file order, as handed to the consumer of
+/// [`parse_with`].
+pub struct Chunk<T> {
+    /// What `prepare` made of the chunk's contacts.
+    pub prepared: T,
+    /// The line of each contact given to `prepare`.
+    pub lines: Vec<u64>,
+    /// Ascending positions (among the contacts given to `prepare`) of contacts
+    /// the consumer must skip: their external id appeared earlier in the
+    /// file, or they are beyond [`MAX_IMPORT_ROWS`] (reported as rejections).
+    pub skipped: Vec<usize>,
+}
 
-struct Collector<'a> {
-    out: ParsedImport,
-    seen: rustc_hash::FxHashSet<String>,
-    sink: Option<(&'a mut ChunkSink<'a>, usize)>,
+/// The parsing pipeline of an import. The file is cut at record boundaries
+/// into chunks of `chunk_lines` lines; up to `threads` threads parse and
+/// validate chunks and run `prepare` on each chunk's valid contacts; the
+/// calling thread receives the chunks strictly in file order, finds external
+/// ids seen earlier in the file, and hands each chunk to `consume`, which
+/// returns `false` to stop receiving (parsing goes on, so that every rejected
+/// line of the file is still reported).
+///
+/// Returns every rejected line, in line order. At most [`MAX_IMPORT_ROWS`]
+/// contacts are accepted; the first one beyond is rejected and the rest are
+/// not handed over.
+///
+/// External ids are compared by a 128-bit SipHash of their text: two
+/// different ids would collide with probability about n²/2¹²⁹, and a
+/// collision is reported as a duplicate, never lost silently.
+pub fn parse_with<T: Send>(
+    format: ImportFormat,
+    data: &[u8],
+    threads: usize,
+    chunk_lines: usize,
+    prepare: &(dyn Fn(Vec<ContactInput>) -> T + Sync),
+    consume: &mut dyn FnMut(Chunk<T>) -> bool,
+) -> Vec<Rejection> {
+    pipeline(format, data, threads, chunk_lines, MAX_IMPORT_ROWS, prepare, consume)
+}
+
+/// [`parse_with`] with the row limit as a parameter.
+fn pipeline<T: Send>(
+    format: ImportFormat,
+    data: &[u8],
+    threads: usize,
+    chunk_lines: usize,
+    max_rows: usize,
+    prepare: &(dyn Fn(Vec<ContactInput>) -> T + Sync),
+    consume: &mut dyn FnMut(Chunk<T>) -> bool,
+) -> Vec<Rejection> {
+    let data = data.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(data);
+    let mut rejected = Vec::new();
+    let (body, first_line, headers) = match format {
+        ImportFormat::Ndjson => (data, 1, None),
+        ImportFormat::Csv => match csv_headers(data) {
+            Ok((headers, offset, lines)) => (&data[offset..], lines + 1, Some(headers)),
+            Err(r) => return vec![r],
+        },
+    };
+    let segmenter = Mutex::new(Segmenter::new(format, body, first_line));
+    let threads = threads.max(1);
+    let window = threads * 2 + 2;
+    let board = Mutex::new(Board { ready: BTreeMap::new(), next: 0, live: threads, accepting: true });
+    let (ready_cv, space_cv) = (Condvar::new(), Condvar::new());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let Some(segment) = lock(&segmenter).next(chunk_lines) else {
+                        break;
+                    };
+                    let accepting = {
+                        let mut b = lock(&board);
+                        while segment.seq >= b.next + window {
+                            b = space_cv.wait(b).unwrap_or_else(std::sync::PoisonError::into_inner);
+                        }
+                        b.accepting
+                    };
+                    let parsed = parse_segment(format, headers.as_deref(), &segment);
+                    let prepared = accepting.then(|| prepare(parsed.contacts));
+                    let out = Parsed {
+                        prepared,
+                        bytes: segment.bytes.len(),
+                        lines: parsed.lines,
+                        keys: parsed.keys,
+                        rejected: parsed.rejected,
+                    };
+                    lock(&board).ready.insert(segment.seq, out);
+                    ready_cv.notify_all();
+                }
+                lock(&board).live -= 1;
+                ready_cv.notify_all();
+            });
+        }
+        // The consumer, in file order.
+        let mut seen: FxHashMap<u128, u64> = FxHashMap::default();
+        let mut accepted = 0usize;
+        let mut taking = true;
+        loop {
+            let parsed = {
+                let mut b = lock(&board);
+                loop {
+                    let next = b.next;
+                    if let Some(p) = b.ready.remove(&next) {
+                        b.next += 1;
+                        break Some(p);
+                    }
+                    if b.live == 0 {
+                        break None;
+                    }
+                    b = ready_cv.wait(b).unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+            };
+            space_cv.notify_all();
+            let Some(parsed) = parsed else { break };
+            if seen.is_empty() && !parsed.keys.is_empty() {
+                // Size the table once from the first chunk's density, not by doubling.
+                seen.reserve(body.len() / parsed.bytes.max(1) * parsed.keys.len() + parsed.keys.len());
+            }
+            rejected.extend(parsed.rejected);
+            let mut duplicates = Vec::new();
+            for (i, (key, line)) in parsed.keys.iter().zip(&parsed.lines).enumerate() {
+                if let Some(first) = seen.get(key) {
+                    duplicates.push(i);
+                    rejected.push(Rejection {
+                        line: *line,
+                        code: Code::Duplicate,
+                        message: format!("external_id appears earlier in the file, on line {first}"),
+                    });
+                } else {
+                    seen.insert(*key, *line);
+                }
+            }
+            // Beyond the limit: the first contact over it is rejected, the rest skipped.
+            let mut excess = Vec::new();
+            for i in 0..parsed.keys.len() {
+                if duplicates.binary_search(&i).is_err() {
+                    accepted += 1;
+                    if accepted > max_rows {
+                        if accepted == max_rows + 1 {
+                            rejected.push(Rejection {
+                                line: parsed.lines[i],
+                                code: Code::PayloadTooLarge,
+                                message: format!(
+                                    "at most {max_rows} contacts per import; this one and the rest were not read"
+                                ),
+                            });
+                            lock(&board).accepting = false;
+                        }
+                        excess.push(i);
+                    }
+                }
+            }
+            duplicates.extend(excess);
+            duplicates.sort_unstable();
+            if let Some(prepared) = parsed.prepared.filter(|_| taking) {
+                taking = consume(Chunk { prepared, lines: parsed.lines, skipped: duplicates });
+                if !taking {
+                    lock(&board).accepting = false;
+                }
+            }
+        }
+    });
+    rejected.sort_by_key(|r| r.line);
+    rejected
+}
+
+/// Locks a mutex; a panic elsewhere does not make the data unusable here.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Hand-over between the parsing threads and the consumer.
+struct Board<T> {
+    ready: BTreeMap<usize, Parsed<T>>,
+    /// The sequence number the consumer waits for.
+    next: usize,
+    /// Parsing threads still running.
+    live: usize,
+    /// Whether the consumer still takes chunks (otherwise `prepare` is skipped).
     accepting: bool,
 }
 
-impl<'a> Collector<'a> {
-    fn new() -> Self {
-        Self { out: ParsedImport::default(), seen: Default::default(), sink: None, accepting: true }
+struct Parsed<T> {
+    prepared: Option<T>,
+    /// Size of the segment in the file.
+    bytes: usize,
+    lines: Vec<u64>,
+    keys: Vec<u128>,
+    rejected: Vec<Rejection>,
+}
+
+/// A run of whole records of the file.
+struct Segment<'a> {
+    seq: usize,
+    bytes: &'a [u8],
+    /// The 1-based line number of the first byte.
+    first_line: u64,
+}
+
+/// Cuts the body of a file into segments of whole records. NDJSON records
+/// end at every newline; CSV ones too unless the file has quotes (a quoted
+/// field may hold a newline), in which case a CSV reader finds the ends.
+struct Segmenter<'a> {
+    body: &'a [u8],
+    pos: usize,
+    line: u64,
+    seq: usize,
+    records: Option<csv::Reader<&'a [u8]>>,
+}
+
+impl<'a> Segmenter<'a> {
+    fn new(format: ImportFormat, body: &'a [u8], first_line: u64) -> Self {
+        let records = (format == ImportFormat::Csv && memchr::memchr(b'"', body).is_some())
+            .then(|| csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(body));
+        Self { body, pos: 0, line: first_line, seq: 0, records }
     }
-    fn with_sink(sink: &'a mut ChunkSink<'a>, chunk_size: usize) -> Self {
-        Self { sink: Some((sink, chunk_size.max(1))), ..Self::new() }
-    }
-    /// Hands the contacts collected so far to the sink, if there is one.
-    fn flush(&mut self) {
-        if let Some((sink, _)) = &mut self.sink {
-            let chunk = std::mem::take(&mut self.out.contacts);
-            self.out.lines.clear();
-            if self.accepting && !chunk.is_empty() {
-                self.accepting = sink(chunk);
-            }
+
+    fn next(&mut self, n: usize) -> Option<Segment<'a>> {
+        let rest = &self.body[self.pos..];
+        if rest.is_empty() {
+            return None;
         }
+        let len = match &mut self.records {
+            None => memchr::memchr_iter(b'\n', rest).nth(n.max(1) - 1).map_or(rest.len(), |i| i + 1),
+            Some(reader) => {
+                let mut record = csv::ByteRecord::new();
+                for _ in 0..n.max(1) {
+                    if !matches!(reader.read_byte_record(&mut record), Ok(true)) {
+                        break;
+                    }
+                }
+                (reader.position().byte() as usize).saturating_sub(self.pos).clamp(1, rest.len())
+            }
+        };
+        let bytes = &rest[..len];
+        let segment = Segment { seq: self.seq, bytes, first_line: self.line };
+        self.seq += 1;
+        self.pos += len;
+        self.line += memchr::memchr_iter(b'\n', bytes).count() as u64;
+        Some(segment)
     }
+}
+
+/// One parsed segment: valid contacts with their lines and external-id keys.
+#[derive(Default)]
+struct SegmentOut {
+    contacts: Vec<ContactInput>,
+    lines: Vec<u64>,
+    keys: Vec<u128>,
+    rejected: Vec<Rejection>,
+}
+
+impl SegmentOut {
     fn push(&mut self, line: u64, raw: RawContact) {
         match ContactInput::parse(raw) {
             Ok(contact) => {
-                if self.seen.insert(contact.external_id.as_str().to_owned()) {
-                    self.out.contacts.push(contact);
-                    self.out.lines.push(line);
-                    if self.sink.as_ref().is_some_and(|(_, size)| self.out.contacts.len() >= *size) {
-                        self.flush();
-                    }
-                } else {
-                    self.reject(
-                        line,
-                        Code::Duplicate,
-                        format!("external_id {:?} appears earlier in the file", contact.external_id.as_str()),
-                    );
-                }
+                self.keys.push(external_id_key(contact.external_id.as_str()));
+                self.contacts.push(contact);
+                self.lines.push(line);
             }
             Err(e) => {
                 let message = format!("{}: {}", e.field, e.code.message_en());
@@ -196,26 +355,36 @@ impl<'a> Collector<'a> {
         }
     }
     fn reject(&mut self, line: u64, code: Code, message: String) {
-        self.out.rejected.push(Rejection { line, code, message });
+        self.rejected.push(Rejection { line, code, message });
     }
 }
 
-fn parse_ndjson_from(data: &[u8], first_line: u64) -> ParsedImport {
-    let mut c = Collector::new();
-    parse_ndjson_into(data, first_line, &mut c);
-    c.out
+fn external_id_key(id: &str) -> u128 {
+    siphasher::sip128::SipHasher13::new_with_keys(0x7166_5f69_6d70_6f72, 0x745f_6b65_795f_7631)
+        .hash(id.as_bytes())
+        .as_u128()
 }
 
-fn parse_ndjson_into(data: &[u8], first_line: u64, c: &mut Collector<'_>) {
+fn parse_segment(format: ImportFormat, headers: Option<&[String]>, segment: &Segment<'_>) -> SegmentOut {
+    let mut out = SegmentOut::default();
+    match (format, headers) {
+        (ImportFormat::Csv, Some(headers)) => parse_csv_segment(headers, segment, &mut out),
+        _ => parse_ndjson_segment(segment, &mut out),
+    }
+    out
+}
+
+fn parse_ndjson_segment(segment: &Segment<'_>, out: &mut SegmentOut) {
+    let data = segment.bytes.strip_suffix(b"\n").unwrap_or(segment.bytes);
     for (i, line) in data.split(|b| *b == b'\n').enumerate() {
-        let line_no = first_line + i as u64 + 1;
+        let line_no = segment.first_line + i as u64;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         match serde_json::from_slice::<RawContact>(line) {
-            Ok(raw) => c.push(line_no, raw),
-            Err(e) => c.reject(line_no, Code::BadJson, format!("column {}: {e}", e.column())),
+            Ok(raw) => out.push(line_no, raw),
+            Err(e) => out.reject(line_no, Code::BadJson, format!("column {}: {e}", e.column())),
         }
     }
 }
@@ -223,41 +392,51 @@ fn parse_ndjson_into(data: &[u8], first_line: u64, c: &mut Collector<'_>) {
 /// Known CSV columns; every other column is a profile attribute.
 const CSV_FIELDS: [&str; 8] = ["external_id", "name", "email", "phone", "webhook", "wecom_userid", "tags", "consent"];
 
-fn parse_csv(data: &[u8]) -> ParsedImport {
-    let mut c = Collector::new();
-    parse_csv_into(data, &mut c);
-    c.out
+/// Reads the header record: the column names, the byte offset where the
+/// records start and the number of lines the header took.
+fn csv_headers(data: &[u8]) -> Result<(Vec<String>, usize, u64), Rejection> {
+    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(data);
+    let mut record = csv::StringRecord::new();
+    let format_error = |message: String| Rejection { line: 1, code: Code::ImportFormat, message };
+    match reader.read_record(&mut record) {
+        Ok(true) => {}
+        Ok(false) => return Err(format_error("the file is empty: it needs a header line".into())),
+        Err(e) => return Err(format_error(format!("the header line is not valid CSV: {e}"))),
+    }
+    let headers: Vec<String> = record.iter().map(|h| h.trim().to_owned()).collect();
+    if !headers.iter().any(|h| h == "external_id") {
+        return Err(format_error("the header line has no external_id column".into()));
+    }
+    let offset = reader.position().byte() as usize;
+    let lines = memchr::memchr_iter(b'\n', &data[..offset]).count() as u64;
+    Ok((headers, offset, lines.max(1)))
 }
 
-fn parse_csv_into(data: &[u8], c: &mut Collector<'_>) {
-    let data = data.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(data);
-    let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(data);
-    let headers = match reader.headers() {
-        Ok(h) => h.iter().map(|h| h.trim().to_owned()).collect::<Vec<_>>(),
-        Err(e) => {
-            c.reject(1, Code::ImportFormat, format!("the header line is not valid CSV: {e}"));
-            return;
-        }
-    };
-    if !headers.iter().any(|h| h == "external_id") {
-        c.reject(1, Code::ImportFormat, "the header line has no external_id column".into());
-        return;
-    }
+fn parse_csv_segment(headers: &[String], segment: &Segment<'_>, out: &mut SegmentOut) {
+    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(segment.bytes);
     let mut record = csv::StringRecord::new();
     loop {
-        let line_no = reader.position().line();
+        let line_no = segment.first_line + reader.position().line() - 1;
         match reader.read_record(&mut record) {
             Ok(false) => break,
             Ok(true) => {
                 if record.iter().all(|f| f.trim().is_empty()) {
                     continue;
                 }
-                let raw = csv_row(&headers, &record);
-                c.push(line_no, raw);
+                if record.len() != headers.len() {
+                    let message = format!(
+                        "not valid CSV: the line has {} fields, the header has {}",
+                        record.len(),
+                        headers.len()
+                    );
+                    out.reject(line_no, Code::ImportFormat, message);
+                    continue;
+                }
+                out.push(line_no, csv_row(headers, &record));
             }
             Err(e) => {
-                let line = e.position().map_or(line_no, |p| p.line());
-                c.reject(line, Code::ImportFormat, format!("not valid CSV: {e}"));
+                let line = e.position().map_or(line_no, |p| segment.first_line + p.line() - 1);
+                out.reject(line, Code::ImportFormat, format!("not valid CSV: {e}"));
                 // A broken record may leave the reader mid-line; keep going with the next one.
                 if matches!(e.kind(), csv::ErrorKind::Io(_)) {
                     break;
@@ -267,27 +446,8 @@ fn parse_csv_into(data: &[u8], c: &mut Collector<'_>) {
     }
 }
 
-/// Parses a file on the calling thread, handing valid contacts to `sink` in
-/// chunks of `chunk_size` as soon as each is full, so that storing can start
-/// before parsing ends. Returns every rejected line (of the whole file, even
-/// after `sink` stopped accepting).
-pub fn parse_chunked<'a>(
-    format: ImportFormat,
-    data: &[u8],
-    chunk_size: usize,
-    sink: &'a mut ChunkSink<'a>,
-) -> Vec<Rejection> {
-    let mut c = Collector::with_sink(sink, chunk_size);
-    match format {
-        ImportFormat::Ndjson => parse_ndjson_into(data, 0, &mut c),
-        ImportFormat::Csv => parse_csv_into(data, &mut c),
-    }
-    c.flush();
-    c.out.rejected
-}
-
 fn csv_row(headers: &[String], record: &csv::StringRecord) -> RawContact {
-    let mut raw = RawContact { channels: RawChannels::default(), attributes: BTreeMap::new(), ..Default::default() };
+    let mut raw = RawContact::default();
     for (header, value) in headers.iter().zip(record.iter()) {
         let value = value.trim();
         if value.is_empty() {
@@ -305,7 +465,7 @@ fn csv_row(headers: &[String], record: &csv::StringRecord) -> RawContact {
             "consent" => raw.consent = split_list(value).into_iter().map(|ch| (ch, true)).collect(),
             key => {
                 debug_assert!(!CSV_FIELDS.contains(&key));
-                raw.attributes.insert(key.to_owned(), csv_attribute(value));
+                raw.attributes.push((key.to_owned(), csv_attribute(value)));
             }
         }
     }
@@ -348,29 +508,96 @@ mod tests {
         assert_eq!(lines, [(3, Code::BadJson), (4, Code::InvalidEmail), (5, Code::Duplicate), (6, Code::BadJson)]);
     }
 
+    /// Runs the pipeline and collects what the consumer saw.
+    fn chunks_of(
+        data: &[u8],
+        threads: usize,
+        chunk_lines: usize,
+        stop_after: usize,
+    ) -> (Vec<Vec<ContactInput>>, Vec<Rejection>) {
+        let mut chunks: Vec<Vec<ContactInput>> = Vec::new();
+        let rejected = parse_with(ImportFormat::Ndjson, data, threads, chunk_lines, &|c| c, &mut |chunk| {
+            let kept = chunk.prepared.into_iter().enumerate().filter(|(i, _)| !chunk.skipped.contains(i));
+            chunks.push(kept.map(|(_, c)| c).collect());
+            chunks.len() < stop_after
+        });
+        (chunks, rejected)
+    }
+
     #[test]
     fn chunked_parse_matches_whole() {
         let data: String = (0..10_000)
             .map(|i| if i % 1000 == 7 { "{bad\n".to_owned() } else { format!("{{\"external_id\":\"u{i}\"}}\n") })
             .collect();
         let whole = parse(ImportFormat::Ndjson, data.as_bytes());
-        let mut chunks: Vec<Vec<ContactInput>> = Vec::new();
-        let mut sink = |chunk: Vec<ContactInput>| {
-            chunks.push(chunk);
+        for threads in [1, 2, 5] {
+            let (chunks, rejected) = chunks_of(data.as_bytes(), threads, 3000, usize::MAX);
+            // Chunks are cut by lines: 3000 lines hold 2997 valid contacts.
+            assert_eq!(chunks.iter().map(Vec::len).collect::<Vec<_>>(), [2997, 2997, 2997, 999]);
+            assert_eq!(chunks.concat(), whole.contacts);
+            assert_eq!(rejected, whole.rejected);
+            // A consumer that stops early still gets every rejection reported.
+            let (chunks, rejected) = chunks_of(data.as_bytes(), threads, 3000, 1);
+            assert_eq!((chunks.len(), rejected.len()), (1, 10));
+        }
+    }
+
+    #[test]
+    fn rows_beyond_the_limit_are_rejected_once_and_not_handed_over() {
+        let data: String = (0..100).map(|i| format!("{{\"external_id\":\"u{}\"}}\n", i % 90)).collect();
+        let mut kept = 0;
+        let rejected = pipeline(ImportFormat::Ndjson, data.as_bytes(), 2, 7, 40, &|c| c, &mut |chunk| {
+            kept += chunk.prepared.len() - chunk.skipped.len();
             true
-        };
-        let rejected = parse_chunked(ImportFormat::Ndjson, data.as_bytes(), 3000, &mut sink);
-        assert_eq!(chunks.iter().map(Vec::len).collect::<Vec<_>>(), [3000, 3000, 3000, 990]);
-        assert_eq!(chunks.concat(), whole.contacts);
-        assert_eq!(rejected, whole.rejected);
-        // A sink that stops early still gets every rejection reported.
-        let mut calls = 0;
-        let mut stop = |_chunk: Vec<ContactInput>| {
-            calls += 1;
-            false
-        };
-        let rejected = parse_chunked(ImportFormat::Ndjson, data.as_bytes(), 3000, &mut stop);
-        assert_eq!((calls, rejected.len()), (1, 10));
+        });
+        assert_eq!(kept, 40);
+        let codes: Vec<_> = rejected.iter().map(|r| (r.line, r.code)).collect();
+        assert_eq!(codes[0], (41, Code::PayloadTooLarge));
+        assert_eq!(codes.len(), 11, "the limit once, then the ten duplicates (u0…u9 again)");
+    }
+
+    #[test]
+    fn duplicates_across_chunks_are_rejected_in_file_order() {
+        let data =
+            "{\"external_id\":\"a\"}\n{\"external_id\":\"b\"}\n{\"external_id\":\"a\"}\n{\"external_id\":\"b\"}\n";
+        for (threads, chunk_lines) in [(1, 1), (3, 1), (2, 2), (1, 100)] {
+            let (chunks, rejected) = chunks_of(data.as_bytes(), threads, chunk_lines, usize::MAX);
+            let ids: Vec<String> = chunks.concat().iter().map(|c| c.external_id.as_str().to_owned()).collect();
+            assert_eq!(ids, ["a", "b"]);
+            let lines: Vec<_> = rejected.iter().map(|r| (r.line, r.code, r.message.as_str())).collect();
+            assert_eq!(
+                lines,
+                [
+                    (3, Code::Duplicate, "external_id appears earlier in the file, on line 1"),
+                    (4, Code::Duplicate, "external_id appears earlier in the file, on line 2")
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn csv_chunks_respect_quoted_newlines() {
+        let mut data = String::from("external_id,name,note\n");
+        for i in 0..5000 {
+            if i % 7 == 0 {
+                data.push_str(&format!("u{i},\"名, {i}\",\"two\nlines \"\"quoted\"\"\"\n"));
+            } else {
+                data.push_str(&format!("u{i},名{i},plain\n"));
+            }
+        }
+        data.push_str("u1,dup,x\nbroken,\"x\n");
+        let seq = parse(ImportFormat::Csv, data.as_bytes());
+        assert_eq!(seq.contacts.len(), 5000);
+        assert_eq!(seq.contacts[7].attributes["note"], AttrValue::Text("two\nlines \"quoted\"".into()));
+        assert_eq!(seq.rejected[0].code, Code::Duplicate);
+        for threads in [2, 3] {
+            let par = parse_parallel(ImportFormat::Csv, data.as_bytes(), threads);
+            assert_eq!(par.contacts, seq.contacts);
+            assert_eq!(par.lines, seq.lines);
+            assert_eq!(par.rejected, seq.rejected);
+        }
+        // Line numbers count physical lines: the header, u0 on lines 2–3, u1…u6, u7 on 10–11, then u8.
+        assert_eq!(seq.lines[8], 12);
     }
 
     #[test]

@@ -115,13 +115,35 @@ impl PreparedChunk {
     pub fn new(inputs: Vec<ContactInput>) -> Self {
         let mut paths: rustc_hash::FxHashSet<&TagPath> = Default::default();
         let mut keys: rustc_hash::FxHashSet<&String> = Default::default();
+        let mut previous: Option<&ContactInput> = None;
         for c in &inputs {
-            keys.extend(c.attributes.keys());
+            // Contacts of one file mostly share their attribute names.
+            if !previous.is_some_and(|p| p.attributes.keys().eq(c.attributes.keys())) {
+                keys.extend(c.attributes.keys());
+            }
+            previous = Some(c);
             paths.extend(c.tags.iter());
         }
         let paths = paths.into_iter().cloned().collect();
         let keys = keys.into_iter().cloned().collect();
         Self { contacts: inputs.into_iter().map(PreparedContact::new).collect(), paths, keys }
+    }
+
+    /// Drops the contacts at the given ascending positions (duplicates the
+    /// parser found across chunks); tag paths only they used are dropped too.
+    pub fn skip(&mut self, positions: &[usize]) {
+        if positions.is_empty() {
+            return;
+        }
+        let mut skipped = positions.iter().peekable();
+        let mut i = 0;
+        self.contacts.retain(|_| {
+            let keep = skipped.next_if_eq(&&i).is_none();
+            i += 1;
+            keep
+        });
+        let used: HashSet<&TagPath> = self.contacts.iter().flat_map(|c| c.tags.iter()).collect();
+        self.paths.retain(|p| used.contains(p));
     }
 }
 
@@ -135,6 +157,12 @@ pub struct ImportReport {
 
 /// Contacts per chunk handed from the parser to the writer.
 const IMPORT_CHUNK: usize = 8192;
+
+/// Threads that parse an import while the writer stores it: every core (the
+/// writer mostly waits on SQLite, and parsing is the larger share of the work).
+pub fn import_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
+}
 
 /// Reserves `n` dense ids in the workspace; returns the first.
 fn allocate_idx(c: &mut Conn, workspace_id: i64, n: u64) -> Result<u32, StoreError> {
@@ -208,44 +236,35 @@ impl Store {
     ) -> Result<ImportReport, StoreError> {
         let mut rejected = Vec::new();
         let result = self.db.write(|c| {
-            std::thread::scope(|scope| {
-                let (tx, rx) = std::sync::mpsc::sync_channel::<PreparedChunk>(4);
-                // Inserted rows go back to the parser thread to be freed there:
-                // the allocator then reuses its pages instead of returning them
-                // to the system and faulting them in again.
-                let (done_tx, done_rx) = std::sync::mpsc::channel::<Vec<Vec<Value>>>();
-                let parser = scope.spawn(move || {
-                    let mut sink = |chunk: Vec<ContactInput>| {
-                        while let Ok(used) = done_rx.try_recv() {
-                            drop(used);
-                        }
-                        tx.send(PreparedChunk::new(chunk)).is_ok()
-                    };
-                    qunfa_core::import::parse_chunked(format, data, IMPORT_CHUNK, &mut sink)
-                });
-                let mut state = ImportState::start(c, workspace_id)?;
-                let mut failure = None;
-                for chunk in rx.iter() {
-                    match state.chunk(c, tier, chunk, now) {
-                        Ok(used) => {
-                            let _ = done_tx.send(used);
-                        }
+            // Parsing threads validate and prepare rows; this thread (the
+            // writer) stores each chunk as soon as it arrives, in file order.
+            let mut state = ImportState::start(c, workspace_id)?;
+            let mut failure = None;
+            rejected = qunfa_core::import::parse_with(
+                format,
+                data,
+                import_threads(),
+                IMPORT_CHUNK,
+                &PreparedChunk::new,
+                &mut |chunk| {
+                    let mut prepared = chunk.prepared;
+                    prepared.skip(&chunk.skipped);
+                    match state.chunk(c, tier, prepared, now) {
+                        Ok(()) => true,
                         Err(e) => {
                             failure = Some(e);
-                            break; // dropping the receiver stops the parser's sends
+                            false
                         }
                     }
-                }
-                drop(rx);
-                rejected = parser.join().map_err(|_| StoreError::Corrupt("the import parser panicked".into()))?;
-                if let Some(e) = failure {
-                    return Err(e);
-                }
-                if !rejected.is_empty() && !partial {
-                    return Err(StoreError::rejected(Code::ImportRejected, "lines were rejected"));
-                }
-                state.finish(c, tier, actor, now)
-            })
+                },
+            );
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            if !rejected.is_empty() && !partial {
+                return Err(StoreError::rejected(Code::ImportRejected, "lines were rejected"));
+            }
+            state.finish(c, tier, actor, now)
         });
         match result {
             Ok(outcome) => Ok(ImportReport { outcome: Some(outcome), rejected }),
@@ -509,14 +528,7 @@ impl ImportState {
 
     /// Writes one chunk: new contacts are inserted, known external ids updated
     /// (attributes and consent merge, tags are added).
-    /// Returns the inserted rows, for the caller to free where they were made.
-    fn chunk(
-        &mut self,
-        c: &mut Conn,
-        tier: &TierPolicy,
-        chunk: PreparedChunk,
-        now: i64,
-    ) -> Result<Vec<Vec<Value>>, StoreError> {
+    fn chunk(&mut self, c: &mut Conn, tier: &TierPolicy, chunk: PreparedChunk, now: i64) -> Result<(), StoreError> {
         let workspace_id = self.workspace_id;
         // Tags: create every path (and its ancestors) that does not exist yet.
         let missing: Vec<&TagPath> = chunk.paths.iter().filter(|t| !self.tag_ids.contains_key(t.as_str())).collect();
@@ -588,7 +600,7 @@ impl ImportState {
             &mut updated_tag_rows.into_iter(),
         )?;
         self.outcome.updated += updates.len() as u64;
-        Ok(contact_rows)
+        Ok(())
     }
 
     fn finish(self, c: &mut Conn, tier: &TierPolicy, actor: &str, now: i64) -> Result<ImportOutcome, StoreError> {

@@ -269,7 +269,7 @@ impl Conn {
         };
         let mut n = 0;
         for chunk in rows.chunks(rows_per_stmt) {
-            let sql = insert_sql(table, columns, chunk.len(), conflict);
+            let sql = insert_sql(table, columns, chunk.len(), conflict, matches!(self, Conn::Sqlite(_)));
             n += match self {
                 Conn::Sqlite(c) => c
                     .prepare_cached(&sql)?
@@ -310,10 +310,16 @@ impl Conn {
 
 /// `INSERT INTO table (columns) VALUES (?, …), … conflict` for `n_rows` rows.
 /// Full chunks share one text, so the statement caches see few distinct ones.
-fn insert_sql(table: &str, columns: &[&str], n_rows: usize, conflict: &str) -> String {
+///
+/// On SQLite a plain insert is `INSERT OR FAIL`: a multi-row `INSERT` that may
+/// abort half-way otherwise keeps a statement journal (a copy of every page it
+/// touches) to undo its own rows; callers roll the whole transaction back on
+/// any error, so that copy is pure cost.
+fn insert_sql(table: &str, columns: &[&str], n_rows: usize, conflict: &str, sqlite: bool) -> String {
     let marks = format!("({})", vec!["?"; columns.len()].join(", "));
+    let verb = if sqlite && conflict.is_empty() { "INSERT OR FAIL" } else { "INSERT" };
     format!(
-        "INSERT INTO {table} ({}) VALUES {} {conflict}",
+        "{verb} INTO {table} ({}) VALUES {} {conflict}",
         columns.join(", "),
         vec![marks.as_str(); n_rows].join(", ")
     )

@@ -27,7 +27,7 @@ pub fn attributes_to_json(attrs: &BTreeMap<String, AttrValue>) -> String {
             AttrValue::Text(s) => push_json_string(&mut out, s),
             AttrValue::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
             AttrValue::Number(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => {
-                let _ = write!(out, "{}", *n as i64);
+                out.push_str(itoa::Buffer::new().format(*n as i64));
             }
             AttrValue::Number(n) => {
                 let _ = write!(out, "{n}");

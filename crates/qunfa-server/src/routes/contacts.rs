@@ -163,7 +163,7 @@ pub async fn patch_contact(
             let raw = RawContact {
                 external_id: Some(current.external_id),
                 name: req.name.or(Some(current.name)),
-                attributes,
+                attributes: attributes.into_iter().collect(),
                 channels,
                 consent,
                 tags: Vec::new(),
