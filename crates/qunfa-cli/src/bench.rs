@@ -134,10 +134,27 @@ pub fn import(database_url: Option<&str>, n: usize, runs: usize, format: ImportF
             })
             .collect();
         drop(parsed);
-        let tag_rows: Vec<Vec<Value>> = (0..n)
-            .flat_map(|i| {
-                [(i % 3) as i64 + 1, (i % 17) as i64 + 10]
-                    .map(|t| vec![Value::Int(w.id), Value::Int(t), Value::Int(i as i64)])
+        // Memberships as stored: one roaring bitmap per tag and 65,536-id chunk.
+        let mut sets: std::collections::BTreeMap<(i64, u32), roaring::RoaringBitmap> = Default::default();
+        for i in 0..n as u32 {
+            for tag in [i64::from(i % 3) + 1, i64::from(i % 17) + 10] {
+                sets.entry((tag, i >> 16)).or_default().insert(i);
+            }
+        }
+        let tag_rows: Vec<Vec<Value>> = sets
+            .iter()
+            .map(|((tag, chunk), bits)| {
+                let mut blob = Vec::new();
+                bits.serialize_into(&mut blob).expect("writing to a Vec");
+                vec![
+                    Value::Int(w.id),
+                    Value::Int(1),
+                    Value::Int(*tag),
+                    Value::Int(i64::from(*chunk)),
+                    Value::Int(bits.len() as i64),
+                    Value::Blob(blob),
+                    Value::Int(1),
+                ]
             })
             .collect();
         let t = Instant::now();
@@ -158,7 +175,12 @@ pub fn import(database_url: Option<&str>, n: usize, runs: usize, format: ImportF
                 "",
                 &mut rows.into_iter(),
             )?;
-            c.bulk_insert("contact_tags", &["workspace_id", "tag_id", "contact_idx"], "", &mut tag_rows.into_iter())
+            c.bulk_insert(
+                "member_sets",
+                &["workspace_id", "kind", "set_id", "chunk", "cardinality", "bits", "version"],
+                "",
+                &mut tag_rows.into_iter(),
+            )
         })?;
         let baseline = t.elapsed().as_secs_f64();
         drop(base);

@@ -24,6 +24,7 @@ use qunfa_core::{
 use crate::{
     audit,
     json::{attr_display, channels_from_json, content_from_json},
+    members::{self, SetKind},
     params, Backend, Code, Conn, Row, Store, StoreError, Value,
 };
 
@@ -369,14 +370,7 @@ impl Store {
                         if !tree.iter().any(|(id, _)| *id == root) {
                             return Err(StoreError::NotFound);
                         }
-                        for tag in subtree(&tree, root) {
-                            for r in c.query(
-                                "SELECT contact_idx FROM contact_tags WHERE workspace_id = ? AND tag_id = ?",
-                                params![workspace_id, tag],
-                            )? {
-                                bitmap.insert(r.i64(0) as u32);
-                            }
-                        }
+                        bitmap |= members::union(c, workspace_id, SetKind::Tag, &subtree(&tree, root))?;
                     }
                 }
                 AudienceSpec::Department(root) => {
@@ -388,14 +382,7 @@ impl Store {
                     if !tree.iter().any(|(id, _)| id == root) {
                         return Err(StoreError::NotFound);
                     }
-                    for dept in subtree(&tree, *root) {
-                        for r in c.query(
-                            "SELECT contact_idx FROM contact_departments WHERE workspace_id = ? AND department_id = ?",
-                            params![workspace_id, dept],
-                        )? {
-                            bitmap.insert(r.i64(0) as u32);
-                        }
-                    }
+                    bitmap |= members::union(c, workspace_id, SetKind::Department, &subtree(&tree, *root))?;
                 }
             }
             Ok(bitmap)

@@ -1,6 +1,8 @@
 //! Contacts: create, read, change, delete, and bulk import.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use roaring::RoaringBitmap;
 
 use qunfa_core::{contact::ContactInput, policy::TierPolicy, tag::TagPath};
 use serde_json::{Map, Value as Json};
@@ -8,6 +10,7 @@ use serde_json::{Map, Value as Json};
 use crate::{
     audit,
     json::{attributes_to_json, consent_to_json, parse_object},
+    members::{self, SetKind},
     params, tags, Code, Conn, Row, Store, StoreError, Value,
 };
 
@@ -317,27 +320,20 @@ impl Store {
     pub fn contact(&self, workspace_id: i64, idx: u32) -> Result<ContactRecord, StoreError> {
         self.db.read(|c| {
             let r = c.query_one(
-                &format!("SELECT {CONTACT_COLUMNS} FROM contacts WHERE workspace_id = ? AND idx = ? AND deleted_at IS NULL"),
+                &format!(
+                    "SELECT {CONTACT_COLUMNS} FROM contacts WHERE workspace_id = ? AND idx = ? AND deleted_at IS NULL"
+                ),
                 params![workspace_id, idx],
             )?;
             let mut rec = record_from(&r)?;
-            rec.tags = c
-                .query(
-                    "SELECT t.path FROM contact_tags ct JOIN tags t ON t.id = ct.tag_id
-                     WHERE ct.workspace_id = ? AND ct.contact_idx = ? ORDER BY t.path",
-                    params![workspace_id, idx],
-                )?
-                .iter()
-                .map(|r| r.string(0))
-                .collect();
-            rec.departments = c
-                .query(
-                    "SELECT department_id FROM contact_departments WHERE workspace_id = ? AND contact_idx = ? ORDER BY department_id",
-                    params![workspace_id, idx],
-                )?
-                .iter()
-                .map(|r| r.i64(0))
-                .collect();
+            let tag_ids = members::sets_of(c, workspace_id, SetKind::Tag, idx)?;
+            let mut paths = Vec::with_capacity(tag_ids.len());
+            for id in tag_ids {
+                paths.push(c.query_one("SELECT path FROM tags WHERE id = ?", params![id])?.string(0));
+            }
+            paths.sort();
+            rec.tags = paths;
+            rec.departments = members::sets_of(c, workspace_id, SetKind::Department, idx)?;
             Ok(rec)
         })
     }
@@ -420,8 +416,8 @@ impl Store {
             if changed == 0 {
                 return Err(StoreError::NotFound);
             }
-            c.execute("DELETE FROM contact_tags WHERE workspace_id = ? AND contact_idx = ?", params![workspace_id, idx])?;
-            c.execute("DELETE FROM contact_departments WHERE workspace_id = ? AND contact_idx = ?", params![workspace_id, idx])?;
+            members::remove_everywhere(c, workspace_id, SetKind::Tag, idx)?;
+            members::remove_everywhere(c, workspace_id, SetKind::Department, idx)?;
             c.execute("DELETE FROM inbox_tokens WHERE workspace_id = ? AND contact_idx = ?", params![workspace_id, idx])?;
             // Texts rendered for them and texts they wrote are personal data too.
             c.execute("UPDATE deliveries SET body = NULL WHERE workspace_id = ? AND contact_idx = ?", params![workspace_id, idx])?;
@@ -488,7 +484,8 @@ struct ImportState {
     had_contacts: bool,
     tag_ids: HashMap<String, i64>,
     tags_loaded: bool,
-    tagged: HashSet<i64>,
+    /// New memberships per tag, written once at the end.
+    tagged: BTreeMap<i64, RoaringBitmap>,
     keys: Vec<String>,
     n_contacts: u64,
     first_idx: Option<u32>,
@@ -519,7 +516,7 @@ impl ImportState {
             had_contacts: n_known > 0,
             tag_ids: HashMap::new(),
             tags_loaded: false,
-            tagged: HashSet::new(),
+            tagged: BTreeMap::new(),
             keys: Vec::new(),
             n_contacts: 0,
             first_idx: None,
@@ -536,9 +533,6 @@ impl ImportState {
             let (_, created) =
                 tags::ensure_paths(c, workspace_id, tier, &missing, now, &mut self.tag_ids, &mut self.tags_loaded)?;
             self.outcome.tags_created += created;
-        }
-        for t in &chunk.paths {
-            self.tagged.insert(self.tag_ids[t.as_str()]);
         }
         for k in chunk.keys {
             if !self.keys.contains(&k) {
@@ -560,8 +554,6 @@ impl ImportState {
         let n_new = known.iter().filter(|k| k.is_none()).count() as u64;
         let mut next_idx = if n_new > 0 { allocate_idx(c, workspace_id, n_new)? } else { 0 };
         let mut contact_rows = Vec::with_capacity(n_new as usize);
-        let mut tag_rows = Vec::new();
-        let mut updated_tag_rows = Vec::new();
         let mut updates = Vec::new();
         for (mut p, existing) in chunk.contacts.into_iter().zip(known) {
             let idx = existing.unwrap_or_else(|| {
@@ -569,13 +561,8 @@ impl ImportState {
                 next_idx - 1
             });
             self.first_idx.get_or_insert(idx);
-            let rows = if existing.is_some() { &mut updated_tag_rows } else { &mut tag_rows };
             for t in &p.tags {
-                rows.push(vec![
-                    Value::Int(workspace_id),
-                    Value::Int(self.tag_ids[t.as_str()]),
-                    Value::Int(i64::from(idx)),
-                ]);
+                self.tagged.entry(self.tag_ids[t.as_str()]).or_default().insert(idx);
             }
             if existing.is_some() {
                 updates.push((idx, p));
@@ -589,23 +576,17 @@ impl ImportState {
         }
         self.n_contacts += (contact_rows.len() + updates.len()) as u64;
         self.outcome.imported += c.bulk_insert_borrowed("contacts", &CONTACT_COLUMNS_INSERT, "", &contact_rows)?;
-        c.bulk_insert("contact_tags", &["workspace_id", "tag_id", "contact_idx"], "", &mut tag_rows.into_iter())?;
         for (idx, p) in &updates {
             update_from_import(c, workspace_id, *idx, p, now)?;
         }
-        c.bulk_insert(
-            "contact_tags",
-            &["workspace_id", "tag_id", "contact_idx"],
-            "ON CONFLICT DO NOTHING",
-            &mut updated_tag_rows.into_iter(),
-        )?;
         self.outcome.updated += updates.len() as u64;
         Ok(())
     }
 
     fn finish(self, c: &mut Conn, tier: &TierPolicy, actor: &str, now: i64) -> Result<ImportOutcome, StoreError> {
         let workspace_id = self.workspace_id;
-        tags::check_member_limits(c, workspace_id, tier, &self.tagged.iter().copied().collect::<Vec<_>>())?;
+        members::change(c, workspace_id, SetKind::Tag, &self.tagged, true)?;
+        tags::check_member_limits(c, workspace_id, tier, &self.tagged.keys().copied().collect::<Vec<_>>())?;
         record_attribute_keys(c, workspace_id, self.keys.iter())?;
         let details = serde_json::json!({"imported": self.outcome.imported, "updated": self.outcome.updated, "tags_created": self.outcome.tags_created});
         let (subject, action) = match (self.n_contacts, self.outcome.imported, self.first_idx) {

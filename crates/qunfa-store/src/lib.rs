@@ -14,6 +14,7 @@ pub mod db;
 pub mod inbox;
 pub mod json;
 pub mod media;
+pub mod members;
 pub mod tags;
 pub mod workspaces;
 
@@ -69,8 +70,24 @@ impl StoreError {
     }
 }
 
-const SQLITE_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
-const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
+/// A migration: its version, its SQL, and code to run after the SQL.
+type Migration = (i64, &'static str, Option<fn(&mut Conn) -> Result<(), StoreError>>);
+
+const SQLITE_MIGRATIONS: &[Migration] = &[
+    (1, include_str!("../migrations/sqlite/0001_init.sql"), None),
+    (2, include_str!("../migrations/sqlite/0002_member_sets.sql"), Some(move_memberships_to_bitmaps)),
+];
+const POSTGRES_MIGRATIONS: &[Migration] = &[
+    (1, include_str!("../migrations/postgres/0001_init.sql"), None),
+    (2, include_str!("../migrations/postgres/0002_member_sets.sql"), Some(move_memberships_to_bitmaps)),
+];
+
+/// Version 2: memberships move from one row per contact to bitmaps.
+fn move_memberships_to_bitmaps(c: &mut Conn) -> Result<(), StoreError> {
+    members::migrate_rows(c, "contact_tags", "tag_id", members::SetKind::Tag)?;
+    members::migrate_rows(c, "contact_departments", "department_id", members::SetKind::Department)?;
+    c.batch("DROP TABLE contact_tags; DROP TABLE contact_departments;")
+}
 
 /// The store: a pool over one database.
 #[derive(Clone)]
@@ -114,9 +131,12 @@ impl Store {
             )?;
             let applied: Vec<i64> =
                 c.query("SELECT version FROM schema_migrations", params![])?.iter().map(|r| r.i64(0)).collect();
-            for (version, sql) in migrations {
+            for (version, sql, after) in migrations {
                 if !applied.contains(version) {
                     c.batch(sql).map_err(|e| StoreError::Migration(format!("version {version}: {e}")))?;
+                    if let Some(after) = after {
+                        after(c).map_err(|e| StoreError::Migration(format!("version {version}: {e}")))?;
+                    }
                     c.execute(
                         "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
                         params![*version, now_millis()],

@@ -1,11 +1,17 @@
 //! Tags (flat for personal workspaces, up to three levels for enterprise) and
 //! departments (a tree), with their members.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+
+use roaring::RoaringBitmap;
 
 use qunfa_core::{policy::TierPolicy, tag::TagPath, workspace::Name};
 
-use crate::{audit, params, Code, Conn, Store, StoreError, Value};
+use crate::{
+    audit,
+    members::{self, SetKind},
+    params, Code, Conn, Store, StoreError,
+};
 
 /// A tag with its direct member count.
 #[derive(Debug, Clone)]
@@ -25,14 +31,14 @@ pub enum MembershipChange<'a> {
     Remove(&'a [u32]),
 }
 
-fn tag_record(r: &crate::Row) -> TagRecord {
+fn tag_record(r: &crate::Row, n_contacts: u64) -> TagRecord {
     TagRecord {
         id: r.i64(0),
         path: r.string(1),
         parent_id: r.opt_i64(2),
         created_at: r.i64(3),
         last_used_at: r.opt_i64(4),
-        n_contacts: r.i64(5) as u64,
+        n_contacts,
     }
 }
 
@@ -109,13 +115,8 @@ pub(crate) fn check_member_limits(
 ) -> Result<(), StoreError> {
     let Some(max) = tier.max_contacts_per_tag else { return Ok(()) };
     for &tag_id in tag_ids {
-        let n = c
-            .query_one(
-                "SELECT COUNT(*) FROM contact_tags WHERE workspace_id = ? AND tag_id = ?",
-                params![workspace_id, tag_id],
-            )?
-            .i64(0);
-        if n as u64 > max {
+        let n = members::count(c, workspace_id, SetKind::Tag, tag_id)?;
+        if n > max {
             let path = c.query_one("SELECT path FROM tags WHERE id = ?", params![tag_id])?.string(0);
             return Err(StoreError::Rejected {
                 code: Code::LimitTagMembers,
@@ -166,13 +167,13 @@ impl Store {
     /// # Errors
     /// `NotFound`, or database errors.
     pub fn tag(&self, workspace_id: i64, id: i64) -> Result<TagRecord, StoreError> {
-        let r = self.db.conn()?.query_one(
-            "SELECT t.id, t.path, t.parent_id, t.created_at, t.last_used_at,
-                    (SELECT COUNT(*) FROM contact_tags ct WHERE ct.workspace_id = t.workspace_id AND ct.tag_id = t.id)
-             FROM tags t WHERE t.workspace_id = ? AND t.id = ?",
+        let mut c = self.db.conn()?;
+        let r = c.query_one(
+            "SELECT id, path, parent_id, created_at, last_used_at FROM tags WHERE workspace_id = ? AND id = ?",
             params![workspace_id, id],
         )?;
-        Ok(tag_record(&r))
+        let n = members::count(&mut c, workspace_id, SetKind::Tag, id)?;
+        Ok(tag_record(&r, n))
     }
 
     /// Whether a tag id exists in the workspace (without counting its members).
@@ -204,13 +205,13 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub fn tags(&self, workspace_id: i64) -> Result<Vec<TagRecord>, StoreError> {
-        let rows = self.db.conn()?.query(
-            "SELECT t.id, t.path, t.parent_id, t.created_at, t.last_used_at,
-                    (SELECT COUNT(*) FROM contact_tags ct WHERE ct.workspace_id = t.workspace_id AND ct.tag_id = t.id)
-             FROM tags t WHERE t.workspace_id = ? ORDER BY t.path",
+        let mut c = self.db.conn()?;
+        let rows = c.query(
+            "SELECT id, path, parent_id, created_at, last_used_at FROM tags WHERE workspace_id = ? ORDER BY path",
             params![workspace_id],
         )?;
-        Ok(rows.iter().map(tag_record).collect())
+        let counts = members::counts(&mut c, workspace_id, SetKind::Tag)?;
+        Ok(rows.iter().map(|r| tag_record(r, counts.get(&r.i64(0)).copied().unwrap_or(0))).collect())
     }
 
     /// Adds or removes contacts of a tag. Returns how many changed.
@@ -233,27 +234,12 @@ impl Store {
         self.db.write(|c| {
             c.query_one("SELECT id FROM tags WHERE id = ? AND workspace_id = ?", params![tag_id, workspace_id])?;
             require_contacts(c, workspace_id, idxs)?;
-            let changed = if add {
-                let n = c.bulk_insert(
-                    "contact_tags",
-                    &["workspace_id", "tag_id", "contact_idx"],
-                    "ON CONFLICT DO NOTHING",
-                    &mut idxs
-                        .iter()
-                        .map(|i| vec![Value::Int(workspace_id), Value::Int(tag_id), Value::Int(i64::from(*i))]),
-                )?;
+            let ids: RoaringBitmap = idxs.iter().copied().collect();
+            let changed = members::change(c, workspace_id, SetKind::Tag, &BTreeMap::from([(tag_id, ids)]), add)?;
+            let changed = changed.get(&tag_id).copied().unwrap_or(0);
+            if add {
                 check_member_limits(c, workspace_id, tier, &[tag_id])?;
-                n
-            } else {
-                let mut n = 0;
-                for idx in idxs {
-                    n += c.execute(
-                        "DELETE FROM contact_tags WHERE workspace_id = ? AND tag_id = ? AND contact_idx = ?",
-                        params![workspace_id, tag_id, *idx],
-                    )?;
-                }
-                n
-            };
+            }
             let action = if add { "tag.members_added" } else { "tag.members_removed" };
             audit::append(
                 c,
@@ -313,19 +299,19 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub fn departments(&self, workspace_id: i64) -> Result<Vec<DepartmentRecord>, StoreError> {
-        let rows = self.db.conn()?.query(
-            "SELECT d.id, d.name, d.parent_id,
-                    (SELECT COUNT(*) FROM contact_departments cd WHERE cd.workspace_id = d.workspace_id AND cd.department_id = d.id)
-             FROM departments d WHERE d.workspace_id = ? ORDER BY d.id",
+        let mut c = self.db.conn()?;
+        let rows = c.query(
+            "SELECT id, name, parent_id FROM departments WHERE workspace_id = ? ORDER BY id",
             params![workspace_id],
         )?;
+        let counts = members::counts(&mut c, workspace_id, SetKind::Department)?;
         Ok(rows
             .iter()
             .map(|r| DepartmentRecord {
                 id: r.i64(0),
                 name: r.string(1),
                 parent_id: r.opt_i64(2),
-                n_contacts: r.i64(3) as u64,
+                n_contacts: counts.get(&r.i64(0)).copied().unwrap_or(0),
             })
             .collect())
     }
@@ -348,14 +334,12 @@ impl Store {
                 params![department_id, workspace_id],
             )?;
             require_contacts(c, workspace_id, idxs)?;
-            let n = c.bulk_insert(
-                "contact_departments",
-                &["workspace_id", "department_id", "contact_idx"],
-                "ON CONFLICT DO NOTHING",
-                &mut idxs
-                    .iter()
-                    .map(|i| vec![Value::Int(workspace_id), Value::Int(department_id), Value::Int(i64::from(*i))]),
-            )?;
+            let ids: RoaringBitmap = idxs.iter().copied().collect();
+            let changes = BTreeMap::from([(department_id, ids)]);
+            let n = members::change(c, workspace_id, SetKind::Department, &changes, true)?
+                .get(&department_id)
+                .copied()
+                .unwrap_or(0);
             audit::append(
                 c,
                 workspace_id,

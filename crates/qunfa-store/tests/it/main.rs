@@ -38,6 +38,7 @@ both_backends!(
     racing_dispatches_send_once,
     racing_sends_respect_the_daily_quota,
     deleting_a_contact_erases_what_was_rendered_and_written,
+    memberships_span_chunks,
 );
 
 struct Fixture {
@@ -417,4 +418,82 @@ fn deleting_a_contact_erases_what_was_rendered_and_written(f: Fixture) {
     f.store.import_contacts(w, &tier, &contacts(r#"{"external_id":"~deleted~1"}"#), "t", NOW).unwrap();
     f.store.delete_contact(w, 1, "t", NOW).unwrap();
     assert!(ContactInput::parse(serde_json::from_str(r#"{"external_id":"\u0001deleted\u00011"}"#).unwrap()).is_err());
+}
+
+/// Memberships are stored per 65,536-id chunk: counts, audiences, changes and
+/// deletions across a chunk boundary agree with a plain set.
+fn memberships_span_chunks(f: Fixture) {
+    let w = ws(&f, WorkspaceKind::Enterprise);
+    let tier = Policy::builtin().tiers.enterprise;
+    let n = 70_000u32;
+    let people: Vec<ContactInput> = (0..n)
+        .map(|i| {
+            let tags: Vec<&str> = if i % 2 == 0 { vec!["偶数"] } else { vec![] };
+            let raw: RawContact =
+                serde_json::from_value(serde_json::json!({"external_id": format!("u{i}"), "tags": tags})).unwrap();
+            ContactInput::parse(raw).unwrap()
+        })
+        .collect();
+    f.store.import_contacts(w, &tier, &people, "t", NOW).unwrap();
+    let even = f.store.tag_by_path(w, &qunfa_core::tag::TagPath::parse("偶数").unwrap()).unwrap();
+    let mut model: std::collections::BTreeSet<u32> = (0..n).filter(|i| i % 2 == 0).collect();
+    let check = |model: &std::collections::BTreeSet<u32>| {
+        let got: Vec<u32> = f.store.resolve_audience(w, &AudienceSpec::Tag(even)).unwrap().iter().collect();
+        assert_eq!(got, model.iter().copied().collect::<Vec<_>>());
+        assert_eq!(f.store.tag(w, even).unwrap().n_contacts, model.len() as u64);
+    };
+    check(&model);
+    // Add odd ids on both sides of the boundary, remove some even ones.
+    let add = [65_533, 65_535, 65_537, 69_999];
+    let changed =
+        f.store.tag_members(w, &tier, even, qunfa_store::tags::MembershipChange::Add(&add), "t", NOW).unwrap();
+    assert_eq!(changed, 4);
+    model.extend(add);
+    let remove = [0, 65_534, 65_536, 65_537, 3];
+    let changed =
+        f.store.tag_members(w, &tier, even, qunfa_store::tags::MembershipChange::Remove(&remove), "t", NOW).unwrap();
+    assert_eq!(changed, 4, "3 is not a member; the other four are");
+    for i in remove {
+        model.remove(&i);
+    }
+    check(&model);
+    // A deleted contact leaves every set; the detail of a member lists its tag.
+    f.store.delete_contact(w, 65_538, "t", NOW).unwrap();
+    model.remove(&65_538);
+    check(&model);
+    assert_eq!(f.store.contact(w, 65_540).unwrap().tags, ["偶数"]);
+    assert!(f.store.contact(w, 65_541).unwrap().tags.is_empty());
+}
+
+/// A database made by schema version 1 (one row per membership) is moved to
+/// bitmaps on open, and the old tables are gone.
+#[test]
+fn version_1_memberships_move_to_bitmaps() {
+    let db = test_support::sqlite();
+    let path = match &db.location {
+        qunfa_store::DbLocation::Sqlite(p) => p.clone(),
+        qunfa_store::DbLocation::Postgres(_) => unreachable!("a SQLite test database"),
+    };
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(include_str!("../../migrations/sqlite/0001_init.sql")).unwrap();
+        c.execute_batch(
+            "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL);
+             INSERT INTO schema_migrations VALUES (1, 0);
+             INSERT INTO workspaces (id, name, kind, created_at, next_contact_idx) VALUES (1, 'w', 'enterprise', 0, 3);
+             INSERT INTO contacts (workspace_id, idx, external_id, name, attributes, consent, created_at, updated_at)
+               VALUES (1, 0, 'a', '', '{}', '{}', 0, 0), (1, 1, 'b', '', '{}', '{}', 0, 0), (1, 2, 'c', '', '{}', '{}', 0, 0);
+             INSERT INTO tags (id, workspace_id, path, created_at) VALUES (5, 1, 'x', 0);
+             INSERT INTO contact_tags VALUES (1, 5, 0), (1, 5, 2);
+             INSERT INTO departments (id, workspace_id, name, created_at) VALUES (7, 1, 'd', 0);
+             INSERT INTO contact_departments VALUES (1, 7, 1);",
+        )
+        .unwrap();
+    }
+    let store = Store::open(db.location.clone(), 2).unwrap();
+    assert_eq!(store.tag(1, 5).unwrap().n_contacts, 2);
+    assert_eq!(store.resolve_audience(1, &AudienceSpec::Tag(5)).unwrap().iter().collect::<Vec<_>>(), [0, 2]);
+    assert_eq!(store.resolve_audience(1, &AudienceSpec::Department(7)).unwrap().iter().collect::<Vec<_>>(), [1]);
+    let left = store.db.conn().unwrap().query_opt("SELECT name FROM sqlite_master WHERE name = 'contact_tags'", &[]);
+    assert!(left.unwrap().is_none());
 }

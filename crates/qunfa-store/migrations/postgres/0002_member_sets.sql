@@ -1,0 +1,16 @@
+-- Tag and department membership as roaring bitmaps, one row per set and
+-- 65,536-contact chunk (see src/members.rs). The rows of contact_tags and
+-- contact_departments are moved by the migration code, which then drops them.
+ALTER TABLE workspaces ADD COLUMN members_version BIGINT NOT NULL DEFAULT 0;
+CREATE TABLE member_sets (
+    workspace_id BIGINT NOT NULL,
+    kind BIGINT NOT NULL,
+    set_id BIGINT NOT NULL,
+    chunk BIGINT NOT NULL,
+    cardinality BIGINT NOT NULL,
+    bits BYTEA NOT NULL,
+    version BIGINT NOT NULL,
+    PRIMARY KEY (workspace_id, kind, set_id, chunk)
+);
+CREATE INDEX member_sets_chunk ON member_sets(workspace_id, kind, chunk);
+CREATE INDEX member_sets_version ON member_sets(workspace_id, version);
