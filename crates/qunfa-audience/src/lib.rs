@@ -9,6 +9,8 @@ use roaring::RoaringBitmap;
 
 pub use roaring;
 
+pub mod expr;
+
 /// How a send names its audience. Tags and departments include their subtrees.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AudienceSpec {
