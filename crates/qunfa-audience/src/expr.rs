@@ -36,11 +36,21 @@ pub type Pos = usize;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expr {
     All,
-    Tag { path: String, pos: Pos },
-    Dept { dept: DeptRef, pos: Pos },
+    Tag {
+        path: String,
+        pos: Pos,
+    },
+    Dept {
+        dept: DeptRef,
+        pos: Pos,
+    },
     /// Public contact ids.
     Ids(Vec<u64>),
-    Attr { key: String, pred: Pred, pos: Pos },
+    Attr {
+        key: String,
+        pred: Pred,
+        pos: Pos,
+    },
     Not(Box<Expr>),
     And(Vec<Expr>),
     Or(Vec<Expr>),
@@ -160,7 +170,11 @@ fn err(pos: Pos, message: impl Into<String>, hint: impl Into<String>) -> SyntaxE
 fn lex(src: &str) -> Result<Vec<Token>, SyntaxError> {
     let chars: Vec<char> = src.chars().collect();
     if chars.len() > MAX_EXPR_CHARS {
-        return Err(err(MAX_EXPR_CHARS, "the expression is too long", format!("use at most {MAX_EXPR_CHARS} characters, or a saved segment")));
+        return Err(err(
+            MAX_EXPR_CHARS,
+            "the expression is too long",
+            format!("use at most {MAX_EXPR_CHARS} characters, or a saved segment"),
+        ));
     }
     let mut out = Vec::new();
     let mut i = 0;
@@ -226,7 +240,11 @@ fn lex(src: &str) -> Result<Vec<Token>, SyntaxError> {
                 loop {
                     match chars.get(i) {
                         None => {
-                            return Err(err(pos, "this quoted text is not closed", format!("end it with {}", close[0])));
+                            return Err(err(
+                                pos,
+                                "this quoted text is not closed",
+                                format!("end it with {}", close[0]),
+                            ));
                         }
                         Some('\\') if chars.get(i + 1).is_some() => {
                             text.push(chars[i + 1]);
@@ -398,7 +416,10 @@ impl Parser {
                 };
                 Ok(Expr::Dept { dept, pos })
             }
-            Tok::Word(w) if w.eq_ignore_ascii_case("id") && self.peek().is_some_and(|n| matches!(n.tok, Tok::Colon) || keyword(&n.tok, "in")) => {
+            Tok::Word(w)
+                if w.eq_ignore_ascii_case("id")
+                    && self.peek().is_some_and(|n| matches!(n.tok, Tok::Colon) || keyword(&n.tok, "in")) =>
+            {
                 let ids = if self.eat(|t| matches!(t, Tok::Colon)) {
                     vec![self.id()?]
                 } else {
@@ -419,7 +440,10 @@ impl Parser {
     /// Whether the next token makes the current word an attribute name.
     fn next_is_predicate(&self) -> bool {
         self.peek().is_some_and(|t| {
-            matches!(t.tok, Tok::Op(_)) || keyword(&t.tok, "in") || keyword(&t.tok, "contains") || keyword(&t.tok, "exists")
+            matches!(t.tok, Tok::Op(_))
+                || keyword(&t.tok, "in")
+                || keyword(&t.tok, "contains")
+                || keyword(&t.tok, "exists")
         })
     }
 
@@ -433,10 +457,14 @@ impl Parser {
 
     fn id(&mut self) -> Result<u64, SyntaxError> {
         match self.next() {
-            Some(Token { tok: Tok::Word(w), pos }) => {
-                w.parse::<u64>().map_err(|_| err(pos, format!("`{w}` is not a contact id"), "contact ids are whole numbers, as the API returns them"))
-            }
-            Some(t) => Err(err(t.pos, format!("expected a contact id, found {}", describe(&t.tok)), "contact ids are whole numbers")),
+            Some(Token { tok: Tok::Word(w), pos }) => w.parse::<u64>().map_err(|_| {
+                err(pos, format!("`{w}` is not a contact id"), "contact ids are whole numbers, as the API returns them")
+            }),
+            Some(t) => Err(err(
+                t.pos,
+                format!("expected a contact id, found {}", describe(&t.tok)),
+                "contact ids are whole numbers",
+            )),
             None => Err(err(self.end, "expected a contact id", "the expression ends too early")),
         }
     }
@@ -461,15 +489,25 @@ impl Parser {
             && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
             && !key.as_bytes()[0].is_ascii_digit();
         let Some(next) = self.next() else {
-            return Err(err(self.end, format!("`{key}` needs a condition"), format!("e.g. {key} = \"…\", {key} > 10, {key} exists, or tag:{key}")));
+            return Err(err(
+                self.end,
+                format!("`{key}` needs a condition"),
+                format!("e.g. {key} = \"…\", {key} > 10, {key} exists, or tag:{key}"),
+            ));
         };
         if !valid {
-            return Err(err(pos, format!("`{key}` is not an attribute name"), "attribute names are letters, digits and _; for a tag write tag:\"…\""));
+            return Err(err(
+                pos,
+                format!("`{key}` is not an attribute name"),
+                "attribute names are letters, digits and _; for a tag write tag:\"…\"",
+            ));
         }
         let pred = match next.tok {
             Tok::Op(op) => {
                 let (lit, at) = self.value()?;
-                if matches!(op, CmpOp::Lt | CmpOp::Le | CmpOp::Gt | CmpOp::Ge) && matches!(lit, Literal::Text(_) | Literal::Bool(_)) {
+                if matches!(op, CmpOp::Lt | CmpOp::Le | CmpOp::Gt | CmpOp::Ge)
+                    && matches!(lit, Literal::Text(_) | Literal::Bool(_))
+                {
                     return Err(err(
                         at,
                         format!("{} compares numbers and dates; this is not a number or a date", op.as_str()),
@@ -487,7 +525,10 @@ impl Parser {
             other => {
                 return Err(err(
                     next.pos,
-                    format!("expected =, !=, <, <=, >, >=, in, contains or exists after `{key}`, found {}", describe(&other)),
+                    format!(
+                        "expected =, !=, <, <=, >, >=, in, contains or exists after `{key}`, found {}",
+                        describe(&other)
+                    ),
                     format!("e.g. {key} = \"上海\""),
                 ));
             }
@@ -499,7 +540,11 @@ impl Parser {
         match self.next() {
             Some(Token { tok: Tok::Quoted(s), pos }) => Ok((Literal::Text(s), pos)),
             Some(Token { tok: Tok::Word(w), pos }) => Ok((word_literal(&w, pos)?, pos)),
-            Some(t) => Err(err(t.pos, format!("expected a value, found {}", describe(&t.tok)), "a value is \"text\", a number, true/false, a date or -90d")),
+            Some(t) => Err(err(
+                t.pos,
+                format!("expected a value, found {}", describe(&t.tok)),
+                "a value is \"text\", a number, true/false, a date or -90d",
+            )),
             None => Err(err(self.end, "expected a value", "the expression ends too early")),
         }
     }
@@ -569,7 +614,20 @@ pub fn parse_date(s: &str) -> Option<i64> {
         part.bytes().all(|c| c.is_ascii_digit()).then(|| part.parse().ok())?
     };
     let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let month_days = [31, if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let month_days = [
+        31,
+        if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
     if !(1..=12).contains(&m) || d < 1 || d > month_days[(m - 1) as usize] {
         return None;
     }
@@ -626,7 +684,10 @@ mod tests {
                 Expr::And(vec![attr("note", Pred::Contains("vip".into()), 42), Expr::Not(Box::new(Expr::All))]),
             ])
         );
-        assert_eq!(parse("id in (4294967297, 4294967298) | id:5").unwrap(), Expr::Or(vec![Expr::Ids(vec![4294967297, 4294967298]), Expr::Ids(vec![5])]));
+        assert_eq!(
+            parse("id in (4294967297, 4294967298) | id:5").unwrap(),
+            Expr::Or(vec![Expr::Ids(vec![4294967297, 4294967298]), Expr::Ids(vec![5])])
+        );
         assert_eq!(parse("dept:12").unwrap(), Expr::Dept { dept: DeptRef::Id(12), pos: 5 });
         assert_eq!(parse("dept:\"12\"").unwrap(), Expr::Dept { dept: DeptRef::Path("12".into()), pos: 5 });
         assert_eq!(parse("vip = true && born < 1990-01-01").unwrap().n_terms(), 2);

@@ -10,6 +10,7 @@ use roaring::RoaringBitmap;
 pub use roaring;
 
 pub mod expr;
+pub mod index;
 
 /// How a send names its audience. Tags and departments include their subtrees.
 #[derive(Debug, Clone, PartialEq, Eq)]
