@@ -692,7 +692,7 @@ mod tests {
         assert_eq!(parse("dept:\"12\"").unwrap(), Expr::Dept { dept: DeptRef::Path("12".into()), pos: 5 });
         assert_eq!(parse("vip = true && born < 1990-01-01").unwrap().n_terms(), 2);
         // Full-width punctuation from Chinese input methods.
-        assert_eq!(parse("tag：金牌 ＆ x = 1").is_err(), true, "＆ is not an operator");
+        assert!(parse("tag：金牌 ＆ x = 1").is_err(), "＆ is not an operator");
         assert_eq!(parse("（tag：金牌）").unwrap(), Expr::Tag { path: "金牌".into(), pos: 5 });
     }
 
