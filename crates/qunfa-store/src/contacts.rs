@@ -93,6 +93,7 @@ impl PreparedContact {
             Value::Text(consent),
             Value::Int(0),
             Value::Int(0),
+            Value::Int(0),
         ];
         Self { row, tags: c.tags }
     }
@@ -165,6 +166,17 @@ const IMPORT_CHUNK: usize = 8192;
 /// writer mostly waits on SQLite, and parsing is the larger share of the work).
 pub fn import_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
+}
+
+/// Reserves the next contacts version of the workspace (locking its row until
+/// the transaction ends); rows written in this transaction carry it, so the
+/// audience index can fetch what changed since the version it has.
+pub(crate) fn bump_contacts_version(c: &mut Conn, workspace_id: i64) -> Result<i64, StoreError> {
+    Ok(c.query_one(
+        "UPDATE workspaces SET contacts_version = contacts_version + 1 WHERE id = ? RETURNING contacts_version",
+        params![workspace_id],
+    )?
+    .i64(0))
 }
 
 /// Reserves `n` dense ids in the workspace; returns the first.
@@ -372,8 +384,10 @@ impl Store {
         now: i64,
     ) -> Result<ContactRecord, StoreError> {
         self.db.write(|c| {
+            let version = bump_contacts_version(c, workspace_id)?;
             let changed = c.execute(
-                "UPDATE contacts SET name = ?, attributes = ?, email = ?, phone = ?, webhook = ?, wecom_userid = ?, consent = ?, updated_at = ?
+                "UPDATE contacts SET name = ?, attributes = ?, email = ?, phone = ?, webhook = ?, wecom_userid = ?, consent = ?, updated_at = ?,
+                 version = ?
                  WHERE workspace_id = ? AND idx = ? AND deleted_at IS NULL AND external_id = ?",
                 params![
                     updated.name.clone(),
@@ -384,6 +398,7 @@ impl Store {
                     updated.channels.wecom_userid.as_deref(),
                     consent_to_json(&updated.consent),
                     now,
+                    version,
                     workspace_id,
                     idx,
                     updated.external_id.as_str()
@@ -406,12 +421,13 @@ impl Store {
     /// `NotFound`, or database errors.
     pub fn delete_contact(&self, workspace_id: i64, idx: u32, actor: &str, now: i64) -> Result<(), StoreError> {
         self.db.write(|c| {
+            let version = bump_contacts_version(c, workspace_id)?;
             let changed = c.execute(
                 "UPDATE contacts SET deleted_at = ?, external_id = ?, name = '', attributes = '{}', email = NULL, phone = NULL,
-                 webhook = NULL, wecom_userid = NULL, consent = '{}', updated_at = ?
+                 webhook = NULL, wecom_userid = NULL, consent = '{}', updated_at = ?, version = ?
                  WHERE workspace_id = ? AND idx = ? AND deleted_at IS NULL",
                 // A control character: no external id a user can give (ExternalId refuses them).
-                params![now, format!("\u{1}deleted\u{1}{idx}"), now, workspace_id, idx],
+                params![now, format!("\u{1}deleted\u{1}{idx}"), now, version, workspace_id, idx],
             )?;
             if changed == 0 {
                 return Err(StoreError::NotFound);
@@ -489,9 +505,11 @@ struct ImportState {
     keys: Vec<String>,
     n_contacts: u64,
     first_idx: Option<u32>,
+    /// The contacts version this import writes at.
+    version: i64,
 }
 
-const CONTACT_COLUMNS_INSERT: [&str; 12] = [
+const CONTACT_COLUMNS_INSERT: [&str; 13] = [
     "workspace_id",
     "idx",
     "external_id",
@@ -504,6 +522,7 @@ const CONTACT_COLUMNS_INSERT: [&str; 12] = [
     "consent",
     "created_at",
     "updated_at",
+    "version",
 ];
 
 impl ImportState {
@@ -512,6 +531,7 @@ impl ImportState {
             c.query_one("SELECT next_contact_idx FROM workspaces WHERE id = ?", params![workspace_id])?.i64(0);
         Ok(Self {
             workspace_id,
+            version: bump_contacts_version(c, workspace_id)?,
             outcome: ImportOutcome::default(),
             had_contacts: n_known > 0,
             tag_ids: HashMap::new(),
@@ -571,13 +591,14 @@ impl ImportState {
                 p.row[COL_IDX] = Value::Int(i64::from(idx));
                 p.row[10] = Value::Int(now);
                 p.row[11] = Value::Int(now);
+                p.row[12] = Value::Int(self.version);
                 contact_rows.push(p.row);
             }
         }
         self.n_contacts += (contact_rows.len() + updates.len()) as u64;
         self.outcome.imported += c.bulk_insert_borrowed("contacts", &CONTACT_COLUMNS_INSERT, "", &contact_rows)?;
         for (idx, p) in &updates {
-            update_from_import(c, workspace_id, *idx, p, now)?;
+            update_from_import(c, workspace_id, *idx, p, now, self.version)?;
         }
         self.outcome.updated += updates.len() as u64;
         Ok(())
@@ -606,6 +627,7 @@ fn update_from_import(
     idx: u32,
     p: &PreparedContact,
     now: i64,
+    version: i64,
 ) -> Result<(), StoreError> {
     let current = c.query_one(
         "SELECT attributes, consent FROM contacts WHERE workspace_id = ? AND idx = ?",
@@ -618,7 +640,7 @@ fn update_from_import(
     let name = p.text(3).filter(|n| !n.is_empty());
     c.execute(
         "UPDATE contacts SET name = COALESCE(?, name), attributes = ?, email = COALESCE(?, email), phone = COALESCE(?, phone),
-         webhook = COALESCE(?, webhook), wecom_userid = COALESCE(?, wecom_userid), consent = ?, updated_at = ?
+         webhook = COALESCE(?, webhook), wecom_userid = COALESCE(?, wecom_userid), consent = ?, updated_at = ?, version = ?
          WHERE workspace_id = ? AND idx = ?",
         params![
             name,
@@ -629,6 +651,7 @@ fn update_from_import(
             p.text(8),
             Json::Object(consent).to_string(),
             now,
+            version,
             workspace_id,
             idx
         ],

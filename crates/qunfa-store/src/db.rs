@@ -203,12 +203,27 @@ impl Conn {
 
     /// Runs a query and returns every row.
     pub fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        let mut out = Vec::new();
+        self.for_each_row(sql, params, &mut |row| {
+            out.push(row);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Runs a query and hands each row to `f` as it arrives, without holding
+    /// the whole result (for scans of millions of rows).
+    pub fn for_each_row(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        f: &mut dyn FnMut(Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         match self {
             Conn::Sqlite(c) => {
                 let mut stmt = c.prepare_cached(sql)?;
                 let n_cols = stmt.column_count();
                 let mut rows = stmt.query(rusqlite::params_from_iter(params.iter().map(sqlite_value)))?;
-                let mut out = Vec::new();
                 while let Some(row) = rows.next()? {
                     let mut values = Vec::with_capacity(n_cols);
                     for i in 0..n_cols {
@@ -220,15 +235,18 @@ impl Conn {
                             rusqlite::types::ValueRef::Blob(b) => Value::Blob(b.to_vec()),
                         });
                     }
-                    out.push(Row(values));
+                    f(Row(values))?;
                 }
-                Ok(out)
+                Ok(())
             }
             Conn::Postgres { client, statements } => {
+                use postgres::fallible_iterator::FallibleIterator;
                 let stmt = pg_prepare(client, statements, sql)?;
-                let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-                let rows = client.query(&stmt, &refs)?;
-                rows.iter().map(pg_row).collect()
+                let mut rows = client.query_raw(&stmt, params.iter().map(|v| v as &(dyn ToSql + Sync)))?;
+                while let Some(row) = rows.next()? {
+                    f(pg_row(&row)?)?;
+                }
+                Ok(())
             }
         }
     }

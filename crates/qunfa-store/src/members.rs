@@ -38,7 +38,7 @@ fn chunk_of(idx: u32) -> u32 {
 
 /// Reserves the next membership version of the workspace, locking its row
 /// until the transaction ends.
-fn bump_version(c: &mut Conn, workspace_id: i64) -> Result<i64, StoreError> {
+pub(crate) fn bump_version(c: &mut Conn, workspace_id: i64) -> Result<i64, StoreError> {
     Ok(c.query_one(
         "UPDATE workspaces SET members_version = members_version + 1 WHERE id = ? RETURNING members_version",
         params![workspace_id],
@@ -65,7 +65,8 @@ fn by_chunk(ids: &RoaringBitmap) -> BTreeMap<u32, RoaringBitmap> {
     out
 }
 
-/// Writes the members of one chunk (deleting the row when empty).
+/// Writes the members of one chunk. An emptied chunk keeps its row (with no
+/// members) so that an index following versions sees the removal.
 fn store_chunk(
     c: &mut Conn,
     workspace_id: i64,
@@ -75,12 +76,7 @@ fn store_chunk(
     bits: &RoaringBitmap,
     version: i64,
 ) -> Result<(), StoreError> {
-    if bits.is_empty() {
-        c.execute(
-            "DELETE FROM member_sets WHERE workspace_id = ? AND kind = ? AND set_id = ? AND chunk = ?",
-            params![workspace_id, kind.code(), set_id, i64::from(chunk)],
-        )?;
-    } else {
+    {
         c.execute(
             "INSERT INTO member_sets (workspace_id, kind, set_id, chunk, cardinality, bits, version)
              VALUES (?, ?, ?, ?, ?, ?, ?)

@@ -95,6 +95,10 @@ pub(crate) fn ensure_paths<'m>(
             created += 1;
         }
     }
+    if created > 0 {
+        // The tag tree changed: indexes following the membership version reload it.
+        members::bump_version(c, workspace_id)?;
+    }
     if let Some(max) = tier.max_tags {
         if created > 0 && ids.len() as u64 > max {
             return Err(StoreError::rejected(
@@ -271,6 +275,7 @@ impl Store {
                 c.query_one("SELECT id FROM departments WHERE id = ? AND workspace_id = ?", params![parent, workspace_id])
                     .map_err(|_| StoreError::rejected(Code::InvalidDepartment, format!("parent department {parent} does not exist")))?;
             }
+            members::bump_version(c, workspace_id)?;
             let id = c
                 .query_one(
                     "INSERT INTO departments (workspace_id, name, parent_id, created_at) VALUES (?, ?, ?, ?) RETURNING id",

@@ -14,3 +14,8 @@ CREATE TABLE member_sets (
 );
 CREATE INDEX member_sets_chunk ON member_sets(workspace_id, kind, chunk);
 CREATE INDEX member_sets_version ON member_sets(workspace_id, version);
+-- The audience index follows changes by version: every transaction that
+-- writes contacts bumps contacts_version and stamps the rows it writes.
+ALTER TABLE workspaces ADD COLUMN contacts_version BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE contacts ADD COLUMN version BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX contacts_version ON contacts(workspace_id, version);

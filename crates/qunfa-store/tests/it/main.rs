@@ -39,6 +39,7 @@ both_backends!(
     racing_sends_respect_the_daily_quota,
     deleting_a_contact_erases_what_was_rendered_and_written,
     memberships_span_chunks,
+    audience_index_sees_every_write_at_once,
 );
 
 struct Fixture {
@@ -496,4 +497,51 @@ fn version_1_memberships_move_to_bitmaps() {
     assert_eq!(store.resolve_audience(1, &AudienceSpec::Department(7)).unwrap().iter().collect::<Vec<_>>(), [1]);
     let left = store.db.conn().unwrap().query_opt("SELECT name FROM sqlite_master WHERE name = 'contact_tags'", &[]);
     assert!(left.unwrap().is_none());
+}
+
+/// The audience index sees every committed write on its next use, also when
+/// another node (a second store on the same database) made it.
+fn audience_index_sees_every_write_at_once(f: Fixture) {
+    use qunfa_audience::expr::parse;
+    let w = ws(&f, WorkspaceKind::Enterprise);
+    let tier = Policy::builtin().tiers.enterprise;
+    let audiences = qunfa_store::audience::Audiences::default();
+    let other_node = Store::open(f._db.location.clone(), 2).unwrap();
+    let count = |e: &str| {
+        f.store.with_audience(&audiences, w, |i| i.evaluate(&parse(e).unwrap(), NOW).map(|b| b.len())).unwrap()
+    };
+    f.store
+        .import_contacts(
+            w,
+            &tier,
+            &contacts(
+                r#"{"external_id":"a","attributes":{"city":"上海","spend":100},"tags":["等级/金牌"]}
+{"external_id":"b","attributes":{"city":"杭州","spend":9000},"tags":["等级/银牌"]}"#,
+            ),
+            "t",
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(count("tag:等级 & spend > 50"), Ok(2));
+    // Another node imports and tags: visible here at once.
+    other_node.import_contacts(w, &tier, &contacts(r#"{"external_id":"c","attributes":{"city":"上海","spend":7000},"tags":["等级/金牌"]}"#), "t", NOW).unwrap();
+    assert_eq!(count("tag:等级/金牌 & city = 上海"), Ok(2));
+    let vip = other_node.create_tag(w, &tier, &qunfa_core::tag::TagPath::parse("VIP").unwrap(), "t", NOW).unwrap();
+    assert_eq!(count("tag:VIP"), Ok(0), "a new tag is known at once");
+    other_node.tag_members(w, &tier, vip.id, qunfa_store::tags::MembershipChange::Add(&[0, 2]), "t", NOW).unwrap();
+    assert_eq!(count("tag:VIP & spend >= 100"), Ok(2));
+    other_node.tag_members(w, &tier, vip.id, qunfa_store::tags::MembershipChange::Remove(&[0]), "t", NOW).unwrap();
+    assert_eq!(count("tag:VIP"), Ok(1));
+    // Attribute changes and deletions.
+    let mut changed = f.store.contact(w, 1).unwrap();
+    changed.attributes.insert("city".into(), serde_json::json!("上海"));
+    let raw: RawContact = serde_json::from_value(serde_json::json!({"external_id": "b", "attributes": changed.attributes})).unwrap();
+    other_node.update_contact(w, 1, &ContactInput::parse(raw).unwrap(), "t", NOW).unwrap();
+    assert_eq!(count("city = 上海"), Ok(3));
+    other_node.delete_contact(w, 2, "t", NOW).unwrap();
+    assert_eq!(count("city = 上海 | tag:VIP"), Ok(2));
+    let d = other_node.create_department(w, &Name::parse("华东").unwrap(), None, "t", NOW).unwrap();
+    other_node.department_members(w, d.id, &[0], "t", NOW).unwrap();
+    assert_eq!(count("dept:华东"), Ok(1));
+    assert_eq!(count(&format!("dept:{}", d.id)), Ok(1));
 }
