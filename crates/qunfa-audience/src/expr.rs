@@ -107,6 +107,28 @@ pub enum Literal {
 }
 
 impl Expr {
+    /// The tag paths the expression names (also under `!`), in order.
+    pub fn tag_paths(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        self.walk(&mut |e| {
+            if let Expr::Tag { path, .. } = e {
+                if !out.contains(path) {
+                    out.push(path.clone());
+                }
+            }
+        });
+        out
+    }
+
+    fn walk(&self, f: &mut dyn FnMut(&Expr)) {
+        f(self);
+        match self {
+            Expr::Not(e) => e.walk(f),
+            Expr::And(v) | Expr::Or(v) => v.iter().for_each(|e| e.walk(f)),
+            _ => {}
+        }
+    }
+
     /// How many leaf terms the expression has (tags, departments, ids,
     /// attribute conditions, `all`).
     pub fn n_terms(&self) -> usize {

@@ -633,7 +633,10 @@ impl WorkspaceIndex {
     }
 
     /// Resolves names before any bitmap work, so errors come first.
-    fn check(&self, expr: &Expr) -> Result<(), ResolveError> {
+    ///
+    /// # Errors
+    /// As [`WorkspaceIndex::evaluate`].
+    pub fn check(&self, expr: &Expr) -> Result<(), ResolveError> {
         match expr {
             Expr::All => Ok(()),
             Expr::Tag { path, pos } => match self.tags.id_of(path) {

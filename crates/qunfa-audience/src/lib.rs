@@ -25,6 +25,9 @@ pub enum AudienceSpec {
     Tags(Vec<i64>),
     /// One department with its sub-departments.
     Department(i64),
+    /// An audience expression (see [`expr`]), evaluated when the send is
+    /// checked and again when it is dispatched.
+    Expression(String),
 }
 
 /// Most recipients in one delivery batch (WeChat's API batch size).

@@ -278,6 +278,18 @@ fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
         let engine = qunfa_engine::Engine::start(store.clone(), qunfa_engine::EngineConfig::default());
+        // Audience indexes are built in the background; a query that comes
+        // first builds its workspace's index itself.
+        let warm = store.clone();
+        std::thread::spawn(move || {
+            let t = std::time::Instant::now();
+            match warm.warm_audiences() {
+                Ok(n) => {
+                    tracing::info!(workspaces = n, took_ms = t.elapsed().as_millis() as u64, "audience indexes built")
+                }
+                Err(e) => tracing::warn!(error = %e, "building the audience indexes failed; they build on first use"),
+            }
+        });
         let state = qunfa_server::AppState::new(store, policy, engine, admin_hash);
         tracing::info!(%addr, "qunfa listening on http://{addr} (API docs at http://{addr}/docs)");
         if let Some(k) = demo_keys {

@@ -76,6 +76,9 @@ pub enum AudienceShape {
     Department,
     /// Every contact of the workspace.
     All,
+    /// An expression combining `n_terms` conditions (tags, departments,
+    /// attributes, ids).
+    Expression { n_terms: usize },
 }
 
 /// Everything the rules need to know about a proposed send.
@@ -162,6 +165,14 @@ pub fn preflight(policy: &Policy, p: &SendProposal<'_>) -> Vec<Verdict> {
             Severity::Block,
             format!("This send combines {n_tags} tags; {kind} workspaces send to one tag or to picked contacts."),
             format!("此次群发组合了 {n_tags} 个标签；{kind_zh}只能选择单个标签或手动挑选联系人，不能跨标签组合。"),
+        )),
+        AudienceShape::Expression { n_terms } if !tier.combined_audiences => out.push(Verdict::new(
+            Code::AudienceCombination,
+            Severity::Block,
+            format!(
+                "This audience is an expression of {n_terms} condition(s); {kind} workspaces send to one tag or to picked contacts."
+            ),
+            format!("此次群发的发送对象是包含 {n_terms} 个条件的表达式；{kind_zh}只能选择单个标签或手动挑选联系人。"),
         )),
         AudienceShape::Department if !tier.departments => out.push(Verdict::new(
             Code::DepartmentNotAllowed,

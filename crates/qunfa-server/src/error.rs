@@ -24,6 +24,15 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
     /// A specific Chinese message; the code's default otherwise.
     pub message_zh: Option<String>,
+    /// Where in the request's text the problem is, with a specific hint.
+    pub pointed: Option<Box<Pointed>>,
+}
+
+/// A position in a text the request gave (characters from 0) and a hint for it.
+#[derive(Debug)]
+pub struct Pointed {
+    pub position: usize,
+    pub hint: String,
 }
 
 /// The body of every error response.
@@ -39,6 +48,10 @@ pub struct ErrorDetail {
     pub message: String,
     pub message_zh: String,
     pub hint: String,
+    /// For errors in a text the request gave (an audience expression): where,
+    /// in characters from 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<usize>,
     #[schema(value_type = Vec<Object>)]
     pub details: Vec<serde_json::Value>,
 }
@@ -47,10 +60,30 @@ pub struct ErrorDetail {
 pub fn status_of(code: Code) -> StatusCode {
     use Code::*;
     match code {
-        BadJson | BadRequest | BadCursor | InvalidName | InvalidKind | InvalidRole | InvalidExternalId
-        | InvalidAttribute | InvalidEmail | InvalidPhone | InvalidUrl | InvalidChannel | InvalidTagPath
-        | TagTooDeep | InvalidDepartment | InvalidContent | TemplateSyntax | AudienceInvalid | ImportFormat
-        | TextEmpty => StatusCode::BAD_REQUEST,
+        BadJson
+        | BadRequest
+        | BadCursor
+        | InvalidName
+        | InvalidKind
+        | InvalidRole
+        | InvalidExternalId
+        | InvalidAttribute
+        | InvalidEmail
+        | InvalidPhone
+        | InvalidUrl
+        | InvalidChannel
+        | InvalidTagPath
+        | TagTooDeep
+        | InvalidDepartment
+        | InvalidContent
+        | TemplateSyntax
+        | AudienceInvalid
+        | ImportFormat
+        | TextEmpty
+        | AudienceSyntax
+        | AudienceUnknownTag
+        | AudienceUnknownDepartment
+        | AudienceUnknownAttribute => StatusCode::BAD_REQUEST,
         Unauthenticated => StatusCode::UNAUTHORIZED,
         Forbidden | SelfApproval => StatusCode::FORBIDDEN,
         NotFound | MediaNotFound => StatusCode::NOT_FOUND,
@@ -71,7 +104,13 @@ impl ApiError {
             details: Vec::new(),
             retry_after: None,
             message_zh: None,
+            pointed: None,
         }
+    }
+    /// Points at a position of the request's text, with a specific hint.
+    pub fn at(mut self, position: usize, hint: impl Into<String>) -> Self {
+        self.pointed = Some(Box::new(Pointed { position, hint: hint.into() }));
+        self
     }
     pub fn code(code: Code) -> Self {
         Self::new(code, code.message_en())
@@ -135,7 +174,8 @@ impl IntoResponse for ApiError {
                 code: self.code.as_str().to_owned(),
                 message: self.message,
                 message_zh: self.message_zh.unwrap_or_else(|| self.code.message_zh().to_owned()),
-                hint: self.code.hint().to_owned(),
+                hint: self.pointed.as_ref().map_or_else(|| self.code.hint().to_owned(), |p| p.hint.clone()),
+                position: self.pointed.as_ref().map(|p| p.position),
                 details: self.details,
             },
         };

@@ -291,6 +291,25 @@ pub struct AudienceWire {
     /// One department, by id, with its sub-departments (enterprise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub department: Option<String>,
+    /// An audience expression, e.g. `tag:"客户等级/金牌" & city = "上海" & last_active > -90d`
+    /// (enterprise and API workspaces; see docs/audiences.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expr: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CountRequest {
+    /// An audience expression.
+    pub expr: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CountResponse {
+    /// Live contacts the expression selects now.
+    pub count: u64,
+    /// Time to evaluate, in milliseconds.
+    pub took_ms: f64,
 }
 
 #[derive(Deserialize, ToSchema)]

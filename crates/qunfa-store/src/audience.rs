@@ -50,10 +50,8 @@ pub fn attributes_from_json(text: &str) -> BTreeMap<String, AttrValue> {
 }
 
 fn versions(c: &mut Conn, workspace_id: i64) -> Result<(i64, i64), StoreError> {
-    let r = c.query_one(
-        "SELECT contacts_version, members_version FROM workspaces WHERE id = ?",
-        params![workspace_id],
-    )?;
+    let r =
+        c.query_one("SELECT contacts_version, members_version FROM workspaces WHERE id = ?", params![workspace_id])?;
     Ok((r.i64(0), r.i64(1)))
 }
 
@@ -147,14 +145,9 @@ impl Store {
     ///
     /// # Errors
     /// Database errors.
-    pub fn with_audience<T>(
-        &self,
-        audiences: &Audiences,
-        workspace_id: i64,
-        f: impl FnOnce(&WorkspaceIndex) -> T,
-    ) -> Result<T, StoreError> {
+    pub fn with_audience<T>(&self, workspace_id: i64, f: impl FnOnce(&WorkspaceIndex) -> T) -> Result<T, StoreError> {
         let slot = {
-            let mut map = audiences.workspaces.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut map = self.audiences.workspaces.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             map.entry(workspace_id).or_default().clone()
         };
         let mut guard = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -177,10 +170,11 @@ impl Store {
     ///
     /// # Errors
     /// Database errors.
-    pub fn warm_audiences(&self, audiences: &Audiences) -> Result<usize, StoreError> {
-        let ids: Vec<i64> = self.db.conn()?.query("SELECT id FROM workspaces", params![])?.iter().map(|r| r.i64(0)).collect();
+    pub fn warm_audiences(&self) -> Result<usize, StoreError> {
+        let ids: Vec<i64> =
+            self.db.conn()?.query("SELECT id FROM workspaces", params![])?.iter().map(|r| r.i64(0)).collect();
         for id in &ids {
-            self.with_audience(audiences, *id, |_| ())?;
+            self.with_audience(*id, |_| ())?;
         }
         Ok(ids.len())
     }

@@ -332,6 +332,14 @@ impl Store {
     /// # Errors
     /// `NotFound` for an unknown tag or department, or database errors.
     pub fn resolve_audience(&self, workspace_id: i64, spec: &AudienceSpec) -> Result<RoaringBitmap, StoreError> {
+        if let AudienceSpec::Expression(src) = spec {
+            // Checked when the draft was made; a name that has gone since
+            // makes the audience invalid, like a deleted tag.
+            let expr = qunfa_audience::expr::parse(src).map_err(|_| StoreError::NotFound)?;
+            return self
+                .with_audience(workspace_id, |index| index.evaluate(&expr, crate::now_millis()))?
+                .map_err(|_| StoreError::NotFound);
+        }
         self.db.read(|c| {
             let mut bitmap = RoaringBitmap::new();
             match spec {
@@ -384,6 +392,7 @@ impl Store {
                     }
                     bitmap |= members::union(c, workspace_id, SetKind::Department, &subtree(&tree, *root))?;
                 }
+                AudienceSpec::Expression(_) => unreachable!("resolved through the index above"),
             }
             Ok(bitmap)
         })
@@ -533,6 +542,11 @@ impl Store {
                 };
                 for tag in tags {
                     c.execute("UPDATE tags SET last_used_at = ? WHERE id = ? AND workspace_id = ?", params![now, tag, workspace_id])?;
+                }
+                if let AudienceSpec::Expression(src) = crate::json::audience_from_json(b.str(4))? {
+                    for path in qunfa_audience::expr::parse(&src).map(|e| e.tag_paths()).unwrap_or_default() {
+                        c.execute("UPDATE tags SET last_used_at = ? WHERE path = ? AND workspace_id = ?", params![now, path, workspace_id])?;
+                    }
                 }
             }
             let details = serde_json::json!({

@@ -144,6 +144,7 @@ pub fn audience_to_json(spec: &AudienceSpec) -> String {
         AudienceSpec::Tag(id) => json!({"tag": id}),
         AudienceSpec::Tags(ids) => json!({"tags": ids}),
         AudienceSpec::Department(id) => json!({"department": id}),
+        AudienceSpec::Expression(src) => json!({"expr": src}),
     }
     .to_string()
 }
@@ -166,6 +167,9 @@ pub fn audience_from_json(text: &str) -> Result<AudienceSpec, StoreError> {
     }
     if let Some(id) = m.get("department").and_then(Json::as_i64) {
         return Ok(AudienceSpec::Department(id));
+    }
+    if let Some(src) = m.get("expr").and_then(Json::as_str) {
+        return Ok(AudienceSpec::Expression(src.to_owned()));
     }
     Err(corrupt())
 }

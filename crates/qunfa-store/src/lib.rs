@@ -94,6 +94,8 @@ fn move_memberships_to_bitmaps(c: &mut Conn) -> Result<(), StoreError> {
 #[derive(Clone)]
 pub struct Store {
     pub db: Db,
+    /// The audience indexes of this process (see [`audience`]).
+    pub audiences: std::sync::Arc<audience::Audiences>,
 }
 
 impl Store {
@@ -108,7 +110,7 @@ impl Store {
                     .map_err(|e| StoreError::Migration(format!("cannot create {}: {e}", dir.display())))?;
             }
         }
-        let store = Store { db: Db::open(location, max_conns) };
+        let store = Store { db: Db::open(location, max_conns), audiences: Default::default() };
         store.migrate()?;
         Ok(store)
     }

@@ -44,6 +44,7 @@ pub fn broadcast_response(b: BroadcastRecord) -> BroadcastResponse {
         Ok(AudienceSpec::Tag(t)) => serde_json::json!({"tag": t.to_string()}),
         Ok(AudienceSpec::Tags(t)) => serde_json::json!({"tags": t.iter().map(ToString::to_string).collect::<Vec<_>>()}),
         Ok(AudienceSpec::Department(d)) => serde_json::json!({"department": d.to_string()}),
+        Ok(AudienceSpec::Expression(src)) => serde_json::json!({"expr": src}),
         Err(_) => serde_json::Value::Null,
     };
     BroadcastResponse {
@@ -76,12 +77,24 @@ pub fn broadcast_response(b: BroadcastRecord) -> BroadcastResponse {
 }
 
 fn parse_audience(s: &Inner, ws: i64, w: &AudienceWire) -> Result<AudienceSpec, ApiError> {
-    let given = [w.all.is_some(), w.contact_ids.is_some(), w.tag.is_some(), w.tags.is_some(), w.department.is_some()];
+    let given = [
+        w.all.is_some(),
+        w.contact_ids.is_some(),
+        w.tag.is_some(),
+        w.tags.is_some(),
+        w.department.is_some(),
+        w.expr.is_some(),
+    ];
     if given.iter().filter(|g| **g).count() != 1 {
         return Err(ApiError::new(
             Code::AudienceInvalid,
-            "give exactly one of all, contact_ids, tag, tags or department",
+            "give exactly one of all, contact_ids, tag, tags, department or expr",
         ));
+    }
+    if let Some(src) = &w.expr {
+        let expr = super::audiences::compile(s, ws, src)?;
+        drop(expr);
+        return Ok(AudienceSpec::Expression(src.clone()));
     }
     // A tag is named by its path first; a number names a tag id only when no
     // tag has that path (a tag may well be called "2024").
@@ -306,6 +319,10 @@ pub fn evaluate(
         AudienceSpec::Tag(_) => AudienceShape::Tag,
         AudienceSpec::Tags(t) => AudienceShape::Tags { n_tags: t.len() },
         AudienceSpec::Department(_) => AudienceShape::Department,
+        AudienceSpec::Expression(src) => match qunfa_audience::expr::parse(src) {
+            Ok(e) => super::audiences::shape_of(&e),
+            Err(_) => AudienceShape::Expression { n_terms: 0 },
+        },
     };
     let (day_start, _) = s.policy.day_bounds(now);
     let mut sends_today = s.store.sends_today(b.member_id, day_start)?;

@@ -1,5 +1,6 @@
 //! Route handlers, one module per resource.
 
+pub mod audiences;
 pub mod broadcasts;
 pub mod contacts;
 pub mod inbox;
@@ -52,6 +53,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(tags::add_department_members))
         .routes(routes!(contacts::upload_media))
         .routes(routes!(contacts::get_media))
+        .routes(routes!(audiences::count))
         .routes(routes!(broadcasts::create_broadcast, broadcasts::list_broadcasts))
         .routes(routes!(broadcasts::get_broadcast))
         .routes(routes!(broadcasts::preflight))

@@ -33,6 +33,7 @@ both_backends!(
     departments_tags_and_media,
     operations_endpoints,
     no_panic_on_junk,
+    audience_expressions,
 );
 
 async fn first_mass_send_end_to_end(app: TestApp) {
@@ -590,4 +591,78 @@ async fn no_panic_on_junk(app: TestApp) {
         let r = app.get(path, &key).await;
         assert!(matches!(r.status, 401 | 404), "{path} -> {}", r.status);
     }
+}
+
+async fn audience_expressions(app: TestApp) {
+    let (_, owner) = app.workspace("enterprise").await;
+    let csv = "external_id,name,tags,city,spend,last_active\n\
+               u1,张三,客户等级/金牌/华东,上海,16000,2026-11-01\n\
+               u2,李四,客户等级/金牌,北京,15500,2020-01-01\n\
+               u3,王五,客户等级/银牌|流失,上海,9000,2026-11-10\n\
+               u4,赵六,,上海,100,\n";
+    app.raw("/v1/contacts/import", &owner, "text/csv", csv).await.expect(200);
+    let count = |expr: &str| {
+        let (app, owner, expr) = (&app, owner.clone(), expr.to_owned());
+        async move { app.post("/v1/audiences/count", &owner, json!({"expr": expr})).await }
+    };
+    let n = |v: Value| v["count"].as_u64().unwrap();
+    assert_eq!(n(count("tag:客户等级").await.expect(200)), 3);
+    assert_eq!(n(count("tag:\"客户等级/金牌\" & city = 上海").await.expect(200)), 1);
+    assert_eq!(n(count("city = 上海 & spend > 5000 & !tag:流失").await.expect(200)), 1);
+    assert_eq!(n(count("(tag:客户等级/银牌 | spend < 1000) & last_active > 2026-01-01").await.expect(200)), 1);
+    assert!(count("all").await.expect(200)["took_ms"].as_f64().is_some());
+
+    // Errors point at the position and suggest the fix.
+    let e = count("tag:客户等级 & (city = 上海").await.expect_error(400, "QF-AUDIENCE-SYNTAX");
+    assert_eq!(e["error"]["position"], 21, "the end, where ) is missing");
+    assert!(e["error"]["hint"].as_str().unwrap().contains("add )"), "{e}");
+    let e = count("city = 上海 & tag:\"客户等级/金\"").await.expect_error(400, "QF-AUDIENCE-UNKNOWN-TAG");
+    assert_eq!(e["error"]["position"], 16, "the quoted path");
+    assert_eq!(e["error"]["details"][0], "客户等级/金牌");
+    assert!(e["error"]["hint"].as_str().unwrap().contains("客户等级/金牌"));
+    let e = count("ctiy = 上海").await.expect_error(400, "QF-AUDIENCE-UNKNOWN-ATTRIBUTE");
+    assert_eq!(e["error"]["details"], json!(["city"]));
+    count("id:1").await.expect_error(404, "QF-NOT-FOUND");
+
+    // A tag change is visible to the very next count.
+    let contacts = app.get("/v1/contacts", &owner).await.expect(200);
+    let zhao = contacts["items"][3]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        n(count(&format!("id:{zhao} | id in (1, {zhao})").replace("(1,", &format!("({zhao},"))).await.expect(200)),
+        1
+    );
+    let tags = app.get("/v1/tags", &owner).await.expect(200);
+    let lost =
+        tags.as_array().unwrap().iter().find(|t| t["path"] == "流失").unwrap()["id"].as_str().unwrap().to_owned();
+    app.post(&format!("/v1/tags/{lost}/members"), &owner, json!({"contact_ids": [zhao]})).await.expect(200);
+    assert_eq!(n(count("tag:流失").await.expect(200)), 2);
+
+    // A broadcast to an expression reaches exactly its contacts.
+    let id = app.draft(&owner, "{{name}}您好", json!({"expr": "city = 上海 & !tag:流失"})).await;
+    let b = app.get(&format!("/v1/broadcasts/{id}"), &owner).await.expect(200);
+    assert_eq!(b["audience"], json!({"expr": "city = 上海 & !tag:流失"}));
+    let pf = app.post(&format!("/v1/broadcasts/{id}/preflight"), &owner, json!({})).await.expect(200);
+    assert_eq!((pf["ok"].as_bool(), pf["recipients"].as_u64()), (Some(true), Some(1)), "{pf}");
+    app.post(&format!("/v1/broadcasts/{id}/send"), &owner, json!({})).await.expect(202);
+    let done = app.wait_completed(&owner, &id).await;
+    assert_eq!(done["counts"]["delivered"], 1);
+    let bad = app
+        .post(
+            "/v1/broadcasts",
+            &owner,
+            json!({"content": {"type": "text", "text": "x"}, "audience": {"expr": "tag:无此标签"}}),
+        )
+        .await;
+    bad.expect_error(400, "QF-AUDIENCE-UNKNOWN-TAG");
+
+    // Personal workspaces: one tag or picked contacts, never a combination.
+    let (_, personal) = app.workspace("personal").await;
+    app.contacts(&personal, 3, &["好友"]).await;
+    let one = app.draft(&personal, "hi", json!({"expr": "tag:好友"})).await;
+    let pf = app.post(&format!("/v1/broadcasts/{one}/preflight"), &personal, json!({})).await.expect(200);
+    assert_eq!((pf["ok"].as_bool(), pf["recipients"].as_u64()), (Some(true), Some(3)), "{pf}");
+    let combo = app.draft(&personal, "hi", json!({"expr": "tag:好友 & city = 上海"})).await;
+    let pf = app.post(&format!("/v1/broadcasts/{combo}/preflight"), &personal, json!({})).await.expect(200);
+    assert_eq!(pf["verdicts"][0]["code"], "QF-AUDIENCE-COMBINATION", "{pf}");
+    assert!(pf["verdicts"][0]["hint"].as_str().is_some_and(|h| !h.is_empty()));
 }

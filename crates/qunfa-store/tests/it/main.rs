@@ -505,11 +505,8 @@ fn audience_index_sees_every_write_at_once(f: Fixture) {
     use qunfa_audience::expr::parse;
     let w = ws(&f, WorkspaceKind::Enterprise);
     let tier = Policy::builtin().tiers.enterprise;
-    let audiences = qunfa_store::audience::Audiences::default();
     let other_node = Store::open(f._db.location.clone(), 2).unwrap();
-    let count = |e: &str| {
-        f.store.with_audience(&audiences, w, |i| i.evaluate(&parse(e).unwrap(), NOW).map(|b| b.len())).unwrap()
-    };
+    let count = |e: &str| f.store.with_audience(w, |i| i.evaluate(&parse(e).unwrap(), NOW).map(|b| b.len())).unwrap();
     f.store
         .import_contacts(
             w,
@@ -524,7 +521,15 @@ fn audience_index_sees_every_write_at_once(f: Fixture) {
         .unwrap();
     assert_eq!(count("tag:等级 & spend > 50"), Ok(2));
     // Another node imports and tags: visible here at once.
-    other_node.import_contacts(w, &tier, &contacts(r#"{"external_id":"c","attributes":{"city":"上海","spend":7000},"tags":["等级/金牌"]}"#), "t", NOW).unwrap();
+    other_node
+        .import_contacts(
+            w,
+            &tier,
+            &contacts(r#"{"external_id":"c","attributes":{"city":"上海","spend":7000},"tags":["等级/金牌"]}"#),
+            "t",
+            NOW,
+        )
+        .unwrap();
     assert_eq!(count("tag:等级/金牌 & city = 上海"), Ok(2));
     let vip = other_node.create_tag(w, &tier, &qunfa_core::tag::TagPath::parse("VIP").unwrap(), "t", NOW).unwrap();
     assert_eq!(count("tag:VIP"), Ok(0), "a new tag is known at once");
@@ -535,7 +540,8 @@ fn audience_index_sees_every_write_at_once(f: Fixture) {
     // Attribute changes and deletions.
     let mut changed = f.store.contact(w, 1).unwrap();
     changed.attributes.insert("city".into(), serde_json::json!("上海"));
-    let raw: RawContact = serde_json::from_value(serde_json::json!({"external_id": "b", "attributes": changed.attributes})).unwrap();
+    let raw: RawContact =
+        serde_json::from_value(serde_json::json!({"external_id": "b", "attributes": changed.attributes})).unwrap();
     other_node.update_contact(w, 1, &ContactInput::parse(raw).unwrap(), "t", NOW).unwrap();
     assert_eq!(count("city = 上海"), Ok(3));
     other_node.delete_contact(w, 2, "t", NOW).unwrap();
