@@ -2,6 +2,7 @@
 //! `explain`, `audit verify` and `bench`.
 
 mod bench;
+mod bench_audience;
 mod client;
 mod config;
 mod demo;
@@ -166,6 +167,20 @@ enum BenchCommand {
         #[arg(long, default_value = "ndjson")]
         format: String,
     },
+    /// Audience expressions over a large workspace: the bitmap index against the same expressions in SQL.
+    Audience {
+        #[arg(long, default_value_t = 10_000_000)]
+        contacts: u32,
+        /// Evaluations of each expression (for p50/p99).
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+        /// Runs of each SQL baseline query (the median is reported).
+        #[arg(long, default_value_t = 1)]
+        sql_runs: usize,
+        /// Keep the generated SQLite database at this path and reuse it when it exists.
+        #[arg(long)]
+        keep_db: Option<std::path::PathBuf>,
+    },
     /// Inbox broadcast fan-out: accepted → all records durable, against the raw bulk insert.
     Fanout {
         #[arg(long, default_value_t = 100_000)]
@@ -236,6 +251,10 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             };
             bench::check_url(config.database_url.as_deref())?;
             bench::import(config.database_url.as_deref(), contacts, runs.max(1), format)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Audience { contacts, runs, sql_runs, keep_db }) => {
+            bench_audience::run(contacts, runs.max(1), sql_runs.max(1), keep_db)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Fanout { recipients, runs }) => {
