@@ -23,19 +23,65 @@ use roaring::RoaringBitmap;
 const DENSE_TAGS: usize = 10;
 const SPARSE_TAGS: usize = 190;
 const CITIES: [&str; 30] = [
-    "上海", "北京", "广州", "深圳", "杭州", "南京", "苏州", "成都", "重庆", "武汉", "西安", "天津", "长沙", "郑州", "青岛",
-    "宁波", "厦门", "福州", "合肥", "济南", "沈阳", "大连", "昆明", "贵阳", "南宁", "哈尔滨", "长春", "石家庄", "太原",
+    "上海",
+    "北京",
+    "广州",
+    "深圳",
+    "杭州",
+    "南京",
+    "苏州",
+    "成都",
+    "重庆",
+    "武汉",
+    "西安",
+    "天津",
+    "长沙",
+    "郑州",
+    "青岛",
+    "宁波",
+    "厦门",
+    "福州",
+    "合肥",
+    "济南",
+    "沈阳",
+    "大连",
+    "昆明",
+    "贵阳",
+    "南宁",
+    "哈尔滨",
+    "长春",
+    "石家庄",
+    "太原",
     "南昌",
 ];
 const PROVINCES: [&str; 10] = ["上海", "北京", "广东", "浙江", "江苏", "四川", "湖北", "陕西", "山东", "福建"];
 const LEVELS: [&str; 5] = ["金牌", "银牌", "铜牌", "普通", "新客"];
 const CHANNELS: [&str; 8] = ["门店", "小程序", "公众号", "企业微信", "电商", "电话", "地推", "转介绍"];
 const OCCUPATIONS: [&str; 20] = [
-    "软件工程师", "教师", "医生", "护士", "律师", "会计", "销售", "设计师", "学生", "公务员", "机械工程师", "厨师",
-    "司机", "记者", "建筑工程师", "经理", "店主", "研究员", "自由职业", "退休",
+    "软件工程师",
+    "教师",
+    "医生",
+    "护士",
+    "律师",
+    "会计",
+    "销售",
+    "设计师",
+    "学生",
+    "公务员",
+    "机械工程师",
+    "厨师",
+    "司机",
+    "记者",
+    "建筑工程师",
+    "经理",
+    "店主",
+    "研究员",
+    "自由职业",
+    "退休",
 ];
 const DEVICES: [&str; 4] = ["iOS", "Android", "HarmonyOS", "PC"];
-const SOURCES: [&str; 12] = ["广告", "搜索", "朋友圈", "直播", "短视频", "社群", "线下活动", "老客推荐", "邮件", "短信", "海报", "其他"];
+const SOURCES: [&str; 12] =
+    ["广告", "搜索", "朋友圈", "直播", "短视频", "社群", "线下活动", "老客推荐", "邮件", "短信", "海报", "其他"];
 
 /// The ten representative expressions (the first six mirror ANCHORS.md).
 fn queries() -> Vec<(&'static str, String)> {
@@ -46,7 +92,10 @@ fn queries() -> Vec<(&'static str, String)> {
         ("(a ∨ b) ∧ A", "(tag:兴趣/S0 | tag:兴趣/S1) & tag:客户/A0".into()),
         ("A ∧ spend > 5000 ∧ city = c7", "tag:客户/A0 & spend > 5000 & city = 成都".into()),
         ("¬A", "!tag:客户/A0".into()),
-        ("subtree ∧ date ∧ in ∧ ¬bool", "tag:客户 & last_active > -90d & level in (金牌, 银牌) & !(subscribed = false)".into()),
+        (
+            "subtree ∧ date ∧ in ∧ ¬bool",
+            "tag:客户 & last_active > -90d & level in (金牌, 银牌) & !(subscribed = false)".into(),
+        ),
         ("city ∧ age range ∧ gender", "city = 上海 & age >= 25 & age < 35 & gender = 女".into()),
         ("A ∧ spend ∧ orders ∧ ¬a", "tag:客户/A5 & spend > 1000 & orders >= 3 & !tag:兴趣/S7".into()),
         ("contains ∨ (province ∧ vip)", "occupation contains 工程 | province = 浙江 & vip = true".into()),
@@ -130,7 +179,17 @@ fn generate(store: &Store, n: u32) -> anyhow::Result<i64> {
                 .collect();
             c.bulk_insert_borrowed(
                 "contacts",
-                &["workspace_id", "idx", "external_id", "name", "attributes", "consent", "created_at", "updated_at", "version"],
+                &[
+                    "workspace_id",
+                    "idx",
+                    "external_id",
+                    "name",
+                    "attributes",
+                    "consent",
+                    "created_at",
+                    "updated_at",
+                    "version",
+                ],
                 "",
                 &rows,
             )?;
@@ -372,7 +431,11 @@ pub fn run(n: u32, runs: usize, sql_runs: usize, db: Option<PathBuf>) -> anyhow:
         let sql_ms = sql_times[sql_times.len() / 2];
         ensure!(sql_count == count, "{name}: SQL counts {sql_count}, the index {count}\n{sql}");
         let (p50, p99) = (percentile(&times, 0.5), percentile(&times, 0.99));
-        println!("  {:<30} {count:>10} {p50:>10.3} {p99:>10.3} {sql_ms:>11.1} {:>8.0}×", format!("{}. {name}", k + 1), sql_ms / p50);
+        println!(
+            "  {:<30} {count:>10} {p50:>10.3} {p99:>10.3} {sql_ms:>11.1} {:>8.0}×",
+            format!("{}. {name}", k + 1),
+            sql_ms / p50
+        );
         rows.insert(k, (p50, p99, sql_ms, e.n_terms()));
     }
     let four: Vec<f64> = rows.values().filter(|r| r.3 >= 4).map(|r| r.0).collect();

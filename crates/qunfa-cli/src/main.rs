@@ -75,6 +75,9 @@ enum Command {
     Send(SendArgs),
     /// Explain a broadcast: its state, counts and every verdict.
     Explain { broadcast_id: String },
+    /// Audience expressions.
+    #[command(subcommand)]
+    Audience(AudienceCommand),
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -135,6 +138,9 @@ struct SendArgs {
     /// Send to a department (id).
     #[arg(long)]
     department: Option<String>,
+    /// Send to an audience expression, e.g. 'tag:"客户等级/金牌" & city = 上海 & last_active > -90d'.
+    #[arg(long)]
+    expr: Option<String>,
     /// Channels (default inbox).
     #[arg(long, value_delimiter = ',')]
     channel: Vec<String>,
@@ -147,6 +153,12 @@ struct SendArgs {
     /// Wait until every recipient has a delivery record.
     #[arg(long)]
     wait: bool,
+}
+
+#[derive(Subcommand)]
+enum AudienceCommand {
+    /// Count the contacts an expression selects now, e.g. qunfa audience count 'tag:金牌 & city = 上海'.
+    Count { expr: String },
 }
 
 #[derive(Subcommand)]
@@ -243,6 +255,7 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Send(args) => runtime()?.block_on(send(&config, args)),
         Command::Explain { broadcast_id } => runtime()?.block_on(explain(&config, &broadcast_id)),
         Command::Audit(AuditCommand::Verify) => audit_verify(&config),
+        Command::Audience(AudienceCommand::Count { expr }) => runtime()?.block_on(audience_count(&config, &expr)),
         Command::Bench(BenchCommand::Import { contacts, runs, format }) => {
             let format = match format.as_str() {
                 "csv" => qunfa_core::import::ImportFormat::Csv,
@@ -491,13 +504,14 @@ async fn send(config: &Config, a: SendArgs) -> anyhow::Result<ExitCode> {
         }
         (None, None) => bail!("give --text or --content"),
     };
-    let audience = match (a.all, a.tag.len(), a.contact.is_empty(), &a.department) {
-        (true, 0, true, None) => json!({"all": true}),
-        (false, 1, true, None) => json!({"tag": a.tag[0]}),
-        (false, n, true, None) if n > 1 => json!({"tags": a.tag}),
-        (false, 0, false, None) => json!({"contact_ids": a.contact}),
-        (false, 0, true, Some(d)) => json!({"department": d}),
-        _ => bail!("give exactly one audience: --all, --tag (repeatable), --contact or --department"),
+    let audience = match (a.all, a.tag.len(), a.contact.is_empty(), &a.department, &a.expr) {
+        (true, 0, true, None, None) => json!({"all": true}),
+        (false, 1, true, None, None) => json!({"tag": a.tag[0]}),
+        (false, n, true, None, None) if n > 1 => json!({"tags": a.tag}),
+        (false, 0, false, None, None) => json!({"contact_ids": a.contact}),
+        (false, 0, true, Some(d), None) => json!({"department": d}),
+        (false, 0, true, None, Some(e)) => json!({"expr": e}),
+        _ => bail!("give exactly one audience: --all, --tag (repeatable), --contact, --department or --expr"),
     };
     let channels = if a.channel.is_empty() { vec!["inbox".to_owned()] } else { a.channel.clone() };
     let mut body = json!({"content": content, "audience": audience, "channels": channels});
@@ -528,6 +542,23 @@ async fn send(config: &Config, a: SendArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(2))
         }
     }
+}
+
+async fn audience_count(config: &Config, expr: &str) -> anyhow::Result<ExitCode> {
+    let client = api_client(config)?;
+    let (status, body) =
+        client.send_raw(reqwest::Method::POST, "/v1/audiences/count", Some(json!({"expr": expr}))).await?;
+    if status == 200 {
+        println!("{} contacts ({:.2} ms)", body["count"], body["took_ms"].as_f64().unwrap_or(0.0));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(pos) = body["error"]["position"].as_u64() {
+        // The expression with a caret under the problem (CJK characters are two columns wide).
+        let width: usize = expr.chars().take(pos as usize).map(|c| if c.is_ascii() { 1 } else { 2 }).sum();
+        eprintln!("  {expr}\n  {}^", " ".repeat(width));
+    }
+    eprintln!("{}", client::describe_error(status, &body));
+    Ok(ExitCode::from(2))
 }
 
 async fn wait(client: &Client, id: &str) -> anyhow::Result<()> {

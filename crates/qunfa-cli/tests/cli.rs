@@ -108,6 +108,18 @@ fn serve_import_send_explain_audit() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("was not sent"), "{}", text(&o));
 
+    // Audience expressions: a count, and an error shown under the expression.
+    let o = c(&["audience", "count", "tag:同事 & city = 上海"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).starts_with("1 contacts"), "{}", text(&o));
+    let o = c(&["audience", "count", "tag:同 & city = 上海"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("QF-AUDIENCE-UNKNOWN-TAG") && text(&o).contains("\"同事\""), "{}", text(&o));
+    assert!(text(&o).contains("\n      ^"), "a caret under the tag name: {}", text(&o));
+    let o = c(&["send", "--text", "hi", "--expr", "tag:同事 & city = 上海", "--dry-run"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("QF-AUDIENCE-COMBINATION"), "{}", text(&o));
+
     // A real send, waited for, then explained.
     let o = c(&["send", "--text", "{{name}}，周末聚餐", "--all", "--wait"]);
     assert!(o.status.success(), "{}", text(&o));
