@@ -16,6 +16,7 @@
 //!          | "tag" ":" name           tag with its sub-tags
 //!          | "dept" ":" (name | int)  department (path of names, or id) with sub-departments
 //!          | "id" ":" int | "id" "in" "(" int ("," int)* ")"
+//!          | "segment" ":" name       a saved segment's expression, evaluated now
 //!          | key op value | key "in" "(" value ("," value)* ")"
 //!          | key "contains" text | key "exists"
 //! op      := "=" | "!=" | "<" | "<=" | ">" | ">="
@@ -46,6 +47,12 @@ pub enum Expr {
     },
     /// Public contact ids.
     Ids(Vec<u64>),
+    /// A saved segment by name; replaced by its expression before evaluation
+    /// ([`Expr::expand_segments`]).
+    Segment {
+        name: String,
+        pos: Pos,
+    },
     Attr {
         key: String,
         pred: Pred,
@@ -120,6 +127,36 @@ impl Expr {
         out
     }
 
+    /// Replaces every `segment:NAME` by the segment's parsed expression
+    /// (segments may use segments, up to 8 deep). `lookup` gives a segment's
+    /// source, or `None` when there is no such segment.
+    ///
+    /// # Errors
+    /// The unknown name and its position, or a segment that does not parse
+    /// or nests too deep (a cycle).
+    pub fn expand_segments(&mut self, lookup: &mut dyn FnMut(&str) -> Option<String>) -> Result<(), SegmentError> {
+        self.expand_at(lookup, 0)
+    }
+
+    fn expand_at(&mut self, lookup: &mut dyn FnMut(&str) -> Option<String>, depth: usize) -> Result<(), SegmentError> {
+        match self {
+            Expr::Segment { name, pos } => {
+                let (name, pos) = (name.clone(), *pos);
+                if depth >= 8 {
+                    return Err(SegmentError::TooDeep { name, pos });
+                }
+                let src = lookup(&name).ok_or_else(|| SegmentError::Unknown { name: name.clone(), pos })?;
+                let mut inner = parse(&src).map_err(|error| SegmentError::Broken { name: name.clone(), pos, error })?;
+                inner.expand_at(lookup, depth + 1)?;
+                *self = inner;
+                Ok(())
+            }
+            Expr::Not(e) => e.expand_at(lookup, depth),
+            Expr::And(v) | Expr::Or(v) => v.iter_mut().try_for_each(|e| e.expand_at(lookup, depth)),
+            _ => Ok(()),
+        }
+    }
+
     fn walk(&self, f: &mut dyn FnMut(&Expr)) {
         f(self);
         match self {
@@ -138,6 +175,14 @@ impl Expr {
             _ => 1,
         }
     }
+}
+
+/// Why a `segment:` term cannot be expanded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SegmentError {
+    Unknown { name: String, pos: Pos },
+    Broken { name: String, pos: Pos, error: SyntaxError },
+    TooDeep { name: String, pos: Pos },
 }
 
 /// Why an expression does not parse, and where.
@@ -437,6 +482,11 @@ impl Parser {
                     _ => DeptRef::Path(name),
                 };
                 Ok(Expr::Dept { dept, pos })
+            }
+            Tok::Word(w) if w.eq_ignore_ascii_case("segment") && self.eat(|t| matches!(t, Tok::Colon)) => {
+                let pos = self.pos();
+                let name = self.name("a segment name after segment:, e.g. segment:\"高价值客户\"")?;
+                Ok(Expr::Segment { name, pos })
             }
             Tok::Word(w)
                 if w.eq_ignore_ascii_case("id")

@@ -279,6 +279,25 @@ struct AttrIndex {
     overlay: HashMap<u32, Option<AttrValue>>,
 }
 
+/// An attribute value borrowed from where it was read (no allocation per
+/// contact when building an index from stored rows).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AttrRef<'a> {
+    Text(&'a str),
+    Number(f64),
+    Bool(bool),
+}
+
+impl<'a> From<&'a AttrValue> for AttrRef<'a> {
+    fn from(v: &'a AttrValue) -> Self {
+        match v {
+            AttrValue::Text(s) => AttrRef::Text(s),
+            AttrValue::Number(n) => AttrRef::Number(*n),
+            AttrValue::Bool(b) => AttrRef::Bool(*b),
+        }
+    }
+}
+
 /// Collects one attribute's values before its index is built.
 #[derive(Default)]
 struct AttrBuilder {
@@ -290,26 +309,30 @@ struct AttrBuilder {
 }
 
 impl AttrBuilder {
-    fn add(&mut self, idx: u32, v: &AttrValue) {
+    fn add(&mut self, idx: u32, v: AttrRef<'_>) {
         if !self.present.push(idx) {
             self.present.insert(idx);
         }
         match v {
-            AttrValue::Text(s) => {
-                if let Some(ms) = parse_date(s) {
-                    self.dates.push((idx, ms as f64));
+            AttrRef::Text(s) => {
+                if s.len() >= 10 && s.as_bytes()[0].is_ascii_digit() {
+                    if let Some(ms) = parse_date(s) {
+                        self.dates.push((idx, ms as f64));
+                    }
                 }
-                let bm = match self.text.get_mut(s.as_str()) {
+                let bm = match self.text.get_mut(s) {
                     Some(bm) => bm,
-                    None => self.text.entry(s.as_str().into()).or_default(),
+                    None => self.text.entry(s.into()).or_default(),
                 };
                 if !bm.push(idx) {
                     bm.insert(idx);
                 }
             }
-            AttrValue::Number(n) => self.numbers.push((idx, *n)),
-            AttrValue::Bool(b) => {
-                self.bools[usize::from(*b)].insert(idx);
+            AttrRef::Number(n) => self.numbers.push((idx, n)),
+            AttrRef::Bool(b) => {
+                if !self.bools[usize::from(b)].push(idx) {
+                    self.bools[usize::from(b)].insert(idx);
+                }
             }
         }
     }
@@ -487,6 +510,7 @@ pub enum ResolveErrorKind {
     UnknownTag,
     UnknownDepartment,
     UnknownAttribute,
+    UnknownSegment,
     ForeignContact,
 }
 
@@ -543,6 +567,11 @@ impl IndexBuilder {
 
     /// Adds a live contact with its attributes.
     pub fn add<'a>(&mut self, idx: u32, attributes: impl IntoIterator<Item = (&'a str, &'a AttrValue)>) {
+        self.add_refs(idx, attributes.into_iter().map(|(k, v)| (k, AttrRef::from(v))));
+    }
+
+    /// [`IndexBuilder::add`] with borrowed values.
+    pub fn add_refs<'a>(&mut self, idx: u32, attributes: impl IntoIterator<Item = (&'a str, AttrRef<'a>)>) {
         if !self.live.push(idx) {
             self.live.insert(idx);
         }
@@ -613,7 +642,7 @@ impl WorkspaceIndex {
             if a.overlay.len() > limit {
                 let mut b = AttrBuilder::default();
                 for (idx, v) in a.current_values() {
-                    b.add(idx, &v);
+                    b.add(idx, AttrRef::from(&v));
                 }
                 *a = b.build();
             }
@@ -688,6 +717,12 @@ impl WorkspaceIndex {
                     })
                 }
             }
+            Expr::Segment { name, pos } => Err(ResolveError {
+                kind: ResolveErrorKind::UnknownSegment,
+                pos: *pos,
+                message: format!("segment {name:?} was not expanded"),
+                suggestions: Vec::new(),
+            }),
             Expr::Not(e) => self.check(e),
             Expr::And(v) | Expr::Or(v) => v.iter().try_for_each(|e| self.check(e)),
         }
@@ -713,6 +748,7 @@ impl WorkspaceIndex {
                 id.map(|id| self.departments.subtree(id)).unwrap_or_default()
             }
             Expr::Ids(ids) => ids.iter().map(|id| (*id & 0xFFFF_FFFF) as u32).collect(),
+            Expr::Segment { .. } => RoaringBitmap::new(), // refused by `check`
             Expr::Attr { key, pred, .. } => {
                 self.attrs.get(key).map(|a| a.eval(pred, now_ms, restrict)).unwrap_or_default()
             }

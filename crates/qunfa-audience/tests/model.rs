@@ -141,7 +141,7 @@ fn model(c: &Contact, e: &Expr) -> bool {
         Expr::Tag { path, .. } => c.tags.iter().any(|t| tag_covers(path, *t)),
         // Departments 100 ⊃ 101 ⊃ 102.
         Expr::Dept { dept: DeptRef::Id(d), .. } => c.dept.is_some_and(|cd| cd as i64 + 100 >= *d),
-        Expr::Dept { .. } => false,
+        Expr::Dept { .. } | Expr::Segment { .. } => false,
         Expr::Ids(ids) => ids.iter().any(|id| (id & 0xFFFF_FFFF) as u32 == c.idx),
         Expr::Attr { key, pred, .. } => {
             let Some(v) = c.attrs.get(key) else { return false };

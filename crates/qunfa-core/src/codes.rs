@@ -81,6 +81,7 @@ codes! {
     AudienceUnknownTag = "QF-AUDIENCE-UNKNOWN-TAG", "The audience expression names a tag that does not exist.", "受众表达式中的标签不存在。", "Use one of the suggested tags listed in details, or create the tag first.";
     AudienceUnknownDepartment = "QF-AUDIENCE-UNKNOWN-DEPARTMENT", "The audience expression names a department that does not exist.", "受众表达式中的部门不存在。", "Use one of the suggested departments listed in details, or the department's id.";
     AudienceUnknownAttribute = "QF-AUDIENCE-UNKNOWN-ATTRIBUTE", "No contact has the attribute the audience expression tests.", "没有联系人具有受众表达式中的属性。", "Check the spelling against the suggestions in details; attribute names are case-sensitive.";
+    AudienceUnknownSegment = "QF-AUDIENCE-UNKNOWN-SEGMENT", "The audience expression names a saved segment that does not exist.", "受众表达式中的分群不存在。", "Use one of the suggested segments listed in details, or save the segment first (POST /v1/segments).";
     AudienceCombination = "QF-AUDIENCE-COMBINATION", "Personal workspaces send to one tag or to picked contacts, not a combination.", "个人号只能按单个标签或手动挑选联系人群发，不能跨标签组合。", "Pick one tag or a list of contacts; use an enterprise workspace for combined audiences.";
     ApiBatchTooLarge = "QF-LIMIT-API-BATCH", "Too many recipients in one request.", "单次请求的接收者过多。", "Send at most 2,000 contact ids per request, or use a tag.";
     ImportRejected = "QF-IMPORT-REJECTED", "Some import lines could not be parsed; nothing was imported.", "部分导入行无法解析，未导入任何数据。", "Fix the lines listed in rejected and import the file again.";

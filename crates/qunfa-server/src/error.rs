@@ -83,7 +83,8 @@ pub fn status_of(code: Code) -> StatusCode {
         | AudienceSyntax
         | AudienceUnknownTag
         | AudienceUnknownDepartment
-        | AudienceUnknownAttribute => StatusCode::BAD_REQUEST,
+        | AudienceUnknownAttribute
+        | AudienceUnknownSegment => StatusCode::BAD_REQUEST,
         Unauthenticated => StatusCode::UNAUTHORIZED,
         Forbidden | SelfApproval => StatusCode::FORBIDDEN,
         NotFound | MediaNotFound => StatusCode::NOT_FOUND,

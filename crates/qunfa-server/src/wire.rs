@@ -295,6 +295,64 @@ pub struct AudienceWire {
     /// (enterprise and API workspaces; see docs/audiences.md).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expr: Option<String>,
+    /// A saved segment, by name or id, evaluated when the send is checked and dispatched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segment: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TagMembersRequest {
+    /// Picked contacts (at most 2,000 per request).
+    pub contact_ids: Option<Vec<String>>,
+    /// Everyone an audience expression selects now (bulk tagging).
+    pub expr: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentRequest {
+    /// 1–64 characters, unique in the workspace.
+    pub name: String,
+    /// The audience expression, checked now and evaluated whenever the segment is used.
+    pub expr: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SegmentResponse {
+    pub id: String,
+    pub name: String,
+    pub expr: String,
+    /// Contacts it selects now.
+    pub count: u64,
+    pub created_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TagReportItem {
+    pub id: String,
+    pub path: String,
+    /// Contacts with this tag itself.
+    pub n_contacts: u64,
+    /// Distinct contacts with this tag or any sub-tag.
+    pub size: u64,
+    pub created_at: String,
+    pub last_used_at: Option<String>,
+    /// Neither created nor used by a send within `dormant_days`.
+    pub dormant: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TagReport {
+    pub dormant_days: u32,
+    pub n_dormant: usize,
+    pub items: Vec<TagReportItem>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct TagReportQuery {
+    /// Days without use after which a tag counts as dormant (default 90).
+    pub dormant_days: Option<u32>,
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -13,7 +13,9 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use qunfa_audience::index::{IndexBuilder, WorkspaceIndex};
+use std::borrow::Cow;
+
+use qunfa_audience::index::{AttrRef, IndexBuilder, WorkspaceIndex};
 use qunfa_audience::roaring::RoaringBitmap;
 use qunfa_core::contact::AttrValue;
 
@@ -47,6 +49,108 @@ pub fn attributes_from_json(text: &str) -> BTreeMap<String, AttrValue> {
             Some((k, v))
         })
         .collect()
+}
+
+/// A stored attribute value, borrowed from the row's text where possible.
+enum Stored<'a> {
+    Text(Cow<'a, str>),
+    Number(f64),
+    Bool(bool),
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Stored<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Stored<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an attribute value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Stored::Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Stored::Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Stored::Number(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Stored::Number(v as f64))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Stored::Number(v as f64))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(Stored::Bool(v))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Stored::Other)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Stored::Other)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Stored::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A stored attributes object as borrowed pairs.
+struct StoredAttrs<'a>(Vec<(Cow<'a, str>, Stored<'a>)>);
+
+impl<'de> serde::Deserialize<'de> for StoredAttrs<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Key<'a>(Cow<'a, str>);
+        impl<'de> serde::Deserialize<'de> for Key<'de> {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                match Stored::deserialize(d)? {
+                    Stored::Text(t) => Ok(Key(t)),
+                    _ => Err(serde::de::Error::custom("a key is a string")),
+                }
+            }
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = StoredAttrs<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an attributes object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((Key(k), v)) = map.next_entry::<Key<'de>, Stored<'de>>()? {
+                    out.push((k, v));
+                }
+                Ok(StoredAttrs(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Adds a stored contact to an index builder without copying its values.
+fn add_stored(builder: &mut IndexBuilder, idx: u32, attributes: &str) {
+    let Ok(StoredAttrs(pairs)) = serde_json::from_str::<StoredAttrs<'_>>(attributes) else {
+        builder.add_refs(idx, std::iter::empty());
+        return;
+    };
+    builder.add_refs(
+        idx,
+        pairs.iter().filter_map(|(k, v)| {
+            let v = match v {
+                Stored::Text(t) => AttrRef::Text(t),
+                Stored::Number(n) => AttrRef::Number(*n),
+                Stored::Bool(b) => AttrRef::Bool(*b),
+                Stored::Other => return None,
+            };
+            Some((k.as_ref(), v))
+        }),
+    );
 }
 
 fn versions(c: &mut Conn, workspace_id: i64) -> Result<(i64, i64), StoreError> {
@@ -93,8 +197,7 @@ fn build(c: &mut Conn, workspace_id: i64) -> Result<Cached, StoreError> {
         "SELECT idx, attributes FROM contacts WHERE workspace_id = ? AND deleted_at IS NULL ORDER BY idx",
         params![workspace_id],
         &mut |r| {
-            let attrs = attributes_from_json(r.str(1));
-            builder.add(r.i64(0) as u32, attrs.iter().map(|(k, v)| (k.as_str(), v)));
+            add_stored(&mut builder, r.i64(0) as u32, r.str(1));
             Ok(())
         },
     )?;
@@ -177,5 +280,29 @@ impl Store {
             self.with_audience(*id, |_| ())?;
         }
         Ok(ids.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qunfa_audience::expr::parse;
+
+    #[test]
+    fn stored_attributes_are_read_without_copies_and_with_escapes() {
+        let mut b = IndexBuilder::new(1);
+        add_stored(
+            &mut b,
+            0,
+            r#"{"a":"x\"y","n":5,"f":-2.5,"b":true,"z":null,"l":[1,{"k":[]}],"o":{"k":1},"d":"2026-01-02"}"#,
+        );
+        add_stored(&mut b, 1, "not json");
+        add_stored(&mut b, 2, r#"{"a":"plain"}"#);
+        let w = b.build();
+        let q = |e: &str| w.evaluate(&parse(e).unwrap(), 0).map(|r| r.iter().collect::<Vec<u32>>());
+        assert_eq!(q(r#"a = "x\"y""#), Ok(vec![0]));
+        assert_eq!(q("n = 5 & f < 0 & b = true & d > 2026-01-01"), Ok(vec![0]));
+        assert_eq!(q("all"), Ok(vec![0, 1, 2]), "a row that does not parse is a contact without attributes");
+        assert!(q("z exists").is_err() && q("l exists").is_err(), "null, arrays and objects are not indexed");
     }
 }

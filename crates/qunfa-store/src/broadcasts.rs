@@ -335,7 +335,8 @@ impl Store {
         if let AudienceSpec::Expression(src) = spec {
             // Checked when the draft was made; a name that has gone since
             // makes the audience invalid, like a deleted tag.
-            let expr = qunfa_audience::expr::parse(src).map_err(|_| StoreError::NotFound)?;
+            let mut expr = qunfa_audience::expr::parse(src).map_err(|_| StoreError::NotFound)?;
+            self.expand_segments(workspace_id, &mut expr)?.map_err(|_| StoreError::NotFound)?;
             return self
                 .with_audience(workspace_id, |index| index.evaluate(&expr, crate::now_millis()))?
                 .map_err(|_| StoreError::NotFound);

@@ -16,6 +16,7 @@ pub mod inbox;
 pub mod json;
 pub mod media;
 pub mod members;
+pub mod segments;
 pub mod tags;
 pub mod workspaces;
 

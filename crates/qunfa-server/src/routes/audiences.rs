@@ -1,9 +1,13 @@
 //! Audience expressions: counting while the operator types, and the checks
 //! every expression passes before a broadcast may use it.
 
-use axum::{extract::State, Json};
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    Json,
+};
 use qunfa_audience::{
-    expr::{self, Expr},
+    expr::{self, Expr, SegmentError},
     index::{ResolveError, ResolveErrorKind},
 };
 use qunfa_core::{preflight::AudienceShape, workspace::Action, Code};
@@ -11,15 +15,16 @@ use qunfa_core::{preflight::AudienceShape, workspace::Action, Code};
 use crate::{
     error::{ApiError, ApiResult, ErrorBody},
     extract::{ApiJson, Auth},
-    wire::{CountRequest, CountResponse},
+    wire::{CountRequest, CountResponse, SegmentRequest, SegmentResponse},
     AppState, Inner,
 };
 
-fn resolve_error(e: ResolveError) -> ApiError {
+pub fn resolve_error(e: ResolveError) -> ApiError {
     let code = match e.kind {
         ResolveErrorKind::UnknownTag => Code::AudienceUnknownTag,
         ResolveErrorKind::UnknownDepartment => Code::AudienceUnknownDepartment,
         ResolveErrorKind::UnknownAttribute => Code::AudienceUnknownAttribute,
+        ResolveErrorKind::UnknownSegment => Code::AudienceUnknownSegment,
         ResolveErrorKind::ForeignContact => Code::NotFound,
     };
     let hint = match e.suggestions.as_slice() {
@@ -37,7 +42,31 @@ fn resolve_error(e: ResolveError) -> ApiError {
 /// `QF-AUDIENCE-SYNTAX` with the position, `QF-AUDIENCE-UNKNOWN-*` with
 /// suggestions, `QF-NOT-FOUND` for another workspace's contact ids.
 pub fn compile(s: &Inner, workspace_id: i64, src: &str) -> Result<Expr, ApiError> {
-    let e = expr::parse(src).map_err(|e| ApiError::new(Code::AudienceSyntax, e.message).at(e.pos, e.hint))?;
+    let mut e = expr::parse(src).map_err(|e| ApiError::new(Code::AudienceSyntax, e.message).at(e.pos, e.hint))?;
+    if let Err(err) = s.store.expand_segments(workspace_id, &mut e)? {
+        return Err(match err {
+            SegmentError::Unknown { name, pos } => {
+                let names: Vec<String> = s.store.segments(workspace_id)?.into_iter().map(|s| s.name).collect();
+                let suggestions = qunfa_audience::index::nearest(&name, names.iter().map(String::as_str));
+                resolve_error(ResolveError {
+                    kind: ResolveErrorKind::UnknownSegment,
+                    pos,
+                    message: format!("there is no segment {name:?}"),
+                    suggestions,
+                })
+            }
+            SegmentError::Broken { name, pos, error } => ApiError::new(
+                Code::AudienceSyntax,
+                format!("segment {name:?} does not parse: {} (at {})", error.message, error.pos),
+            )
+            .at(pos, "fix or delete the saved segment"),
+            SegmentError::TooDeep { name, pos } => ApiError::new(
+                Code::AudienceSyntax,
+                format!("segment {name:?} uses segments more than 8 deep (a segment that uses itself?)"),
+            )
+            .at(pos, "make the segments not refer to each other in a circle"),
+        });
+    }
     s.store.with_audience(workspace_id, |index| index.check(&e))?.map_err(resolve_error)?;
     Ok(e)
 }
@@ -55,6 +84,83 @@ pub fn shape_of(e: &Expr) -> AudienceShape {
         }
         e => AudienceShape::Expression { n_terms: e.n_terms() },
     }
+}
+
+fn segment_response(s: &Inner, ws: i64, r: qunfa_store::segments::SegmentRecord) -> Result<SegmentResponse, ApiError> {
+    let count = match compile(s, ws, &r.expr) {
+        Ok(e) => s.store.with_audience(ws, |i| i.evaluate(&e, qunfa_store::now_millis()))?.map_or(0, |b| b.len()),
+        Err(_) => 0, // a name it uses is gone; sending to it is refused with the reason
+    };
+    Ok(SegmentResponse {
+        id: r.id.to_string(),
+        name: r.name,
+        expr: r.expr,
+        count,
+        created_at: crate::wire::ts(r.created_at),
+    })
+}
+
+/// Save a segment: a named audience expression, evaluated whenever it is used
+/// (`segment:NAME` in expressions, `audience: {"segment": …}` in broadcasts).
+#[utoipa::path(post, path = "/v1/segments", tag = "audiences", request_body = SegmentRequest,
+    responses((status = 201, body = SegmentResponse), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create_segment(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiJson(req): ApiJson<SegmentRequest>,
+) -> ApiResult<(StatusCode, Json<SegmentResponse>)> {
+    auth.require(Action::ManageContacts)?;
+    let name = req.name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+        return Err(ApiError::new(Code::InvalidName, "a segment name has 1 to 64 characters"));
+    }
+    let (ws, actor) = (auth.workspace_id(), auth.0.actor());
+    let out = state
+        .blocking(move |s| {
+            compile(s, ws, &req.expr)?;
+            let r = s.store.create_segment(ws, &name, &req.expr, &actor, qunfa_store::now_millis())?;
+            segment_response(s, ws, r)
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+/// Every saved segment, with how many contacts each selects now.
+#[utoipa::path(get, path = "/v1/segments", tag = "audiences", responses((status = 200, body = Vec<SegmentResponse>)))]
+pub async fn list_segments(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<Vec<SegmentResponse>>> {
+    auth.require(Action::Read)?;
+    let ws = auth.workspace_id();
+    let out = state
+        .blocking(move |s| s.store.segments(ws)?.into_iter().map(|r| segment_response(s, ws, r)).collect())
+        .await?;
+    Ok(Json(out))
+}
+
+/// One saved segment.
+#[utoipa::path(get, path = "/v1/segments/{id}", tag = "audiences", params(("id" = String, Path)),
+    responses((status = 200, body = SegmentResponse), (status = 404, body = ErrorBody)))]
+pub async fn get_segment(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SegmentResponse>> {
+    auth.require(Action::Read)?;
+    let (ws, id) = (auth.workspace_id(), super::parse_id(&id)?);
+    Ok(Json(state.blocking(move |s| segment_response(s, ws, s.store.segment(ws, id)?)).await?))
+}
+
+/// Delete a saved segment.
+#[utoipa::path(delete, path = "/v1/segments/{id}", tag = "audiences", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete_segment(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    auth.require(Action::ManageContacts)?;
+    let (ws, id, actor) = (auth.workspace_id(), super::parse_id(&id)?, auth.0.actor());
+    state.blocking(move |s| Ok(s.store.delete_segment(ws, id, &actor, qunfa_store::now_millis())?)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Counts the live contacts an audience expression selects, now.

@@ -84,12 +84,26 @@ fn parse_audience(s: &Inner, ws: i64, w: &AudienceWire) -> Result<AudienceSpec, 
         w.tags.is_some(),
         w.department.is_some(),
         w.expr.is_some(),
+        w.segment.is_some(),
     ];
     if given.iter().filter(|g| **g).count() != 1 {
         return Err(ApiError::new(
             Code::AudienceInvalid,
-            "give exactly one of all, contact_ids, tag, tags, department or expr",
+            "give exactly one of all, contact_ids, tag, tags, department, expr or segment",
         ));
+    }
+    if let Some(seg) = &w.segment {
+        let name = match seg.parse::<i64>() {
+            Ok(id) => match s.store.segment(ws, id) {
+                Ok(r) => r.name,
+                Err(StoreError::NotFound) => seg.clone(),
+                Err(e) => return Err(e.into()),
+            },
+            Err(_) => seg.clone(),
+        };
+        let src = format!("segment:\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""));
+        super::audiences::compile(s, ws, &src)?;
+        return Ok(AudienceSpec::Expression(src));
     }
     if let Some(src) = &w.expr {
         let expr = super::audiences::compile(s, ws, src)?;

@@ -61,12 +61,31 @@ async fn tag_members(
     state: AppState,
     auth: Auth,
     id: String,
-    req: ContactIdsRequest,
+    req: TagMembersRequest,
     add: bool,
 ) -> ApiResult<Json<ChangedResponse>> {
     auth.require(Action::ManageContacts)?;
     let ws = auth.workspace_id();
     let tag_id = parse_id(&id)?;
+    let contact_ids = match (req.contact_ids, req.expr) {
+        (Some(ids), None) => ids,
+        (None, Some(src)) => {
+            // Bulk tagging: everyone the expression selects now.
+            let (kind, actor) = (auth.0.workspace.kind, auth.0.actor());
+            let changed = state
+                .blocking(move |s| {
+                    let e = super::audiences::compile(s, ws, &src)?;
+                    let now = now_millis();
+                    let ids =
+                        s.store.with_audience(ws, |i| i.evaluate(&e, now))?.map_err(super::audiences::resolve_error)?;
+                    Ok(s.store.tag_members_matching(ws, s.policy.tier(kind), tag_id, &ids, add, &src, &actor, now)?)
+                })
+                .await?;
+            return Ok(Json(ChangedResponse { changed }));
+        }
+        _ => return Err(ApiError::new(Code::BadRequest, "give exactly one of contact_ids or expr")),
+    };
+    let req = ContactIdsRequest { contact_ids };
     if req.contact_ids.len() > state.policy.api_batch_max {
         return Err(ApiError::new(
             Code::ApiBatchTooLarge,
@@ -90,28 +109,54 @@ async fn tag_members(
     Ok(Json(ChangedResponse { changed }))
 }
 
-/// Tag contacts.
-#[utoipa::path(post, path = "/v1/tags/{id}/members", tag = "tags", params(("id" = String, Path)), request_body = ContactIdsRequest,
+/// Tag contacts: picked ones, or everyone an expression selects (`{"expr": "…"}`).
+#[utoipa::path(post, path = "/v1/tags/{id}/members", tag = "tags", params(("id" = String, Path)), request_body = TagMembersRequest,
     responses((status = 200, body = ChangedResponse), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn add_tag_members(
     State(state): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
-    ApiJson(req): ApiJson<ContactIdsRequest>,
+    ApiJson(req): ApiJson<TagMembersRequest>,
 ) -> ApiResult<Json<ChangedResponse>> {
     tag_members(state, auth, id, req, true).await
 }
 
-/// Untag contacts.
-#[utoipa::path(delete, path = "/v1/tags/{id}/members", tag = "tags", params(("id" = String, Path)), request_body = ContactIdsRequest,
+/// Untag contacts: picked ones, or everyone an expression selects.
+#[utoipa::path(delete, path = "/v1/tags/{id}/members", tag = "tags", params(("id" = String, Path)), request_body = TagMembersRequest,
     responses((status = 200, body = ChangedResponse), (status = 404, body = ErrorBody)))]
 pub async fn remove_tag_members(
     State(state): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
-    ApiJson(req): ApiJson<ContactIdsRequest>,
+    ApiJson(req): ApiJson<TagMembersRequest>,
 ) -> ApiResult<Json<ChangedResponse>> {
     tag_members(state, auth, id, req, false).await
+}
+
+/// The tag report: every tag's size (with sub-tags), last use, and whether it is dormant.
+#[utoipa::path(get, path = "/v1/tags/report", tag = "tags", params(TagReportQuery), responses((status = 200, body = TagReport)))]
+pub async fn tag_report(
+    State(state): State<AppState>,
+    auth: Auth,
+    axum::extract::Query(q): axum::extract::Query<TagReportQuery>,
+) -> ApiResult<Json<TagReport>> {
+    auth.require(Action::Read)?;
+    let ws = auth.workspace_id();
+    let days = q.dormant_days.unwrap_or(90).clamp(1, 36_500);
+    let lines = state.blocking(move |s| Ok(s.store.tag_report(ws, now_millis(), days)?)).await?;
+    let items: Vec<TagReportItem> = lines
+        .into_iter()
+        .map(|l| TagReportItem {
+            id: l.id.to_string(),
+            path: l.path,
+            n_contacts: l.n_contacts,
+            size: l.size,
+            created_at: ts(l.created_at),
+            last_used_at: ts_opt(l.last_used_at),
+            dormant: l.dormant,
+        })
+        .collect();
+    Ok(Json(TagReport { dormant_days: days, n_dormant: items.iter().filter(|i| i.dormant).count(), items }))
 }
 
 /// Create a department (enterprise workspaces).

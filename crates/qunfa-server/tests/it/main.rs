@@ -34,6 +34,7 @@ both_backends!(
     operations_endpoints,
     no_panic_on_junk,
     audience_expressions,
+    segments_bulk_tagging_and_tag_report,
 );
 
 async fn first_mass_send_end_to_end(app: TestApp) {
@@ -665,4 +666,83 @@ async fn audience_expressions(app: TestApp) {
     let pf = app.post(&format!("/v1/broadcasts/{combo}/preflight"), &personal, json!({})).await.expect(200);
     assert_eq!(pf["verdicts"][0]["code"], "QF-AUDIENCE-COMBINATION", "{pf}");
     assert!(pf["verdicts"][0]["hint"].as_str().is_some_and(|h| !h.is_empty()));
+}
+
+async fn segments_bulk_tagging_and_tag_report(app: TestApp) {
+    let (_, owner) = app.workspace("enterprise").await;
+    let csv = "external_id,name,tags,city,spend\n\
+               u1,张三,客户等级/金牌,上海,16000\n\
+               u2,李四,客户等级/银牌,北京,15500\n\
+               u3,王五,,上海,9000\n\
+               u4,赵六,,上海,100\n";
+    app.raw("/v1/contacts/import", &owner, "text/csv", csv).await.expect(200);
+
+    // A saved segment is evaluated when used, and usable inside expressions.
+    let seg = app
+        .post("/v1/segments", &owner, json!({"name": "上海高消费", "expr": "city = 上海 & spend > 5000"}))
+        .await
+        .expect(201);
+    assert_eq!(seg["count"], 2);
+    app.post("/v1/segments", &owner, json!({"name": "上海高消费", "expr": "all"}))
+        .await
+        .expect_error(409, "QF-DUPLICATE");
+    app.post("/v1/segments", &owner, json!({"name": "坏", "expr": "city ="}))
+        .await
+        .expect_error(400, "QF-AUDIENCE-SYNTAX");
+    let count = |expr: &str| {
+        let (app, owner, expr) = (&app, owner.clone(), expr.to_owned());
+        async move { app.post("/v1/audiences/count", &owner, json!({"expr": expr})).await }
+    };
+    assert_eq!(count("segment:上海高消费 & !tag:客户等级").await.expect(200)["count"], 1);
+    let e = count("segment:上海高消").await.expect_error(400, "QF-AUDIENCE-UNKNOWN-SEGMENT");
+    assert_eq!(e["error"]["details"], json!(["上海高消费"]));
+    app.post("/v1/segments", &owner, json!({"name": "套娃", "expr": "segment:套娃 | all"}))
+        .await
+        .expect_error(400, "QF-AUDIENCE-UNKNOWN-SEGMENT");
+
+    // Bulk tagging by expression; the change is visible to the segment at once.
+    let vip = app.post("/v1/tags", &owner, json!({"path": "VIP"})).await.expect(201);
+    let vip_id = vip["id"].as_str().unwrap();
+    let r = app
+        .post(&format!("/v1/tags/{vip_id}/members"), &owner, json!({"expr": "segment:上海高消费"}))
+        .await
+        .expect(200);
+    assert_eq!(r["changed"], 2);
+    let r = app.post(&format!("/v1/tags/{vip_id}/members"), &owner, json!({"expr": "spend > 5000"})).await.expect(200);
+    assert_eq!(r["changed"], 1, "only 李四 is new");
+    assert_eq!(count("tag:VIP").await.expect(200)["count"], 3);
+    let r = app
+        .call(Method::DELETE, &format!("/v1/tags/{vip_id}/members"), Some(&owner), Some(json!({"expr": "city = 北京"})))
+        .await
+        .expect(200);
+    assert_eq!(r["changed"], 1);
+    app.post(&format!("/v1/tags/{vip_id}/members"), &owner, json!({"expr": "all", "contact_ids": []}))
+        .await
+        .expect_error(400, "QF-BAD-REQUEST");
+
+    // Send to the segment: evaluated at dispatch.
+    let id = app.draft(&owner, "hi", json!({"segment": "上海高消费"})).await;
+    let pf = app.post(&format!("/v1/broadcasts/{id}/preflight"), &owner, json!({})).await.expect(200);
+    assert_eq!(pf["recipients"], 2, "{pf}");
+    app.post(&format!("/v1/broadcasts/{id}/send"), &owner, json!({})).await.expect(202);
+    assert_eq!(app.wait_completed(&owner, &id).await["counts"]["delivered"], 2);
+    let list = app.get("/v1/segments", &owner).await.expect(200);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let seg_id = seg["id"].as_str().unwrap();
+    app.call(Method::DELETE, &format!("/v1/segments/{seg_id}"), Some(&owner), None).await.expect(204);
+    app.get(&format!("/v1/segments/{seg_id}"), &owner).await.expect_error(404, "QF-NOT-FOUND");
+
+    // The tag report: sizes with sub-tags, last use, dormancy.
+    let report = app.get("/v1/tags/report", &owner).await.expect(200);
+    assert_eq!(report["dormant_days"], 90);
+    let line = |path: &str| report["items"].as_array().unwrap().iter().find(|i| i["path"] == path).unwrap().clone();
+    assert_eq!((line("客户等级")["size"].as_u64(), line("客户等级")["n_contacts"].as_u64()), (Some(2), Some(0)));
+    assert_eq!(line("VIP")["size"], 2);
+    assert_eq!(line("VIP")["dormant"], false, "just created");
+    let id = app.draft(&owner, "hi", json!({"expr": "tag:VIP"})).await;
+    app.post(&format!("/v1/broadcasts/{id}/send"), &owner, json!({})).await.expect(202);
+    app.wait_completed(&owner, &id).await;
+    let report = app.get("/v1/tags/report", &owner).await.expect(200);
+    let vip_line = report["items"].as_array().unwrap().iter().find(|i| i["path"] == "VIP").unwrap().clone();
+    assert!(vip_line["last_used_at"].is_string(), "a send by expression marks its tags used: {vip_line}");
 }

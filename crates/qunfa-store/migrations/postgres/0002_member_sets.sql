@@ -19,3 +19,13 @@ CREATE INDEX member_sets_version ON member_sets(workspace_id, version);
 ALTER TABLE workspaces ADD COLUMN contacts_version BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE contacts ADD COLUMN version BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX contacts_version ON contacts(workspace_id, version);
+-- Saved segments: named audience expressions, evaluated when used.
+CREATE TABLE segments (
+    id BIGSERIAL PRIMARY KEY,
+    workspace_id BIGINT NOT NULL REFERENCES workspaces(id),
+    name TEXT NOT NULL,
+    expr TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX segments_name ON segments(workspace_id, name);
