@@ -674,6 +674,27 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// Milliseconds since the epoch as `YYYY-MM-DD`, or `YYYY-MM-DDTHH:MM:SS`
+/// when not midnight (UTC): what [`parse_date`] reads back to the second.
+pub fn format_date(ms: i64) -> String {
+    let days = ms.div_euclid(86_400_000);
+    let secs = ms.rem_euclid(86_400_000) / 1000;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    if secs == 0 {
+        format!("{y:04}-{m:02}-{d:02}")
+    } else {
+        format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+    }
+}
+
 /// `YYYY-MM-DD`, optionally `THH:MM` or `THH:MM:SS` (also with a space or a
 /// trailing `Z`), as milliseconds since the epoch, UTC.
 pub fn parse_date(s: &str) -> Option<i64> {
@@ -811,5 +832,8 @@ mod tests {
         assert_eq!(parse_relative("+2w"), Some(14 * 86_400_000));
         assert_eq!(parse_relative("-12h"), Some(-12 * 3_600_000));
         assert_eq!(parse_relative("90d"), None);
+        for s in ["1970-01-01", "2024-02-29", "2026-11-21T08:30:15", "1969-12-31T23:59:59", "2000-03-01"] {
+            assert_eq!(format_date(parse_date(s).unwrap()), s);
+        }
     }
 }

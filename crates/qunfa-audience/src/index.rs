@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use qunfa_core::contact::AttrValue;
-use roaring::RoaringBitmap;
+use roaring::{MultiOps, RoaringBitmap};
 
 use crate::expr::{parse_date, CmpOp, DeptRef, Expr, Literal, Pos, Pred};
 
@@ -30,6 +30,8 @@ pub struct TreeSets {
     by_path: HashMap<String, i64>,
     path: HashMap<i64, String>,
     members: HashMap<i64, RoaringBitmap>,
+    /// Unions of sets that have children, kept until a change.
+    subtree_cache: std::sync::Arc<std::sync::Mutex<HashMap<i64, RoaringBitmap>>>,
 }
 
 impl TreeSets {
@@ -68,6 +70,7 @@ impl TreeSets {
         }
         self.by_path = self.path.iter().map(|(id, p)| (p.clone(), *id)).collect();
         self.members.retain(|id, _| self.parent.contains_key(id));
+        self.forget_subtrees();
     }
 
     /// Replaces the members of one set within one chunk of 65,536 ids.
@@ -76,6 +79,12 @@ impl TreeSets {
         let lo = chunk << 16;
         m.remove_range(lo..=lo | 0xFFFF);
         *m |= bits;
+        self.forget_subtrees();
+    }
+
+    fn forget_subtrees(&mut self) {
+        // A fresh cache: clones of this index (none today) keep their own.
+        self.subtree_cache = Default::default();
     }
 
     /// Direct members of a set.
@@ -97,7 +106,21 @@ impl TreeSets {
 
     /// Members of a set and all its descendants.
     pub fn subtree(&self, root: i64) -> RoaringBitmap {
-        let mut out = RoaringBitmap::new();
+        if !self.children.contains_key(&root) {
+            return self.members.get(&root).cloned().unwrap_or_default();
+        }
+        let cache = std::sync::Arc::clone(&self.subtree_cache);
+        let mut cache = cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(hit) = cache.get(&root) {
+            return hit.clone();
+        }
+        let union = self.compute_subtree(root);
+        cache.insert(root, union.clone());
+        union
+    }
+
+    fn compute_subtree(&self, root: i64) -> RoaringBitmap {
+        let mut parts: Vec<&RoaringBitmap> = Vec::new();
         let mut stack = vec![root];
         let mut seen = 0;
         while let Some(id) = stack.pop() {
@@ -106,13 +129,17 @@ impl TreeSets {
                 break; // a cycle in bad data must not hang a query
             }
             if let Some(m) = self.members.get(&id) {
-                out |= m;
+                parts.push(m);
             }
             if let Some(c) = self.children.get(&id) {
                 stack.extend(c);
             }
         }
-        out
+        match parts.as_slice() {
+            [] => RoaringBitmap::new(),
+            [one] => (*one).clone(),
+            _ => parts.union(),
+        }
     }
 
     fn memory(&self) -> usize {
@@ -139,30 +166,18 @@ impl RankIndex {
         let bits = usize::BITS - dict.len().saturating_sub(1).leading_zeros();
         let mut slices = vec![RoaringBitmap::new(); bits as usize];
         let mut exists = RoaringBitmap::new();
-        let mut sorted = true;
-        let mut last = None;
         for &(idx, v) in values {
-            sorted &= last.is_none_or(|l| idx > l);
-            last = Some(idx);
             let rank = dict.partition_point(|d| *d < v) as u32;
             let mut r = rank;
             let mut i = 0;
             while r != 0 {
                 if r & 1 == 1 {
-                    if sorted {
-                        let _ = slices[i].push(idx);
-                    } else {
-                        slices[i].insert(idx);
-                    }
+                    slices[i].insert(idx);
                 }
                 r >>= 1;
                 i += 1;
             }
-            if sorted {
-                let _ = exists.push(idx);
-            } else {
-                exists.insert(idx);
-            }
+            exists.insert(idx);
         }
         Self { dict, slices, exists }
     }
@@ -180,27 +195,82 @@ impl RankIndex {
         match (lo == 0, hi >= n) {
             (true, true) => base,
             (false, true) => self.at_least(lo as u32, base),
-            (true, false) => {
-                let above = self.at_least(hi as u32, base.clone());
-                base - above
-            }
+            (true, false) => self.below(hi as u32, base),
+            (false, false) if hi == lo + 1 => self.equal(lo as u32, base),
             (false, false) => {
                 let from_lo = self.at_least(lo as u32, base);
-                let from_hi = self.at_least(hi as u32, from_lo.clone());
-                from_lo - from_hi
+                self.below(hi as u32, from_lo)
             }
         }
     }
 
-    /// Members of `base` whose rank is at least `c` (O'Neil's algorithm).
+    /// Members of `base` whose rank is exactly `c`: every step shrinks the
+    /// set in place.
+    fn equal(&self, c: u32, mut eq: RoaringBitmap) -> RoaringBitmap {
+        for (i, slice) in self.slices.iter().enumerate().rev() {
+            if eq.is_empty() {
+                break;
+            }
+            if c >> i & 1 == 1 {
+                eq &= slice;
+            } else {
+                eq -= slice;
+            }
+        }
+        eq
+    }
+
+    /// Members of `base` whose rank is below `c`. The pieces are taken where
+    /// `c` has a 1 bit, after the candidates shrank through the 0 bits above
+    /// it: cheap when `c` is small.
+    fn below(&self, c: u32, base: RoaringBitmap) -> RoaringBitmap {
+        if c as usize >= self.dict.len() {
+            return base;
+        }
+        if c == 0 {
+            return RoaringBitmap::new();
+        }
+        if (c as usize) * 2 > self.dict.len() {
+            let at_least = self.at_least_direct(c, base.clone());
+            return base - at_least;
+        }
+        let mut pieces: Vec<RoaringBitmap> = Vec::new();
+        let mut eq = base;
+        for (i, slice) in self.slices.iter().enumerate().rev() {
+            if eq.is_empty() {
+                break;
+            }
+            if c >> i & 1 == 1 {
+                pieces.push(&eq - slice);
+                eq &= slice;
+            } else {
+                eq -= slice;
+            }
+        }
+        pieces.union()
+    }
+
+    /// Members of `base` whose rank is at least `c` (O'Neil's algorithm),
+    /// as the complement of the ranks below when `c` is small.
     fn at_least(&self, c: u32, base: RoaringBitmap) -> RoaringBitmap {
+        if c == 0 {
+            return base;
+        }
+        if (c as usize) * 2 <= self.dict.len() {
+            let below = self.below(c, base.clone());
+            return base - below;
+        }
+        self.at_least_direct(c, base)
+    }
+
+    fn at_least_direct(&self, c: u32, base: RoaringBitmap) -> RoaringBitmap {
         if c == 0 {
             return base;
         }
         if (c as usize) >= self.dict.len() || self.slices.len() < (u32::BITS - c.leading_zeros()) as usize {
             return RoaringBitmap::new();
         }
-        let mut gt = RoaringBitmap::new();
+        let mut above: Vec<RoaringBitmap> = Vec::new();
         let mut eq = base;
         for i in (0..self.slices.len()).rev() {
             if eq.is_empty() {
@@ -209,11 +279,12 @@ impl RankIndex {
             if c >> i & 1 == 1 {
                 eq &= &self.slices[i];
             } else {
-                gt |= &eq & &self.slices[i];
+                above.push(&eq & &self.slices[i]);
                 eq -= &self.slices[i];
             }
         }
-        gt | eq
+        above.push(eq);
+        above.union()
     }
 
     /// The rank of every contact with a value (for a rebuild).
@@ -269,7 +340,10 @@ fn cmp_f64(op: CmpOp, a: f64, b: f64) -> bool {
 #[derive(Debug, Default, Clone)]
 struct AttrIndex {
     present: RoaringBitmap,
+    /// Texts that are not dates, by value.
     text: HashMap<Box<str>, RoaringBitmap>,
+    /// Contacts whose value is such a text.
+    texts: RoaringBitmap,
     bools: [RoaringBitmap; 2],
     numbers: RankIndex,
     dates: RankIndex,
@@ -310,43 +384,57 @@ struct AttrBuilder {
 
 impl AttrBuilder {
     fn add(&mut self, idx: u32, v: AttrRef<'_>) {
-        if !self.present.push(idx) {
-            self.present.insert(idx);
-        }
+        self.present.insert(idx);
         match v {
             AttrRef::Text(s) => {
-                if s.len() >= 10 && s.as_bytes()[0].is_ascii_digit() {
-                    if let Some(ms) = parse_date(s) {
-                        self.dates.push((idx, ms as f64));
-                    }
+                // A date is indexed as a date only: one bitmap per distinct
+                // timestamp would cost more than all the other values.
+                if let Some(ms) = as_date(s) {
+                    self.dates.push((idx, ms as f64));
+                    return;
                 }
                 let bm = match self.text.get_mut(s) {
                     Some(bm) => bm,
                     None => self.text.entry(s.into()).or_default(),
                 };
-                if !bm.push(idx) {
-                    bm.insert(idx);
-                }
+                bm.insert(idx);
             }
             AttrRef::Number(n) => self.numbers.push((idx, n)),
             AttrRef::Bool(b) => {
-                if !self.bools[usize::from(b)].push(idx) {
-                    self.bools[usize::from(b)].insert(idx);
-                }
+                self.bools[usize::from(b)].insert(idx);
             }
         }
     }
 
     fn build(self) -> AttrIndex {
+        let texts = self.text.values().union();
         AttrIndex {
             present: self.present,
             text: self.text,
+            texts,
             bools: self.bools,
             numbers: RankIndex::build(&self.numbers),
             dates: RankIndex::build(&self.dates),
             stale: RoaringBitmap::new(),
             overlay: HashMap::new(),
         }
+    }
+}
+
+/// A text that is a date, as milliseconds (cheap to reject most texts).
+fn as_date(s: &str) -> Option<i64> {
+    if s.len() >= 10 && s.as_bytes()[0].is_ascii_digit() {
+        parse_date(s)
+    } else {
+        None
+    }
+}
+
+/// A text literal that is a date compares as a date.
+fn date_literal(l: &Literal) -> Option<Literal> {
+    match l {
+        Literal::Text(t) => as_date(t).map(Literal::Date),
+        _ => None,
     }
 }
 
@@ -357,7 +445,7 @@ pub fn value_matches(value: Option<&AttrValue>, pred: &Pred, now_ms: i64) -> boo
     match pred {
         Pred::Exists => true,
         Pred::Contains(needle) => match value {
-            AttrValue::Text(s) => s.to_lowercase().contains(&needle.to_lowercase()),
+            AttrValue::Text(s) if as_date(s).is_none() => s.to_lowercase().contains(&needle.to_lowercase()),
             _ => false,
         },
         Pred::In(list) => list.iter().any(|l| literal_matches(value, CmpOp::Eq, l, now_ms)),
@@ -366,7 +454,11 @@ pub fn value_matches(value: Option<&AttrValue>, pred: &Pred, now_ms: i64) -> boo
 }
 
 fn literal_matches(value: &AttrValue, op: CmpOp, l: &Literal, now_ms: i64) -> bool {
+    if let Some(d) = date_literal(l) {
+        return literal_matches(value, op, &d, now_ms);
+    }
     match (value, l) {
+        (AttrValue::Text(s), Literal::Text(_)) if as_date(s).is_some() => false,
         (AttrValue::Text(s), Literal::Text(t)) => match op {
             CmpOp::Eq => s == t,
             CmpOp::Ne => s != t,
@@ -401,27 +493,22 @@ impl AttrIndex {
             Pred::Exists => self.present.clone(),
             Pred::Contains(needle) => {
                 let needle = needle.to_lowercase();
-                let mut out = RoaringBitmap::new();
-                for (v, bm) in &self.text {
-                    if v.to_lowercase().contains(&needle) {
-                        out |= bm;
-                    }
-                }
-                out
+                self.text.iter().filter(|(v, _)| v.to_lowercase().contains(&needle)).map(|(_, bm)| bm).union()
             }
-            Pred::In(list) => {
-                let mut out = RoaringBitmap::new();
-                for l in list {
-                    out |= self.base(&Pred::Cmp(CmpOp::Eq, l.clone()), now_ms, restrict);
-                }
-                out
-            }
+            Pred::In(list) => list
+                .iter()
+                .map(|l| self.base(&Pred::Cmp(CmpOp::Eq, l.clone()), now_ms, restrict))
+                .collect::<Vec<_>>()
+                .union(),
             Pred::Cmp(op, l) => match l {
                 Literal::Text(t) => {
+                    if let Some(d) = date_literal(l) {
+                        return self.dates.test(*op, literal_ms(&d, now_ms) as f64, restrict);
+                    }
                     let eq = self.text.get(t.as_str()).cloned().unwrap_or_default();
                     match op {
                         CmpOp::Eq => eq,
-                        CmpOp::Ne => self.text_values() - eq,
+                        CmpOp::Ne => &self.texts - eq,
                         _ => RoaringBitmap::new(),
                     }
                 }
@@ -434,15 +521,6 @@ impl AttrIndex {
                 Literal::Date(_) | Literal::Relative(_) => self.dates.test(*op, literal_ms(l, now_ms) as f64, restrict),
             },
         }
-    }
-
-    /// Contacts whose value is a text.
-    fn text_values(&self) -> RoaringBitmap {
-        let mut out = RoaringBitmap::new();
-        for bm in self.text.values() {
-            out |= bm;
-        }
-        out
     }
 
     fn eval(&self, pred: &Pred, now_ms: i64, restrict: Option<&RoaringBitmap>) -> RoaringBitmap {
@@ -470,6 +548,11 @@ impl AttrIndex {
         for (i, n) in self.numbers.values() {
             if !self.stale.contains(i) {
                 out.push((i, AttrValue::Number(n)));
+            }
+        }
+        for (i, ms) in self.dates.values() {
+            if !self.stale.contains(i) {
+                out.push((i, AttrValue::Text(crate::expr::format_date(ms as i64))));
             }
         }
         out.extend(self.overlay.iter().filter_map(|(i, v)| v.clone().map(|v| (*i, v))));
@@ -572,9 +655,9 @@ impl IndexBuilder {
 
     /// [`IndexBuilder::add`] with borrowed values.
     pub fn add_refs<'a>(&mut self, idx: u32, attributes: impl IntoIterator<Item = (&'a str, AttrRef<'a>)>) {
-        if !self.live.push(idx) {
-            self.live.insert(idx);
-        }
+        // `insert`, not `push`: roaring's `push` looks for the maximum of a
+        // bitmap container on every call (a 1,024-word scan).
+        self.live.insert(idx);
         for (k, v) in attributes {
             match self.attrs.get_mut(k) {
                 Some(b) => b.add(idx, v),
@@ -852,6 +935,16 @@ mod tests {
         assert_eq!(q(&w, "last_active < 2026-06-01"), [2]);
         assert_eq!(q(&w, "vip exists | id:4294967299"), [1, 3]);
         assert_eq!(q(&w, "all & !tag:等级"), [2]);
+    }
+
+    #[test]
+    fn cached_subtrees_follow_changes() {
+        let mut w = idx();
+        assert_eq!(q(&w, "tag:等级"), [0, 1, 3]);
+        w.tags.set_chunk(2, 0, &[2].into_iter().collect());
+        assert_eq!(q(&w, "tag:等级"), [2, 3], "a child's change reaches the parent's cached union");
+        w.tags.set_nodes(&[(1, None, "等级".into()), (3, None, "流失".into())], true);
+        assert_eq!(q(&w, "tag:等级"), [3], "a removed child is gone from the union");
     }
 
     #[test]

@@ -60,6 +60,7 @@ fn literal() -> impl Strategy<Value = Literal> {
     prop_oneof![
         (0..CITIES.len()).prop_map(|i| Literal::Text(CITIES[i].to_owned())),
         Just(Literal::Text("7".into())),
+        Just(Literal::Text("2026-11-01".into())),
         prop_oneof![Just(-3.0), Just(0.0), Just(3.0), Just(5000.0), Just(5000.2), Just(7.0), Just(1e10)]
             .prop_map(Literal::Number),
         any::<bool>().prop_map(Literal::Bool),
@@ -121,6 +122,10 @@ fn model_value(v: &AttrValue, op: CmpOp, l: &Literal) -> bool {
         CmpOp::Ge => a >= b,
     };
     match (v, l) {
+        (AttrValue::Text(s), Literal::Text(t)) if parse_date(t).is_some() => {
+            model_value(v, op, &Literal::Date(parse_date(t).unwrap()))
+        }
+        (AttrValue::Text(s), Literal::Text(_)) if parse_date(s).is_some() => false,
         (AttrValue::Text(s), Literal::Text(t)) => (op == CmpOp::Eq && s == t) || (op == CmpOp::Ne && s != t),
         (AttrValue::Bool(a), Literal::Bool(b)) => (op == CmpOp::Eq && a == b) || (op == CmpOp::Ne && a != b),
         (AttrValue::Number(a), Literal::Number(b)) => ord(*a, *b),
@@ -147,7 +152,10 @@ fn model(c: &Contact, e: &Expr) -> bool {
             let Some(v) = c.attrs.get(key) else { return false };
             match pred {
                 Pred::Exists => true,
-                Pred::Contains(n) => matches!(v, AttrValue::Text(s) if s.to_lowercase().contains(&n.to_lowercase())),
+                // Texts that are dates are dates: `contains` does not look into them.
+                Pred::Contains(n) => {
+                    matches!(v, AttrValue::Text(s) if parse_date(s).is_none() && s.to_lowercase().contains(&n.to_lowercase()))
+                }
                 Pred::In(list) => list.iter().any(|l| model_value(v, CmpOp::Eq, l)),
                 Pred::Cmp(op, l) => model_value(v, *op, l),
             }
