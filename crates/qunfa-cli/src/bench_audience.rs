@@ -370,7 +370,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Runs the benchmark; `db` keeps (and reuses) the generated database.
-pub fn run(n: u32, runs: usize, sql_runs: usize, db: Option<PathBuf>) -> anyhow::Result<()> {
+pub fn run(n: u32, runs: usize, sql_runs: usize, db: Option<PathBuf>, only: Option<usize>) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let path = db.unwrap_or_else(|| tmp.path().join("audience.db"));
     let reuse = path.exists();
@@ -423,7 +423,6 @@ pub fn run(n: u32, runs: usize, sql_runs: usize, db: Option<PathBuf>) -> anyhow:
         "expression", "count", "p50 ms", "p99 ms", "eval p50", "SQL ms", "SQL/p50"
     );
     let mut rows = BTreeMap::new();
-    let only: Option<usize> = std::env::var("QUNFA_BENCH_ONLY").ok().and_then(|v| v.parse().ok());
     for (k, (name, src)) in queries().into_iter().enumerate() {
         if only.is_some_and(|o| o != k + 1) {
             continue;

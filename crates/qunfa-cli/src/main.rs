@@ -192,6 +192,9 @@ enum BenchCommand {
         /// Keep the generated SQLite database at this path and reuse it when it exists.
         #[arg(long)]
         keep_db: Option<std::path::PathBuf>,
+        /// Run only the expression with this number (1–10), e.g. under a profiler.
+        #[arg(long)]
+        only: Option<usize>,
     },
     /// Inbox broadcast fan-out: accepted → all records durable, against the raw bulk insert.
     Fanout {
@@ -266,8 +269,8 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             bench::import(config.database_url.as_deref(), contacts, runs.max(1), format)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench(BenchCommand::Audience { contacts, runs, sql_runs, keep_db }) => {
-            bench_audience::run(contacts, runs.max(1), sql_runs, keep_db)?;
+        Command::Bench(BenchCommand::Audience { contacts, runs, sql_runs, keep_db, only }) => {
+            bench_audience::run(contacts, runs.max(1), sql_runs, keep_db, only)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Fanout { recipients, runs }) => {
