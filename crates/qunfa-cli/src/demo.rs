@@ -147,19 +147,9 @@ fn create(store: &Store, policy: &Policy, now: i64) -> anyhow::Result<String> {
     Ok(format!("{},{},{},{},{}", ent.id, ent_owner, sender.id, personal.id, reviewer.id))
 }
 
+/// The civil date (UTC) of a moment, `YYYY-MM-DD`.
 fn chrono_date(ms: i64) -> String {
-    // Days since the epoch to a civil date (proleptic Gregorian), without a time-zone crate.
-    let days = ms.div_euclid(DAY);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    format!("{:04}-{:02}-{:02}", if m <= 2 { y + 1 } else { y }, m, d)
+    qunfa_audience::expr::format_date(ms.div_euclid(DAY) * DAY)
 }
 
 #[cfg(test)]
