@@ -141,6 +141,9 @@ struct SendArgs {
     /// Send to an audience expression, e.g. 'tag:"客户等级/金牌" & city = 上海 & last_active > -90d'.
     #[arg(long)]
     expr: Option<String>,
+    /// Send to a saved segment (name or id).
+    #[arg(long)]
+    segment: Option<String>,
     /// Channels (default inbox).
     #[arg(long, value_delimiter = ',')]
     channel: Vec<String>,
@@ -159,6 +162,22 @@ struct SendArgs {
 enum AudienceCommand {
     /// Count the contacts an expression selects now, e.g. qunfa audience count 'tag:金牌 & city = 上海'.
     Count { expr: String },
+    /// Save an expression as a named segment (use it as segment:NAME or send --segment NAME).
+    Save { name: String, expr: String },
+    /// The saved segments, each with its count now.
+    Segments,
+    /// Add a tag (path or id) to everyone an expression selects; --remove takes it away.
+    Tag {
+        tag: String,
+        expr: String,
+        #[arg(long)]
+        remove: bool,
+    },
+    /// The tag report: sizes with sub-tags, last use, dormant tags.
+    Report {
+        #[arg(long, default_value_t = 90)]
+        dormant_days: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -258,7 +277,7 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Send(args) => runtime()?.block_on(send(&config, args)),
         Command::Explain { broadcast_id } => runtime()?.block_on(explain(&config, &broadcast_id)),
         Command::Audit(AuditCommand::Verify) => audit_verify(&config),
-        Command::Audience(AudienceCommand::Count { expr }) => runtime()?.block_on(audience_count(&config, &expr)),
+        Command::Audience(cmd) => runtime()?.block_on(audience(&config, cmd)),
         Command::Bench(BenchCommand::Import { contacts, runs, format }) => {
             let format = match format.as_str() {
                 "csv" => qunfa_core::import::ImportFormat::Csv,
@@ -507,14 +526,18 @@ async fn send(config: &Config, a: SendArgs) -> anyhow::Result<ExitCode> {
         }
         (None, None) => bail!("give --text or --content"),
     };
-    let audience = match (a.all, a.tag.len(), a.contact.is_empty(), &a.department, &a.expr) {
+    let expr =
+        a.expr.as_ref().map(|e| json!({"expr": e})).or_else(|| a.segment.as_ref().map(|s| json!({"segment": s})));
+    let audience = match (a.all, a.tag.len(), a.contact.is_empty(), &a.department, expr) {
         (true, 0, true, None, None) => json!({"all": true}),
         (false, 1, true, None, None) => json!({"tag": a.tag[0]}),
         (false, n, true, None, None) if n > 1 => json!({"tags": a.tag}),
         (false, 0, false, None, None) => json!({"contact_ids": a.contact}),
         (false, 0, true, Some(d), None) => json!({"department": d}),
-        (false, 0, true, None, Some(e)) => json!({"expr": e}),
-        _ => bail!("give exactly one audience: --all, --tag (repeatable), --contact, --department or --expr"),
+        (false, 0, true, None, Some(e)) if a.expr.is_none() || a.segment.is_none() => e,
+        _ => {
+            bail!("give exactly one audience: --all, --tag (repeatable), --contact, --department, --expr or --segment")
+        }
     };
     let channels = if a.channel.is_empty() { vec!["inbox".to_owned()] } else { a.channel.clone() };
     let mut body = json!({"content": content, "audience": audience, "channels": channels});
@@ -547,21 +570,83 @@ async fn send(config: &Config, a: SendArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn audience_count(config: &Config, expr: &str) -> anyhow::Result<ExitCode> {
-    let client = api_client(config)?;
-    let (status, body) =
-        client.send_raw(reqwest::Method::POST, "/v1/audiences/count", Some(json!({"expr": expr}))).await?;
-    if status == 200 {
-        println!("{} contacts ({:.2} ms)", body["count"], body["took_ms"].as_f64().unwrap_or(0.0));
-        return Ok(ExitCode::SUCCESS);
-    }
+/// Prints an API error about an expression, with a caret under its position.
+fn expr_error(expr: &str, status: u16, body: &Value) -> ExitCode {
     if let Some(pos) = body["error"]["position"].as_u64() {
-        // The expression with a caret under the problem (CJK characters are two columns wide).
+        // CJK characters are two columns wide.
         let width: usize = expr.chars().take(pos as usize).map(|c| if c.is_ascii() { 1 } else { 2 }).sum();
         eprintln!("  {expr}\n  {}^", " ".repeat(width));
     }
-    eprintln!("{}", client::describe_error(status, &body));
-    Ok(ExitCode::from(2))
+    eprintln!("{}", client::describe_error(status, body));
+    ExitCode::from(2)
+}
+
+async fn audience(config: &Config, cmd: AudienceCommand) -> anyhow::Result<ExitCode> {
+    let client = api_client(config)?;
+    match cmd {
+        AudienceCommand::Count { expr } => {
+            let (status, body) =
+                client.send_raw(reqwest::Method::POST, "/v1/audiences/count", Some(json!({"expr": expr}))).await?;
+            if status != 200 {
+                return Ok(expr_error(&expr, status, &body));
+            }
+            println!("{} contacts ({:.2} ms)", body["count"], body["took_ms"].as_f64().unwrap_or(0.0));
+        }
+        AudienceCommand::Save { name, expr } => {
+            let (status, body) = client
+                .send_raw(reqwest::Method::POST, "/v1/segments", Some(json!({"name": name, "expr": expr})))
+                .await?;
+            if status != 201 {
+                return Ok(expr_error(&expr, status, &body));
+            }
+            println!("segment {} {:?}: {} contacts now", body["id"].as_str().unwrap_or("?"), name, body["count"]);
+        }
+        AudienceCommand::Segments => {
+            let list = client.get("/v1/segments").await?;
+            for s in list.as_array().into_iter().flatten() {
+                println!(
+                    "{:>6}  {:<20} {:>10} contacts  {}",
+                    s["id"].as_str().unwrap_or("?"),
+                    s["name"].as_str().unwrap_or("?"),
+                    s["count"],
+                    s["expr"].as_str().unwrap_or("")
+                );
+            }
+        }
+        AudienceCommand::Tag { tag, expr, remove } => {
+            let tags = client.get("/v1/tags").await?;
+            let id = tags
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|t| t["path"] == tag.as_str() || t["id"] == tag.as_str())
+                .and_then(|t| t["id"].as_str().map(str::to_owned))
+                .with_context(|| format!("no tag {tag:?} in this workspace (create it with POST /v1/tags)"))?;
+            let method = if remove { reqwest::Method::DELETE } else { reqwest::Method::POST };
+            let (status, body) =
+                client.send_raw(method, &format!("/v1/tags/{id}/members"), Some(json!({"expr": expr}))).await?;
+            if status != 200 {
+                return Ok(expr_error(&expr, status, &body));
+            }
+            let verb = if remove { "removed from" } else { "added to" };
+            println!("{} contacts {verb} {tag}", body["changed"]);
+        }
+        AudienceCommand::Report { dormant_days } => {
+            let r = client.get(&format!("/v1/tags/report?dormant_days={dormant_days}")).await?;
+            for t in r["items"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<24} {:>10} (with sub-tags {:>10})  last used {:<24} {}",
+                    t["path"].as_str().unwrap_or("?"),
+                    t["n_contacts"],
+                    t["size"],
+                    t["last_used_at"].as_str().unwrap_or("never"),
+                    if t["dormant"] == true { "DORMANT" } else { "" }
+                );
+            }
+            println!("{} dormant tag(s): not used for {dormant_days} days", r["n_dormant"]);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn wait(client: &Client, id: &str) -> anyhow::Result<()> {

@@ -119,6 +119,17 @@ fn serve_import_send_explain_audit() {
     let o = c(&["send", "--text", "hi", "--expr", "tag:同事 & city = 上海", "--dry-run"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("QF-AUDIENCE-COMBINATION"), "{}", text(&o));
+    // Segments, bulk tagging and the tag report.
+    let o = c(&["audience", "save", "上海同事", "tag:同事 & city = 上海"]);
+    assert!(o.status.success() && text(&o).contains("1 contacts now"), "{}", text(&o));
+    let o = c(&["audience", "segments"]);
+    assert!(text(&o).contains("上海同事") && text(&o).contains("tag:同事 & city = 上海"), "{}", text(&o));
+    let o = c(&["audience", "tag", "家人", "city = 北京"]);
+    assert!(o.status.success() && text(&o).contains("1 contacts added to 家人"), "{}", text(&o));
+    let o = c(&["audience", "tag", "家人", "city = 北京", "--remove"]);
+    assert!(o.status.success() && text(&o).contains("1 contacts removed from 家人"), "{}", text(&o));
+    let o = c(&["audience", "report"]);
+    assert!(o.status.success() && text(&o).contains("同事") && text(&o).contains("0 dormant"), "{}", text(&o));
 
     // A real send, waited for, then explained.
     let o = c(&["send", "--text", "{{name}}，周末聚餐", "--all", "--wait"]);
