@@ -334,7 +334,11 @@ pub fn evaluate(
         AudienceSpec::Tags(t) => AudienceShape::Tags { n_tags: t.len() },
         AudienceSpec::Department(_) => AudienceShape::Department,
         AudienceSpec::Expression(src) => match qunfa_audience::expr::parse(src) {
-            Ok(e) => super::audiences::shape_of(&e),
+            // A saved segment counts as what it contains.
+            Ok(mut e) => match s.store.expand_segments(b.workspace_id, &mut e)? {
+                Ok(()) => super::audiences::shape_of(&e),
+                Err(_) => AudienceShape::Expression { n_terms: e.n_terms() },
+            },
             Err(_) => AudienceShape::Expression { n_terms: 0 },
         },
     };

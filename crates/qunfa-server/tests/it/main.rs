@@ -662,6 +662,10 @@ async fn audience_expressions(app: TestApp) {
     let one = app.draft(&personal, "hi", json!({"expr": "tag:好友"})).await;
     let pf = app.post(&format!("/v1/broadcasts/{one}/preflight"), &personal, json!({})).await.expect(200);
     assert_eq!((pf["ok"].as_bool(), pf["recipients"].as_u64()), (Some(true), Some(3)), "{pf}");
+    app.post("/v1/segments", &personal, json!({"name": "朋友们", "expr": "tag:好友"})).await.expect(201);
+    let seg = app.draft(&personal, "hi", json!({"segment": "朋友们"})).await;
+    let pf = app.post(&format!("/v1/broadcasts/{seg}/preflight"), &personal, json!({})).await.expect(200);
+    assert_eq!(pf["ok"], true, "a segment of one tag is one tag: {pf}");
     let combo = app.draft(&personal, "hi", json!({"expr": "tag:好友 & city = 上海"})).await;
     let pf = app.post(&format!("/v1/broadcasts/{combo}/preflight"), &personal, json!({})).await.expect(200);
     assert_eq!(pf["verdicts"][0]["code"], "QF-AUDIENCE-COMBINATION", "{pf}");
