@@ -324,6 +324,9 @@ fn fanout_once(database_url: Option<&str>, n: usize) -> anyhow::Result<(f64, f64
     let cache = DispatchCache::default();
     let jobs_per_step = qunfa_engine::EngineConfig::default().jobs_per_step;
 
+    // The audience index exists already, as in a running server (which
+    // builds it at start and keeps it fresh).
+    store.with_audience(w.id, |_| ())?;
     let t = Instant::now();
     let audience = store.resolve_audience(w.id, &AudienceSpec::All)?;
     let rules =

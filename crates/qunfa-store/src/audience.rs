@@ -33,20 +33,22 @@ struct Cached {
     members_version: i64,
 }
 
-/// Reads a stored attributes object (values the import already validated).
+/// Reads a stored attributes object (values the import already validated)
+/// into owned values; [`add_stored`] reads the same without copies.
 pub fn attributes_from_json(text: &str) -> BTreeMap<String, AttrValue> {
-    let Ok(map) = serde_json::from_str::<BTreeMap<String, serde_json::Value>>(text) else {
+    let Ok(StoredAttrs(pairs)) = serde_json::from_str::<StoredAttrs<'_>>(text) else {
         return BTreeMap::new();
     };
-    map.into_iter()
+    pairs
+        .into_iter()
         .filter_map(|(k, v)| {
             let v = match v {
-                serde_json::Value::String(s) => AttrValue::Text(s),
-                serde_json::Value::Number(n) => AttrValue::Number(n.as_f64()?),
-                serde_json::Value::Bool(b) => AttrValue::Bool(b),
-                _ => return None,
+                Stored::Text(t) => AttrValue::Text(t.into_owned()),
+                Stored::Number(n) => AttrValue::Number(n),
+                Stored::Bool(b) => AttrValue::Bool(b),
+                Stored::Other => return None,
             };
-            Some((k, v))
+            Some((k.into_owned(), v))
         })
         .collect()
 }
@@ -309,5 +311,9 @@ mod tests {
         assert_eq!(q("n = 5 & f < 0 & b = true & d > 2026-01-01"), Ok(vec![0]));
         assert_eq!(q("all"), Ok(vec![0, 1, 2]), "a row that does not parse is a contact without attributes");
         assert!(q("z exists").is_err() && q("l exists").is_err(), "null, arrays and objects are not indexed");
+        let owned = attributes_from_json(r#"{"a":"x\"y","n":5,"z":null,"o":{"k":1}}"#);
+        assert_eq!(owned.len(), 2);
+        assert_eq!(owned["a"], AttrValue::Text("x\"y".into()));
+        assert_eq!(owned["n"], AttrValue::Number(5.0));
     }
 }

@@ -24,7 +24,6 @@ use qunfa_core::{
 use crate::{
     audit,
     json::{attr_display, channels_from_json, content_from_json},
-    members::{self, SetKind},
     params, Backend, Code, Conn, Row, Store, StoreError, Value,
 };
 
@@ -182,17 +181,6 @@ pub struct DispatchRules<'a> {
     pub verdicts_json: &'a str,
 }
 
-fn subtree(rows: &[(i64, Option<i64>)], root: i64) -> Vec<i64> {
-    let mut out = vec![root];
-    let mut i = 0;
-    while i < out.len() {
-        let parent = out[i];
-        out.extend(rows.iter().filter(|(_, p)| *p == Some(parent)).map(|(id, _)| *id));
-        i += 1;
-    }
-    out
-}
-
 /// Completes a sending broadcast whose every batch is done (delivered or dead
 /// letter) and audits it; returns whether it completed now.
 fn complete_if_done(c: &mut Conn, broadcast_id: i64, now: i64) -> Result<bool, StoreError> {
@@ -327,76 +315,45 @@ impl Store {
         sends_today_in(&mut *self.db.conn()?, member_id, day_start)
     }
 
-    /// The contacts an audience names, now.
+    /// The contacts an audience names, now, from the workspace's audience
+    /// index (brought up to date with everything committed first).
     ///
     /// # Errors
-    /// `NotFound` for an unknown tag or department, or database errors.
+    /// `NotFound` for an unknown tag, department or segment, or a name an
+    /// expression uses that has gone since; database errors.
     pub fn resolve_audience(&self, workspace_id: i64, spec: &AudienceSpec) -> Result<RoaringBitmap, StoreError> {
+        let mut expr = None;
         if let AudienceSpec::Expression(src) = spec {
             // Checked when the draft was made; a name that has gone since
             // makes the audience invalid, like a deleted tag.
-            let mut expr = qunfa_audience::expr::parse(src).map_err(|_| StoreError::NotFound)?;
-            self.expand_segments(workspace_id, &mut expr)?.map_err(|_| StoreError::NotFound)?;
-            return self
-                .with_audience(workspace_id, |index| index.evaluate(&expr, crate::now_millis()))?
-                .map_err(|_| StoreError::NotFound);
+            let mut e = qunfa_audience::expr::parse(src).map_err(|_| StoreError::NotFound)?;
+            self.expand_segments(workspace_id, &mut e)?.map_err(|_| StoreError::NotFound)?;
+            expr = Some(e);
         }
-        self.db.read(|c| {
-            let mut bitmap = RoaringBitmap::new();
-            match spec {
-                AudienceSpec::All => {
-                    for r in c.query(
-                        "SELECT idx FROM contacts WHERE workspace_id = ? AND deleted_at IS NULL",
-                        params![workspace_id],
-                    )? {
-                        bitmap.insert(r.i64(0) as u32);
-                    }
-                }
-                AudienceSpec::Contacts(ids) => {
-                    for &idx in ids {
-                        if c.query_opt(
-                            "SELECT 1 FROM contacts WHERE workspace_id = ? AND idx = ? AND deleted_at IS NULL",
-                            params![workspace_id, idx],
-                        )?
-                        .is_some()
-                        {
-                            bitmap.insert(idx);
-                        }
-                    }
-                }
-                AudienceSpec::Tag(_) | AudienceSpec::Tags(_) => {
-                    let roots = match spec {
-                        AudienceSpec::Tag(id) => vec![*id],
-                        AudienceSpec::Tags(ids) => ids.clone(),
-                        _ => unreachable!("matched above"),
-                    };
-                    let tree: Vec<(i64, Option<i64>)> = c
-                        .query("SELECT id, parent_id FROM tags WHERE workspace_id = ?", params![workspace_id])?
-                        .iter()
-                        .map(|r| (r.i64(0), r.opt_i64(1)))
-                        .collect();
-                    for root in roots {
-                        if !tree.iter().any(|(id, _)| *id == root) {
-                            return Err(StoreError::NotFound);
-                        }
-                        bitmap |= members::union(c, workspace_id, SetKind::Tag, &subtree(&tree, root))?;
-                    }
-                }
-                AudienceSpec::Department(root) => {
-                    let tree: Vec<(i64, Option<i64>)> = c
-                        .query("SELECT id, parent_id FROM departments WHERE workspace_id = ?", params![workspace_id])?
-                        .iter()
-                        .map(|r| (r.i64(0), r.opt_i64(1)))
-                        .collect();
-                    if !tree.iter().any(|(id, _)| id == root) {
+        let now = crate::now_millis();
+        self.with_audience(workspace_id, |index| {
+            let subtrees = |sets: &qunfa_audience::index::TreeSets, roots: &[i64]| {
+                let mut out = RoaringBitmap::new();
+                for &root in roots {
+                    if !sets.exists(root) {
                         return Err(StoreError::NotFound);
                     }
-                    bitmap |= members::union(c, workspace_id, SetKind::Department, &subtree(&tree, *root))?;
+                    out |= sets.subtree(root);
                 }
-                AudienceSpec::Expression(_) => unreachable!("resolved through the index above"),
+                Ok(out & index.live())
+            };
+            match spec {
+                AudienceSpec::All => Ok(index.live().clone()),
+                AudienceSpec::Contacts(ids) => Ok(ids.iter().copied().collect::<RoaringBitmap>() & index.live()),
+                AudienceSpec::Tag(id) => subtrees(&index.tags, &[*id]),
+                AudienceSpec::Tags(ids) => subtrees(&index.tags, ids),
+                AudienceSpec::Department(id) => subtrees(&index.departments, &[*id]),
+                AudienceSpec::Expression(_) => {
+                    let e = expr.as_ref().expect("parsed above");
+                    index.evaluate(e, now).map_err(|_| StoreError::NotFound)
+                }
             }
-            Ok(bitmap)
-        })
+        })?
     }
 
     /// Holds a draft for approval.

@@ -173,25 +173,6 @@ pub(crate) fn sets_of(c: &mut Conn, workspace_id: i64, kind: SetKind, idx: u32) 
     Ok(out)
 }
 
-/// Members of the union of some sets.
-pub(crate) fn union(
-    c: &mut Conn,
-    workspace_id: i64,
-    kind: SetKind,
-    set_ids: &[i64],
-) -> Result<RoaringBitmap, StoreError> {
-    let mut out = RoaringBitmap::new();
-    for &set_id in set_ids {
-        for r in c.query(
-            "SELECT bits FROM member_sets WHERE workspace_id = ? AND kind = ? AND set_id = ?",
-            params![workspace_id, kind.code(), set_id],
-        )? {
-            out |= decode(r.blob(0))?;
-        }
-    }
-    Ok(out)
-}
-
 /// How many contacts one set holds.
 pub(crate) fn count(c: &mut Conn, workspace_id: i64, kind: SetKind, set_id: i64) -> Result<u64, StoreError> {
     Ok(c.query_one(
