@@ -3,12 +3,11 @@
 //! attributes.
 //!
 //! Attributes are indexed three ways at once: texts (and booleans) by value,
-//! numbers by rank in a bit-sliced index, and texts that are dates
-//! (`YYYY-MM-DD[THH:MM[:SS]]`) as timestamps in a second bit-sliced index. A
-//! bit-sliced index keeps, for each bit of a value's rank among the
-//! attribute's distinct values, the bitmap of contacts whose rank has that
-//! bit: a range test is two bitmap operations per bit, restricted to the
-//! candidates the rest of the expression left, and exact.
+//! numbers by rank in a range index, and texts that are dates
+//! (`YYYY-MM-DD[THH:MM[:SS]]`) as timestamps in a second range index. A
+//! range index is a bit-sliced index of the ranks of an attribute's distinct
+//! values, kept as plain words (see [`RankIndex`]): a range test compares 64
+//! contacts at once, bit by bit from the top, and is exact.
 //!
 //! Changes after the build go to a per-attribute overlay (the contacts whose
 //! indexed value is stale, and their current values); an attribute whose
@@ -17,9 +16,85 @@
 use std::collections::{BTreeMap, HashMap};
 
 use qunfa_core::contact::AttrValue;
-use roaring::{MultiOps, RoaringBitmap};
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::Bitmap;
 
 use crate::expr::{parse_date, CmpOp, DeptRef, Expr, Literal, Pos, Pred};
+
+/// A bitmap an evaluation produced or borrowed: index bitmaps are read in
+/// place (no copy of a 10M-contact tag to intersect it with another).
+#[derive(Debug)]
+pub enum Members<'a> {
+    Borrowed(&'a Bitmap),
+    Shared(Arc<Bitmap>),
+    Owned(Bitmap),
+}
+
+impl Deref for Members<'_> {
+    type Target = Bitmap;
+    fn deref(&self) -> &Bitmap {
+        match self {
+            Members::Borrowed(b) => b,
+            Members::Shared(b) => b,
+            Members::Owned(b) => b,
+        }
+    }
+}
+
+impl Members<'_> {
+    pub fn into_owned(self) -> Bitmap {
+        match self {
+            Members::Borrowed(b) => b.clone(),
+            Members::Shared(b) => Arc::try_unwrap(b).unwrap_or_else(|b| (*b).clone()),
+            Members::Owned(b) => b,
+        }
+    }
+
+    /// `self ∧ other`, in place when this bitmap is owned.
+    fn and(self, other: &Bitmap) -> Bitmap {
+        match self {
+            Members::Owned(mut b) => {
+                b &= other;
+                b
+            }
+            b => b.deref().and(other),
+        }
+    }
+
+    /// `self ∖ other`, in place when this bitmap is owned.
+    fn andnot(self, other: &Bitmap) -> Bitmap {
+        match self {
+            Members::Owned(mut b) => {
+                b -= other;
+                b
+            }
+            b => b.deref().andnot(other),
+        }
+    }
+}
+
+/// The union of any number of bitmaps.
+fn union<'b>(parts: impl IntoIterator<Item = &'b Bitmap>) -> Bitmap {
+    let parts: Vec<&Bitmap> = parts.into_iter().collect();
+    match parts.as_slice() {
+        [] => Bitmap::new(),
+        [one] => (*one).clone(),
+        _ => Bitmap::fast_or(&parts),
+    }
+}
+
+/// Serialized size: the measure of a bitmap's memory used here.
+fn size(b: &Bitmap) -> usize {
+    b.get_serialized_size_in_bytes::<croaring::Portable>()
+}
+
+/// Packs a finished bitmap: runs where they are smaller, no spare capacity.
+fn pack(b: &mut Bitmap) {
+    b.run_optimize();
+    b.shrink_to_fit();
+}
 
 /// A tree of named sets (tags by path, departments by id and name path),
 /// with the direct members of each.
@@ -29,9 +104,9 @@ pub struct TreeSets {
     children: HashMap<i64, Vec<i64>>,
     by_path: HashMap<String, i64>,
     path: HashMap<i64, String>,
-    members: HashMap<i64, RoaringBitmap>,
+    members: HashMap<i64, Bitmap>,
     /// Unions of sets that have children, kept until a change.
-    subtree_cache: std::sync::Arc<std::sync::Mutex<HashMap<i64, RoaringBitmap>>>,
+    subtree_cache: Arc<Mutex<HashMap<i64, Arc<Bitmap>>>>,
 }
 
 impl TreeSets {
@@ -74,11 +149,12 @@ impl TreeSets {
     }
 
     /// Replaces the members of one set within one chunk of 65,536 ids.
-    pub fn set_chunk(&mut self, set_id: i64, chunk: u32, bits: &RoaringBitmap) {
+    pub fn set_chunk(&mut self, set_id: i64, chunk: u32, bits: &Bitmap) {
         let m = self.members.entry(set_id).or_default();
         let lo = chunk << 16;
         m.remove_range(lo..=lo | 0xFFFF);
         *m |= bits;
+        pack(m);
         self.forget_subtrees();
     }
 
@@ -88,7 +164,7 @@ impl TreeSets {
     }
 
     /// Direct members of a set.
-    pub fn direct(&self, id: i64) -> Option<&RoaringBitmap> {
+    pub fn direct(&self, id: i64) -> Option<&Bitmap> {
         self.members.get(&id)
     }
 
@@ -105,22 +181,26 @@ impl TreeSets {
     }
 
     /// Members of a set and all its descendants.
-    pub fn subtree(&self, root: i64) -> RoaringBitmap {
+    pub fn subtree(&self, root: i64) -> Members<'_> {
         if !self.children.contains_key(&root) {
-            return self.members.get(&root).cloned().unwrap_or_default();
+            return match self.members.get(&root) {
+                Some(m) => Members::Borrowed(m),
+                None => Members::Owned(Bitmap::new()),
+            };
         }
-        let cache = std::sync::Arc::clone(&self.subtree_cache);
-        let mut cache = cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cache = self.subtree_cache.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(hit) = cache.get(&root) {
-            return hit.clone();
+            return Members::Shared(Arc::clone(hit));
         }
-        let union = self.compute_subtree(root);
-        cache.insert(root, union.clone());
-        union
+        let mut union = self.compute_subtree(root);
+        pack(&mut union);
+        let union = Arc::new(union);
+        cache.insert(root, Arc::clone(&union));
+        Members::Shared(union)
     }
 
-    fn compute_subtree(&self, root: i64) -> RoaringBitmap {
-        let mut parts: Vec<&RoaringBitmap> = Vec::new();
+    fn compute_subtree(&self, root: i64) -> Bitmap {
+        let mut parts: Vec<&Bitmap> = Vec::new();
         let mut stack = vec![root];
         let mut seen = 0;
         while let Some(id) = stack.pop() {
@@ -135,28 +215,56 @@ impl TreeSets {
                 stack.extend(c);
             }
         }
-        match parts.as_slice() {
-            [] => RoaringBitmap::new(),
-            [one] => (*one).clone(),
-            _ => parts.union(),
-        }
+        union(parts)
     }
 
     fn memory(&self) -> usize {
-        self.members.values().map(RoaringBitmap::serialized_size).sum()
+        self.members.values().map(size).sum()
     }
 }
 
-/// Exact range tests over ranks of distinct values (a bit-sliced index).
+/// Exact range tests over the ranks of an attribute's distinct values: a
+/// bit-sliced index kept as plain words.
+///
+/// For every block of 64 dense ids that holds a value, the index keeps one
+/// word of "has a value" bits and one word per bit of the rank, highest bit
+/// first, side by side. A range test is one pass over the blocks (those the
+/// candidates touch) comparing 64 contacts' ranks with the bounds at once,
+/// bit by bit from the top, stopping as soon as every rank in the block is
+/// decided — usually after a few bits. A bit-sliced index made of roaring
+/// bitmaps spends its time on the small array containers the lower bits
+/// leave; plain words have none, and cost no more memory for the dense
+/// attributes that range tests are for.
 #[derive(Debug, Default, Clone)]
 struct RankIndex {
     /// Sorted distinct values.
     dict: Vec<f64>,
-    /// `slices[i]`: contacts whose rank has bit `i` set.
-    slices: Vec<RoaringBitmap>,
-    /// Contacts with a value.
-    exists: RoaringBitmap,
+    /// Bits of a rank.
+    bits: u32,
+    /// Which blocks of 64 ids hold a value, ascending.
+    blocks: Vec<u32>,
+    /// Per block in `blocks`: who has a value.
+    present: Vec<u64>,
+    /// Rank bits, highest first: `bits` runs of one word per block in
+    /// `blocks` (slice-major, so that the high bits most tests stop after
+    /// are read in one sequential stream).
+    slices: Vec<u64>,
+    /// The latest whole-workspace results, newest last: an operator counting
+    /// while typing changes one term at a time, and a relative date keeps its
+    /// ranks for the day. The index never changes after its build (changes go
+    /// to the attribute's overlay), so entries stay right until a rebuild
+    /// replaces the whole index.
+    cache: Arc<Mutex<RangeCache>>,
 }
+
+/// A range test by ranks: `lo..hi`, negated or not.
+type RangeKey = (u32, u32, bool);
+
+/// Kept range results, newest last.
+type RangeCache = Vec<(RangeKey, Arc<Bitmap>)>;
+
+/// Results a range index keeps (each at most one bit per contact).
+const RANGE_CACHE: usize = 4;
 
 impl RankIndex {
     fn build(values: &[(u32, f64)]) -> Self {
@@ -164,164 +272,164 @@ impl RankIndex {
         dict.sort_by(f64::total_cmp);
         dict.dedup();
         let bits = usize::BITS - dict.len().saturating_sub(1).leading_zeros();
-        let mut slices = vec![RoaringBitmap::new(); bits as usize];
-        let mut exists = RoaringBitmap::new();
-        for &(idx, v) in values {
-            let rank = dict.partition_point(|d| *d < v) as u32;
-            let mut r = rank;
-            let mut i = 0;
-            while r != 0 {
-                if r & 1 == 1 {
-                    slices[i].insert(idx);
-                }
-                r >>= 1;
-                i += 1;
+        let mut ranked: Vec<(u32, u32)> =
+            values.iter().map(|(idx, v)| (*idx, dict.partition_point(|d| *d < *v) as u32)).collect();
+        ranked.sort_unstable_by_key(|(idx, _)| *idx);
+        let mut index = Self { dict, bits, ..Self::default() };
+        // Per block of 64 ids: its position in `blocks`.
+        let mut position: Vec<u32> = Vec::new();
+        for &(idx, _) in &ranked {
+            let block = idx / 64;
+            if index.blocks.last() != Some(&block) {
+                position.resize(block as usize, u32::MAX);
+                position.push(index.blocks.len() as u32);
+                index.blocks.push(block);
+                index.present.push(0);
             }
-            exists.insert(idx);
+            *index.present.last_mut().expect("pushed above") |= 1u64 << (idx % 64);
         }
-        Self { dict, slices, exists }
+        let n_blocks = index.blocks.len();
+        index.slices = vec![0; n_blocks * bits as usize];
+        for (idx, rank) in ranked {
+            let pos = position[(idx / 64) as usize] as usize;
+            for i in 0..bits {
+                if rank >> i & 1 == 1 {
+                    index.slices[(bits - 1 - i) as usize * n_blocks + pos] |= 1u64 << (idx % 64);
+                }
+            }
+        }
+        index.blocks.shrink_to_fit();
+        index.present.shrink_to_fit();
+        index
     }
 
-    /// Contacts (within `restrict` if given) whose rank is `>= lo` and `< hi`.
-    fn rank_range(&self, lo: usize, hi: usize, restrict: Option<&RoaringBitmap>) -> RoaringBitmap {
-        let base = match restrict {
-            Some(r) => &self.exists & r,
-            None => self.exists.clone(),
-        };
-        if lo >= hi || base.is_empty() {
-            return RoaringBitmap::new();
-        }
+    /// Contacts whose rank is `>= lo` and `< hi` or, with `negate`, who have
+    /// a value outside that range.
+    fn rank_range(&self, lo: usize, hi: usize, negate: bool) -> Bitmap {
         let n = self.dict.len();
-        match (lo == 0, hi >= n) {
-            (true, true) => base,
-            (false, true) => self.at_least(lo as u32, base),
-            (true, false) => self.below(hi as u32, base),
-            (false, false) if hi == lo + 1 => self.equal(lo as u32, base),
-            (false, false) => {
-                let from_lo = self.at_least(lo as u32, base);
-                self.below(hi as u32, from_lo)
-            }
+        let hi = hi.min(n);
+        if (lo >= hi && !negate) || self.blocks.is_empty() {
+            return Bitmap::new();
         }
+        let test = BlockTest { lo: lo as u64, hi: hi as u64, n: n as u64, negate, bits: self.bits as usize };
+        let mut out = vec![0u64; self.blocks.last().map_or(0, |b| *b as usize + 1)];
+        let n_blocks = self.blocks.len();
+        for (pos, (&block, &base)) in self.blocks.iter().zip(&self.present).enumerate() {
+            out[block as usize] = test.block(base, |j| self.slices[j * n_blocks + pos]);
+        }
+        crate::from_words(&out)
     }
 
-    /// Members of `base` whose rank is exactly `c`: every step shrinks the
-    /// set in place.
-    fn equal(&self, c: u32, mut eq: RoaringBitmap) -> RoaringBitmap {
-        for (i, slice) in self.slices.iter().enumerate().rev() {
-            if eq.is_empty() {
-                break;
-            }
-            if c >> i & 1 == 1 {
-                eq &= slice;
-            } else {
-                eq -= slice;
-            }
-        }
-        eq
-    }
-
-    /// Members of `base` whose rank is below `c`. The pieces are taken where
-    /// `c` has a 1 bit, after the candidates shrank through the 0 bits above
-    /// it: cheap when `c` is small.
-    fn below(&self, c: u32, base: RoaringBitmap) -> RoaringBitmap {
-        if c as usize >= self.dict.len() {
-            return base;
-        }
-        if c == 0 {
-            return RoaringBitmap::new();
-        }
-        if (c as usize) * 2 > self.dict.len() {
-            let at_least = self.at_least_direct(c, base.clone());
-            return base - at_least;
-        }
-        let mut pieces: Vec<RoaringBitmap> = Vec::new();
-        let mut eq = base;
-        for (i, slice) in self.slices.iter().enumerate().rev() {
-            if eq.is_empty() {
-                break;
-            }
-            if c >> i & 1 == 1 {
-                pieces.push(&eq - slice);
-                eq &= slice;
-            } else {
-                eq -= slice;
-            }
-        }
-        pieces.union()
-    }
-
-    /// Members of `base` whose rank is at least `c` (O'Neil's algorithm),
-    /// as the complement of the ranks below when `c` is small.
-    fn at_least(&self, c: u32, base: RoaringBitmap) -> RoaringBitmap {
-        if c == 0 {
-            return base;
-        }
-        if (c as usize) * 2 <= self.dict.len() {
-            let below = self.below(c, base.clone());
-            return base - below;
-        }
-        self.at_least_direct(c, base)
-    }
-
-    fn at_least_direct(&self, c: u32, base: RoaringBitmap) -> RoaringBitmap {
-        if c == 0 {
-            return base;
-        }
-        if (c as usize) >= self.dict.len() || self.slices.len() < (u32::BITS - c.leading_zeros()) as usize {
-            return RoaringBitmap::new();
-        }
-        let mut above: Vec<RoaringBitmap> = Vec::new();
-        let mut eq = base;
-        for i in (0..self.slices.len()).rev() {
-            if eq.is_empty() {
-                break;
-            }
-            if c >> i & 1 == 1 {
-                eq &= &self.slices[i];
-            } else {
-                above.push(&eq & &self.slices[i]);
-                eq -= &self.slices[i];
-            }
-        }
-        above.push(eq);
-        above.union()
-    }
-
-    /// The rank of every contact with a value (for a rebuild).
+    /// The value of every contact that has one (for a rebuild).
     fn values(&self) -> Vec<(u32, f64)> {
-        let mut ranks: BTreeMap<u32, u32> = self.exists.iter().map(|i| (i, 0)).collect();
-        for (bit, slice) in self.slices.iter().enumerate() {
-            for idx in slice {
-                if let Some(r) = ranks.get_mut(&idx) {
-                    *r |= 1 << bit;
+        let mut out = Vec::new();
+        for (pos, (&block, &present)) in self.blocks.iter().zip(&self.present).enumerate() {
+            let mut present = present;
+            while present != 0 {
+                let b = present.trailing_zeros();
+                present &= present - 1;
+                let mut rank = 0usize;
+                for slice in self.slices.iter().skip(pos).step_by(self.blocks.len()).copied() {
+                    rank = rank << 1 | (slice >> b & 1) as usize;
                 }
+                out.push((block * 64 + b, self.dict[rank]));
             }
         }
-        ranks.into_iter().map(|(idx, r)| (idx, self.dict[r as usize])).collect()
+        out
     }
 
-    fn test(&self, op: CmpOp, v: f64, restrict: Option<&RoaringBitmap>) -> RoaringBitmap {
+    /// Contacts whose value compares with `v` as `op` says; when `restrict`
+    /// is given, only members of it are guaranteed to be right.
+    fn test(&self, op: CmpOp, v: f64, restrict: Option<&Bitmap>) -> Members<'_> {
         let below = self.dict.partition_point(|d| *d < v);
         let upto = self.dict.partition_point(|d| *d <= v);
         let n = self.dict.len();
-        match op {
-            CmpOp::Eq => self.rank_range(below, upto, restrict),
-            CmpOp::Ne => {
-                let mut r = self.rank_range(0, below, restrict);
-                r |= self.rank_range(upto, n, restrict);
-                r
-            }
-            CmpOp::Lt => self.rank_range(0, below, restrict),
-            CmpOp::Le => self.rank_range(0, upto, restrict),
-            CmpOp::Gt => self.rank_range(upto, n, restrict),
-            CmpOp::Ge => self.rank_range(below, n, restrict),
+        let (lo, hi, negate) = match op {
+            CmpOp::Eq => (below, upto, false),
+            CmpOp::Ne => (below, upto, true),
+            CmpOp::Lt => (0, below, false),
+            CmpOp::Le => (0, upto, false),
+            CmpOp::Gt => (upto, n, false),
+            CmpOp::Ge => (below, n, false),
+        };
+        let key: RangeKey = (lo as u32, hi as u32, negate);
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(at) = cache.iter().position(|(k, _)| *k == key) {
+            let hit = cache.remove(at);
+            cache.push(hit.clone());
+            return Members::Shared(hit.1);
         }
+        drop(cache);
+        // Everyone is tested, even when the rest of the expression left few
+        // candidates: the blocks few candidates touch are scattered, so
+        // testing them costs as much in memory waits as a sequential pass
+        // over all, and a whole result serves the next expression too.
+        let _ = restrict;
+        let all = Arc::new(self.rank_range(lo, hi, negate));
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= RANGE_CACHE {
+            cache.remove(0);
+        }
+        cache.push((key, Arc::clone(&all)));
+        Members::Shared(all)
     }
 
     fn memory(&self) -> usize {
-        self.slices.iter().map(RoaringBitmap::serialized_size).sum::<usize>()
-            + self.exists.serialized_size()
-            + self.dict.len() * 8
+        let cached: usize =
+            self.cache.lock().unwrap_or_else(PoisonError::into_inner).iter().map(|(_, b)| size(b)).sum();
+        (self.present.capacity() + self.slices.capacity() + self.dict.capacity()) * 8
+            + self.blocks.capacity() * 4
+            + cached
+    }
+}
+
+/// One range test on blocks of 64 contacts.
+struct BlockTest {
+    lo: u64,
+    hi: u64,
+    n: u64,
+    negate: bool,
+    bits: usize,
+}
+
+impl BlockTest {
+    /// Which of `base` have a rank in `lo..hi` (or, negated, outside it),
+    /// comparing from the highest bit and stopping once all are decided.
+    #[inline]
+    fn block(&self, base: u64, slice: impl Fn(usize) -> u64) -> u64 {
+        let in_range = if self.lo >= self.hi {
+            0
+        } else {
+            // `≥ lo`: what is above lo so far, and what equals it so far.
+            let (mut ge, mut eq_lo) = if self.lo > 0 { (0, base) } else { (base, 0) };
+            // `< hi`: what is below hi so far, and what equals it so far.
+            let (mut lt, mut eq_hi) = if self.hi < self.n { (0, base) } else { (base, 0) };
+            for j in 0..self.bits {
+                if eq_lo | eq_hi == 0 {
+                    break;
+                }
+                let slice = slice(j);
+                let i = self.bits - 1 - j;
+                if self.lo >> i & 1 == 1 {
+                    eq_lo &= slice;
+                } else {
+                    ge |= eq_lo & slice;
+                    eq_lo &= !slice;
+                }
+                if self.hi >> i & 1 == 1 {
+                    lt |= eq_hi & !slice;
+                    eq_hi &= slice;
+                } else {
+                    eq_hi &= !slice;
+                }
+            }
+            (ge | eq_lo) & lt
+        };
+        if self.negate {
+            base & !in_range
+        } else {
+            in_range
+        }
     }
 }
 
@@ -339,16 +447,16 @@ fn cmp_f64(op: CmpOp, a: f64, b: f64) -> bool {
 /// One profile attribute across the workspace.
 #[derive(Debug, Default, Clone)]
 struct AttrIndex {
-    present: RoaringBitmap,
+    present: Bitmap,
     /// Texts that are not dates, by value.
-    text: HashMap<Box<str>, RoaringBitmap>,
+    text: HashMap<Box<str>, Bitmap>,
     /// Contacts whose value is such a text.
-    texts: RoaringBitmap,
-    bools: [RoaringBitmap; 2],
+    texts: Bitmap,
+    bools: [Bitmap; 2],
     numbers: RankIndex,
     dates: RankIndex,
     /// Contacts whose indexed value is out of date…
-    stale: RoaringBitmap,
+    stale: Bitmap,
     /// …and their current value (`None`: no longer set).
     overlay: HashMap<u32, Option<AttrValue>>,
 }
@@ -375,16 +483,16 @@ impl<'a> From<&'a AttrValue> for AttrRef<'a> {
 /// Collects one attribute's values before its index is built.
 #[derive(Default)]
 struct AttrBuilder {
-    present: RoaringBitmap,
-    text: HashMap<Box<str>, RoaringBitmap>,
-    bools: [RoaringBitmap; 2],
+    present: Bitmap,
+    text: HashMap<Box<str>, Bitmap>,
+    bools: [Bitmap; 2],
     numbers: Vec<(u32, f64)>,
     dates: Vec<(u32, f64)>,
 }
 
 impl AttrBuilder {
     fn add(&mut self, idx: u32, v: AttrRef<'_>) {
-        self.present.insert(idx);
+        self.present.add(idx);
         match v {
             AttrRef::Text(s) => {
                 // A date is indexed as a date only: one bitmap per distinct
@@ -397,17 +505,21 @@ impl AttrBuilder {
                     Some(bm) => bm,
                     None => self.text.entry(s.into()).or_default(),
                 };
-                bm.insert(idx);
+                bm.add(idx);
             }
             AttrRef::Number(n) => self.numbers.push((idx, n)),
             AttrRef::Bool(b) => {
-                self.bools[usize::from(b)].insert(idx);
+                self.bools[usize::from(b)].add(idx);
             }
         }
     }
 
-    fn build(self) -> AttrIndex {
-        let texts = self.text.values().union();
+    fn build(mut self) -> AttrIndex {
+        pack(&mut self.present);
+        self.text.values_mut().for_each(pack);
+        self.bools.iter_mut().for_each(pack);
+        let mut texts = union(self.text.values());
+        pack(&mut texts);
         AttrIndex {
             present: self.present,
             text: self.text,
@@ -415,7 +527,7 @@ impl AttrBuilder {
             bools: self.bools,
             numbers: RankIndex::build(&self.numbers),
             dates: RankIndex::build(&self.dates),
-            stale: RoaringBitmap::new(),
+            stale: Bitmap::new(),
             overlay: HashMap::new(),
         }
     }
@@ -488,34 +600,38 @@ fn literal_ms(l: &Literal, now_ms: i64) -> i64 {
 
 impl AttrIndex {
     /// Base (built) matches of a predicate, before the overlay.
-    fn base(&self, pred: &Pred, now_ms: i64, restrict: Option<&RoaringBitmap>) -> RoaringBitmap {
+    fn base(&self, pred: &Pred, now_ms: i64, restrict: Option<&Bitmap>) -> Members<'_> {
+        let empty = || Members::Owned(Bitmap::new());
         match pred {
-            Pred::Exists => self.present.clone(),
+            Pred::Exists => Members::Borrowed(&self.present),
             Pred::Contains(needle) => {
                 let needle = needle.to_lowercase();
-                self.text.iter().filter(|(v, _)| v.to_lowercase().contains(&needle)).map(|(_, bm)| bm).union()
+                Members::Owned(union(
+                    self.text.iter().filter(|(v, _)| v.to_lowercase().contains(&needle)).map(|(_, bm)| bm),
+                ))
             }
-            Pred::In(list) => list
-                .iter()
-                .map(|l| self.base(&Pred::Cmp(CmpOp::Eq, l.clone()), now_ms, restrict))
-                .collect::<Vec<_>>()
-                .union(),
+            Pred::In(list) => {
+                let parts: Vec<Members<'_>> =
+                    list.iter().map(|l| self.base(&Pred::Cmp(CmpOp::Eq, l.clone()), now_ms, restrict)).collect();
+                Members::Owned(union(parts.iter().map(Deref::deref)))
+            }
             Pred::Cmp(op, l) => match l {
                 Literal::Text(t) => {
                     if let Some(d) = date_literal(l) {
                         return self.dates.test(*op, literal_ms(&d, now_ms) as f64, restrict);
                     }
-                    let eq = self.text.get(t.as_str()).cloned().unwrap_or_default();
-                    match op {
-                        CmpOp::Eq => eq,
-                        CmpOp::Ne => &self.texts - eq,
-                        _ => RoaringBitmap::new(),
+                    let eq = self.text.get(t.as_str());
+                    match (op, eq) {
+                        (CmpOp::Eq, Some(eq)) => Members::Borrowed(eq),
+                        (CmpOp::Ne, Some(eq)) => Members::Owned(&self.texts - eq),
+                        (CmpOp::Ne, None) => Members::Borrowed(&self.texts),
+                        _ => empty(),
                     }
                 }
                 Literal::Bool(b) => match op {
-                    CmpOp::Eq => self.bools[usize::from(*b)].clone(),
-                    CmpOp::Ne => self.bools[usize::from(!*b)].clone(),
-                    _ => RoaringBitmap::new(),
+                    CmpOp::Eq => Members::Borrowed(&self.bools[usize::from(*b)]),
+                    CmpOp::Ne => Members::Borrowed(&self.bools[usize::from(!*b)]),
+                    _ => empty(),
                 },
                 Literal::Number(n) => self.numbers.test(*op, *n, restrict),
                 Literal::Date(_) | Literal::Relative(_) => self.dates.test(*op, literal_ms(l, now_ms) as f64, restrict),
@@ -523,22 +639,23 @@ impl AttrIndex {
         }
     }
 
-    fn eval(&self, pred: &Pred, now_ms: i64, restrict: Option<&RoaringBitmap>) -> RoaringBitmap {
-        let mut out = self.base(pred, now_ms, restrict);
-        if !self.stale.is_empty() {
-            out -= &self.stale;
-            for (idx, v) in &self.overlay {
-                if restrict.is_none_or(|r| r.contains(*idx)) && value_matches(v.as_ref(), pred, now_ms) {
-                    out.insert(*idx);
-                }
+    fn eval(&self, pred: &Pred, now_ms: i64, restrict: Option<&Bitmap>) -> Members<'_> {
+        let base = self.base(pred, now_ms, restrict);
+        if self.stale.is_empty() {
+            return base;
+        }
+        let mut out = base.andnot(&self.stale);
+        for (idx, v) in &self.overlay {
+            if restrict.is_none_or(|r| r.contains(*idx)) && value_matches(v.as_ref(), pred, now_ms) {
+                out.add(*idx);
             }
         }
-        out
+        Members::Owned(out)
     }
 
     /// The current value of every contact that has one (for a rebuild).
     fn current_values(&self) -> Vec<(u32, AttrValue)> {
-        let mut out: Vec<(u32, AttrValue)> = Vec::with_capacity(self.present.len() as usize);
+        let mut out: Vec<(u32, AttrValue)> = Vec::with_capacity(self.present.cardinality() as usize);
         for (v, bm) in &self.text {
             out.extend((bm - &self.stale).iter().map(|i| (i, AttrValue::Text(v.to_string()))));
         }
@@ -568,12 +685,12 @@ impl AttrIndex {
     }
 
     fn memory(&self) -> usize {
-        self.present.serialized_size()
-            + self.text.iter().map(|(k, v)| k.len() + 48 + v.serialized_size()).sum::<usize>()
-            + self.bools.iter().map(RoaringBitmap::serialized_size).sum::<usize>()
+        size(&self.present)
+            + self.text.iter().map(|(k, v)| k.len() + 48 + size(v)).sum::<usize>()
+            + self.bools.iter().map(size).sum::<usize>()
             + self.numbers.memory()
             + self.dates.memory()
-            + self.stale.serialized_size()
+            + size(&self.stale)
             + self.overlay.len() * 64
     }
 }
@@ -629,7 +746,7 @@ fn edit_distance(a: &[char], b: &[char]) -> usize {
 #[derive(Debug, Clone)]
 pub struct WorkspaceIndex {
     workspace_id: i64,
-    live: RoaringBitmap,
+    live: Bitmap,
     pub tags: TreeSets,
     pub departments: TreeSets,
     attrs: HashMap<String, AttrIndex>,
@@ -639,13 +756,13 @@ pub struct WorkspaceIndex {
 /// ascending id order).
 pub struct IndexBuilder {
     workspace_id: i64,
-    live: RoaringBitmap,
+    live: Bitmap,
     attrs: HashMap<String, AttrBuilder>,
 }
 
 impl IndexBuilder {
     pub fn new(workspace_id: i64) -> Self {
-        Self { workspace_id, live: RoaringBitmap::new(), attrs: HashMap::new() }
+        Self { workspace_id, live: Bitmap::new(), attrs: HashMap::new() }
     }
 
     /// Adds a live contact with its attributes.
@@ -655,9 +772,7 @@ impl IndexBuilder {
 
     /// [`IndexBuilder::add`] with borrowed values.
     pub fn add_refs<'a>(&mut self, idx: u32, attributes: impl IntoIterator<Item = (&'a str, AttrRef<'a>)>) {
-        // `insert`, not `push`: roaring's `push` looks for the maximum of a
-        // bitmap container on every call (a 1,024-word scan).
-        self.live.insert(idx);
+        self.live.add(idx);
         for (k, v) in attributes {
             match self.attrs.get_mut(k) {
                 Some(b) => b.add(idx, v),
@@ -666,7 +781,8 @@ impl IndexBuilder {
         }
     }
 
-    pub fn build(self) -> WorkspaceIndex {
+    pub fn build(mut self) -> WorkspaceIndex {
+        pack(&mut self.live);
         WorkspaceIndex {
             workspace_id: self.workspace_id,
             live: self.live,
@@ -687,7 +803,7 @@ impl WorkspaceIndex {
     }
 
     /// Live contacts.
-    pub fn live(&self) -> &RoaringBitmap {
+    pub fn live(&self) -> &Bitmap {
         &self.live
     }
 
@@ -700,19 +816,19 @@ impl WorkspaceIndex {
     /// update or, with `live = false`, a deletion).
     pub fn set_contact(&mut self, idx: u32, live: bool, attributes: &BTreeMap<String, AttrValue>) {
         if live {
-            self.live.insert(idx);
+            self.live.add(idx);
         } else {
             self.live.remove(idx);
         }
         for (k, a) in self.attrs.iter_mut() {
             if !attributes.contains_key(k) && a.has(idx) {
-                a.stale.insert(idx);
+                a.stale.add(idx);
                 a.overlay.insert(idx, None);
             }
         }
         for (k, v) in attributes {
             let a = self.attrs.entry(k.clone()).or_default();
-            a.stale.insert(idx);
+            a.stale.add(idx);
             a.overlay.insert(idx, Some(v.clone()));
         }
         self.compact();
@@ -721,7 +837,7 @@ impl WorkspaceIndex {
     /// Rebuilds attributes whose overlay has grown large.
     fn compact(&mut self) {
         for a in self.attrs.values_mut() {
-            let limit = (a.present.len() as usize / 16).max(MIN_OVERLAY_REBUILD);
+            let limit = (a.present.cardinality() as usize / 16).max(MIN_OVERLAY_REBUILD);
             if a.overlay.len() > limit {
                 let mut b = AttrBuilder::default();
                 for (idx, v) in a.current_values() {
@@ -737,11 +853,18 @@ impl WorkspaceIndex {
     /// # Errors
     /// Unknown tags, departments or attributes (with suggestions), or ids of
     /// another workspace.
-    pub fn evaluate(&self, expr: &Expr, now_ms: i64) -> Result<RoaringBitmap, ResolveError> {
+    pub fn evaluate(&self, expr: &Expr, now_ms: i64) -> Result<Bitmap, ResolveError> {
         self.check(expr)?;
-        let mut out = self.eval(expr, now_ms, None);
-        out &= &self.live;
-        Ok(out)
+        Ok(self.eval(expr, now_ms, None).and(&self.live))
+    }
+
+    /// How many live contacts an expression selects.
+    ///
+    /// # Errors
+    /// As [`WorkspaceIndex::evaluate`].
+    pub fn count(&self, expr: &Expr, now_ms: i64) -> Result<u64, ResolveError> {
+        self.check(expr)?;
+        Ok(self.eval(expr, now_ms, None).and_cardinality(&self.live))
     }
 
     /// Resolves names before any bitmap work, so errors come first.
@@ -819,32 +942,28 @@ impl WorkspaceIndex {
 
     /// The contacts `expr` selects; when `restrict` is given, only members of
     /// it are guaranteed to be right (callers intersect).
-    fn eval(&self, expr: &Expr, now_ms: i64, restrict: Option<&RoaringBitmap>) -> RoaringBitmap {
+    fn eval(&self, expr: &Expr, now_ms: i64, restrict: Option<&Bitmap>) -> Members<'_> {
+        let empty = || Members::Owned(Bitmap::new());
         match expr {
-            Expr::All => self.live.clone(),
-            Expr::Tag { path, .. } => self.tags.id_of(path).map(|id| self.tags.subtree(id)).unwrap_or_default(),
+            Expr::All => Members::Borrowed(&self.live),
+            Expr::Tag { path, .. } => self.tags.id_of(path).map_or_else(empty, |id| self.tags.subtree(id)),
             Expr::Dept { dept, .. } => {
                 let id = match dept {
                     DeptRef::Id(id) => Some(*id),
                     DeptRef::Path(p) => self.departments.id_of(p),
                 };
-                id.map(|id| self.departments.subtree(id)).unwrap_or_default()
+                id.map_or_else(empty, |id| self.departments.subtree(id))
             }
-            Expr::Ids(ids) => ids.iter().map(|id| (*id & 0xFFFF_FFFF) as u32).collect(),
-            Expr::Segment { .. } => RoaringBitmap::new(), // refused by `check`
-            Expr::Attr { key, pred, .. } => {
-                self.attrs.get(key).map(|a| a.eval(pred, now_ms, restrict)).unwrap_or_default()
-            }
+            Expr::Ids(ids) => Members::Owned(ids.iter().map(|id| (*id & 0xFFFF_FFFF) as u32).collect()),
+            Expr::Segment { .. } => empty(), // refused by `check`
+            Expr::Attr { key, pred, .. } => self.attrs.get(key).map_or_else(empty, |a| a.eval(pred, now_ms, restrict)),
             Expr::Not(inner) => {
                 let base = restrict.unwrap_or(&self.live);
-                base - self.eval(inner, now_ms, Some(base))
+                Members::Owned(base - &*self.eval(inner, now_ms, Some(base)))
             }
             Expr::Or(parts) => {
-                let mut out = RoaringBitmap::new();
-                for p in parts {
-                    out |= self.eval(p, now_ms, restrict);
-                }
-                out
+                let parts: Vec<Members<'_>> = parts.iter().map(|p| self.eval(p, now_ms, restrict)).collect();
+                Members::Owned(union(parts.iter().map(Deref::deref)))
             }
             Expr::And(parts) => {
                 // Lookups first, then range tests on what is left, then exclusions.
@@ -854,31 +973,38 @@ impl WorkspaceIndex {
                     e if Self::is_range(e) => 1,
                     _ => 0,
                 });
-                let mut acc: Option<RoaringBitmap> = restrict.cloned();
+                let mut acc: Option<Members<'_>> = None;
                 for p in order {
-                    if acc.as_ref().is_some_and(RoaringBitmap::is_empty) {
+                    let within = acc.as_deref().or(restrict);
+                    if within.is_some_and(Bitmap::is_empty) {
                         break;
                     }
-                    acc = Some(match (acc, p) {
-                        (Some(a), Expr::Not(inner)) => {
-                            let minus = self.eval(inner, now_ms, Some(&a));
-                            a - minus
-                        }
-                        (Some(a), p) => {
-                            let r = self.eval(p, now_ms, Some(&a));
-                            a & r
-                        }
-                        (None, p) => self.eval(p, now_ms, None),
-                    });
+                    let Some(w) = within else {
+                        acc = Some(self.eval(p, now_ms, None));
+                        continue;
+                    };
+                    let (r, exclude) = match p {
+                        Expr::Not(inner) => (self.eval(inner, now_ms, Some(w)), true),
+                        p => (self.eval(p, now_ms, Some(w)), false),
+                    };
+                    let next = match (acc.take(), restrict) {
+                        (Some(a), _) if exclude => a.andnot(&r),
+                        (Some(a), _) => a.and(&r),
+                        (None, Some(w)) if exclude => w.andnot(&r),
+                        (None, Some(w)) => w.and(&r),
+                        (None, None) => unreachable!("`within` was one of them"),
+                    };
+                    acc = Some(Members::Owned(next));
                 }
-                acc.unwrap_or_default()
+                // No parts: every contact.
+                acc.unwrap_or(Members::Borrowed(&self.live))
             }
         }
     }
 
     /// Approximate heap bytes of the index.
     pub fn memory(&self) -> usize {
-        self.live.serialized_size()
+        size(&self.live)
             + self.tags.memory()
             + self.departments.memory()
             + self.attrs.iter().map(|(k, a)| k.len() + a.memory()).sum::<usize>()
@@ -889,6 +1015,47 @@ impl WorkspaceIndex {
 mod tests {
     use super::*;
     use crate::expr::parse;
+
+    #[test]
+    fn range_tests_agree_with_a_scan_at_every_threshold() {
+        // Enough distinct values for bins of several values, a value held
+        // by a quarter of the contacts, gaps in the ids, a chunk boundary.
+        let mut values = Vec::new();
+        let mut state = 7u64;
+        for idx in (0..140_000u32).step_by(7) {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let r = (state >> 33) % 400;
+            if r < 20 {
+                continue; // no value
+            }
+            let v = if r < 120 { 42.0 } else { (r % 300) as f64 / 2.0 };
+            values.push((idx, v));
+        }
+        let index = RankIndex::build(&values);
+        assert!(index.bits >= 8, "ranks of several bits: {}", index.bits);
+        let restrict: Bitmap = values.iter().map(|(i, _)| *i).filter(|i| i % 3 != 0).collect();
+        let few: Bitmap = values.iter().map(|(i, _)| *i).filter(|i| i % 101 == 0).collect();
+        let ops = [CmpOp::Eq, CmpOp::Ne, CmpOp::Lt, CmpOp::Le, CmpOp::Gt, CmpOp::Ge];
+        for t in (-2..310).map(|t| f64::from(t) / 2.0) {
+            for op in ops {
+                for r in [None, Some(&restrict), Some(&few)] {
+                    let want: Vec<u32> = values
+                        .iter()
+                        .filter(|(i, v)| cmp_f64(op, *v, t) && r.is_none_or(|r| r.contains(*i)))
+                        .map(|(i, _)| *i)
+                        .collect();
+                    let mut got = index.test(op, t, r).into_owned();
+                    if let Some(r) = r {
+                        got &= r;
+                    }
+                    assert_eq!(got.to_vec(), want, "{op:?} {t} restricted: {}", r.is_some());
+                }
+            }
+        }
+        let mut back = index.values();
+        back.sort_by_key(|(i, _)| *i);
+        assert_eq!(back, values);
+    }
 
     fn idx() -> WorkspaceIndex {
         let mut b = IndexBuilder::new(1);

@@ -5,12 +5,75 @@
 //! broadcast, so what was sent to whom can be replayed exactly, and the
 //! delivery batches are slices of it by rank.
 
-use roaring::RoaringBitmap;
+pub use croaring::Bitmap;
 
-pub use roaring;
+/// A bitmap in the portable roaring format (the one every roaring library
+/// reads), as stored for membership chunks and frozen audiences.
+pub fn encode(bitmap: &Bitmap) -> Vec<u8> {
+    bitmap.serialize::<croaring::Portable>()
+}
+
+/// Reads a bitmap in the portable roaring format, checking that it is well
+/// formed (`None` when it is not).
+pub fn decode(bytes: &[u8]) -> Option<Bitmap> {
+    Bitmap::try_deserialize::<croaring::Portable>(bytes)
+}
 
 pub mod expr;
 pub mod index;
+
+/// The bitmap of the ids whose bits are set in `words` (bit `i % 64` of word
+/// `i / 64`), built in the portable format and read back: each 65,536-id
+/// chunk becomes an array of its ids or a copy of its words, whichever the
+/// format calls for, without adding ids one at a time.
+pub fn from_words(words: &[u64]) -> Bitmap {
+    const WORDS_PER_CHUNK: usize = 1024;
+    const MAX_ARRAY: u32 = 4096;
+    const COOKIE_NO_RUNS: u32 = 12346;
+    let chunks: Vec<(u16, u32, &[u64])> = words
+        .chunks(WORDS_PER_CHUNK)
+        .enumerate()
+        .filter_map(|(key, chunk)| {
+            let card: u32 = chunk.iter().map(|w| w.count_ones()).sum();
+            (card > 0).then_some((key as u16, card, chunk))
+        })
+        .collect();
+    if chunks.is_empty() {
+        return Bitmap::new();
+    }
+    let payload: usize =
+        chunks.iter().map(|(_, card, _)| if *card > MAX_ARRAY { 8192 } else { *card as usize * 2 }).sum();
+    let header = 8 + chunks.len() * 8;
+    let mut out = Vec::with_capacity(header + payload);
+    out.extend_from_slice(&COOKIE_NO_RUNS.to_le_bytes());
+    out.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+    for (key, card, _) in &chunks {
+        out.extend_from_slice(&key.to_le_bytes());
+        out.extend_from_slice(&((card - 1) as u16).to_le_bytes());
+    }
+    let mut offset = header;
+    for (_, card, _) in &chunks {
+        out.extend_from_slice(&(offset as u32).to_le_bytes());
+        offset += if *card > MAX_ARRAY { 8192 } else { *card as usize * 2 };
+    }
+    for (_, card, chunk) in &chunks {
+        if *card > MAX_ARRAY {
+            for w in chunk.iter().copied().chain(std::iter::repeat(0)).take(WORDS_PER_CHUNK) {
+                out.extend_from_slice(&w.to_le_bytes());
+            }
+        } else {
+            for (i, w) in chunk.iter().enumerate() {
+                let mut w = *w;
+                while w != 0 {
+                    let low = (i * 64) as u16 + w.trailing_zeros() as u16;
+                    out.extend_from_slice(&low.to_le_bytes());
+                    w &= w - 1;
+                }
+            }
+        }
+    }
+    decode(&out).expect("a well-formed portable bitmap")
+}
 
 /// How a send names its audience. Tags and departments include their subtrees.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,15 +108,13 @@ pub struct FrozenAudience {
 pub struct CorruptAudience(String);
 
 impl FrozenAudience {
-    pub fn from_bitmap(bitmap: &RoaringBitmap) -> Self {
-        Self { members: bitmap.iter().collect() }
+    pub fn from_bitmap(bitmap: &Bitmap) -> Self {
+        Self { members: bitmap.to_vec() }
     }
 
     /// Serializes a bitmap in the portable roaring format.
-    pub fn serialize(bitmap: &RoaringBitmap) -> Vec<u8> {
-        let mut out = Vec::with_capacity(bitmap.serialized_size());
-        bitmap.serialize_into(&mut out).expect("writing to a Vec cannot fail");
-        out
+    pub fn serialize(bitmap: &Bitmap) -> Vec<u8> {
+        encode(bitmap)
     }
 
     /// Decodes a stored audience.
@@ -61,7 +122,8 @@ impl FrozenAudience {
     /// # Errors
     /// When the bytes are not a roaring bitmap.
     pub fn deserialize(bytes: &[u8]) -> Result<Self, CorruptAudience> {
-        let bitmap = RoaringBitmap::deserialize_from(bytes).map_err(|e| CorruptAudience(e.to_string()))?;
+        let bitmap = decode(bytes)
+            .ok_or_else(|| CorruptAudience(format!("{} bytes that are not a roaring bitmap", bytes.len())))?;
         Ok(Self::from_bitmap(&bitmap))
     }
 
@@ -94,8 +156,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bitmaps_from_words_match_the_bits() {
+        let mut words = vec![0u64; 5000];
+        // An empty chunk, a sparse one, a dense one, a partial last one.
+        for i in (65_536..131_072u32).step_by(97) {
+            words[i as usize / 64] |= 1 << (i % 64);
+        }
+        for i in (131_072..196_608u32).filter(|i| i % 3 != 0) {
+            words[i as usize / 64] |= 1 << (i % 64);
+        }
+        for i in [262_144u32, 319_999] {
+            words[i as usize / 64] |= 1 << (i % 64);
+        }
+        let b = from_words(&words);
+        let want: Vec<u32> = (0..320_000u32).filter(|i| words[*i as usize / 64] >> (i % 64) & 1 == 1).collect();
+        assert_eq!(b.to_vec(), want);
+        assert!(from_words(&[]).is_empty());
+        assert!(from_words(&[0, 0]).is_empty());
+    }
+
+    #[test]
     fn batches_cover_every_member_once() {
-        let bitmap: RoaringBitmap = (0..4_500u32).map(|i| i * 3).collect();
+        let bitmap: Bitmap = (0..4_500u32).map(|i| i * 3).collect();
         let bytes = FrozenAudience::serialize(&bitmap);
         let frozen = FrozenAudience::deserialize(&bytes).unwrap();
         assert_eq!(frozen.n_batches(), 3);

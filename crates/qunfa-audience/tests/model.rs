@@ -32,6 +32,8 @@ fn value() -> impl Strategy<Value = (String, AttrValue)> {
             .prop_map(|n| ("spend".to_owned(), AttrValue::Number(n))),
         (0..DATES.len()).prop_map(|i| ("last_active".to_owned(), AttrValue::Text(DATES[i].to_owned()))),
         any::<bool>().prop_map(|b| ("vip".to_owned(), AttrValue::Bool(b))),
+        // Many distinct values: range tests cover some bins in part.
+        (0..60i32).prop_map(|n| ("score".to_owned(), AttrValue::Number(f64::from(n)))),
         // A mixed attribute: sometimes a number, sometimes a text.
         prop_oneof![Just(AttrValue::Number(7.0)), Just(AttrValue::Text("7".into())), Just(AttrValue::Bool(false))]
             .prop_map(|v| ("mixed".to_owned(), v)),
@@ -63,6 +65,7 @@ fn literal() -> impl Strategy<Value = Literal> {
         Just(Literal::Text("2026-11-01".into())),
         prop_oneof![Just(-3.0), Just(0.0), Just(3.0), Just(5000.0), Just(5000.2), Just(7.0), Just(1e10)]
             .prop_map(Literal::Number),
+        (-1..62i32).prop_map(|n| Literal::Number(f64::from(n) / 2.0 + 15.0)),
         any::<bool>().prop_map(Literal::Bool),
         (0..4usize).prop_map(|i| Literal::Date(parse_date(DATES[i]).unwrap())),
         prop_oneof![Just(-30i64), Just(-1), Just(-400)].prop_map(|d| Literal::Relative(d * 86_400_000)),
@@ -74,7 +77,7 @@ fn op() -> impl Strategy<Value = CmpOp> {
 }
 
 fn leaf() -> impl Strategy<Value = Expr> {
-    let key = prop_oneof![Just("city"), Just("spend"), Just("last_active"), Just("vip"), Just("mixed")];
+    let key = prop_oneof![Just("city"), Just("spend"), Just("last_active"), Just("vip"), Just("score"), Just("mixed")];
     prop_oneof![
         Just(Expr::All),
         (0..TAGS.len()).prop_map(|i| Expr::Tag { path: TAGS[i].to_owned(), pos: 0 }),
@@ -176,7 +179,7 @@ fn build(contacts: &[Contact], split: usize) -> WorkspaceIndex {
         b.add(c.idx, c.attrs.iter().map(|(k, v)| (k.as_str(), v)));
     }
     let mut w = b.build();
-    for key in ["spend", "last_active", "vip", "mixed"] {
+    for key in ["spend", "last_active", "vip", "score", "mixed"] {
         let mut a = BTreeMap::new();
         a.insert(key.to_owned(), AttrValue::Number(0.0));
         w.set_contact(999_998, true, &a);
@@ -200,18 +203,18 @@ fn build(contacts: &[Contact], split: usize) -> WorkspaceIndex {
         false,
     );
     for (i, _) in TAGS.iter().enumerate() {
-        let mut per_chunk: BTreeMap<u32, roaring::RoaringBitmap> = BTreeMap::new();
+        let mut per_chunk: BTreeMap<u32, qunfa_audience::Bitmap> = BTreeMap::new();
         for c in contacts.iter().filter(|c| c.tags.contains(&i)) {
-            per_chunk.entry(c.idx >> 16).or_default().insert(c.idx);
+            per_chunk.entry(c.idx >> 16).or_default().add(c.idx);
         }
         for chunk in 0..3 {
             w.tags.set_chunk(i as i64, chunk, &per_chunk.remove(&chunk).unwrap_or_default());
         }
     }
     for d in 0..3usize {
-        let bits: roaring::RoaringBitmap = contacts.iter().filter(|c| c.dept == Some(d)).map(|c| c.idx).collect();
+        let bits: qunfa_audience::Bitmap = contacts.iter().filter(|c| c.dept == Some(d)).map(|c| c.idx).collect();
         for chunk in 0..3 {
-            let part: roaring::RoaringBitmap = bits.iter().filter(|i| i >> 16 == chunk).collect();
+            let part: qunfa_audience::Bitmap = bits.iter().filter(|i| i >> 16 == chunk).collect();
             w.departments.set_chunk(100 + d as i64, chunk, &part);
         }
     }

@@ -78,6 +78,9 @@ enum Command {
     /// Audience expressions.
     #[command(subcommand)]
     Audience(AudienceCommand),
+    /// Tags.
+    #[command(subcommand)]
+    Tags(TagsCommand),
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -181,6 +184,16 @@ enum AudienceCommand {
 }
 
 #[derive(Subcommand)]
+enum TagsCommand {
+    /// The tag report (the same as `qunfa audience report`).
+    Report {
+        /// Tags unused for longer than this many days are listed as dormant.
+        #[arg(long, default_value_t = 90)]
+        dormant_days: u32,
+    },
+}
+
+#[derive(Subcommand)]
 enum AuditCommand {
     /// Verify every hash chain of the audit log (reads the database directly).
     Verify,
@@ -278,6 +291,9 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Explain { broadcast_id } => runtime()?.block_on(explain(&config, &broadcast_id)),
         Command::Audit(AuditCommand::Verify) => audit_verify(&config),
         Command::Audience(cmd) => runtime()?.block_on(audience(&config, cmd)),
+        Command::Tags(TagsCommand::Report { dormant_days }) => {
+            runtime()?.block_on(audience(&config, AudienceCommand::Report { dormant_days }))
+        }
         Command::Bench(BenchCommand::Import { contacts, runs, format }) => {
             let format = match format.as_str() {
                 "csv" => qunfa_core::import::ImportFormat::Csv,
@@ -591,6 +607,15 @@ async fn audience(config: &Config, cmd: AudienceCommand) -> anyhow::Result<ExitC
                 return Ok(expr_error(&expr, status, &body));
             }
             println!("{} contacts ({:.2} ms)", body["count"], body["took_ms"].as_f64().unwrap_or(0.0));
+            for c in body["sample"].as_array().into_iter().flatten() {
+                println!(
+                    "  {:>12}  {:<16} {}  {}",
+                    c["id"].as_str().unwrap_or("?"),
+                    c["external_id"].as_str().unwrap_or("?"),
+                    c["name"].as_str().unwrap_or(""),
+                    c["attributes"]
+                );
+            }
         }
         AudienceCommand::Save { name, expr } => {
             let (status, body) = client

@@ -360,14 +360,28 @@ pub struct TagReportQuery {
 pub struct CountRequest {
     /// An audience expression.
     pub expr: String,
+    /// How many matching contacts to show, spread evenly over the matches
+    /// (default 5, at most 50; 0 for none).
+    pub sample: Option<u32>,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct CountResponse {
     /// Live contacts the expression selects now.
     pub count: u64,
-    /// Time to evaluate, in milliseconds.
+    /// A few of them, spread evenly over the matches in id order.
+    pub sample: Vec<SampleContact>,
+    /// Time to evaluate, in milliseconds (the sample's lookup not included).
     pub took_ms: f64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SampleContact {
+    pub id: String,
+    pub external_id: String,
+    pub name: String,
+    #[schema(value_type = Object)]
+    pub attributes: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Deserialize, ToSchema)]

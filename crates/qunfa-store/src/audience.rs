@@ -16,7 +16,6 @@ use std::{
 use std::borrow::Cow;
 
 use qunfa_audience::index::{AttrRef, IndexBuilder, WorkspaceIndex};
-use qunfa_audience::roaring::RoaringBitmap;
 use qunfa_core::contact::AttrValue;
 
 use crate::{members::SetKind, params, Conn, Store, StoreError};
@@ -183,8 +182,7 @@ fn load_members(c: &mut Conn, workspace_id: i64, since: i64, index: &mut Workspa
         "SELECT kind, set_id, chunk, bits FROM member_sets WHERE workspace_id = ? AND version > ?",
         params![workspace_id, since],
         &mut |r| {
-            let bits = RoaringBitmap::deserialize_from(r.blob(3))
-                .map_err(|e| StoreError::Corrupt(format!("a membership bitmap: {e}")))?;
+            let bits = crate::members::decode(r.blob(3))?;
             let sets = if r.i64(0) == SetKind::Tag as i64 { &mut index.tags } else { &mut index.departments };
             sets.set_chunk(r.i64(1), r.i64(2) as u32, &bits);
             Ok(())
@@ -225,7 +223,7 @@ fn refresh(c: &mut Conn, workspace_id: i64, cached: &mut Cached) -> Result<bool,
                 params![workspace_id, cached.contacts_version],
             )?
             .i64(0) as u64;
-        if changed > 50_000 && changed > cached.index.live().len() / 4 {
+        if changed > 50_000 && changed > cached.index.live().cardinality() / 4 {
             return Ok(false);
         }
         let index = &mut cached.index;

@@ -13,7 +13,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use qunfa_audience::{roaring::RoaringBitmap, AudienceSpec, FrozenAudience};
+use qunfa_audience::{AudienceSpec, Bitmap, FrozenAudience};
 use qunfa_core::{
     broadcast::{BroadcastState, Priority},
     contact::Channel,
@@ -321,7 +321,7 @@ impl Store {
     /// # Errors
     /// `NotFound` for an unknown tag, department or segment, or a name an
     /// expression uses that has gone since; database errors.
-    pub fn resolve_audience(&self, workspace_id: i64, spec: &AudienceSpec) -> Result<RoaringBitmap, StoreError> {
+    pub fn resolve_audience(&self, workspace_id: i64, spec: &AudienceSpec) -> Result<Bitmap, StoreError> {
         let mut expr = None;
         if let AudienceSpec::Expression(src) = spec {
             // Checked when the draft was made; a name that has gone since
@@ -333,18 +333,18 @@ impl Store {
         let now = crate::now_millis();
         self.with_audience(workspace_id, |index| {
             let subtrees = |sets: &qunfa_audience::index::TreeSets, roots: &[i64]| {
-                let mut out = RoaringBitmap::new();
+                let mut out = Bitmap::new();
                 for &root in roots {
                     if !sets.exists(root) {
                         return Err(StoreError::NotFound);
                     }
-                    out |= sets.subtree(root);
+                    out |= &*sets.subtree(root);
                 }
                 Ok(out & index.live())
             };
             match spec {
                 AudienceSpec::All => Ok(index.live().clone()),
-                AudienceSpec::Contacts(ids) => Ok(ids.iter().copied().collect::<RoaringBitmap>() & index.live()),
+                AudienceSpec::Contacts(ids) => Ok(Bitmap::of(ids) & index.live()),
                 AudienceSpec::Tag(id) => subtrees(&index.tags, &[*id]),
                 AudienceSpec::Tags(ids) => subtrees(&index.tags, ids),
                 AudienceSpec::Department(id) => subtrees(&index.departments, &[*id]),
@@ -421,13 +421,13 @@ impl Store {
         &self,
         workspace_id: i64,
         id: i64,
-        audience: &RoaringBitmap,
+        audience: &Bitmap,
         rules: DispatchRules<'_>,
         actor: &str,
         now: i64,
     ) -> Result<(), StoreError> {
         let frozen_bytes = FrozenAudience::serialize(audience);
-        let n_recipients = audience.len();
+        let n_recipients = audience.cardinality();
         let n_batches = (n_recipients as usize).div_ceil(qunfa_audience::BATCH_SIZE);
         self.db.write(|c| {
             let b = c.query_one(

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use roaring::RoaringBitmap;
+use qunfa_audience::Bitmap;
 
 use qunfa_core::{contact::ContactInput, policy::TierPolicy, tag::TagPath};
 use serde_json::{Map, Value as Json};
@@ -370,6 +370,24 @@ impl Store {
         rows.iter().map(record_from).collect()
     }
 
+    /// Live contacts among `idxs` (without their tags and departments), by id.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn contacts_among(&self, workspace_id: i64, idxs: &[u32]) -> Result<Vec<ContactRecord>, StoreError> {
+        if idxs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = idxs.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        let rows = self.db.conn()?.query(
+            &format!(
+                "SELECT {CONTACT_COLUMNS} FROM contacts WHERE workspace_id = ? AND deleted_at IS NULL AND idx IN ({list}) ORDER BY idx"
+            ),
+            params![workspace_id],
+        )?;
+        rows.iter().map(record_from).collect()
+    }
+
     /// Replaces a contact's fields with `updated` (validated by the caller from
     /// the stored contact merged with a patch). The external id may not change.
     ///
@@ -501,7 +519,7 @@ struct ImportState {
     tag_ids: HashMap<String, i64>,
     tags_loaded: bool,
     /// New memberships per tag, written once at the end.
-    tagged: BTreeMap<i64, RoaringBitmap>,
+    tagged: BTreeMap<i64, Bitmap>,
     keys: Vec<String>,
     n_contacts: u64,
     first_idx: Option<u32>,
@@ -582,7 +600,7 @@ impl ImportState {
             });
             self.first_idx.get_or_insert(idx);
             for t in &p.tags {
-                self.tagged.entry(self.tag_ids[t.as_str()]).or_default().insert(idx);
+                self.tagged.entry(self.tag_ids[t.as_str()]).or_default().add(idx);
             }
             if existing.is_some() {
                 updates.push((idx, p));

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use roaring::RoaringBitmap;
+use qunfa_audience::Bitmap;
 
 use crate::{params, Conn, StoreError, Value};
 
@@ -46,21 +46,25 @@ pub(crate) fn bump_version(c: &mut Conn, workspace_id: i64) -> Result<i64, Store
     .i64(0))
 }
 
-fn decode(bytes: &[u8]) -> Result<RoaringBitmap, StoreError> {
-    RoaringBitmap::deserialize_from(bytes).map_err(|e| StoreError::Corrupt(format!("a membership bitmap: {e}")))
+/// Reads a stored membership chunk.
+///
+/// # Errors
+/// `Corrupt` when the bytes are not a well-formed bitmap.
+pub(crate) fn decode(bytes: &[u8]) -> Result<Bitmap, StoreError> {
+    qunfa_audience::decode(bytes)
+        .ok_or_else(|| StoreError::Corrupt(format!("a membership bitmap of {} bytes does not decode", bytes.len())))
 }
 
-fn encode(bits: &RoaringBitmap) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bits.serialized_size());
-    bits.serialize_into(&mut out).expect("writing to a Vec");
-    out
+fn encode(bits: &mut Bitmap) -> Vec<u8> {
+    bits.run_optimize();
+    qunfa_audience::encode(bits)
 }
 
 /// Splits ids by chunk.
-fn by_chunk(ids: &RoaringBitmap) -> BTreeMap<u32, RoaringBitmap> {
-    let mut out: BTreeMap<u32, RoaringBitmap> = BTreeMap::new();
-    for idx in ids {
-        out.entry(chunk_of(idx)).or_default().insert(idx);
+fn by_chunk(ids: &Bitmap) -> BTreeMap<u32, Bitmap> {
+    let mut out: BTreeMap<u32, Bitmap> = BTreeMap::new();
+    for idx in ids.iter() {
+        out.entry(chunk_of(idx)).or_default().add(idx);
     }
     out
 }
@@ -73,7 +77,7 @@ fn store_chunk(
     kind: SetKind,
     set_id: i64,
     chunk: u32,
-    bits: &RoaringBitmap,
+    bits: &mut Bitmap,
     version: i64,
 ) -> Result<(), StoreError> {
     {
@@ -87,7 +91,7 @@ fn store_chunk(
                 kind.code(),
                 set_id,
                 i64::from(chunk),
-                bits.len() as i64,
+                bits.cardinality() as i64,
                 Value::Blob(encode(bits)),
                 version
             ],
@@ -96,19 +100,13 @@ fn store_chunk(
     Ok(())
 }
 
-fn load_chunk(
-    c: &mut Conn,
-    workspace_id: i64,
-    kind: SetKind,
-    set_id: i64,
-    chunk: u32,
-) -> Result<RoaringBitmap, StoreError> {
+fn load_chunk(c: &mut Conn, workspace_id: i64, kind: SetKind, set_id: i64, chunk: u32) -> Result<Bitmap, StoreError> {
     match c.query_opt(
         "SELECT bits FROM member_sets WHERE workspace_id = ? AND kind = ? AND set_id = ? AND chunk = ?",
         params![workspace_id, kind.code(), set_id, i64::from(chunk)],
     )? {
         Some(r) => decode(r.blob(0)),
-        None => Ok(RoaringBitmap::new()),
+        None => Ok(Bitmap::new()),
     }
 }
 
@@ -118,11 +116,11 @@ pub(crate) fn change(
     c: &mut Conn,
     workspace_id: i64,
     kind: SetKind,
-    changes: &BTreeMap<i64, RoaringBitmap>,
+    changes: &BTreeMap<i64, Bitmap>,
     add: bool,
 ) -> Result<BTreeMap<i64, u64>, StoreError> {
     let mut changed = BTreeMap::new();
-    if changes.values().all(RoaringBitmap::is_empty) {
+    if changes.values().all(Bitmap::is_empty) {
         return Ok(changed);
     }
     let version = bump_version(c, workspace_id)?;
@@ -130,15 +128,15 @@ pub(crate) fn change(
         let mut n = 0;
         for (chunk, part) in by_chunk(ids) {
             let mut bits = load_chunk(c, workspace_id, kind, set_id, chunk)?;
-            let before = bits.len();
+            let before = bits.cardinality();
             if add {
                 bits |= part;
             } else {
                 bits -= part;
             }
-            if bits.len() != before {
-                n += bits.len().abs_diff(before);
-                store_chunk(c, workspace_id, kind, set_id, chunk, &bits, version)?;
+            if bits.cardinality() != before {
+                n += bits.cardinality().abs_diff(before);
+                store_chunk(c, workspace_id, kind, set_id, chunk, &mut bits, version)?;
             }
         }
         changed.insert(set_id, n);
@@ -152,7 +150,7 @@ pub(crate) fn remove_everywhere(c: &mut Conn, workspace_id: i64, kind: SetKind, 
     if holding.is_empty() {
         return Ok(());
     }
-    let one: RoaringBitmap = std::iter::once(idx).collect();
+    let one = Bitmap::of(&[idx]);
     let changes = holding.into_iter().map(|s| (s, one.clone())).collect();
     change(c, workspace_id, kind, &changes, false)?;
     Ok(())
@@ -197,9 +195,9 @@ pub(crate) fn counts(c: &mut Conn, workspace_id: i64, kind: SetKind) -> Result<B
 /// bitmaps: run once by the migration to version 2, before the old table goes.
 pub(crate) fn migrate_rows(c: &mut Conn, table: &str, set_column: &str, kind: SetKind) -> Result<(), StoreError> {
     let rows = c.query(&format!("SELECT workspace_id, {set_column}, contact_idx FROM {table}"), params![])?;
-    let mut per_workspace: BTreeMap<i64, BTreeMap<i64, RoaringBitmap>> = BTreeMap::new();
+    let mut per_workspace: BTreeMap<i64, BTreeMap<i64, Bitmap>> = BTreeMap::new();
     for r in &rows {
-        per_workspace.entry(r.i64(0)).or_default().entry(r.i64(1)).or_default().insert(r.i64(2) as u32);
+        per_workspace.entry(r.i64(0)).or_default().entry(r.i64(1)).or_default().add(r.i64(2) as u32);
     }
     for (workspace_id, sets) in per_workspace {
         change(c, workspace_id, kind, &sets, true)?;

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use qunfa_audience::{
     expr::{Expr, SegmentError},
-    roaring::RoaringBitmap,
+    Bitmap,
 };
 use qunfa_core::{policy::TierPolicy, Code};
 
@@ -145,7 +145,7 @@ impl Store {
         workspace_id: i64,
         tier: &TierPolicy,
         tag_id: i64,
-        ids: &RoaringBitmap,
+        ids: &Bitmap,
         add: bool,
         expr: &str,
         actor: &str,
@@ -156,12 +156,12 @@ impl Store {
             // Only live contacts: the index's view may be a moment older than this transaction.
             let mut live = ids.clone();
             if !live.is_empty() {
-                let mut dead = RoaringBitmap::new();
+                let mut dead = Bitmap::new();
                 c.for_each_row(
                     "SELECT idx FROM contacts WHERE workspace_id = ? AND idx BETWEEN ? AND ? AND deleted_at IS NOT NULL",
-                    params![workspace_id, live.min().unwrap_or(0), live.max().unwrap_or(0)],
+                    params![workspace_id, live.minimum().unwrap_or(0), live.maximum().unwrap_or(0)],
                     &mut |r| {
-                        dead.insert(r.i64(0) as u32);
+                        dead.add(r.i64(0) as u32);
                         Ok(())
                     },
                 )?;
@@ -173,7 +173,7 @@ impl Store {
                 tags::check_member_limits(c, workspace_id, tier, &[tag_id])?;
             }
             let action = if add { "tag.members_added" } else { "tag.members_removed" };
-            let details = serde_json::json!({"changed": changed, "matched": ids.len(), "expr": expr}).to_string();
+            let details = serde_json::json!({"changed": changed, "matched": ids.cardinality(), "expr": expr}).to_string();
             audit::append(c, workspace_id, actor, action, &format!("tag:{tag_id}"), &details, now)?;
             Ok(changed)
         })
@@ -186,8 +186,9 @@ impl Store {
     /// Database errors.
     pub fn tag_report(&self, workspace_id: i64, now: i64, dormant_days: u32) -> Result<Vec<TagReportLine>, StoreError> {
         let tags = self.tags(workspace_id)?;
-        let sizes: HashMap<i64, u64> =
-            self.with_audience(workspace_id, |i| tags.iter().map(|t| (t.id, i.tags.subtree(t.id).len())).collect())?;
+        let sizes: HashMap<i64, u64> = self.with_audience(workspace_id, |i| {
+            tags.iter().map(|t| (t.id, i.tags.subtree(t.id).cardinality())).collect()
+        })?;
         let cutoff = now - i64::from(dormant_days) * 86_400_000;
         Ok(tags
             .into_iter()

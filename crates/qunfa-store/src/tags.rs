@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use roaring::RoaringBitmap;
+use qunfa_audience::Bitmap;
 
 use qunfa_core::{policy::TierPolicy, tag::TagPath, workspace::Name};
 
@@ -238,7 +238,7 @@ impl Store {
         self.db.write(|c| {
             c.query_one("SELECT id FROM tags WHERE id = ? AND workspace_id = ?", params![tag_id, workspace_id])?;
             require_contacts(c, workspace_id, idxs)?;
-            let ids: RoaringBitmap = idxs.iter().copied().collect();
+            let ids: Bitmap = idxs.iter().copied().collect();
             let changed = members::change(c, workspace_id, SetKind::Tag, &BTreeMap::from([(tag_id, ids)]), add)?;
             let changed = changed.get(&tag_id).copied().unwrap_or(0);
             if add {
@@ -339,7 +339,7 @@ impl Store {
                 params![department_id, workspace_id],
             )?;
             require_contacts(c, workspace_id, idxs)?;
-            let ids: RoaringBitmap = idxs.iter().copied().collect();
+            let ids: Bitmap = idxs.iter().copied().collect();
             let changes = BTreeMap::from([(department_id, ids)]);
             let n = members::change(c, workspace_id, SetKind::Department, &changes, true)?
                 .get(&department_id)

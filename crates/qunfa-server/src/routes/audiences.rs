@@ -15,9 +15,21 @@ use qunfa_core::{preflight::AudienceShape, workspace::Action, Code};
 use crate::{
     error::{ApiError, ApiResult, ErrorBody},
     extract::{ApiJson, Auth},
-    wire::{CountRequest, CountResponse, SegmentRequest, SegmentResponse},
+    wire::{CountRequest, CountResponse, SampleContact, SegmentRequest, SegmentResponse},
     AppState, Inner,
 };
+
+/// Contacts shown with a count unless the request says otherwise, and the most.
+const DEFAULT_SAMPLE: u32 = 5;
+const MAX_SAMPLE: u32 = 50;
+
+/// `k` ranks spread evenly over `0..n` (all of them when `n <= k`).
+fn spread(n: u64, k: u64) -> Vec<u64> {
+    if n <= k {
+        return (0..n).collect();
+    }
+    (0..k).map(|i| i * n / k).collect()
+}
 
 pub fn resolve_error(e: ResolveError) -> ApiError {
     let code = match e.kind {
@@ -88,7 +100,7 @@ pub fn shape_of(e: &Expr) -> AudienceShape {
 
 fn segment_response(s: &Inner, ws: i64, r: qunfa_store::segments::SegmentRecord) -> Result<SegmentResponse, ApiError> {
     let count = match compile(s, ws, &r.expr) {
-        Ok(e) => s.store.with_audience(ws, |i| i.evaluate(&e, qunfa_store::now_millis()))?.map_or(0, |b| b.len()),
+        Ok(e) => s.store.with_audience(ws, |i| i.count(&e, qunfa_store::now_millis()))?.unwrap_or(0),
         Err(_) => 0, // a name it uses is gone; sending to it is refused with the reason
     };
     Ok(SegmentResponse {
@@ -175,11 +187,33 @@ pub async fn count(
     let ws = auth.workspace_id();
     let out = state
         .blocking(move |s| {
+            let wanted = req.sample.unwrap_or(DEFAULT_SAMPLE);
+            if wanted > MAX_SAMPLE {
+                return Err(ApiError::new(
+                    Code::BadRequest,
+                    format!("sample: at most {MAX_SAMPLE} contacts, not {wanted}"),
+                ));
+            }
             let e = compile(s, ws, &req.expr)?;
             let t = std::time::Instant::now();
             let now = qunfa_store::now_millis();
-            let n = s.store.with_audience(ws, |index| index.evaluate(&e, now))?.map_err(resolve_error)?.len();
-            Ok(CountResponse { count: n, took_ms: t.elapsed().as_secs_f64() * 1000.0 })
+            let matched = s.store.with_audience(ws, |index| index.evaluate(&e, now))?.map_err(resolve_error)?;
+            let took_ms = t.elapsed().as_secs_f64() * 1000.0;
+            let count = matched.cardinality();
+            let picks = spread(count, u64::from(wanted));
+            let idxs: Vec<u32> = picks.iter().filter_map(|&rank| matched.select(rank as u32)).collect();
+            let sample = s
+                .store
+                .contacts_among(ws, &idxs)?
+                .into_iter()
+                .map(|c| SampleContact {
+                    id: super::contact_id(ws, c.idx),
+                    external_id: c.external_id,
+                    name: c.name,
+                    attributes: c.attributes,
+                })
+                .collect();
+            Ok(CountResponse { count, sample, took_ms })
         })
         .await?;
     Ok(Json(out))

@@ -9,7 +9,7 @@ use axum::{
     Json,
 };
 use futures::Stream;
-use qunfa_audience::{roaring::RoaringBitmap, AudienceSpec};
+use qunfa_audience::{AudienceSpec, Bitmap};
 use qunfa_core::{
     broadcast::{BroadcastState, Priority},
     contact::Channel,
@@ -295,7 +295,7 @@ pub fn evaluate(
     plan: Option<&str>,
     b: &BroadcastRecord,
     already_counted: bool,
-) -> Result<(Vec<Verdict>, RoaringBitmap), ApiError> {
+) -> Result<(Vec<Verdict>, Bitmap), ApiError> {
     let now = now_millis();
     let spec = audience_from_json(&b.audience_json)?;
     let mut verdicts = Vec::new();
@@ -312,7 +312,7 @@ pub fn evaluate(
                 limit: None,
                 actual: None,
             });
-            RoaringBitmap::new()
+            Bitmap::new()
         }
         Err(e) => return Err(e.into()),
     };
@@ -353,7 +353,7 @@ pub fn evaluate(
         content: &content,
         unknown_variables,
         audience: shape,
-        n_recipients: audience.len(),
+        n_recipients: audience.cardinality(),
         channels: &b.channels,
         available_channels: &s.channels,
         sends_today,
@@ -398,7 +398,7 @@ pub async fn preflight(
     let (verdicts, audience) = state.blocking(move |s| evaluate(s, kind, plan.as_deref(), &b, pending)).await?;
     Ok(Json(PreflightResponse {
         ok: !preflight::blocks(&verdicts),
-        recipients: audience.len(),
+        recipients: audience.cardinality(),
         verdicts: verdicts.iter().map(VerdictWire::from).collect(),
     }))
 }

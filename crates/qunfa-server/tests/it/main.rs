@@ -612,6 +612,22 @@ async fn audience_expressions(app: TestApp) {
     assert_eq!(n(count("city = 上海 & spend > 5000 & !tag:流失").await.expect(200)), 1);
     assert_eq!(n(count("(tag:客户等级/银牌 | spend < 1000) & last_active > 2026-01-01").await.expect(200)), 1);
     assert!(count("all").await.expect(200)["took_ms"].as_f64().is_some());
+    // A sample of the matches comes with the count: 5 by default, spread over them.
+    let all = count("all").await.expect(200);
+    let ids: Vec<&str> = all["sample"].as_array().unwrap().iter().map(|c| c["external_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["u1", "u2", "u3", "u4"]);
+    let shanghai =
+        app.post("/v1/audiences/count", &owner, json!({"expr": "city = 上海", "sample": 2})).await.expect(200);
+    assert_eq!(shanghai["count"], 3);
+    let picked: Vec<&str> =
+        shanghai["sample"].as_array().unwrap().iter().map(|c| c["external_id"].as_str().unwrap()).collect();
+    assert_eq!(picked, ["u1", "u3"], "ranks 0 and 1 of 3 spread over two picks");
+    assert_eq!(shanghai["sample"][0]["attributes"]["city"], "上海");
+    app.post("/v1/audiences/count", &owner, json!({"expr": "all", "sample": 51}))
+        .await
+        .expect_error(400, "QF-BAD-REQUEST");
+    let none = app.post("/v1/audiences/count", &owner, json!({"expr": "all", "sample": 0})).await.expect(200);
+    assert_eq!(none["sample"], json!([]));
 
     // Errors point at the position and suggest the fix.
     let e = count("tag:客户等级 & (city = 上海").await.expect_error(400, "QF-AUDIENCE-SYNTAX");
