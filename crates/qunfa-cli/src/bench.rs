@@ -135,23 +135,22 @@ pub fn import(database_url: Option<&str>, n: usize, runs: usize, format: ImportF
             .collect();
         drop(parsed);
         // Memberships as stored: one roaring bitmap per tag and 65,536-id chunk.
-        let mut sets: std::collections::BTreeMap<(i64, u32), roaring::RoaringBitmap> = Default::default();
+        let mut sets: std::collections::BTreeMap<(i64, u32), qunfa_audience::Bitmap> = Default::default();
         for i in 0..n as u32 {
             for tag in [i64::from(i % 3) + 1, i64::from(i % 17) + 10] {
-                sets.entry((tag, i >> 16)).or_default().insert(i);
+                sets.entry((tag, i >> 16)).or_default().add(i);
             }
         }
         let tag_rows: Vec<Vec<Value>> = sets
             .iter()
             .map(|((tag, chunk), bits)| {
-                let mut blob = Vec::new();
-                bits.serialize_into(&mut blob).expect("writing to a Vec");
+                let blob = qunfa_audience::encode(bits);
                 vec![
                     Value::Int(w.id),
                     Value::Int(1),
                     Value::Int(*tag),
                     Value::Int(i64::from(*chunk)),
-                    Value::Int(bits.len() as i64),
+                    Value::Int(bits.cardinality() as i64),
                     Value::Blob(blob),
                     Value::Int(1),
                 ]
