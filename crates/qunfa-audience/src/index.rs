@@ -338,9 +338,8 @@ impl RankIndex {
         out
     }
 
-    /// Contacts whose value compares with `v` as `op` says; when `restrict`
-    /// is given, only members of it are guaranteed to be right.
-    fn test(&self, op: CmpOp, v: f64, restrict: Option<&Bitmap>) -> Members<'_> {
+    /// Contacts whose value compares with `v` as `op` says.
+    fn test(&self, op: CmpOp, v: f64) -> Members<'_> {
         let below = self.dict.partition_point(|d| *d < v);
         let upto = self.dict.partition_point(|d| *d <= v);
         let n = self.dict.len();
@@ -360,11 +359,10 @@ impl RankIndex {
             return Members::Shared(hit.1);
         }
         drop(cache);
-        // Everyone is tested, even when the rest of the expression left few
+        // Everyone is tested, even when the rest of an expression left few
         // candidates: the blocks few candidates touch are scattered, so
         // testing them costs as much in memory waits as a sequential pass
         // over all, and a whole result serves the next expression too.
-        let _ = restrict;
         let all = Arc::new(self.rank_range(lo, hi, negate));
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         if cache.len() >= RANGE_CACHE {
@@ -600,7 +598,7 @@ fn literal_ms(l: &Literal, now_ms: i64) -> i64 {
 
 impl AttrIndex {
     /// Base (built) matches of a predicate, before the overlay.
-    fn base(&self, pred: &Pred, now_ms: i64, restrict: Option<&Bitmap>) -> Members<'_> {
+    fn base(&self, pred: &Pred, now_ms: i64) -> Members<'_> {
         let empty = || Members::Owned(Bitmap::new());
         match pred {
             Pred::Exists => Members::Borrowed(&self.present),
@@ -612,13 +610,13 @@ impl AttrIndex {
             }
             Pred::In(list) => {
                 let parts: Vec<Members<'_>> =
-                    list.iter().map(|l| self.base(&Pred::Cmp(CmpOp::Eq, l.clone()), now_ms, restrict)).collect();
+                    list.iter().map(|l| self.base(&Pred::Cmp(CmpOp::Eq, l.clone()), now_ms)).collect();
                 Members::Owned(union(parts.iter().map(Deref::deref)))
             }
             Pred::Cmp(op, l) => match l {
                 Literal::Text(t) => {
                     if let Some(d) = date_literal(l) {
-                        return self.dates.test(*op, literal_ms(&d, now_ms) as f64, restrict);
+                        return self.dates.test(*op, literal_ms(&d, now_ms) as f64);
                     }
                     let eq = self.text.get(t.as_str());
                     match (op, eq) {
@@ -633,14 +631,14 @@ impl AttrIndex {
                     CmpOp::Ne => Members::Borrowed(&self.bools[usize::from(!*b)]),
                     _ => empty(),
                 },
-                Literal::Number(n) => self.numbers.test(*op, *n, restrict),
-                Literal::Date(_) | Literal::Relative(_) => self.dates.test(*op, literal_ms(l, now_ms) as f64, restrict),
+                Literal::Number(n) => self.numbers.test(*op, *n),
+                Literal::Date(_) | Literal::Relative(_) => self.dates.test(*op, literal_ms(l, now_ms) as f64),
             },
         }
     }
 
     fn eval(&self, pred: &Pred, now_ms: i64, restrict: Option<&Bitmap>) -> Members<'_> {
-        let base = self.base(pred, now_ms, restrict);
+        let base = self.base(pred, now_ms);
         if self.stale.is_empty() {
             return base;
         }
@@ -934,8 +932,8 @@ impl WorkspaceIndex {
         }
     }
 
-    /// Whether evaluating a term gains from a restriction (range tests walk
-    /// bit slices; everything else is a lookup).
+    /// Whether a term is a range test: evaluated after the lookups, so that
+    /// an `&` that is already empty skips it.
     fn is_range(e: &Expr) -> bool {
         matches!(e, Expr::Attr { pred: Pred::Cmp(_, Literal::Number(_) | Literal::Date(_) | Literal::Relative(_)), .. })
     }
@@ -1044,7 +1042,7 @@ mod tests {
                         .filter(|(i, v)| cmp_f64(op, *v, t) && r.is_none_or(|r| r.contains(*i)))
                         .map(|(i, _)| *i)
                         .collect();
-                    let mut got = index.test(op, t, r).into_owned();
+                    let mut got = index.test(op, t).into_owned();
                     if let Some(r) = r {
                         got &= r;
                     }
