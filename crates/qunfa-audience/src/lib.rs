@@ -146,6 +146,11 @@ impl FrozenAudience {
         &self.members[start..end]
     }
 
+    /// The batch that holds contact `idx`, if it is a member.
+    pub fn batch_of(&self, idx: u32) -> Option<usize> {
+        self.members.binary_search(&idx).ok().map(|rank| rank / BATCH_SIZE)
+    }
+
     pub fn members(&self) -> &[u32] {
         &self.members
     }

@@ -43,7 +43,7 @@ pub fn open(database_url: Option<&str>) -> anyhow::Result<BenchDb> {
     }
 }
 
-fn ndjson_contacts(n: usize) -> Vec<u8> {
+pub fn ndjson_contacts(n: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(n * 260);
     let cities = ["上海", "杭州", "广州", "深圳", "北京", "成都"];
     for i in 0..n {
@@ -318,10 +318,13 @@ fn fanout_once(database_url: Option<&str>, n: usize) -> anyhow::Result<(f64, f64
         priority: Priority::Broadcast,
         client_msg_id: None,
         request_hash: "bench".into(),
+        ttl_ms: None,
     };
     let (b, _) = store.create_broadcast(w.id, 1, &new, "bench", now_millis())?;
     let cache = DispatchCache::default();
-    let jobs_per_step = qunfa_engine::EngineConfig::default().jobs_per_step;
+    // The worker as a server runs it: the same steps, limits and policy.
+    let config = qunfa_engine::EngineConfig::default();
+    let metrics = qunfa_engine::EngineMetrics::default();
 
     // The audience index exists already, as in a running server (which
     // builds it at start and keeps it fresh).
@@ -332,12 +335,11 @@ fn fanout_once(database_url: Option<&str>, n: usize) -> anyhow::Result<(f64, f64
         DispatchRules { from: BroadcastState::Draft, daily_limit: None, approved_by: None, verdicts_json: "[]" };
     store.dispatch(w.id, b.id, &audience, rules, "bench", now_millis())?;
     let accepted = t.elapsed().as_secs_f64();
-    loop {
-        let step = store.run_inbox_step("bench", &cache, jobs_per_step, now_millis())?;
-        if step.jobs == 0 {
-            break;
-        }
-    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    anyhow::ensure!(
+        qunfa_engine::drain(store, &cache, &config, &metrics, &stop, &now_millis),
+        "a delivery step failed"
+    );
     let total = t.elapsed().as_secs_f64();
     let rec = store.broadcast(w.id, b.id)?;
     anyhow::ensure!(
@@ -348,8 +350,9 @@ fn fanout_once(database_url: Option<&str>, n: usize) -> anyhow::Result<(f64, f64
     let (records, dupes) = store.delivery_totals(b.id)?;
     anyhow::ensure!(records == n as u64 && dupes == 0, "{records} records, {dupes} duplicated");
     println!(
-        "  ({:?}) freeze audience + queue {accepted:.3} s; check: {records} delivery records, {dupes} duplicates, state {}",
+        "  ({:?}) freeze audience + queue {accepted:.3} s; {} steps; check: {records} delivery records, {dupes} duplicates, state {}",
         store.backend(),
+        metrics.steps.load(std::sync::atomic::Ordering::Relaxed),
         rec.state.as_str()
     );
     Ok((total, baseline))

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_audience;
+mod bench_priority;
 mod client;
 mod config;
 mod demo;
@@ -228,6 +229,17 @@ enum BenchCommand {
         #[arg(long)]
         only: Option<usize>,
     },
+    /// Latency of chat/transactional messages while a large broadcast runs, against an idle queue.
+    Priority {
+        #[arg(long, default_value_t = 1_000_000)]
+        recipients: usize,
+        /// Broadcasts to run, one after the other (urgent messages are sent throughout).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Urgent messages sent on the idle queue for the baseline.
+        #[arg(long, default_value_t = 200)]
+        baseline: usize,
+    },
     /// Inbox broadcast fan-out: accepted → all records durable, against the raw bulk insert.
     Fanout {
         #[arg(long, default_value_t = 100_000)]
@@ -308,6 +320,11 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             bench_audience::run(contacts, runs.max(1), sql_runs, keep_db, only)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench(BenchCommand::Priority { recipients, runs, baseline }) => {
+            bench::check_url(config.database_url.as_deref())?;
+            bench_priority::priority(config.database_url.as_deref(), recipients, runs.max(1), baseline.max(1))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCommand::Fanout { recipients, runs }) => {
             bench::check_url(config.database_url.as_deref())?;
             bench::fanout(config.database_url.as_deref(), recipients, runs.max(1))?;
@@ -347,7 +364,8 @@ fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
-        let engine = qunfa_engine::Engine::start(store.clone(), qunfa_engine::EngineConfig::default());
+        let engine_config = qunfa_engine::EngineConfig { delivery: policy.delivery.clone(), ..Default::default() };
+        let engine = qunfa_engine::Engine::start(store.clone(), engine_config);
         // Audience indexes are built in the background; a query that comes
         // first builds its workspace's index itself.
         let warm = store.clone();

@@ -11,6 +11,8 @@ pub enum BroadcastState {
     PendingApproval,
     /// Audience frozen, batches queued or in flight.
     Sending,
+    /// Sending stopped by an operator; its batches wait until it is resumed.
+    Paused,
     /// Every batch is done: each recipient has its delivery record.
     Completed,
     /// Stopped before dispatch (rejected or cancelled).
@@ -23,6 +25,7 @@ impl BroadcastState {
             Self::Draft => "draft",
             Self::PendingApproval => "pending_approval",
             Self::Sending => "sending",
+            Self::Paused => "paused",
             Self::Completed => "completed",
             Self::Cancelled => "cancelled",
         }
@@ -32,6 +35,7 @@ impl BroadcastState {
             "draft" => Self::Draft,
             "pending_approval" => Self::PendingApproval,
             "sending" => Self::Sending,
+            "paused" => Self::Paused,
             "completed" => Self::Completed,
             "cancelled" => Self::Cancelled,
             _ => return Err(Code::Internal),

@@ -61,6 +61,43 @@ pub struct Policy {
     pub day_utc_offset_hours: i32,
     pub api_batch_max: usize,
     pub tiers: Tiers,
+    pub delivery: DeliveryPolicy,
+}
+
+/// How the delivery engine paces, retries and forgets.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryPolicy {
+    pub retention_hours: u32,
+    pub flash_min_seconds: u32,
+    pub flash_max_hours: u32,
+    /// Recipients per minute at speed levels 0 (fastest) to 4.
+    pub speed_levels_per_minute: Vec<u64>,
+    /// Recipients per minute per sender; 0: no limit.
+    pub sender_per_minute: u64,
+    pub max_attempts: u32,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// Recipients per minute per channel name.
+    #[serde(default)]
+    pub channel_per_minute: BTreeMap<String, u64>,
+}
+
+impl DeliveryPolicy {
+    /// The rate of a speed level, recipients per minute.
+    pub fn speed_level(&self, level: u8) -> Option<u64> {
+        self.speed_levels_per_minute.get(usize::from(level)).copied()
+    }
+
+    /// The delay before retry `attempt` (1-based) of a failed delivery:
+    /// exponential from `retry_base_ms`, capped at `retry_max_ms`, with
+    /// `jitter` in [0, 1) spreading it over its upper half so retries of one
+    /// failure do not arrive together.
+    pub fn retry_delay_ms(&self, attempt: u32, jitter: f64) -> u64 {
+        let exp = self.retry_base_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(30));
+        let capped = exp.min(self.retry_max_ms);
+        capped / 2 + ((capped / 2) as f64 * jitter.clamp(0.0, 1.0)) as u64
+    }
 }
 
 /// A policy file that could not be read.
@@ -116,6 +153,25 @@ impl Policy {
                 }
             }
         }
+        let d = &self.delivery;
+        if d.speed_levels_per_minute.len() != 5 || d.speed_levels_per_minute.contains(&0) {
+            return Err(PolicyError::Invalid(
+                "delivery.speed_levels_per_minute must name 5 positive rates (levels 0–4)".into(),
+            ));
+        }
+        if d.max_attempts == 0 || d.retry_base_ms == 0 || d.retry_max_ms < d.retry_base_ms {
+            return Err(PolicyError::Invalid(
+                "delivery: max_attempts and retry_base_ms must be positive, retry_max_ms ≥ retry_base_ms".into(),
+            ));
+        }
+        if d.flash_min_seconds == 0 || u64::from(d.flash_max_hours) * 3600 < u64::from(d.flash_min_seconds) {
+            return Err(PolicyError::Invalid(
+                "delivery: flash_min_seconds must be positive and below flash_max_hours".into(),
+            ));
+        }
+        if let Some((name, _)) = d.channel_per_minute.iter().find(|(_, v)| **v == 0) {
+            return Err(PolicyError::Invalid(format!("delivery.channel_per_minute.{name} must be positive")));
+        }
         Ok(())
     }
 
@@ -161,6 +217,24 @@ mod tests {
         assert_eq!(p.tiers.api.recipient_limit(None), Some(500));
         assert_eq!(p.tiers.api.recipient_limit(Some("pro")), Some(10_000));
         assert!(!p.tiers.personal.allows_type(ContentType::File));
+    }
+
+    #[test]
+    fn delivery_defaults_and_retry_delays() {
+        let d = Policy::builtin().delivery;
+        assert_eq!(d.retention_hours, 72);
+        assert_eq!(d.speed_level(0), Some(800_000));
+        assert_eq!(d.speed_level(4), Some(100_000));
+        assert_eq!(d.speed_level(5), None);
+        // Attempt 1 waits 0.5–1 s, attempt 3 2–4 s; the cap holds with any jitter.
+        assert_eq!(d.retry_delay_ms(1, 0.0), 500);
+        assert_eq!(d.retry_delay_ms(1, 0.999_999), 999);
+        assert_eq!(d.retry_delay_ms(3, 0.0), 2_000);
+        assert_eq!(d.retry_delay_ms(40, 1.0), 600_000);
+        assert!(Policy::from_toml_str("[delivery]\nspeed_levels_per_minute = [1, 2]\n").is_err());
+        assert!(Policy::from_toml_str("[delivery.channel_per_minute]\nemail = 0\n").is_err());
+        let p = Policy::from_toml_str("[delivery.channel_per_minute]\nemail = 600\n").unwrap();
+        assert_eq!(p.delivery.channel_per_minute.get("email"), Some(&600));
     }
 
     #[test]

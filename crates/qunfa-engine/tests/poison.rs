@@ -11,13 +11,13 @@ use qunfa_core::{
     import::{parse, ImportFormat},
     message::RawContent,
     workspace::{Name, WorkspaceKind},
-    Policy,
+    Code, Policy,
 };
 use qunfa_engine::{drain, EngineConfig, EngineMetrics};
 use qunfa_store::{
     broadcasts::{DispatchCache, DispatchRules, NewBroadcast},
     json::content_to_json,
-    test_support, Store,
+    test_support, Store, StoreError,
 };
 
 const NOW: i64 = 1_795_000_000_000;
@@ -31,6 +31,7 @@ fn broadcast(store: &Store, ws: i64, text: &str) -> i64 {
         priority: Priority::Broadcast,
         client_msg_id: None,
         request_hash: text.into(),
+        ttl_ms: None,
     };
     let (b, _) = store.create_broadcast(ws, 1, &new, "t", NOW).unwrap();
     let audience = store.resolve_audience(ws, &AudienceSpec::All).unwrap();
@@ -60,7 +61,8 @@ fn poison_job_becomes_a_dead_letter(db: test_support::TestDb) {
 
     let now = AtomicI64::new(NOW);
     let clock = || now.load(Ordering::SeqCst);
-    let config = EngineConfig { max_job_attempts: 3, ..Default::default() };
+    let mut config = EngineConfig::default();
+    config.delivery.max_attempts = 3;
     let (metrics, stop, cache) = (EngineMetrics::default(), AtomicBool::new(false), DispatchCache::default());
 
     // First pass: the poisoned jobs are isolated and deferred; the healthy broadcast completes.
@@ -85,6 +87,32 @@ fn poison_job_becomes_a_dead_letter(db: test_support::TestDb) {
     assert_eq!(store.delivery_totals(poisoned).unwrap(), (3000, 0));
     let audit = store.audit_entries(ws, 0, 1000).unwrap();
     assert_eq!(audit.iter().filter(|e| e.action == "delivery.dead_letter").count(), 2);
+    assert_eq!(metrics.failed.get(Priority::Broadcast, Channel::Inbox).load(Ordering::Relaxed), 3000);
+
+    // Re-driving needs a completed broadcast with failures: the healthy one has none.
+    let err = store.redrive_failed(ws, healthy, "t", clock()).unwrap_err();
+    assert!(matches!(err, StoreError::Rejected { code: Code::Conflict, .. }), "{err:?}");
+    // Once the cause is fixed, retry-failed sends exactly the failed ones again.
+    store
+        .db
+        .write(|c| {
+            c.execute(
+                r#"UPDATE broadcasts SET content = '{"type":"text","text":"好消息"}' WHERE id = ?"#,
+                &[poisoned.into()],
+            )
+        })
+        .unwrap();
+    assert_eq!(store.redrive_failed(ws, poisoned, "t", clock()).unwrap(), 3000);
+    let p = store.broadcast(ws, poisoned).unwrap();
+    assert_eq!((p.state, p.n_failed, p.n_redriven), (BroadcastState::Sending, 0, 3000));
+    assert!(drain(&store, &cache, &config, &metrics, &stop, &clock));
+    let p = store.broadcast(ws, poisoned).unwrap();
+    assert_eq!((p.state, p.n_delivered, p.n_failed), (BroadcastState::Completed, 3000, 0));
+    assert_eq!(store.delivery_totals(poisoned).unwrap(), (3000, 0));
+    assert!(store.deliveries(poisoned, None, 3000).unwrap().iter().all(|d| d.state == "delivered"));
+    let audit = store.audit_entries(ws, 0, 1000).unwrap();
+    assert_eq!(audit.iter().filter(|e| e.action == "broadcast.redriven").count(), 1);
+    assert!(store.audit_verify().unwrap().iter().all(|r| r.result.is_ok()));
 }
 
 #[test]

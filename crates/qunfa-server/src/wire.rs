@@ -396,6 +396,27 @@ pub struct CreateBroadcastRequest {
     /// Idempotency key: the same key with the same body returns the original
     /// broadcast; with a different body it is refused.
     pub client_msg_id: Option<String>,
+    /// A flash message: its content self-destructs this many seconds after
+    /// the send starts (bounds in the policy: `delivery.flash_*`).
+    pub ttl_seconds: Option<u64>,
+}
+
+/// The workspace's speed level.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpeedLevel {
+    /// 0 (fastest) to 4 (slowest); `null` sends unthrottled.
+    pub level: Option<u8>,
+    /// Recipients per minute at this level (`null`: unthrottled).
+    #[serde(default)]
+    pub per_minute: Option<u64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RedriveResponse {
+    /// Failed deliveries queued again.
+    pub redriven: u64,
+    pub broadcast: BroadcastResponse,
 }
 
 #[derive(Serialize, ToSchema, Debug)]
@@ -443,13 +464,16 @@ pub struct Counts {
     pub failed: u64,
     pub read: u64,
     pub replied: u64,
+    /// Failed deliveries sent again by `retry-failed`.
+    pub redriven: u64,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct BroadcastResponse {
     pub id: String,
-    /// `draft`, `pending_approval`, `sending`, `completed` or `cancelled`.
+    /// `draft`, `pending_approval`, `sending`, `paused`, `completed` or `cancelled`.
     pub state: String,
+    /// `{"type": "purged"}` once retention (or a flash message's end) removed it.
     pub content: ContentWire,
     #[schema(value_type = Object)]
     pub audience: serde_json::Value,
@@ -466,6 +490,13 @@ pub struct BroadcastResponse {
     pub approved_at: Option<String>,
     pub dispatched_at: Option<String>,
     pub completed_at: Option<String>,
+    pub paused_at: Option<String>,
+    /// A flash message's time to live.
+    pub ttl_seconds: Option<u64>,
+    /// When a flash message's content goes.
+    pub expires_at: Option<String>,
+    /// When the content was purged (retention or flash).
+    pub purged_at: Option<String>,
     /// The verdicts recorded at submission.
     pub verdicts: Option<Vec<serde_json::Value>>,
 }

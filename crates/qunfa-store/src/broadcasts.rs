@@ -23,8 +23,10 @@ use qunfa_core::{
 
 use crate::{
     audit,
-    json::{attr_display, channels_from_json, content_from_json},
-    params, Backend, Code, Conn, Row, Store, StoreError, Value,
+    json::{channels_from_json, content_from_json},
+    params,
+    queue::Scope,
+    Code, Conn, Row, Store, StoreError, Value,
 };
 
 /// A broadcast as stored.
@@ -54,12 +56,21 @@ pub struct BroadcastRecord {
     pub n_failed: u64,
     pub n_read: u64,
     pub n_replied: u64,
+    /// A flash message's time to live.
+    pub ttl_ms: Option<i64>,
+    /// When a flash message's content goes (set at dispatch).
+    pub expires_at: Option<i64>,
+    /// When retention (or a flash message's end) removed the content.
+    pub purged_at: Option<i64>,
+    pub paused_at: Option<i64>,
+    /// Failed deliveries sent again by `retry-failed`.
+    pub n_redriven: u64,
 }
 
 const BROADCAST_COLUMNS: &str =
     "id, workspace_id, member_id, state, content, audience, channels, priority, client_msg_id, request_hash,
     n_recipients, verdicts, created_at, submitted_at, approved_by, approved_at, dispatched_at, completed_at,
-    n_batches, n_batches_done, n_delivered, n_failed, n_read, n_replied";
+    n_batches, n_batches_done, n_delivered, n_failed, n_read, n_replied, ttl_ms, expires_at, purged_at, paused_at, n_redriven";
 
 fn broadcast_from(r: &Row) -> Result<BroadcastRecord, StoreError> {
     Ok(BroadcastRecord {
@@ -87,6 +98,11 @@ fn broadcast_from(r: &Row) -> Result<BroadcastRecord, StoreError> {
         n_failed: r.i64(21) as u64,
         n_read: r.i64(22) as u64,
         n_replied: r.i64(23) as u64,
+        ttl_ms: r.opt_i64(24),
+        expires_at: r.opt_i64(25),
+        purged_at: r.opt_i64(26),
+        paused_at: r.opt_i64(27),
+        n_redriven: r.i64(28) as u64,
     })
 }
 
@@ -100,6 +116,8 @@ pub struct NewBroadcast {
     pub client_msg_id: Option<String>,
     /// Hash of the request body, to tell a retry from a reuse of `client_msg_id`.
     pub request_hash: String,
+    /// A flash message: its content goes this long after dispatch.
+    pub ttl_ms: Option<i64>,
 }
 
 /// One delivery record.
@@ -117,29 +135,25 @@ pub struct DeliveryRecord {
     pub replied_at: Option<i64>,
 }
 
-/// What a worker step did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StepReport {
-    pub jobs: u64,
-    pub delivered: u64,
-    pub completed_broadcasts: u64,
-}
-
 /// Decoded broadcasts the worker keeps between steps: the frozen audience and
 /// the parsed template, so a batch never re-decodes them.
+///
+/// It also remembers the rate-limit scopes this node found short, so its
+/// claims skip their jobs for a moment instead of putting back each one.
 #[derive(Default)]
 pub struct DispatchCache {
     entries: Mutex<HashMap<i64, Arc<CachedBroadcast>>>,
+    throttled: Mutex<HashMap<Scope, i64>>,
 }
 
-struct CachedBroadcast {
-    workspace_id: i64,
-    frozen: FrozenAudience,
-    template: Option<Template>,
+pub(crate) struct CachedBroadcast {
+    pub(crate) workspace_id: i64,
+    pub(crate) frozen: FrozenAudience,
+    pub(crate) template: Option<Template>,
 }
 
 impl DispatchCache {
-    fn get(&self, c: &mut Conn, broadcast_id: i64) -> Result<Arc<CachedBroadcast>, StoreError> {
+    pub(crate) fn get(&self, c: &mut Conn, broadcast_id: i64) -> Result<Arc<CachedBroadcast>, StoreError> {
         if let Some(hit) = self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(&broadcast_id) {
             return Ok(hit.clone());
         }
@@ -163,8 +177,23 @@ impl DispatchCache {
         Ok(entry)
     }
 
-    fn forget(&self, broadcast_id: i64) {
+    pub(crate) fn forget(&self, broadcast_id: i64) {
         self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(&broadcast_id);
+    }
+
+    /// Skips the jobs of `scopes` until `until`.
+    pub(crate) fn throttle(&self, scopes: Vec<Scope>, until: i64) {
+        let mut throttled = self.throttled.lock().unwrap_or_else(|e| e.into_inner());
+        for scope in scopes {
+            throttled.insert(scope, until);
+        }
+    }
+
+    /// Claim conditions that skip the scopes throttled at `now`.
+    pub(crate) fn exclusions(&self, now: i64) -> String {
+        let mut throttled = self.throttled.lock().unwrap_or_else(|e| e.into_inner());
+        throttled.retain(|_, until| *until > now);
+        throttled.keys().map(Scope::exclusion).collect()
     }
 }
 
@@ -183,7 +212,7 @@ pub struct DispatchRules<'a> {
 
 /// Completes a sending broadcast whose every batch is done (delivered or dead
 /// letter) and audits it; returns whether it completed now.
-fn complete_if_done(c: &mut Conn, broadcast_id: i64, now: i64) -> Result<bool, StoreError> {
+pub(crate) fn complete_if_done(c: &mut Conn, broadcast_id: i64, now: i64) -> Result<bool, StoreError> {
     let done = c.query_opt(
         "UPDATE broadcasts SET state = 'completed', completed_at = ? WHERE id = ? AND state = 'sending' AND n_batches_done >= n_batches
          RETURNING workspace_id, n_delivered, n_failed",
@@ -248,8 +277,8 @@ impl Store {
             }
             let id = c
                 .query_one(
-                    "INSERT INTO broadcasts (workspace_id, member_id, state, content, audience, channels, priority, client_msg_id, request_hash, created_at)
-                     VALUES (?, ?, 'draft', ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    "INSERT INTO broadcasts (workspace_id, member_id, state, content, audience, channels, priority, client_msg_id, request_hash, created_at, ttl_ms)
+                     VALUES (?, ?, 'draft', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     params![
                         workspace_id,
                         member_id,
@@ -259,11 +288,20 @@ impl Store {
                         new.priority as i64,
                         new.client_msg_id.clone(),
                         new.request_hash.clone(),
-                        now
+                        now,
+                        new.ttl_ms
                     ],
                 )?
                 .i64(0);
-            audit::append(c, workspace_id, actor, "broadcast.created", &format!("broadcast:{id}"), &new.content_json, now)?;
+            // The chain keeps the content's hash, not the content: retention
+            // purges the content, and the chain must still verify.
+            let details = serde_json::json!({
+                "content_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(new.content_json.as_bytes())),
+                "audience": new.audience_json,
+                "priority": new.priority.as_str(),
+                "ttl_ms": new.ttl_ms,
+            });
+            audit::append(c, workspace_id, actor, "broadcast.created", &format!("broadcast:{id}"), &details.to_string(), now)?;
             let r = c.query_one(&format!("SELECT {BROADCAST_COLUMNS} FROM broadcasts WHERE id = ?"), params![id])?;
             Ok((broadcast_from(&r)?, true))
         });
@@ -449,7 +487,7 @@ impl Store {
             // on PostgreSQL the row lock makes the loser re-read the new state.
             let changed = c.execute(
                 "UPDATE broadcasts SET state = 'sending', frozen_audience = ?, n_recipients = ?, n_batches = ?, dispatched_at = ?,
-                 submitted_at = COALESCE(submitted_at, ?), approved_by = ?, approved_at = ?, verdicts = ?
+                 submitted_at = COALESCE(submitted_at, ?), approved_by = ?, approved_at = ?, verdicts = ?, expires_at = ? + ttl_ms
                  WHERE id = ? AND state = ?",
                 params![
                     frozen_bytes.clone(),
@@ -460,6 +498,7 @@ impl Store {
                     rules.approved_by,
                     rules.approved_by.map(|_| now),
                     rules.verdicts_json,
+                    now,
                     id,
                     rules.from.as_str()
                 ],
@@ -479,12 +518,13 @@ impl Store {
                         Value::Int(now),
                         Value::Text("ready".into()),
                         Value::Int(now),
+                        Value::Int(b.i64(0)),
                     ]);
                 }
             }
             c.bulk_insert(
                 "jobs",
-                &["broadcast_id", "workspace_id", "batch_no", "channel", "priority", "run_at", "state", "created_at"],
+                &["broadcast_id", "workspace_id", "batch_no", "channel", "priority", "run_at", "state", "created_at", "member_id"],
                 "",
                 &mut jobs.into_iter(),
             )?;
@@ -543,213 +583,6 @@ impl Store {
                 params![now, now],
             )?
             .is_some())
-    }
-
-    /// One worker step for the inbox channel: claims up to `max_jobs` ready
-    /// jobs (highest priority first) and, in the same transaction, writes their
-    /// delivery records and marks them done.
-    ///
-    /// # Errors
-    /// Database errors; the transaction is rolled back and the jobs stay ready.
-    pub fn run_inbox_step(
-        &self,
-        owner: &str,
-        cache: &DispatchCache,
-        max_jobs: usize,
-        now: i64,
-    ) -> Result<StepReport, StoreError> {
-        let backend = self.backend();
-        self.db.write(|c| {
-            let lock = if backend == Backend::Postgres { "FOR UPDATE SKIP LOCKED" } else { "" };
-            let jobs = c.query(
-                &format!(
-                    "UPDATE jobs SET lease_owner = ?, lease_until = ?, attempts = attempts + 1
-                     WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND run_at <= ? AND (lease_until IS NULL OR lease_until < ?)
-                                  ORDER BY priority, run_at, id LIMIT ? {lock})
-                     RETURNING id, broadcast_id, batch_no, channel, created_at"
-                ),
-                params![owner, now + 60_000, now, now, max_jobs],
-            )?;
-            let mut report = StepReport::default();
-            let mut touched: Vec<i64> = Vec::new();
-            let mut sorted: Vec<&Row> = jobs.iter().collect();
-            sorted.sort_by_key(|r| (r.i64(1), r.i64(2)));
-            for job in sorted {
-                let (job_id, broadcast_id, batch_no, channel, queued_at) = (job.i64(0), job.i64(1), job.i64(2) as usize, job.str(3), job.i64(4));
-                report.jobs += 1;
-                if channel != Channel::Inbox.as_str() {
-                    // Only the inbox channel exists yet; preflight refuses others,
-                    // so this is a job from a newer version: leave it for that one.
-                    c.execute("UPDATE jobs SET lease_until = NULL, run_at = ? WHERE id = ?", params![now + 60_000, job_id])?;
-                    continue;
-                }
-                let b = cache.get(c, broadcast_id)?;
-                let members = b.frozen.batch(batch_no);
-                let bodies: Option<HashMap<u32, String>> = match (&b.template, members.first(), members.last()) {
-                    (Some(t), Some(&lo), Some(&hi)) => {
-                        let data = Store::template_data(c, b.workspace_id, lo, hi)?;
-                        Some(
-                            members
-                                .iter()
-                                .map(|idx| {
-                                    let d = data.get(idx);
-                                    let text = t.render(&|var| {
-                                        let (name, external_id, attrs) = d?;
-                                        match var {
-                                            "name" => Some(name.clone()),
-                                            "external_id" => Some(external_id.clone()),
-                                            _ => attrs.get(var).and_then(attr_display),
-                                        }
-                                    });
-                                    (*idx, text)
-                                })
-                                .collect(),
-                        )
-                    }
-                    _ => None,
-                };
-                let workspace_id = b.workspace_id;
-                let inserted = c.bulk_insert(
-                    "deliveries",
-                    &["broadcast_id", "channel", "contact_idx", "workspace_id", "state", "attempts", "body", "queued_at", "sent_at", "delivered_at"],
-                    "ON CONFLICT DO NOTHING",
-                    &mut members.iter().map(|idx| {
-                        vec![
-                            Value::Int(broadcast_id),
-                            Value::Text("inbox".into()),
-                            Value::Int(i64::from(*idx)),
-                            Value::Int(workspace_id),
-                            Value::Text("delivered".into()),
-                            Value::Int(1),
-                            bodies.as_ref().and_then(|b| b.get(idx)).cloned().into(),
-                            Value::Int(queued_at),
-                            Value::Int(now),
-                            Value::Int(now),
-                        ]
-                    }),
-                )?;
-                c.execute("UPDATE jobs SET state = 'done', lease_until = NULL WHERE id = ?", params![job_id])?;
-                c.execute(
-                    "UPDATE broadcasts SET n_delivered = n_delivered + ?, n_batches_done = n_batches_done + 1 WHERE id = ?",
-                    params![inserted, broadcast_id],
-                )?;
-                report.delivered += inserted;
-                if !touched.contains(&broadcast_id) {
-                    touched.push(broadcast_id);
-                }
-            }
-            for broadcast_id in touched {
-                if complete_if_done(c, broadcast_id, now)? {
-                    report.completed_broadcasts += 1;
-                    cache.forget(broadcast_id);
-                }
-            }
-            Ok(report)
-        })
-    }
-
-    /// After a step failed: takes the job a step would claim first, counts the
-    /// failed attempt and retries it later (exponential backoff from 1 s). At
-    /// `max_attempts` the job is dead: its recipients get `failed` delivery
-    /// records with `QF-DELIVERY-FAILED`, so the broadcast still completes and
-    /// the failure shows in its counts. Returns the job id and whether it died.
-    ///
-    /// # Errors
-    /// Database errors.
-    pub fn defer_failed_job(
-        &self,
-        error: &str,
-        max_attempts: i64,
-        now: i64,
-    ) -> Result<Option<(i64, bool)>, StoreError> {
-        let backend = self.backend();
-        self.db.write(|c| {
-            let lock = if backend == Backend::Postgres { "FOR UPDATE SKIP LOCKED" } else { "" };
-            let Some(job) = c.query_opt(
-                &format!(
-                    "SELECT id, broadcast_id, batch_no, channel, attempts, created_at FROM jobs
-                     WHERE state = 'ready' AND run_at <= ? AND (lease_until IS NULL OR lease_until < ?)
-                     ORDER BY priority, run_at, id LIMIT 1 {lock}"
-                ),
-                params![now, now],
-            )?
-            else {
-                return Ok(None);
-            };
-            let (job_id, broadcast_id, batch_no, channel, attempts) =
-                (job.i64(0), job.i64(1), job.i64(2), job.string(3), job.i64(4) + 1);
-            let error: String = error.chars().filter(|ch| !ch.is_control()).take(500).collect();
-            if attempts < max_attempts {
-                let backoff = 1000i64 << (attempts - 1).clamp(0, 16);
-                c.execute(
-                    "UPDATE jobs SET attempts = ?, run_at = ?, last_error = ?, lease_until = NULL WHERE id = ?",
-                    params![attempts, now + backoff, error, job_id],
-                )?;
-                return Ok(Some((job_id, false)));
-            }
-            c.execute(
-                "UPDATE jobs SET attempts = ?, state = 'dead', last_error = ?, lease_until = NULL WHERE id = ?",
-                params![attempts, error.clone(), job_id],
-            )?;
-            let b = c.query_one(
-                "SELECT workspace_id, frozen_audience FROM broadcasts WHERE id = ?",
-                params![broadcast_id],
-            )?;
-            let workspace_id = b.i64(0);
-            let failed = match FrozenAudience::deserialize(b.blob(1)) {
-                Ok(frozen) => {
-                    let rows: Vec<Vec<Value>> = frozen
-                        .batch(batch_no as usize)
-                        .iter()
-                        .map(|idx| {
-                            vec![
-                                Value::Int(broadcast_id),
-                                Value::Text(channel.clone()),
-                                Value::Int(i64::from(*idx)),
-                                Value::Int(workspace_id),
-                                Value::Text("failed".into()),
-                                Value::Int(attempts),
-                                Value::Text(Code::DeliveryFailed.as_str().into()),
-                                Value::Int(job.i64(5)),
-                            ]
-                        })
-                        .collect();
-                    c.bulk_insert_borrowed(
-                        "deliveries",
-                        &[
-                            "broadcast_id",
-                            "channel",
-                            "contact_idx",
-                            "workspace_id",
-                            "state",
-                            "attempts",
-                            "error_code",
-                            "queued_at",
-                        ],
-                        "ON CONFLICT DO NOTHING",
-                        &rows,
-                    )?
-                }
-                Err(_) => 0,
-            };
-            c.execute(
-                "UPDATE broadcasts SET n_failed = n_failed + ?, n_batches_done = n_batches_done + 1 WHERE id = ?",
-                params![failed, broadcast_id],
-            )?;
-            let details =
-                serde_json::json!({"job": job_id, "batch": batch_no, "failed": failed, "error": error}).to_string();
-            audit::append(
-                c,
-                workspace_id,
-                "engine",
-                "delivery.dead_letter",
-                &format!("broadcast:{broadcast_id}"),
-                &details,
-                now,
-            )?;
-            complete_if_done(c, broadcast_id, now)?;
-            Ok(Some((job_id, true)))
-        })
     }
 
     /// Delivery records of a broadcast, by channel and contact, after `after`.

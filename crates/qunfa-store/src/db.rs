@@ -479,6 +479,9 @@ struct PoolInner {
     available: Condvar,
     /// SQLite has one writer: writers queue here instead of spinning on SQLITE_BUSY.
     sqlite_writer: Mutex<()>,
+    /// Writers of urgent traffic (transactional and chat messages) waiting or
+    /// writing now; the delivery engine commits early while there are any.
+    urgent: std::sync::atomic::AtomicUsize,
     /// The SQLite checkpointer thread and the sender that stops it.
     checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
 }
@@ -496,6 +499,17 @@ impl Drop for PoolInner {
             // Closing on a plain thread works from anywhere.
             let _ = std::thread::spawn(move || drop(conns)).join();
         }
+    }
+}
+
+/// Urgent writes in progress: see [`Db::urgent`].
+pub struct UrgentGuard {
+    inner: Arc<PoolInner>,
+}
+
+impl Drop for UrgentGuard {
+    fn drop(&mut self) {
+        self.inner.urgent.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -546,6 +560,7 @@ impl Db {
             idle: Mutex::new((Vec::new(), 0)),
             available: Condvar::new(),
             sqlite_writer: Mutex::new(()),
+            urgent: std::sync::atomic::AtomicUsize::new(0),
             checkpointer: Mutex::new(None),
         });
         if let DbLocation::Sqlite(path) = &location {
@@ -609,6 +624,19 @@ impl Db {
                 self.inner.available.wait_timeout(idle, Duration::from_secs(30)).unwrap_or_else(|e| e.into_inner());
             idle = guard;
         }
+    }
+
+    /// Marks the writes made while the guard lives as urgent traffic: bulk
+    /// writers that check [`Db::urgent_waiting`] between batches commit early
+    /// and let them in.
+    pub fn urgent(&self) -> UrgentGuard {
+        self.inner.urgent.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        UrgentGuard { inner: self.inner.clone() }
+    }
+
+    /// Whether urgent writers are waiting (see [`Db::urgent`]).
+    pub fn urgent_waiting(&self) -> bool {
+        self.inner.urgent.load(std::sync::atomic::Ordering::Acquire) > 0
     }
 
     /// Runs `f` in a write transaction; commits when it returns `Ok`, rolls

@@ -16,6 +16,7 @@ pub mod inbox;
 pub mod json;
 pub mod media;
 pub mod members;
+pub mod queue;
 pub mod segments;
 pub mod tags;
 pub mod workspaces;
@@ -35,12 +36,20 @@ pub enum StoreError {
     Rejected { code: Code, message: String, details: Vec<String> },
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", pg_detail(.0))]
     Postgres(#[from] postgres::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("migration failed: {0}")]
     Migration(String),
+}
+
+/// A PostgreSQL error with the server's message ("db error" alone says nothing).
+fn pg_detail(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({}): {}", db.severity(), db.code().code(), db.message()),
+        None => e.to_string(),
+    }
 }
 
 impl StoreError {
@@ -56,6 +65,16 @@ impl StoreError {
                     || e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
             }
             StoreError::Postgres(e) => e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION),
+            _ => false,
+        }
+    }
+
+    /// Whether the transaction lost a race the database resolves by
+    /// aborting one side (a PostgreSQL deadlock or serialization failure):
+    /// running it again at once is right.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Postgres(e) => e.code().is_some_and(|c| c.code() == "40P01" || c.code() == "40001"),
             _ => false,
         }
     }
@@ -78,10 +97,12 @@ type Migration = (i64, &'static str, Option<fn(&mut Conn) -> Result<(), StoreErr
 const SQLITE_MIGRATIONS: &[Migration] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql"), None),
     (2, include_str!("../migrations/sqlite/0002_member_sets.sql"), Some(move_memberships_to_bitmaps)),
+    (3, include_str!("../migrations/sqlite/0003_delivery.sql"), None),
 ];
 const POSTGRES_MIGRATIONS: &[Migration] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql"), None),
     (2, include_str!("../migrations/postgres/0002_member_sets.sql"), Some(move_memberships_to_bitmaps)),
+    (3, include_str!("../migrations/postgres/0003_delivery.sql"), None),
 ];
 
 /// Version 2: memberships move from one row per contact to bitmaps.

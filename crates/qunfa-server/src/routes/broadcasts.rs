@@ -65,6 +65,7 @@ pub fn broadcast_response(b: BroadcastRecord) -> BroadcastResponse {
             failed: b.n_failed,
             read: b.n_read,
             replied: b.n_replied,
+            redriven: b.n_redriven,
         },
         created_at: ts(b.created_at),
         submitted_at: ts_opt(b.submitted_at),
@@ -72,6 +73,10 @@ pub fn broadcast_response(b: BroadcastRecord) -> BroadcastResponse {
         approved_at: ts_opt(b.approved_at),
         dispatched_at: ts_opt(b.dispatched_at),
         completed_at: ts_opt(b.completed_at),
+        paused_at: ts_opt(b.paused_at),
+        ttl_seconds: b.ttl_ms.map(|t| (t / 1000) as u64),
+        expires_at: ts_opt(b.expires_at),
+        purged_at: ts_opt(b.purged_at),
         verdicts: b.verdicts_json.and_then(|v| serde_json::from_str(&v).ok()),
     }
 }
@@ -224,6 +229,20 @@ pub async fn create_broadcast(
             return Err(ApiError::new(Code::BadRequest, "client_msg_id has 1 to 128 characters"));
         }
     }
+    let ttl_ms = match req.ttl_seconds {
+        None => None,
+        Some(t) => {
+            let d = &state.policy.delivery;
+            let (min, max) = (u64::from(d.flash_min_seconds), u64::from(d.flash_max_hours) * 3600);
+            if !(min..=max).contains(&t) {
+                return Err(ApiError::new(
+                    Code::BadRequest,
+                    format!("ttl_seconds of a flash message is between {min} and {max}"),
+                ));
+            }
+            Some(t as i64 * 1000)
+        }
+    };
     let (ws, member, actor) = (auth.workspace_id(), auth.0.member_id, auth.0.actor());
     let audience = req.audience;
     let client_msg_id = req.client_msg_id;
@@ -242,13 +261,16 @@ pub async fn create_broadcast(
             let audience_json = audience_to_json(&spec);
             let request_hash = hex::encode(sha2::Sha256::digest(
                 format!(
-                    "{content_json}\n{audience_json}\n{}\n{}",
+                    "{content_json}\n{audience_json}\n{}\n{}\n{ttl_ms:?}",
                     qunfa_store::json::channels_to_json(&channels),
                     priority.as_str()
                 )
                 .as_bytes(),
             ));
-            let new = NewBroadcast { content_json, audience_json, channels, priority, client_msg_id, request_hash };
+            let new =
+                NewBroadcast { content_json, audience_json, channels, priority, client_msg_id, request_hash, ttl_ms };
+            // Transactional and chat messages go ahead of a running broadcast.
+            let _urgent = (priority != Priority::Broadcast).then(|| s.store.db.urgent());
             Ok(s.store.create_broadcast(ws, member, &new, &actor, now_millis())?)
         })
         .await?;
@@ -438,6 +460,8 @@ pub async fn send(
                     approved_by: None,
                     verdicts_json: &recorded,
                 };
+                // Transactional and chat messages go ahead of a running broadcast.
+                let _urgent = (b.priority != Priority::Broadcast).then(|| s.store.db.urgent());
                 s.store.dispatch(ws, b.id, &audience, rules, &actor, now)?;
                 s.engine.wake();
             }
@@ -519,6 +543,68 @@ pub async fn reject(
         })
         .await?;
     Ok(Json(broadcast_response(b)))
+}
+
+/// Pause a sending broadcast: batches not yet started wait (a batch in flight
+/// finishes). Resume continues where it stopped.
+#[utoipa::path(post, path = "/v1/broadcasts/{id}/pause", tag = "broadcasts", params(("id" = String, Path)),
+    responses((status = 200, body = BroadcastResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn pause(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<BroadcastResponse>> {
+    auth.require(Action::Send)?;
+    let (ws, id, actor) = (auth.workspace_id(), parse_id(&id)?, auth.0.actor());
+    let b = state
+        .blocking(move |s| {
+            s.store.pause_broadcast(ws, id, &actor, now_millis())?;
+            Ok(s.store.broadcast(ws, id)?)
+        })
+        .await?;
+    Ok(Json(broadcast_response(b)))
+}
+
+/// Resume a paused broadcast.
+#[utoipa::path(post, path = "/v1/broadcasts/{id}/resume", tag = "broadcasts", params(("id" = String, Path)),
+    responses((status = 200, body = BroadcastResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn resume(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<BroadcastResponse>> {
+    auth.require(Action::Send)?;
+    let (ws, id, actor) = (auth.workspace_id(), parse_id(&id)?, auth.0.actor());
+    let b = state
+        .blocking(move |s| {
+            s.store.resume_broadcast(ws, id, &actor, now_millis())?;
+            s.engine.wake();
+            Ok(s.store.broadcast(ws, id)?)
+        })
+        .await?;
+    Ok(Json(broadcast_response(b)))
+}
+
+/// Re-drive the failed deliveries of a completed broadcast (compensation):
+/// exactly the recipients whose delivery failed are sent again, with the
+/// same idempotency keys; the broadcast is `sending` until they are done.
+#[utoipa::path(post, path = "/v1/broadcasts/{id}/retry-failed", tag = "broadcasts", params(("id" = String, Path)),
+    responses((status = 202, body = RedriveResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn retry_failed(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<RedriveResponse>)> {
+    auth.require(Action::Send)?;
+    let (ws, id, actor) = (auth.workspace_id(), parse_id(&id)?, auth.0.actor());
+    let (redriven, b) = state
+        .blocking(move |s| {
+            let n = s.store.redrive_failed(ws, id, &actor, now_millis())?;
+            s.engine.wake();
+            Ok((n, s.store.broadcast(ws, id)?))
+        })
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(RedriveResponse { redriven, broadcast: broadcast_response(b) })))
 }
 
 /// The per-recipient delivery log.

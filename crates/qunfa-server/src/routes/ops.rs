@@ -57,16 +57,56 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let counters = [
         ("qunfa_engine_steps_total", "Delivery steps (transactions) run.", e.steps.load(Ordering::Relaxed)),
         ("qunfa_engine_jobs_total", "Delivery batches completed.", e.jobs_done.load(Ordering::Relaxed)),
-        ("qunfa_deliveries_total", "Delivery records written (inbox channel).", e.deliveries.load(Ordering::Relaxed)),
         ("qunfa_broadcasts_completed_total", "Broadcasts completed.", e.broadcasts_completed.load(Ordering::Relaxed)),
         (
             "qunfa_engine_step_errors_total",
             "Delivery steps that failed and were rolled back.",
             e.step_errors.load(Ordering::Relaxed),
         ),
+        ("qunfa_dead_letters_total", "Batches that exhausted their attempts.", e.dead_letters.load(Ordering::Relaxed)),
+        ("qunfa_throttled_total", "Batches put back by a rate limit.", e.throttled.load(Ordering::Relaxed)),
+        ("qunfa_purged_total", "Broadcasts whose content retention purged.", e.purged.load(Ordering::Relaxed)),
     ];
     for (name, help, value) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{channel=\"inbox\"}} {value}");
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+    }
+    let by_class = [
+        ("qunfa_deliveries_total", "Deliveries written, by priority class and channel.", &e.delivered),
+        ("qunfa_deliveries_failed_total", "Deliveries that ended failed, by class and channel.", &e.failed),
+    ];
+    for (name, help, cells) in by_class {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (class, channel, v) in cells.iter() {
+            let _ = writeln!(
+                out,
+                "{name}{{class=\"{}\",channel=\"{}\"}} {}",
+                class.as_str(),
+                channel.as_str(),
+                v.load(Ordering::Relaxed)
+            );
+        }
+    }
+    let name = "qunfa_delivery_latency_seconds";
+    let _ = writeln!(out, "# HELP {name} Queued to durable delivery, per recipient.\n# TYPE {name} histogram");
+    for (class, channel, h) in e.latency.iter() {
+        let labels = format!("class=\"{}\",channel=\"{}\"", class.as_str(), channel.as_str());
+        let mut cumulative = 0;
+        for (i, bound) in qunfa_engine::LATENCY_BUCKETS_MS.iter().enumerate() {
+            cumulative += h.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{}\"}} {cumulative}", *bound as f64 / 1000.0);
+        }
+        let count = h.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_ms.load(Ordering::Relaxed) as f64 / 1000.0);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+    // Queue depth comes from the database: every node sees every node's work.
+    if let Ok(depth) = state.blocking(|s| Ok(s.store.queue_depth()?)).await {
+        let name = "qunfa_queue_batches";
+        let _ = writeln!(out, "# HELP {name} Batches waiting (ready, held or throttled).\n# TYPE {name} gauge");
+        for (class, channel, n) in depth {
+            let _ = writeln!(out, "{name}{{class=\"{}\",channel=\"{channel}\"}} {n}", class.as_str());
+        }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -114,3 +114,36 @@ pub async fn list_members(State(state): State<AppState>, auth: Auth) -> ApiResul
             .collect(),
     ))
 }
+
+/// The workspace's speed level (like the Official Account's speed/get):
+/// 0 fastest … 4 slowest, in recipients per minute from the policy; `null`
+/// sends unthrottled.
+#[utoipa::path(get, path = "/v1/speed", tag = "workspaces", responses((status = 200, body = SpeedLevel)))]
+pub async fn get_speed(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<SpeedLevel>> {
+    auth.require(Action::Read)?;
+    let ws = auth.workspace_id();
+    let level = state.blocking(move |s| Ok(s.store.speed_level(ws)?)).await?;
+    Ok(Json(SpeedLevel { level, per_minute: level.and_then(|l| state.policy.delivery.speed_level(l)) }))
+}
+
+/// Set the speed level (admin or owner). It applies to broadcasts in flight
+/// at once, both slower and faster.
+#[utoipa::path(put, path = "/v1/speed", tag = "workspaces", request_body = SpeedLevel,
+    responses((status = 200, body = SpeedLevel), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn set_speed(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiJson(req): ApiJson<SpeedLevel>,
+) -> ApiResult<Json<SpeedLevel>> {
+    auth.require(Action::ManageMembers)?;
+    let per_minute = match req.level {
+        None => None,
+        Some(l) => Some(state.policy.delivery.speed_level(l).ok_or_else(|| {
+            ApiError::new(qunfa_core::Code::BadRequest, "the speed level is 0 (fastest) to 4 (slowest), or null")
+        })?),
+    };
+    let (ws, actor, level) = (auth.workspace_id(), auth.0.actor(), req.level);
+    state.blocking(move |s| Ok(s.store.set_speed_level(ws, level, &actor, now_millis())?)).await?;
+    state.engine.wake();
+    Ok(Json(SpeedLevel { level, per_minute }))
+}

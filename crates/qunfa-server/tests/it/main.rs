@@ -33,6 +33,7 @@ both_backends!(
     departments_tags_and_media,
     operations_endpoints,
     no_panic_on_junk,
+    delivery_controls,
     audience_expressions,
     segments_bulk_tagging_and_tag_report,
 );
@@ -539,7 +540,9 @@ async fn operations_endpoints(app: TestApp) {
     app.post(&format!("/v1/broadcasts/{id}/send"), &key, json!({})).await.expect(202);
     app.wait_completed(&key, &id).await;
     let metrics = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("qunfa_deliveries_total{channel=\"inbox\"} 1"), "{metrics}");
+    assert!(metrics.contains("qunfa_deliveries_total{class=\"broadcast\",channel=\"inbox\"} 1"), "{metrics}");
+    assert!(metrics.contains("qunfa_delivery_latency_seconds_count{class=\"broadcast\",channel=\"inbox\"} 1"));
+    assert!(metrics.contains("# TYPE qunfa_queue_batches gauge"));
     assert!(metrics.contains("qunfa_http_requests_total{class=\"2xx\"}"));
     // Progress over SSE ends with the completed state.
     let sse = app
@@ -765,4 +768,50 @@ async fn segments_bulk_tagging_and_tag_report(app: TestApp) {
     let report = app.get("/v1/tags/report", &owner).await.expect(200);
     let vip_line = report["items"].as_array().unwrap().iter().find(|i| i["path"] == "VIP").unwrap().clone();
     assert!(vip_line["last_used_at"].is_string(), "a send by expression marks its tags used: {vip_line}");
+}
+
+/// Speed levels, pause and resume, retry-failed and flash messages over HTTP.
+async fn delivery_controls(app: TestApp) {
+    let (_, key) = app.workspace("enterprise").await;
+    let (_, sender) = app.member(&key, "sender").await;
+    let (_, reviewer) = app.member(&key, "reviewer").await;
+    app.contacts(&key, 5_000, &[]).await;
+    assert_eq!(app.get("/v1/speed", &key).await.expect(200), json!({"level": null, "per_minute": null}));
+    app.call(Method::PUT, "/v1/speed", Some(&key), Some(json!({"level": 5}))).await.expect_error(400, "QF-BAD-REQUEST");
+    app.call(Method::PUT, "/v1/speed", Some(&sender), Some(json!({"level": 1})))
+        .await
+        .expect_error(403, "QF-AUTH-FORBIDDEN");
+    // Level 4 (100,000 a minute): the 5,000 go as 2,000 now, 2,000 after 1.2 s, 1,000 after 0.6 s more.
+    let set = app.call(Method::PUT, "/v1/speed", Some(&key), Some(json!({"level": 4}))).await.expect(200);
+    assert_eq!(set, json!({"level": 4, "per_minute": 100_000}));
+
+    let id = app.draft(&sender, "分批通知", json!({"all": true})).await;
+    app.post(&format!("/v1/broadcasts/{id}/pause"), &sender, json!({})).await.expect_error(409, "QF-STATE-CONFLICT");
+    app.post(&format!("/v1/broadcasts/{id}/send"), &sender, json!({})).await.expect(202);
+    app.post(&format!("/v1/broadcasts/{id}/approve"), &reviewer, json!({})).await.expect(202);
+    let paused = app.post(&format!("/v1/broadcasts/{id}/pause"), &sender, json!({})).await.expect(200);
+    assert_eq!(paused["state"], "paused");
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let still = app.get(&format!("/v1/broadcasts/{id}"), &key).await.expect(200);
+    assert_eq!(still["state"], "paused");
+    assert!(still["counts"]["delivered"].as_u64().unwrap() <= 2_000, "{still}");
+    // Unthrottled again, and resumed: the rest goes at once.
+    app.call(Method::PUT, "/v1/speed", Some(&key), Some(json!({"level": null}))).await.expect(200);
+    assert_eq!(
+        app.post(&format!("/v1/broadcasts/{id}/resume"), &sender, json!({})).await.expect(200)["state"],
+        "sending"
+    );
+    let done = app.wait_completed(&key, &id).await;
+    assert_eq!(done["counts"]["delivered"], 5_000);
+    // Nothing failed: nothing to re-drive.
+    app.post(&format!("/v1/broadcasts/{id}/retry-failed"), &sender, json!({}))
+        .await
+        .expect_error(409, "QF-STATE-CONFLICT");
+
+    // Flash messages: the time to live is bounded by the policy.
+    let flash = |ttl: u64| json!({"content": {"type": "text", "text": "阅后即焚"}, "audience": {"all": true}, "ttl_seconds": ttl});
+    app.post("/v1/broadcasts", &sender, flash(5)).await.expect_error(400, "QF-BAD-REQUEST");
+    let b = app.post("/v1/broadcasts", &sender, flash(600)).await.expect(201);
+    assert_eq!(b["ttl_seconds"], 600);
+    assert_eq!(b["expires_at"], Value::Null, "the clock starts at dispatch");
 }

@@ -20,6 +20,10 @@ pub enum Backend {
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let db = tokio::task::spawn_blocking(move || match backend {
         Backend::Sqlite => test_support::sqlite(),
         Backend::Postgres => test_support::postgres(),

@@ -12,6 +12,7 @@ use qunfa_core::{
 use qunfa_store::{
     broadcasts::{DispatchCache, DispatchRules, NewBroadcast},
     json::content_to_json,
+    queue::StepLimits,
     test_support, Store, StoreError,
 };
 
@@ -40,6 +41,10 @@ both_backends!(
     deleting_a_contact_erases_what_was_rendered_and_written,
     memberships_span_chunks,
     audience_index_sees_every_write_at_once,
+    urgent_jobs_go_first_and_end_the_step,
+    speed_levels_pace_broadcasts,
+    pause_holds_batches_until_resumed,
+    retention_purges_content_and_keeps_records,
 );
 
 struct Fixture {
@@ -191,6 +196,7 @@ fn text_broadcast(text: &str, client_msg_id: Option<&str>) -> NewBroadcast {
         priority: Priority::Broadcast,
         client_msg_id: client_msg_id.map(str::to_owned),
         request_hash: format!("hash-of-{text}"),
+        ttl_ms: None,
     }
 }
 
@@ -209,7 +215,8 @@ fn run_until_idle(store: &Store) -> u64 {
     let cache = DispatchCache::default();
     let mut delivered = 0;
     loop {
-        let step = store.run_inbox_step("test", &cache, 8, NOW + 1).unwrap();
+        let limits = StepLimits { max_jobs: 8, budget: std::time::Duration::from_secs(60) };
+        let step = store.run_step("test", &cache, &Policy::builtin().delivery, limits, NOW + 1).unwrap();
         delivered += step.delivered;
         if step.jobs == 0 {
             return delivered;
@@ -550,4 +557,133 @@ fn audience_index_sees_every_write_at_once(f: Fixture) {
     other_node.department_members(w, d.id, &[0], "t", NOW).unwrap();
     assert_eq!(count("dept:华东"), Ok(1));
     assert_eq!(count(&format!("dept:{}", d.id)), Ok(1));
+}
+
+/// A workspace with `n` contacts and a function that dispatches a text
+/// broadcast of the given priority to all of them at `at`.
+fn queue_fixture(f: &Fixture, n: usize) -> (i64, impl Fn(&str, Priority, i64) -> i64 + '_) {
+    let w = ws(f, WorkspaceKind::Enterprise);
+    f.store.import_contacts(w, &Policy::builtin().tiers.enterprise, &many(n, "全员"), "t", NOW).unwrap();
+    let send = move |text: &str, priority: Priority, at: i64| {
+        let new = NewBroadcast { priority, ..text_broadcast(text, None) };
+        let (b, _) = f.store.create_broadcast(w, 1, &new, "t", at).unwrap();
+        // Urgent messages go to one person; broadcasts to everyone.
+        let spec = if priority == Priority::Broadcast { AudienceSpec::All } else { AudienceSpec::Contacts(vec![7]) };
+        let audience = f.store.resolve_audience(w, &spec).unwrap();
+        let rules =
+            DispatchRules { from: BroadcastState::Draft, daily_limit: None, approved_by: None, verdicts_json: "[]" };
+        f.store.dispatch(w, b.id, &audience, rules, "t", at).unwrap();
+        b.id
+    };
+    (w, send)
+}
+
+fn step(store: &Store, cache: &DispatchCache, max_jobs: usize, now: i64) -> qunfa_store::queue::StepReport {
+    let limits = StepLimits { max_jobs, budget: std::time::Duration::from_secs(60) };
+    store.run_step("test", cache, &Policy::builtin().delivery, limits, now).unwrap()
+}
+
+fn urgent_jobs_go_first_and_end_the_step(f: Fixture) {
+    let (_, send) = queue_fixture(&f, 10_000);
+    let bulk = send("大促", Priority::Broadcast, NOW);
+    let chat = send("验证码 1234", Priority::Chat, NOW + 1);
+    let payment = send("支付成功", Priority::Transactional, NOW + 2);
+    let cache = DispatchCache::default();
+    // Queued last, claimed first; a step ends right after an urgent batch.
+    let r = step(&f.store, &cache, 16, NOW + 3);
+    assert_eq!(r.batches.iter().map(|b| (b.broadcast_id, b.batch_no)).collect::<Vec<_>>(), [(payment, 0)]);
+    let r = step(&f.store, &cache, 16, NOW + 3);
+    assert_eq!(r.batches.iter().map(|b| (b.broadcast_id, b.batch_no)).collect::<Vec<_>>(), [(chat, 0)]);
+    assert_eq!(r.batches[0].latency_ms, 2);
+    // An urgent writer waiting makes a broadcast step commit after one batch.
+    let guard = f.store.db.urgent();
+    let r = step(&f.store, &cache, 16, NOW + 3);
+    assert_eq!(r.batches.iter().map(|b| (b.broadcast_id, b.batch_no)).collect::<Vec<_>>(), [(bulk, 0)]);
+    drop(guard);
+    let r = step(&f.store, &cache, 16, NOW + 3);
+    assert_eq!((r.jobs, r.delivered, r.completed_broadcasts), (4, 8_000, 1));
+    assert_eq!(f.store.delivery_totals(bulk).unwrap(), (10_000, 0));
+    for id in [chat, payment] {
+        assert_eq!(f.store.delivery_totals(id).unwrap(), (1, 0));
+    }
+}
+
+fn speed_levels_pace_broadcasts(f: Fixture) {
+    let (w, send) = queue_fixture(&f, 10_000);
+    // Level 4: 100,000 a minute — a batch of 2,000 every 1.2 s after the first.
+    f.store.set_speed_level(w, Some(4), "t", NOW).unwrap();
+    assert_eq!(f.store.speed_level(w).unwrap(), Some(4));
+    let bulk = send("大促", Priority::Broadcast, NOW);
+    let cache = DispatchCache::default();
+    let r = step(&f.store, &cache, 16, NOW);
+    assert_eq!((r.jobs, r.throttled), (1, 1), "one batch goes, the next waits for tokens");
+    // The node skips the throttled workspace for a moment: no churn.
+    let r = step(&f.store, &cache, 16, NOW + 10);
+    assert_eq!((r.jobs, r.throttled), (0, 0));
+    // Urgent traffic of the same workspace is not paced by the speed level.
+    let otp = send("验证码", Priority::Transactional, NOW + 20);
+    let r = step(&f.store, &cache, 16, NOW + 20);
+    assert_eq!(r.batches.iter().map(|b| b.broadcast_id).collect::<Vec<_>>(), vec![otp; 1]);
+    // 1.2 s later the next batch goes, and only one.
+    let r = step(&f.store, &cache, 16, NOW + 1_200);
+    assert_eq!(r.batches.iter().filter(|b| b.broadcast_id == bulk).count(), 1);
+    assert_eq!(f.store.broadcast(w, bulk).unwrap().n_delivered, 4_000);
+    // A faster level applies to the broadcast in flight at once.
+    step(&f.store, &cache, 16, NOW + 1_300);
+    f.store.set_speed_level(w, None, "t", NOW + 1_400).unwrap();
+    let r = step(&f.store, &DispatchCache::default(), 16, NOW + 1_400);
+    assert_eq!((r.jobs, r.completed_broadcasts), (3, 1));
+    assert_eq!(f.store.delivery_totals(bulk).unwrap(), (10_000, 0));
+}
+
+fn pause_holds_batches_until_resumed(f: Fixture) {
+    let (w, send) = queue_fixture(&f, 10_000);
+    let bulk = send("大促", Priority::Broadcast, NOW);
+    let cache = DispatchCache::default();
+    assert_eq!(step(&f.store, &cache, 2, NOW).jobs, 2);
+    f.store.pause_broadcast(w, bulk, "t", NOW + 1).unwrap();
+    assert_eq!(rejected_code(f.store.pause_broadcast(w, bulk, "t", NOW + 1)), Code::Conflict);
+    let b = f.store.broadcast(w, bulk).unwrap();
+    assert_eq!((b.state, b.n_delivered, b.paused_at), (BroadcastState::Paused, 4_000, Some(NOW + 1)));
+    assert_eq!(step(&f.store, &cache, 16, NOW + 2).jobs, 0, "a paused broadcast sends nothing");
+    assert!(matches!(f.store.pause_broadcast(w + 1, bulk, "t", NOW), Err(StoreError::NotFound)));
+    f.store.resume_broadcast(w, bulk, "t", NOW + 3).unwrap();
+    assert_eq!(rejected_code(f.store.resume_broadcast(w, bulk, "t", NOW + 3)), Code::Conflict);
+    let r = step(&f.store, &cache, 16, NOW + 4);
+    assert_eq!((r.jobs, r.completed_broadcasts), (3, 1));
+    assert_eq!(f.store.delivery_totals(bulk).unwrap(), (10_000, 0));
+    let actions: Vec<String> = f.store.audit_entries(w, 0, 1000).unwrap().into_iter().map(|e| e.action).collect();
+    assert!(actions.contains(&"broadcast.paused".to_owned()) && actions.contains(&"broadcast.resumed".to_owned()));
+}
+
+fn retention_purges_content_and_keeps_records(f: Fixture) {
+    let (w, send) = queue_fixture(&f, 10);
+    let kept = send("普通通知", Priority::Broadcast, NOW);
+    let flash = {
+        let new = NewBroadcast { ttl_ms: Some(60_000), ..text_broadcast("阅后即焚", None) };
+        let (b, _) = f.store.create_broadcast(w, 1, &new, "t", NOW).unwrap();
+        let audience = f.store.resolve_audience(w, &AudienceSpec::All).unwrap();
+        let rules =
+            DispatchRules { from: BroadcastState::Draft, daily_limit: None, approved_by: None, verdicts_json: "[]" };
+        f.store.dispatch(w, b.id, &audience, rules, "t", NOW).unwrap();
+        b.id
+    };
+    assert_eq!(f.store.broadcast(w, flash).unwrap().expires_at, Some(NOW + 60_000));
+    step(&f.store, &DispatchCache::default(), 16, NOW);
+    f.store.reply(w, 3, kept, "收到", NOW + 5).unwrap();
+    let retention = 72 * 3_600_000;
+    assert_eq!(f.store.purge_content(retention, NOW + 30_000).unwrap(), 0);
+    // The flash message's content goes when its time is up; the other stays.
+    assert_eq!(f.store.purge_content(retention, NOW + 60_000).unwrap(), 1);
+    let b = f.store.broadcast(w, flash).unwrap();
+    assert_eq!((b.content.content_type.as_str(), b.purged_at), ("purged", Some(NOW + 60_000)));
+    assert_eq!(f.store.broadcast(w, kept).unwrap().content.text.as_deref(), Some("普通通知"));
+    // After 72 hours the other one goes too; records, counts and the chain stay.
+    assert_eq!(f.store.purge_content(retention, NOW + retention).unwrap(), 1);
+    let b = f.store.broadcast(w, kept).unwrap();
+    assert_eq!((b.content.content_type.as_str(), b.n_delivered, b.n_replied), ("purged", 10, 1));
+    assert_eq!(f.store.delivery_totals(kept).unwrap(), (10, 0));
+    assert!(f.store.replies(kept, None, 10).unwrap().iter().all(|r| r.text.is_empty()));
+    assert!(f.store.audit_verify().unwrap().iter().all(|r| r.result.is_ok()));
+    assert_eq!(f.store.purge_content(retention, NOW + 2 * retention).unwrap(), 0, "purged once");
 }

@@ -1,0 +1,703 @@
+//! The delivery queue: claiming jobs by priority, pacing them by rate limits,
+//! delivering inbox batches, retries and dead letters, pause and resume,
+//! re-driving failed deliveries, speed levels and the retention of content.
+//!
+//! A job is one batch of ≤2,000 recipients of one broadcast on one channel
+//! (`jobs`). A step is one write transaction that claims jobs one at a time,
+//! highest priority first, and for each writes one delivery record per
+//! recipient with `ON CONFLICT DO NOTHING` and marks the job done, so a crash
+//! anywhere leaves a job to redo or finds its records written: never lost,
+//! never twice. A step ends after `max_jobs`, after its time budget, right
+//! after an urgent (transactional or chat) job, or as soon as an urgent writer
+//! waits for the database: a broadcast yields to urgent traffic between
+//! batches.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use qunfa_audience::{FrozenAudience, BATCH_SIZE};
+use qunfa_core::{broadcast::Priority, contact::Channel, policy::DeliveryPolicy};
+
+use crate::{
+    audit,
+    broadcasts::{complete_if_done, DispatchCache},
+    json::attr_display,
+    params, Backend, Code, Conn, Store, StoreError, Value,
+};
+
+/// How long a claimed job is reserved for its worker.
+const LEASE_MS: i64 = 60_000;
+/// Longest a node skips a throttled scope before it asks the shared bucket again.
+const THROTTLE_RECHECK_MS: i64 = 1_000;
+
+/// When a step stops claiming jobs.
+#[derive(Debug, Clone, Copy)]
+pub struct StepLimits {
+    pub max_jobs: usize,
+    /// Time after which the step commits what it has.
+    pub budget: Duration,
+}
+
+impl Default for StepLimits {
+    fn default() -> Self {
+        Self { max_jobs: 16, budget: Duration::from_millis(15) }
+    }
+}
+
+/// One batch a step finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub broadcast_id: i64,
+    pub workspace_id: i64,
+    pub batch_no: i64,
+    pub channel: Channel,
+    pub priority: Priority,
+    pub delivered: u64,
+    /// Queued → durable, in milliseconds.
+    pub latency_ms: i64,
+}
+
+/// What a worker step did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepReport {
+    pub jobs: u64,
+    pub delivered: u64,
+    pub completed_broadcasts: u64,
+    /// Jobs put back by a rate limit.
+    pub throttled: u64,
+    pub batches: Vec<BatchOutcome>,
+}
+
+/// A failed job put back for a retry, or dead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeferOutcome {
+    pub job_id: i64,
+    pub dead: bool,
+    /// Failed delivery records written (when dead).
+    pub failed: u64,
+    pub channel: Channel,
+    pub priority: Priority,
+}
+
+/// A rate limit's scope.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Scope {
+    /// The workspace's speed level (broadcast class only).
+    Workspace(i64),
+    /// One sender across its broadcasts (broadcast class only).
+    Sender(i64),
+    /// A channel across the server (every class).
+    Channel(Channel),
+}
+
+impl Scope {
+    fn key(&self) -> String {
+        match self {
+            Scope::Workspace(id) => format!("workspace:{id}"),
+            Scope::Sender(id) => format!("sender:{id}"),
+            Scope::Channel(ch) => format!("channel:{}", ch.as_str()),
+        }
+    }
+
+    /// A claim condition that skips the scope's jobs (ids and channel names
+    /// are ours, never user text).
+    pub(crate) fn exclusion(&self) -> String {
+        let broadcast = Priority::Broadcast as i64;
+        match self {
+            Scope::Workspace(id) => format!(" AND NOT (priority = {broadcast} AND workspace_id = {id})"),
+            Scope::Sender(id) => format!(" AND NOT (priority = {broadcast} AND member_id = {id})"),
+            Scope::Channel(ch) => format!(" AND channel <> '{}'", ch.as_str()),
+        }
+    }
+}
+
+/// The rate limits that apply to a job: (scope, recipients per minute).
+fn scopes_of(
+    c: &mut Conn,
+    policy: &DeliveryPolicy,
+    workspace_id: i64,
+    member_id: i64,
+    channel: Channel,
+    priority: Priority,
+) -> Result<Vec<(Scope, u64)>, StoreError> {
+    let mut scopes = Vec::new();
+    if let Some(rate) = policy.channel_per_minute.get(channel.as_str()) {
+        scopes.push((Scope::Channel(channel), *rate));
+    }
+    if priority == Priority::Broadcast {
+        let level = c.query_one("SELECT speed_level FROM workspaces WHERE id = ?", params![workspace_id])?.opt_i64(0);
+        if let Some(rate) = level.and_then(|l| u8::try_from(l).ok()).and_then(|l| policy.speed_level(l)) {
+            scopes.push((Scope::Workspace(workspace_id), rate));
+        }
+        if policy.sender_per_minute > 0 {
+            scopes.push((Scope::Sender(member_id), policy.sender_per_minute));
+        }
+    }
+    Ok(scopes)
+}
+
+/// Takes `n` tokens from every bucket of `scopes`, or none: returns the wait
+/// until all of them hold enough, and the scopes that are short. Buckets are
+/// rows (`rate_buckets`), locked on PostgreSQL, so every node draws from the
+/// same ones; each holds at most one second of its rate (and at least one
+/// batch) and refills continuously.
+fn take_tokens(
+    c: &mut Conn,
+    scopes: &[(Scope, u64)],
+    n: usize,
+    now: i64,
+) -> Result<Option<(i64, Vec<Scope>)>, StoreError> {
+    let lock = if c.backend() == Backend::Postgres { " FOR UPDATE" } else { "" };
+    let need = n as i64 * 1000;
+    let mut buckets = Vec::with_capacity(scopes.len());
+    let (mut wait, mut short) = (0i64, Vec::new());
+    for (scope, rate) in scopes {
+        let (key, rate) = (scope.key(), *rate as i64);
+        let capacity = (n.max(BATCH_SIZE) as i64).max(rate / 60) * 1000;
+        c.execute(
+            "INSERT INTO rate_buckets (scope, milli_tokens, updated_at) VALUES (?, ?, ?) ON CONFLICT (scope) DO NOTHING",
+            params![key.clone(), capacity, now],
+        )?;
+        let r = c.query_one(
+            &format!("SELECT milli_tokens, updated_at FROM rate_buckets WHERE scope = ?{lock}"),
+            params![key.clone()],
+        )?;
+        // Milli-tokens per millisecond = rate per minute / 60.
+        let refill = (now - r.i64(1)).max(0).saturating_mul(rate) / 60;
+        let tokens = r.i64(0).saturating_add(refill).min(capacity);
+        if tokens < need {
+            let rate = rate.max(1);
+            wait = wait.max(((need - tokens) * 60 + rate - 1) / rate);
+            short.push(scope.clone());
+        }
+        buckets.push((key, tokens));
+    }
+    for (key, tokens) in buckets {
+        let left = if wait == 0 { tokens - need } else { tokens };
+        c.execute("UPDATE rate_buckets SET milli_tokens = ?, updated_at = ? WHERE scope = ?", params![left, now, key])?;
+    }
+    Ok((wait > 0).then_some((wait, short)))
+}
+
+/// A number in [0, 1) from a job and time, to spread retries.
+fn jitter(job_id: i64, now: i64) -> f64 {
+    let mut z = (job_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ now as u64;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) as f64 / (u64::MAX as f64 + 1.0)
+}
+
+/// The inbox records of one batch: rendered per recipient when the message
+/// has variables. Returns how many were written now.
+fn deliver_inbox_batch(
+    c: &mut Conn,
+    cache: &DispatchCache,
+    broadcast_id: i64,
+    batch_no: usize,
+    queued_at: i64,
+    redrive: bool,
+    now: i64,
+) -> Result<u64, StoreError> {
+    let b = cache.get(c, broadcast_id)?;
+    let members = b.frozen.batch(batch_no);
+    let (Some(&lo), Some(&hi)) = (members.first(), members.last()) else { return Ok(0) };
+    if redrive {
+        // Failed records of this batch were set back to `queued` by a
+        // re-drive; they are written again below, rendered like the rest.
+        c.execute(
+            "DELETE FROM deliveries WHERE broadcast_id = ? AND channel = 'inbox' AND contact_idx BETWEEN ? AND ? AND state = 'queued'",
+            params![broadcast_id, lo, hi],
+        )?;
+    }
+    let bodies: Option<HashMap<u32, String>> = match &b.template {
+        Some(t) => {
+            let data = Store::template_data(c, b.workspace_id, lo, hi)?;
+            Some(
+                members
+                    .iter()
+                    .map(|idx| {
+                        let d = data.get(idx);
+                        let text = t.render(&|var| {
+                            let (name, external_id, attrs) = d?;
+                            match var {
+                                "name" => Some(name.clone()),
+                                "external_id" => Some(external_id.clone()),
+                                _ => attrs.get(var).and_then(attr_display),
+                            }
+                        });
+                        (*idx, text)
+                    })
+                    .collect(),
+            )
+        }
+        None => None,
+    };
+    let workspace_id = b.workspace_id;
+    c.bulk_insert(
+        "deliveries",
+        &[
+            "broadcast_id",
+            "channel",
+            "contact_idx",
+            "workspace_id",
+            "state",
+            "attempts",
+            "body",
+            "queued_at",
+            "sent_at",
+            "delivered_at",
+        ],
+        "ON CONFLICT DO NOTHING",
+        &mut members.iter().map(|idx| {
+            vec![
+                Value::Int(broadcast_id),
+                Value::Text("inbox".into()),
+                Value::Int(i64::from(*idx)),
+                Value::Int(workspace_id),
+                Value::Text("delivered".into()),
+                Value::Int(1),
+                bodies.as_ref().and_then(|b| b.get(idx)).cloned().into(),
+                Value::Int(queued_at),
+                Value::Int(now),
+                Value::Int(now),
+            ]
+        }),
+    )
+}
+
+impl Store {
+    /// One worker step (see the module documentation): claims ready jobs one
+    /// at a time, highest priority first, paces broadcast-class jobs by the
+    /// rate limits of `policy`, and delivers inbox batches, all in one
+    /// transaction.
+    ///
+    /// # Errors
+    /// Database errors; the transaction is rolled back and the jobs stay ready.
+    pub fn run_step(
+        &self,
+        owner: &str,
+        cache: &DispatchCache,
+        policy: &DeliveryPolicy,
+        limits: StepLimits,
+        now: i64,
+    ) -> Result<StepReport, StoreError> {
+        let backend = self.backend();
+        let started = Instant::now();
+        let db = self.db.clone();
+        self.db.write(|c| {
+            let lock = if backend == Backend::Postgres { "FOR UPDATE SKIP LOCKED" } else { "" };
+            let claim_sql = |exclusions: String| {
+                format!(
+                    "UPDATE jobs SET lease_owner = ?, lease_until = ?, attempts = attempts + 1
+                     WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND run_at <= ? AND (lease_until IS NULL OR lease_until < ?){exclusions}
+                                  ORDER BY priority, run_at, id LIMIT 1 {lock})
+                     RETURNING id, broadcast_id, batch_no, channel, created_at, priority, workspace_id, member_id, redrive"
+                )
+            };
+            let mut sql = claim_sql(cache.exclusions(now));
+            let mut report = StepReport::default();
+            let mut touched: Vec<(i64, u64, u64)> = Vec::new();
+            while let Some(job) = c.query_opt(&sql, params![owner, now + LEASE_MS, now, now])? {
+                let (job_id, broadcast_id, batch_no, queued_at) = (job.i64(0), job.i64(1), job.i64(2), job.i64(4));
+                let priority = Priority::from_i64(job.i64(5));
+                let (workspace_id, member_id, redrive) = (job.i64(6), job.i64(7), job.i64(8) != 0);
+                let Ok(channel) = Channel::parse(job.str(3)).map_err(|_| ()).and_then(|ch| {
+                    if ch == Channel::Inbox {
+                        Ok(ch)
+                    } else {
+                        Err(())
+                    }
+                }) else {
+                    // Only the inbox channel is delivered yet; preflight refuses
+                    // others, so this is a job from a newer version: leave it.
+                    c.execute(
+                        "UPDATE jobs SET lease_until = NULL, attempts = attempts - 1, run_at = ? WHERE id = ?",
+                        params![now + LEASE_MS, job_id],
+                    )?;
+                    continue;
+                };
+                let n = cache.get(c, broadcast_id)?.frozen.batch(batch_no as usize).len();
+                let scopes = scopes_of(c, policy, workspace_id, member_id, channel, priority)?;
+                if !scopes.is_empty() {
+                    if let Some((wait, short)) = take_tokens(c, &scopes, n, now)? {
+                        c.execute(
+                            "UPDATE jobs SET lease_until = NULL, attempts = attempts - 1, run_at = ?, throttled = 1 WHERE id = ?",
+                            params![now + wait, job_id],
+                        )?;
+                        report.throttled += 1;
+                        cache.throttle(short, now + wait.min(THROTTLE_RECHECK_MS));
+                        sql = claim_sql(cache.exclusions(now));
+                        continue;
+                    }
+                }
+                let delivered = deliver_inbox_batch(c, cache, broadcast_id, batch_no as usize, queued_at, redrive, now)?;
+                c.execute(
+                    "UPDATE jobs SET state = 'done', lease_until = NULL, throttled = 0 WHERE id = ?",
+                    params![job_id],
+                )?;
+                report.jobs += 1;
+                report.delivered += delivered;
+                report.batches.push(BatchOutcome {
+                    broadcast_id,
+                    workspace_id,
+                    batch_no,
+                    channel,
+                    priority,
+                    delivered,
+                    latency_ms: now - queued_at,
+                });
+                match touched.iter_mut().find(|t| t.0 == broadcast_id) {
+                    Some(t) => (t.1, t.2) = (t.1 + delivered, t.2 + 1),
+                    None => touched.push((broadcast_id, delivered, 1)),
+                }
+                if priority != Priority::Broadcast
+                    || report.jobs as usize >= limits.max_jobs
+                    || started.elapsed() >= limits.budget
+                    || db.urgent_waiting()
+                {
+                    break;
+                }
+            }
+            // Counters last, in id order: the broadcast rows are the locks
+            // steps of several nodes share; taking them late and in one order
+            // keeps steps from deadlocking on each other.
+            touched.sort_unstable();
+            for (broadcast_id, delivered, batches) in touched {
+                c.execute(
+                    "UPDATE broadcasts SET n_delivered = n_delivered + ?, n_batches_done = n_batches_done + ? WHERE id = ?",
+                    params![delivered, batches, broadcast_id],
+                )?;
+                if complete_if_done(c, broadcast_id, now)? {
+                    report.completed_broadcasts += 1;
+                    cache.forget(broadcast_id);
+                }
+            }
+            Ok(report)
+        })
+    }
+
+    /// After a step failed: takes the job a step would claim first, counts the
+    /// failed attempt and retries it later (exponential backoff with jitter,
+    /// from the policy). At the policy's last attempt the job is dead: its
+    /// recipients get `failed` delivery records with `QF-DELIVERY-FAILED` and
+    /// the error, so the broadcast still completes and the failure shows in
+    /// its counts (and `retry-failed` can re-drive it later).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn defer_failed_job(
+        &self,
+        error: &str,
+        policy: &DeliveryPolicy,
+        now: i64,
+    ) -> Result<Option<DeferOutcome>, StoreError> {
+        let backend = self.backend();
+        self.db.write(|c| {
+            let lock = if backend == Backend::Postgres { "FOR UPDATE SKIP LOCKED" } else { "" };
+            let Some(job) = c.query_opt(
+                &format!(
+                    "SELECT id, broadcast_id, batch_no, channel, attempts, created_at, priority FROM jobs
+                     WHERE state = 'ready' AND run_at <= ? AND (lease_until IS NULL OR lease_until < ?)
+                     ORDER BY priority, run_at, id LIMIT 1 {lock}"
+                ),
+                params![now, now],
+            )?
+            else {
+                return Ok(None);
+            };
+            let (job_id, broadcast_id, batch_no, channel, attempts) =
+                (job.i64(0), job.i64(1), job.i64(2), job.string(3), job.i64(4) + 1);
+            let error: String = error.chars().filter(|ch| !ch.is_control()).take(500).collect();
+            let mut outcome = DeferOutcome {
+                job_id,
+                dead: false,
+                failed: 0,
+                channel: Channel::parse(&channel).unwrap_or(Channel::Inbox),
+                priority: Priority::from_i64(job.i64(6)),
+            };
+            if attempts < i64::from(policy.max_attempts) {
+                let delay = policy.retry_delay_ms(attempts as u32, jitter(job_id, now)) as i64;
+                c.execute(
+                    "UPDATE jobs SET attempts = ?, run_at = ?, last_error = ?, lease_until = NULL WHERE id = ?",
+                    params![attempts, now + delay, error, job_id],
+                )?;
+                return Ok(Some(outcome));
+            }
+            c.execute(
+                "UPDATE jobs SET attempts = ?, state = 'dead', last_error = ?, lease_until = NULL WHERE id = ?",
+                params![attempts, error.clone(), job_id],
+            )?;
+            let b = c.query_one(
+                "SELECT workspace_id, frozen_audience FROM broadcasts WHERE id = ?",
+                params![broadcast_id],
+            )?;
+            let workspace_id = b.i64(0);
+            let failed = match FrozenAudience::deserialize(b.blob(1)) {
+                Ok(frozen) => {
+                    let rows: Vec<Vec<Value>> = frozen
+                        .batch(batch_no as usize)
+                        .iter()
+                        .map(|idx| {
+                            vec![
+                                Value::Int(broadcast_id),
+                                Value::Text(channel.clone()),
+                                Value::Int(i64::from(*idx)),
+                                Value::Int(workspace_id),
+                                Value::Text("failed".into()),
+                                Value::Int(attempts),
+                                Value::Text(Code::DeliveryFailed.as_str().into()),
+                                Value::Text(error.clone()),
+                                Value::Int(job.i64(5)),
+                            ]
+                        })
+                        .collect();
+                    c.bulk_insert_borrowed(
+                        "deliveries",
+                        &[
+                            "broadcast_id",
+                            "channel",
+                            "contact_idx",
+                            "workspace_id",
+                            "state",
+                            "attempts",
+                            "error_code",
+                            "last_error",
+                            "queued_at",
+                        ],
+                        "ON CONFLICT DO NOTHING",
+                        &rows,
+                    )?
+                }
+                Err(_) => 0,
+            };
+            c.execute(
+                "UPDATE broadcasts SET n_failed = n_failed + ?, n_batches_done = n_batches_done + 1 WHERE id = ?",
+                params![failed, broadcast_id],
+            )?;
+            let details =
+                serde_json::json!({"job": job_id, "batch": batch_no, "failed": failed, "error": error}).to_string();
+            audit::append(
+                c,
+                workspace_id,
+                "engine",
+                "delivery.dead_letter",
+                &format!("broadcast:{broadcast_id}"),
+                &details,
+                now,
+            )?;
+            complete_if_done(c, broadcast_id, now)?;
+            outcome.dead = true;
+            outcome.failed = failed;
+            Ok(Some(outcome))
+        })
+    }
+
+    /// Pauses a sending broadcast: its waiting batches are held (a batch in
+    /// flight finishes). Returns the broadcast's counts at the pause.
+    ///
+    /// # Errors
+    /// `QF-STATE-CONFLICT` unless it is sending, `NotFound`, or database errors.
+    pub fn pause_broadcast(&self, workspace_id: i64, id: i64, actor: &str, now: i64) -> Result<(), StoreError> {
+        self.db.write(|c| {
+            // Jobs first, then the broadcast: the order a worker step locks
+            // them in (on PostgreSQL the other order deadlocks with a step).
+            let held = c.execute(
+                "UPDATE jobs SET state = 'held' WHERE broadcast_id = ? AND state = 'ready'
+                 AND EXISTS (SELECT 1 FROM broadcasts WHERE id = ? AND workspace_id = ? AND state = 'sending')",
+                params![id, id, workspace_id],
+            )?;
+            let n = c.execute(
+                "UPDATE broadcasts SET state = 'paused', paused_at = ? WHERE id = ? AND workspace_id = ? AND state = 'sending'",
+                params![now, id, workspace_id],
+            )?;
+            if n == 0 {
+                // Rolls the holds back too.
+                return Err(state_conflict(c, workspace_id, id, "only a sending broadcast can be paused")?);
+            }
+            let details = serde_json::json!({"batches_held": held}).to_string();
+            audit::append(c, workspace_id, actor, "broadcast.paused", &format!("broadcast:{id}"), &details, now)?;
+            Ok(())
+        })
+    }
+
+    /// Resumes a paused broadcast: its held batches are ready again.
+    ///
+    /// # Errors
+    /// `QF-STATE-CONFLICT` unless it is paused, `NotFound`, or database errors.
+    pub fn resume_broadcast(&self, workspace_id: i64, id: i64, actor: &str, now: i64) -> Result<(), StoreError> {
+        self.db.write(|c| {
+            let resumed = c.execute(
+                "UPDATE jobs SET state = 'ready', run_at = ?, throttled = 0 WHERE broadcast_id = ? AND state = 'held'
+                 AND EXISTS (SELECT 1 FROM broadcasts WHERE id = ? AND workspace_id = ? AND state = 'paused')",
+                params![now, id, id, workspace_id],
+            )?;
+            let n = c.execute(
+                "UPDATE broadcasts SET state = 'sending', paused_at = NULL WHERE id = ? AND workspace_id = ? AND state = 'paused'",
+                params![id, workspace_id],
+            )?;
+            if n == 0 {
+                return Err(state_conflict(c, workspace_id, id, "only a paused broadcast can be resumed")?);
+            }
+            let details = serde_json::json!({"batches_resumed": resumed}).to_string();
+            audit::append(c, workspace_id, actor, "broadcast.resumed", &format!("broadcast:{id}"), &details, now)?;
+            // Paused after its last batch: nothing is left to send.
+            complete_if_done(c, id, now)?;
+            Ok(())
+        })
+    }
+
+    /// Re-drives the failed deliveries of a completed broadcast (the
+    /// "compensation" of the source documents): their records go back to
+    /// `queued`, the batches that hold them are queued again, and the
+    /// broadcast is sending until they are done. Returns the number of
+    /// deliveries re-driven.
+    ///
+    /// # Errors
+    /// `QF-STATE-CONFLICT` unless the broadcast is completed with failed
+    /// deliveries, `NotFound`, or database errors.
+    pub fn redrive_failed(&self, workspace_id: i64, id: i64, actor: &str, now: i64) -> Result<u64, StoreError> {
+        self.db.write(|c| {
+            let b = c.query_one(
+                "SELECT state, frozen_audience, n_failed FROM broadcasts WHERE id = ? AND workspace_id = ?",
+                params![id, workspace_id],
+            )?;
+            if b.str(0) != "completed" {
+                return Err(StoreError::rejected(Code::Conflict, format!("the broadcast is {}: only a completed broadcast can be re-driven", b.str(0))));
+            }
+            let frozen = FrozenAudience::deserialize(b.blob(1)).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let failed = c.query(
+                "SELECT channel, contact_idx FROM deliveries WHERE broadcast_id = ? AND state = 'failed'",
+                params![id],
+            )?;
+            if failed.is_empty() {
+                return Err(StoreError::rejected(Code::Conflict, "the broadcast has no failed deliveries"));
+            }
+            let mut batches: Vec<(String, i64)> = failed
+                .iter()
+                .filter_map(|r| frozen.batch_of(r.i64(1) as u32).map(|b| (r.string(0), b as i64)))
+                .collect();
+            batches.sort();
+            batches.dedup();
+            let n = c.execute(
+                "UPDATE deliveries SET state = 'queued', error_code = NULL WHERE broadcast_id = ? AND state = 'failed'",
+                params![id],
+            )?;
+            for (channel, batch_no) in &batches {
+                c.execute(
+                    "UPDATE jobs SET state = 'ready', run_at = ?, attempts = 0, redrive = 1, throttled = 0, lease_until = NULL, last_error = NULL
+                     WHERE broadcast_id = ? AND channel = ? AND batch_no = ?",
+                    params![now, id, channel.clone(), *batch_no],
+                )?;
+            }
+            c.execute(
+                "UPDATE broadcasts SET state = 'sending', completed_at = NULL, n_failed = n_failed - ?, n_redriven = n_redriven + ?,
+                 n_batches_done = n_batches_done - ? WHERE id = ?",
+                params![n, n, batches.len(), id],
+            )?;
+            let details = serde_json::json!({"deliveries": n, "batches": batches.len()}).to_string();
+            audit::append(c, workspace_id, actor, "broadcast.redriven", &format!("broadcast:{id}"), &details, now)?;
+            Ok(n)
+        })
+    }
+
+    /// Sets the workspace's speed level (0 fastest … 4 slowest; `None` sends
+    /// unthrottled). It applies to batches in flight at once: batches a
+    /// slower level put back are ready again.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn set_speed_level(
+        &self,
+        workspace_id: i64,
+        level: Option<u8>,
+        actor: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.db.write(|c| {
+            c.execute("UPDATE workspaces SET speed_level = ? WHERE id = ?", params![level.map(i64::from), workspace_id])?;
+            c.execute(
+                "UPDATE jobs SET run_at = ?, throttled = 0 WHERE workspace_id = ? AND state = 'ready' AND throttled = 1",
+                params![now, workspace_id],
+            )?;
+            let details = serde_json::json!({"level": level}).to_string();
+            audit::append(c, workspace_id, actor, "workspace.speed_level", &format!("workspace:{workspace_id}"), &details, now)?;
+            Ok(())
+        })
+    }
+
+    /// The workspace's speed level.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn speed_level(&self, workspace_id: i64) -> Result<Option<u8>, StoreError> {
+        let r = self.db.conn()?.query_one("SELECT speed_level FROM workspaces WHERE id = ?", params![workspace_id])?;
+        Ok(r.opt_i64(0).and_then(|l| u8::try_from(l).ok()))
+    }
+
+    /// Purges the content of broadcasts past retention, and of flash messages
+    /// past their time to live, once they are no longer sending: the text
+    /// (replaced by a `purged` marker), rendered bodies and reply texts go;
+    /// delivery records, counts and the audit chain stay. Works in groups of
+    /// 100 broadcasts; returns how many it purged.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn purge_content(&self, retention_ms: i64, now: i64) -> Result<u64, StoreError> {
+        self.db.write(|c| {
+            let due = c.query(
+                "SELECT id, workspace_id FROM broadcasts WHERE purged_at IS NULL AND state IN ('completed', 'cancelled')
+                 AND (completed_at <= ? OR expires_at <= ? OR (state = 'cancelled' AND created_at <= ?)) LIMIT 100",
+                params![now - retention_ms, now, now - retention_ms],
+            )?;
+            for r in &due {
+                let (id, workspace_id) = (r.i64(0), r.i64(1));
+                c.execute(
+                    r#"UPDATE broadcasts SET content = '{"type":"purged"}', purged_at = ? WHERE id = ?"#,
+                    params![now, id],
+                )?;
+                c.execute(
+                    "UPDATE deliveries SET body = NULL WHERE broadcast_id = ? AND body IS NOT NULL",
+                    params![id],
+                )?;
+                c.execute("UPDATE replies SET text = '' WHERE broadcast_id = ?", params![id])?;
+                audit::append(c, workspace_id, "engine", "broadcast.purged", &format!("broadcast:{id}"), "{}", now)?;
+            }
+            Ok(due.len() as u64)
+        })
+    }
+
+    /// Batches waiting (ready, held or throttled), by priority class and
+    /// channel, for the metrics.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn queue_depth(&self) -> Result<Vec<(Priority, String, u64)>, StoreError> {
+        let rows = self.db.conn()?.query(
+            "SELECT priority, channel, COUNT(*) FROM jobs WHERE state IN ('ready', 'held') GROUP BY priority, channel",
+            params![],
+        )?;
+        Ok(rows.iter().map(|r| (Priority::from_i64(r.i64(0)), r.string(1), r.i64(2) as u64)).collect())
+    }
+}
+
+/// The error for a state change that did not apply: 404 when the broadcast
+/// is not the workspace's, else a conflict naming its state.
+fn state_conflict(c: &mut Conn, workspace_id: i64, id: i64, what: &str) -> Result<StoreError, StoreError> {
+    let r = c.query_one("SELECT state FROM broadcasts WHERE id = ? AND workspace_id = ?", params![id, workspace_id])?;
+    Ok(StoreError::rejected(Code::Conflict, format!("{what}; it is {}", r.str(0))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_is_spread_over_the_unit_interval() {
+        let values: Vec<f64> = (0..1000).map(|i| jitter(i, 1_700_000_000_000)).collect();
+        assert!(values.iter().all(|v| (0.0..1.0).contains(v)));
+        let low = values.iter().filter(|v| **v < 0.5).count();
+        assert!((400..600).contains(&low), "{low} of 1000 below 0.5");
+    }
+}
