@@ -467,7 +467,7 @@ impl Store {
         let frozen_bytes = FrozenAudience::serialize(audience);
         let n_recipients = audience.cardinality();
         let n_batches = (n_recipients as usize).div_ceil(qunfa_audience::BATCH_SIZE);
-        self.db.write(|c| {
+        let urgent = self.db.write(|c| {
             let b = c.query_one(
                 "SELECT member_id, state, channels, priority, audience FROM broadcasts WHERE id = ? AND workspace_id = ?",
                 params![id, workspace_id],
@@ -554,8 +554,12 @@ impl Store {
                 "audience_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&frozen_bytes)),
             });
             audit::append(c, workspace_id, actor, "broadcast.dispatched", &format!("broadcast:{id}"), &details.to_string(), now)?;
-            Ok(())
-        })
+            Ok(priority < Priority::Broadcast as i64 && n_batches > 0)
+        })?;
+        if urgent {
+            self.db.note_urgent_queued();
+        }
+        Ok(())
     }
 
     /// The frozen audience of a dispatched broadcast.

@@ -482,6 +482,10 @@ struct PoolInner {
     /// Writers of urgent traffic (transactional and chat messages) waiting or
     /// writing now; the delivery engine commits early while there are any.
     urgent: std::sync::atomic::AtomicUsize,
+    /// When this process last queued urgent work (milliseconds since `epoch`
+    /// plus one; 0: none since the last claim of urgent work).
+    urgent_queued: std::sync::atomic::AtomicU64,
+    epoch: std::time::Instant,
     /// The SQLite checkpointer thread and the sender that stops it.
     checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
 }
@@ -561,6 +565,8 @@ impl Db {
             available: Condvar::new(),
             sqlite_writer: Mutex::new(()),
             urgent: std::sync::atomic::AtomicUsize::new(0),
+            urgent_queued: std::sync::atomic::AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
             checkpointer: Mutex::new(None),
         });
         if let DbLocation::Sqlite(path) = &location {
@@ -637,6 +643,28 @@ impl Db {
     /// Whether urgent writers are waiting (see [`Db::urgent`]).
     pub fn urgent_waiting(&self) -> bool {
         self.inner.urgent.load(std::sync::atomic::Ordering::Acquire) > 0
+    }
+
+    /// Notes that urgent work was just queued, so a bulk step in flight
+    /// commits after its current batch and the next step claims it.
+    pub fn note_urgent_queued(&self) {
+        let ms = self.inner.epoch.elapsed().as_millis() as u64 + 1;
+        self.inner.urgent_queued.store(ms, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Notes that a step claimed urgent work.
+    pub fn clear_urgent_queued(&self) {
+        self.inner.urgent_queued.store(0, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether a bulk step should commit now: urgent writers wait, or urgent
+    /// work was queued (in the last second) and not yet claimed here.
+    pub fn urgent_pending(&self) -> bool {
+        if self.urgent_waiting() {
+            return true;
+        }
+        let at = self.inner.urgent_queued.load(std::sync::atomic::Ordering::Acquire);
+        at != 0 && self.inner.epoch.elapsed().as_millis() as u64 + 1 - at < 1_000
     }
 
     /// Runs `f` in a write transaction; commits when it returns `Ok`, rolls

@@ -332,6 +332,9 @@ impl Store {
                         continue;
                     }
                 }
+                if priority != Priority::Broadcast {
+                    db.clear_urgent_queued();
+                }
                 let delivered = deliver_inbox_batch(c, cache, broadcast_id, batch_no as usize, queued_at, redrive, now)?;
                 c.execute(
                     "UPDATE jobs SET state = 'done', lease_until = NULL, throttled = 0 WHERE id = ?",
@@ -355,7 +358,7 @@ impl Store {
                 if priority != Priority::Broadcast
                     || report.jobs as usize >= limits.max_jobs
                     || started.elapsed() >= limits.budget
-                    || db.urgent_waiting()
+                    || db.urgent_pending()
                 {
                     break;
                 }
