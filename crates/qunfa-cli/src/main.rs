@@ -76,6 +76,14 @@ enum Command {
     Send(SendArgs),
     /// Explain a broadcast: its state, counts and every verdict.
     Explain { broadcast_id: String },
+    /// Control a broadcast in flight.
+    #[command(subcommand)]
+    Broadcast(BroadcastCommand),
+    /// Show or set the workspace's speed level (0 fastest … 4 slowest).
+    Speed {
+        /// 0–4, or "off" to send unthrottled; without it, show the level.
+        level: Option<String>,
+    },
     /// Audience expressions.
     #[command(subcommand)]
     Audience(AudienceCommand),
@@ -122,6 +130,23 @@ enum ContactsCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum BroadcastCommand {
+    /// Pause a sending broadcast (batches in flight finish).
+    Pause { broadcast_id: String },
+    /// Resume a paused broadcast.
+    Resume { broadcast_id: String },
+    /// Send the failed deliveries of a completed broadcast again.
+    RetryFailed {
+        broadcast_id: String,
+        /// Wait until they are done, with a progress bar.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Follow a broadcast's progress until it completes.
+    Watch { broadcast_id: String },
+}
+
 #[derive(Args)]
 struct SendArgs {
     /// Message text (may use {{name}} and attribute variables).
@@ -154,6 +179,12 @@ struct SendArgs {
     /// Idempotency key.
     #[arg(long)]
     client_msg_id: Option<String>,
+    /// transactional or chat: delivered ahead of running broadcasts.
+    #[arg(long)]
+    priority: Option<String>,
+    /// A flash message: the content self-destructs this many seconds after the send starts.
+    #[arg(long)]
+    ttl: Option<u64>,
     /// Only print the preflight; the draft stays a draft.
     #[arg(long)]
     dry_run: bool,
@@ -301,6 +332,8 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         }
         Command::Send(args) => runtime()?.block_on(send(&config, args)),
         Command::Explain { broadcast_id } => runtime()?.block_on(explain(&config, &broadcast_id)),
+        Command::Broadcast(cmd) => runtime()?.block_on(broadcast_control(&config, cmd)),
+        Command::Speed { level } => runtime()?.block_on(speed(&config, level)),
         Command::Audit(AuditCommand::Verify) => audit_verify(&config),
         Command::Audience(cmd) => runtime()?.block_on(audience(&config, cmd)),
         Command::Tags(TagsCommand::Report { dormant_days }) => {
@@ -578,6 +611,12 @@ async fn send(config: &Config, a: SendArgs) -> anyhow::Result<ExitCode> {
     if let Some(id) = &a.client_msg_id {
         body["client_msg_id"] = json!(id);
     }
+    if let Some(p) = &a.priority {
+        body["priority"] = json!(p);
+    }
+    if let Some(t) = a.ttl {
+        body["ttl_seconds"] = json!(t);
+    }
     let b = client.post("/v1/broadcasts", body).await?;
     let id = b["id"].as_str().unwrap_or_default().to_owned();
     if a.dry_run {
@@ -692,8 +731,60 @@ async fn audience(config: &Config, cmd: AudienceCommand) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
+async fn broadcast_control(config: &Config, cmd: BroadcastCommand) -> anyhow::Result<ExitCode> {
+    let client = api_client(config)?;
+    let (id, action, wait_after) = match &cmd {
+        BroadcastCommand::Pause { broadcast_id } => (broadcast_id, Some("pause"), false),
+        BroadcastCommand::Resume { broadcast_id } => (broadcast_id, Some("resume"), false),
+        BroadcastCommand::RetryFailed { broadcast_id, wait } => (broadcast_id, Some("retry-failed"), *wait),
+        BroadcastCommand::Watch { broadcast_id } => (broadcast_id, None, true),
+    };
+    if let Some(action) = action {
+        let r = client.post(&format!("/v1/broadcasts/{id}/{action}"), json!({})).await?;
+        let b = if action == "retry-failed" {
+            println!("{} failed deliveries queued again", r["redriven"]);
+            &r["broadcast"]
+        } else {
+            &r
+        };
+        let c = &b["counts"];
+        println!(
+            "broadcast {id}: {} — delivered {} of {}, failed {}",
+            b["state"].as_str().unwrap_or("?"),
+            c["delivered"],
+            c["total"],
+            c["failed"]
+        );
+    }
+    if wait_after {
+        wait(&client, id).await?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn speed(config: &Config, level: Option<String>) -> anyhow::Result<ExitCode> {
+    let client = api_client(config)?;
+    let r = match level.as_deref() {
+        None => client.get("/v1/speed").await?,
+        Some("off" | "none") => client.send(reqwest::Method::PUT, "/v1/speed", Some(json!({"level": null}))).await?.1,
+        Some(l) => {
+            let level: u8 =
+                l.parse().map_err(|_| anyhow::anyhow!("the level is 0 (fastest) to 4 (slowest), or off"))?;
+            client.send(reqwest::Method::PUT, "/v1/speed", Some(json!({"level": level}))).await?.1
+        }
+    };
+    match r["level"].as_u64() {
+        Some(l) => println!("speed level {l}: {} recipients per minute", r["per_minute"]),
+        None => println!("no speed level: broadcasts are sent unthrottled"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn wait(client: &Client, id: &str) -> anyhow::Result<()> {
     let bar = indicatif::ProgressBar::new(0);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} {msg}") {
+        bar.set_style(style);
+    }
     if !std::io::stderr().is_terminal() {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
@@ -701,6 +792,7 @@ async fn wait(client: &Client, id: &str) -> anyhow::Result<()> {
         let b = client.get(&format!("/v1/broadcasts/{id}")).await?;
         bar.set_length(b["counts"]["total"].as_u64().unwrap_or(0));
         bar.set_position(b["counts"]["sent"].as_u64().unwrap_or(0));
+        bar.set_message(b["state"].as_str().unwrap_or("?").to_owned());
         if b["state"] == "completed" || b["state"] == "cancelled" {
             bar.finish_and_clear();
             println!(

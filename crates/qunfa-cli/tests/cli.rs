@@ -41,6 +41,13 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The id of a contact in Shanghai, from the sample `audience count` prints.
+fn first_contact(c: &dyn Fn(&[&str]) -> Output) -> String {
+    let o = c(&["audience", "count", "city = 上海"]);
+    let out = text(&o);
+    out.split_whitespace().find(|w| w.chars().all(|ch| ch.is_ascii_digit()) && w.len() > 6).expect("an id").to_owned()
+}
+
 #[test]
 fn serve_import_send_explain_audit() {
     let dir = tempfile::tempdir().unwrap();
@@ -139,6 +146,37 @@ fn serve_import_send_explain_audit() {
     let o = c(&["explain", &id]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("completed") && text(&o).contains("delivered 3"), "{}", text(&o));
+    // Broadcast controls: nothing failed, so nothing to re-drive; a completed one cannot pause.
+    let o = c(&["broadcast", "retry-failed", &id]);
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("QF-STATE-CONFLICT") && text(&o).contains("no failed deliveries"), "{}", text(&o));
+    let o = c(&["broadcast", "pause", &id]);
+    assert!(text(&o).contains("only a sending broadcast can be paused; it is completed"), "{}", text(&o));
+    let o = c(&["broadcast", "watch", &id]);
+    assert!(o.status.success() && text(&o).contains("completed — delivered 3"), "{}", text(&o));
+    // Speed levels.
+    let o = c(&["speed"]);
+    assert!(o.status.success() && text(&o).contains("unthrottled"), "{}", text(&o));
+    let o = c(&["speed", "2"]);
+    assert!(o.status.success() && text(&o).contains("speed level 2: 450000 recipients per minute"), "{}", text(&o));
+    let o = c(&["speed", "9"]);
+    assert!(!o.status.success() && text(&o).contains("QF-BAD-REQUEST"), "{}", text(&o));
+    let o = c(&["speed", "off"]);
+    assert!(o.status.success() && text(&o).contains("unthrottled"), "{}", text(&o));
+    // An urgent flash message.
+    let o = c(&[
+        "send",
+        "--text",
+        "验证码 1234",
+        "--contact",
+        &format!("{}", first_contact(&c)),
+        "--priority",
+        "transactional",
+        "--ttl",
+        "60",
+        "--wait",
+    ]);
+    assert!(o.status.success() && text(&o).contains("completed — delivered 1"), "{}", text(&o));
 
     // SIGTERM stops the server cleanly.
     let pid = server.0.id().to_string();
