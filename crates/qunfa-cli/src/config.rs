@@ -49,6 +49,9 @@ pub struct Config {
     pub server: String,
     /// Workspace API key for client commands.
     pub api_key: Option<Secret>,
+    /// Enables the webhook channel: the secret that signs every request
+    /// (`X-Qunfa-Signature`, HMAC-SHA256; see docs/delivery.md).
+    pub webhook_secret: Option<Secret>,
 }
 
 impl Default for Config {
@@ -63,11 +66,12 @@ impl Default for Config {
             db_connections: 8,
             server: "http://127.0.0.1:8080".into(),
             api_key: None,
+            webhook_secret: None,
         }
     }
 }
 
-const KEYS: [&str; 10] = [
+const KEYS: [&str; 11] = [
     "listen",
     "data_dir",
     "database_url",
@@ -77,6 +81,7 @@ const KEYS: [&str; 10] = [
     "db_connections",
     "server",
     "api_key",
+    "webhook_secret",
     "config",
 ];
 

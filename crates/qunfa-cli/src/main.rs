@@ -368,6 +368,7 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
 
 fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
     let policy = config.load_policy()?;
+    let webhook_secret = config.webhook_secret.clone();
     let location = config.database();
     let store = qunfa_store::Store::open(location.clone(), config.db_connections)
         .with_context(|| format!("opening the database {location:?}"))?;
@@ -398,7 +399,14 @@ fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
         let engine_config = qunfa_engine::EngineConfig { delivery: policy.delivery.clone(), ..Default::default() };
-        let engine = qunfa_engine::Engine::start(store.clone(), engine_config);
+        let mut transports = qunfa_engine::Transports::default();
+        if let Some(secret) = &webhook_secret {
+            let config = qunfa_engine::WebhookConfig::new(secret.expose().as_bytes());
+            transports.webhook = Some(qunfa_engine::Webhook::new(config).context("cannot build the webhook client")?);
+        }
+        let mut channels = vec![qunfa_core::contact::Channel::Inbox];
+        channels.extend(transports.channels());
+        let engine = qunfa_engine::Engine::start_with(store.clone(), engine_config, transports);
         // Audience indexes are built in the background; a query that comes
         // first builds its workspace's index itself.
         let warm = store.clone();
@@ -411,7 +419,7 @@ fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
                 Err(e) => tracing::warn!(error = %e, "building the audience indexes failed; they build on first use"),
             }
         });
-        let state = qunfa_server::AppState::new(store, policy, engine, admin_hash);
+        let state = qunfa_server::AppState::with_channels(store, policy, engine, admin_hash, channels);
         tracing::info!(%addr, "qunfa listening on http://{addr} (API docs at http://{addr}/docs)");
         if let Some(k) = demo_keys {
             print_demo(&addr.to_string(), &k);

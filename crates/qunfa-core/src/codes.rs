@@ -94,7 +94,9 @@ codes! {
     ApprovalRequired = "QF-APPROVAL-REQUIRED", "A send this large needs approval.", "此规模的群发需要审批。", "Submit it; a reviewer or admin approves it with POST /v1/broadcasts/{id}/approve.";
     ChannelUnavailable = "QF-CHANNEL-UNAVAILABLE", "The channel is not configured on this server.", "该渠道未在服务器上配置。", "Use the inbox channel, or configure the channel first.";
     SelfApproval = "QF-APPROVAL-SELF", "You cannot approve your own send.", "不能审批自己的群发。", "Ask another reviewer or admin of the workspace.";
-    DeliveryFailed = "QF-DELIVERY-FAILED", "The delivery failed after every retry.", "多次重试后投递仍失败。", "See the job's last error in the server log; fix the cause and send a new broadcast to the failed recipients.";
+    DeliveryFailed = "QF-DELIVERY-FAILED", "The delivery failed after every retry.", "多次重试后投递仍失败。", "See the delivery's last_error in GET /v1/broadcasts/{id}/deliveries; fix the cause, then POST /v1/broadcasts/{id}/retry-failed.";
+    DeliveryRejected = "QF-DELIVERY-REJECTED", "The receiving endpoint refused the message.", "接收方拒绝了该消息。", "See last_error for the endpoint's answer; fix the address or the endpoint, then retry-failed.";
+    ChannelNoAddress = "QF-CHANNEL-NO-ADDRESS", "The contact has no address on this channel.", "该联系人在此渠道没有地址。", "Add the address (email, phone, webhook, WeCom user id) to the contact, then retry-failed.";
     DuplicateClientMsgId = "QF-CLIENT-MSG-ID-REUSED", "This client_msg_id was used for different content.", "client_msg_id 已用于不同内容。", "Use a new client_msg_id for new content; resend the same body to get the original broadcast.";
 }
 

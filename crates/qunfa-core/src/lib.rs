@@ -15,6 +15,7 @@ pub mod import;
 pub mod message;
 pub mod policy;
 pub mod preflight;
+pub mod sign;
 pub mod tag;
 pub mod template;
 pub mod workspace;

@@ -24,6 +24,9 @@ use qunfa_store::{
 };
 use tokio::sync::Notify;
 
+pub mod external;
+pub use external::{Transports, Webhook, WebhookConfig};
+
 /// Upper bounds (milliseconds) of the delivery latency histogram's buckets.
 pub const LATENCY_BUCKETS_MS: [u64; 14] =
     [5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000];
@@ -128,6 +131,9 @@ pub struct EngineConfig {
     pub delivery: DeliveryPolicy,
     /// How often content past retention is purged.
     pub housekeeping_interval: Duration,
+    /// How long an external batch stays with the node that claimed it; after
+    /// that (the node died) another node sends what is still queued.
+    pub external_lease: Duration,
 }
 
 impl Default for EngineConfig {
@@ -138,6 +144,7 @@ impl Default for EngineConfig {
             poll_interval: Duration::from_millis(250),
             delivery: Policy::builtin().delivery,
             housekeeping_interval: Duration::from_secs(60),
+            external_lease: Duration::from_secs(300),
         }
     }
 }
@@ -146,6 +153,7 @@ impl Default for EngineConfig {
 #[derive(Clone)]
 pub struct Engine {
     wake: Arc<Notify>,
+    external_wake: Arc<Notify>,
     stop: Arc<AtomicBool>,
     pub metrics: Arc<EngineMetrics>,
     done: Arc<Notify>,
@@ -155,8 +163,15 @@ pub struct Engine {
 impl Engine {
     /// Starts the worker and the housekeeping on the current tokio runtime.
     pub fn start(store: Store, config: EngineConfig) -> Self {
+        Self::start_with(store, config, Transports::default())
+    }
+
+    /// Starts the worker, the housekeeping and, when any is configured, the
+    /// worker of the external channels.
+    pub fn start_with(store: Store, config: EngineConfig, transports: Transports) -> Self {
         let engine = Engine {
             wake: Arc::new(Notify::new()),
+            external_wake: Arc::new(Notify::new()),
             stop: Arc::new(AtomicBool::new(false)),
             metrics: Arc::new(EngineMetrics::default()),
             done: Arc::new(Notify::new()),
@@ -185,6 +200,9 @@ impl Engine {
             e.finished.store(true, Ordering::Release);
             e.done.notify_waiters();
         });
+        if !transports.channels().is_empty() {
+            tokio::spawn(external::run(engine.clone(), store.clone(), config.clone(), Arc::new(transports)));
+        }
         let e = engine.clone();
         tokio::spawn(async move {
             let retention_ms = i64::from(config.delivery.retention_hours) * 3_600_000;
@@ -205,12 +223,14 @@ impl Engine {
     /// Tells the worker that new jobs are queued.
     pub fn wake(&self) {
         self.wake.notify_one();
+        self.external_wake.notify_one();
     }
 
     /// Stops after the step in flight commits.
     pub async fn shutdown(&self) {
         self.stop.store(true, Ordering::Release);
         self.wake.notify_one();
+        self.external_wake.notify_one();
         while !self.finished.load(Ordering::Acquire) {
             let _ = tokio::time::timeout(Duration::from_millis(100), self.done.notified()).await;
         }

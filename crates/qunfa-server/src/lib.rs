@@ -58,14 +58,19 @@ impl std::ops::Deref for AppState {
 impl AppState {
     /// `admin_token_hash` is the SHA-256 (hex) of the server admin token.
     pub fn new(store: Store, policy: Policy, engine: Engine, admin_token_hash: String) -> Self {
-        AppState(Arc::new(Inner {
-            store,
-            policy,
-            engine,
-            admin_token_hash,
-            metrics: HttpMetrics::default(),
-            channels: vec![Channel::Inbox],
-        }))
+        Self::with_channels(store, policy, engine, admin_token_hash, vec![Channel::Inbox])
+    }
+
+    /// A server that delivers through `channels` (the inbox and the
+    /// external channels its engine was started with).
+    pub fn with_channels(
+        store: Store,
+        policy: Policy,
+        engine: Engine,
+        admin_token_hash: String,
+        channels: Vec<Channel>,
+    ) -> Self {
+        AppState(Arc::new(Inner { store, policy, engine, admin_token_hash, metrics: HttpMetrics::default(), channels }))
     }
 
     pub fn admin_token_hash(&self) -> &str {

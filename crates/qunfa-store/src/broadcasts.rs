@@ -149,7 +149,12 @@ pub struct DispatchCache {
 pub(crate) struct CachedBroadcast {
     pub(crate) workspace_id: i64,
     pub(crate) frozen: FrozenAudience,
+    /// The text's template when it has variables (rendered per recipient).
     pub(crate) template: Option<Template>,
+    /// The text as sent when it has no variables.
+    pub(crate) text: Option<String>,
+    /// The stored content (JSON), for channels that carry all of it.
+    pub(crate) content_json: String,
 }
 
 impl DispatchCache {
@@ -167,8 +172,11 @@ impl DispatchCache {
         // guards against a corrupt row.
         let content =
             Content::parse(&raw, usize::MAX).map_err(|code| StoreError::Corrupt(format!("content: {code:?}")))?;
-        let template = content.texts().first().map(|t| t.template().clone()).filter(Template::has_variables);
-        let entry = Arc::new(CachedBroadcast { workspace_id: r.i64(0), frozen, template });
+        let first = content.texts().first().map(|t| t.template().clone());
+        let text = first.as_ref().filter(|t| !t.has_variables()).map(|t| t.render(&|_| None));
+        let template = first.filter(Template::has_variables);
+        let entry =
+            Arc::new(CachedBroadcast { workspace_id: r.i64(0), frozen, template, text, content_json: r.string(2) });
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= 32 {
             entries.clear();

@@ -81,6 +81,69 @@ pub struct DeferOutcome {
     pub priority: Priority,
 }
 
+/// One message of an external batch, ready to send.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub contact_idx: u32,
+    /// `qf-{broadcast}-{contact}-{channel}`: the same on every attempt and on
+    /// every node, so a receiver can drop a repeat after a crash.
+    pub idempotency_key: String,
+    pub external_id: String,
+    pub name: String,
+    /// The contact's address on the channel (none: the contact has none).
+    pub address: Option<String>,
+    /// The text as rendered for this recipient.
+    pub text: Option<String>,
+}
+
+/// A claimed batch for an external channel: its queued records are written,
+/// its job is leased to this node until `lease_until`.
+#[derive(Debug, Clone)]
+pub struct ExternalBatch {
+    pub job_id: i64,
+    pub broadcast_id: i64,
+    pub workspace_id: i64,
+    pub batch_no: i64,
+    pub channel: Channel,
+    pub priority: Priority,
+    /// Claims of this job so far, this one included.
+    pub attempt: i64,
+    pub queued_at: i64,
+    pub lease_until: i64,
+    /// The stored content (JSON).
+    pub content_json: String,
+    /// Recipients of the batch not yet sent (delivered or failed ones are left out).
+    pub items: Vec<Outgoing>,
+    lo: u32,
+    hi: u32,
+}
+
+/// What the channel said about one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    Delivered,
+    /// A refusal that will not change by retrying (a bad address, a 4xx).
+    Rejected(Code, String),
+    /// Worth trying again later (timeout, 5xx, 429, a broken answer).
+    Retry(String),
+}
+
+/// What [`Store::finish_external`] recorded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FinishReport {
+    pub delivered: u64,
+    pub failed: u64,
+    /// Left for a later attempt.
+    pub retrying: u64,
+    /// The job is done (every record final) — or dead.
+    pub done: bool,
+    pub dead: bool,
+    /// The broadcast completed with this batch.
+    pub completed: bool,
+    /// Another node holds the job now (our lease ran out); only the outcomes were recorded.
+    pub lease_lost: bool,
+}
+
 /// A rate limit's scope.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Scope {
@@ -179,6 +242,53 @@ fn take_tokens(
         c.execute("UPDATE rate_buckets SET milli_tokens = ?, updated_at = ? WHERE scope = ?", params![left, now, key])?;
     }
     Ok((wait > 0).then_some((wait, short)))
+}
+
+/// The claim of one ready job, highest priority first, on `channels`
+/// (names are ours, never user text), skipping `exclusions`.
+fn claim_sql(backend: Backend, channels: &[Channel], exclusions: &str) -> String {
+    let lock = if backend == Backend::Postgres { "FOR UPDATE SKIP LOCKED" } else { "" };
+    let names: Vec<String> = channels.iter().map(|c| format!("'{}'", c.as_str())).collect();
+    format!(
+        "UPDATE jobs SET lease_owner = ?, lease_until = ?, attempts = attempts + 1
+         WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND run_at <= ? AND (lease_until IS NULL OR lease_until < ?)
+                      AND channel IN ({}){exclusions}
+                      ORDER BY priority, run_at, id LIMIT 1 {lock})
+         RETURNING id, broadcast_id, batch_no, channel, created_at, priority, workspace_id, member_id, redrive, attempts",
+        names.join(", ")
+    )
+}
+
+/// Applies the rate limits to a claimed job of `n` recipients: when a bucket
+/// is short, puts the job back until it refills (not counting the claim as
+/// an attempt) and has this node skip the short scopes for a moment.
+#[allow(clippy::too_many_arguments)]
+fn throttled(
+    c: &mut Conn,
+    cache: &DispatchCache,
+    policy: &DeliveryPolicy,
+    (job_id, workspace_id, member_id): (i64, i64, i64),
+    channel: Channel,
+    priority: Priority,
+    n: usize,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let scopes = scopes_of(c, policy, workspace_id, member_id, channel, priority)?;
+    if scopes.is_empty() {
+        return Ok(false);
+    }
+    let Some((wait, short)) = take_tokens(c, &scopes, n, now)? else { return Ok(false) };
+    c.execute(
+        "UPDATE jobs SET lease_until = NULL, attempts = attempts - 1, run_at = ?, throttled = 1 WHERE id = ?",
+        params![now + wait, job_id],
+    )?;
+    cache.throttle(short, now + wait.min(THROTTLE_RECHECK_MS));
+    Ok(true)
+}
+
+/// An error text fit to store: no control characters, at most 500 characters.
+fn clean(error: &str) -> String {
+    error.chars().filter(|ch| !ch.is_control()).take(500).collect()
 }
 
 /// A number in [0, 1) from a job and time, to spread retries.
@@ -287,15 +397,7 @@ impl Store {
         let started = Instant::now();
         let db = self.db.clone();
         self.db.write(|c| {
-            let lock = if backend == Backend::Postgres { "FOR UPDATE SKIP LOCKED" } else { "" };
-            let claim_sql = |exclusions: String| {
-                format!(
-                    "UPDATE jobs SET lease_owner = ?, lease_until = ?, attempts = attempts + 1
-                     WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND run_at <= ? AND (lease_until IS NULL OR lease_until < ?){exclusions}
-                                  ORDER BY priority, run_at, id LIMIT 1 {lock})
-                     RETURNING id, broadcast_id, batch_no, channel, created_at, priority, workspace_id, member_id, redrive"
-                )
-            };
+            let claim_sql = |exclusions: String| claim_sql(backend, &[Channel::Inbox], &exclusions);
             let mut sql = claim_sql(cache.exclusions(now));
             let mut report = StepReport::default();
             let mut touched: Vec<(i64, u64, u64)> = Vec::new();
@@ -303,34 +405,12 @@ impl Store {
                 let (job_id, broadcast_id, batch_no, queued_at) = (job.i64(0), job.i64(1), job.i64(2), job.i64(4));
                 let priority = Priority::from_i64(job.i64(5));
                 let (workspace_id, member_id, redrive) = (job.i64(6), job.i64(7), job.i64(8) != 0);
-                let Ok(channel) = Channel::parse(job.str(3)).map_err(|_| ()).and_then(|ch| {
-                    if ch == Channel::Inbox {
-                        Ok(ch)
-                    } else {
-                        Err(())
-                    }
-                }) else {
-                    // Only the inbox channel is delivered yet; preflight refuses
-                    // others, so this is a job from a newer version: leave it.
-                    c.execute(
-                        "UPDATE jobs SET lease_until = NULL, attempts = attempts - 1, run_at = ? WHERE id = ?",
-                        params![now + LEASE_MS, job_id],
-                    )?;
-                    continue;
-                };
+                let channel = Channel::Inbox;
                 let n = cache.get(c, broadcast_id)?.frozen.batch(batch_no as usize).len();
-                let scopes = scopes_of(c, policy, workspace_id, member_id, channel, priority)?;
-                if !scopes.is_empty() {
-                    if let Some((wait, short)) = take_tokens(c, &scopes, n, now)? {
-                        c.execute(
-                            "UPDATE jobs SET lease_until = NULL, attempts = attempts - 1, run_at = ?, throttled = 1 WHERE id = ?",
-                            params![now + wait, job_id],
-                        )?;
-                        report.throttled += 1;
-                        cache.throttle(short, now + wait.min(THROTTLE_RECHECK_MS));
-                        sql = claim_sql(cache.exclusions(now));
-                        continue;
-                    }
+                if throttled(c, cache, policy, (job_id, workspace_id, member_id), channel, priority, n, now)? {
+                    report.throttled += 1;
+                    sql = claim_sql(cache.exclusions(now));
+                    continue;
                 }
                 if priority != Priority::Broadcast {
                     db.clear_urgent_queued();
@@ -381,6 +461,231 @@ impl Store {
         })
     }
 
+    /// Claims up to `max_jobs` ready batches of the external `channels` for
+    /// this node (highest priority first, paced like inbox batches) and, in
+    /// the same transaction, writes a `queued` delivery record for each of
+    /// their recipients, so every recipient has its one record before any
+    /// send. The job stays leased to `owner` for `lease_ms`: if this node dies,
+    /// another claims it after that and sends what is still `queued`, with the
+    /// same idempotency keys.
+    ///
+    /// # Errors
+    /// Database errors; nothing is claimed then.
+    #[allow(clippy::too_many_arguments)]
+    pub fn claim_external(
+        &self,
+        owner: &str,
+        channels: &[Channel],
+        cache: &DispatchCache,
+        policy: &DeliveryPolicy,
+        max_jobs: usize,
+        lease_ms: i64,
+        now: i64,
+    ) -> Result<Vec<ExternalBatch>, StoreError> {
+        if channels.is_empty() {
+            return Ok(Vec::new());
+        }
+        let backend = self.backend();
+        self.db.write(|c| {
+            let mut sql = claim_sql(backend, channels, &cache.exclusions(now));
+            let mut out = Vec::new();
+            while out.len() < max_jobs {
+                let Some(job) = c.query_opt(&sql, params![owner, now + lease_ms, now, now])? else { break };
+                let (job_id, broadcast_id, batch_no, queued_at) = (job.i64(0), job.i64(1), job.i64(2), job.i64(4));
+                let priority = Priority::from_i64(job.i64(5));
+                let (workspace_id, member_id) = (job.i64(6), job.i64(7));
+                let channel = Channel::parse(job.str(3)).map_err(|_| StoreError::Corrupt(format!("channel {}", job.str(3))))?;
+                let b = cache.get(c, broadcast_id)?;
+                let members = b.frozen.batch(batch_no as usize);
+                if throttled(c, cache, policy, (job_id, workspace_id, member_id), channel, priority, members.len(), now)? {
+                    sql = claim_sql(backend, channels, &cache.exclusions(now));
+                    continue;
+                }
+                let (Some(&lo), Some(&hi)) = (members.first(), members.last()) else {
+                    c.execute("UPDATE jobs SET state = 'done', lease_until = NULL WHERE id = ?", params![job_id])?;
+                    continue;
+                };
+                c.bulk_insert(
+                    "deliveries",
+                    &["broadcast_id", "channel", "contact_idx", "workspace_id", "state", "attempts", "queued_at"],
+                    "ON CONFLICT DO NOTHING",
+                    &mut members.iter().map(|idx| {
+                        vec![
+                            Value::Int(broadcast_id),
+                            Value::Text(channel.as_str().into()),
+                            Value::Int(i64::from(*idx)),
+                            Value::Int(workspace_id),
+                            Value::Text("queued".into()),
+                            Value::Int(0),
+                            Value::Int(queued_at),
+                        ]
+                    }),
+                )?;
+                let pending: Vec<u32> = c
+                    .query(
+                        "SELECT contact_idx FROM deliveries WHERE broadcast_id = ? AND channel = ? AND contact_idx BETWEEN ? AND ?
+                         AND state = 'queued' ORDER BY contact_idx",
+                        params![broadcast_id, channel.as_str(), lo, hi],
+                    )?
+                    .iter()
+                    .map(|r| r.i64(0) as u32)
+                    .collect();
+                let column = match channel {
+                    Channel::Email => "email",
+                    Channel::Sms => "phone",
+                    Channel::Webhook => "webhook",
+                    Channel::Wecom => "wecom_userid",
+                    Channel::Inbox => "NULL",
+                };
+                let addresses: HashMap<u32, String> = c
+                    .query(
+                        &format!(
+                            "SELECT idx, {column} FROM contacts WHERE workspace_id = ? AND idx BETWEEN ? AND ? AND deleted_at IS NULL AND {column} IS NOT NULL"
+                        ),
+                        params![workspace_id, lo, hi],
+                    )?
+                    .iter()
+                    .map(|r| (r.i64(0) as u32, r.string(1)))
+                    .collect();
+                let data = Store::template_data(c, workspace_id, lo, hi)?;
+                let items = pending
+                    .into_iter()
+                    .map(|idx| {
+                        let d = data.get(&idx);
+                        let text = match &b.template {
+                            Some(t) => Some(t.render(&|var| {
+                                let (name, external_id, attrs) = d?;
+                                match var {
+                                    "name" => Some(name.clone()),
+                                    "external_id" => Some(external_id.clone()),
+                                    _ => attrs.get(var).and_then(attr_display),
+                                }
+                            })),
+                            None => b.text.clone(),
+                        };
+                        Outgoing {
+                            contact_idx: idx,
+                            idempotency_key: format!("qf-{broadcast_id}-{idx}-{}", channel.as_str()),
+                            external_id: d.map(|d| d.1.clone()).unwrap_or_default(),
+                            name: d.map(|d| d.0.clone()).unwrap_or_default(),
+                            address: addresses.get(&idx).cloned(),
+                            text,
+                        }
+                    })
+                    .collect();
+                out.push(ExternalBatch {
+                    job_id,
+                    broadcast_id,
+                    workspace_id,
+                    batch_no,
+                    channel,
+                    priority,
+                    attempt: job.i64(9),
+                    queued_at,
+                    lease_until: now + lease_ms,
+                    content_json: b.content_json.clone(),
+                    items,
+                    lo,
+                    hi,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Records what the channel said about a claimed batch, in one
+    /// transaction: delivered and rejected records become final (each record
+    /// changes once: only from `queued`), and the broadcast's counts move with
+    /// them. When nothing of the batch is left queued the job is done; else it
+    /// is retried after the policy's backoff, and after its last attempt the
+    /// rest fails with `QF-DELIVERY-FAILED` (a dead letter). If the lease ran
+    /// out and another node holds the job, only the outcomes are recorded.
+    ///
+    /// # Errors
+    /// Database errors; nothing is recorded then, and the lease runs out.
+    pub fn finish_external(
+        &self,
+        owner: &str,
+        batch: &ExternalBatch,
+        outcomes: &[(u32, SendOutcome)],
+        policy: &DeliveryPolicy,
+        now: i64,
+    ) -> Result<FinishReport, StoreError> {
+        self.db.write(|c| {
+            let mut report = FinishReport::default();
+            let (id, ch) = (batch.broadcast_id, batch.channel.as_str());
+            for (idx, outcome) in outcomes {
+                match outcome {
+                    SendOutcome::Delivered => {
+                        report.delivered += c.execute(
+                            "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, sent_at = ?, delivered_at = ?, last_error = NULL
+                             WHERE broadcast_id = ? AND channel = ? AND contact_idx = ? AND state = 'queued'",
+                            params![now, now, id, ch, *idx],
+                        )?;
+                    }
+                    SendOutcome::Rejected(code, error) => {
+                        report.failed += c.execute(
+                            "UPDATE deliveries SET state = 'failed', attempts = attempts + 1, error_code = ?, last_error = ?
+                             WHERE broadcast_id = ? AND channel = ? AND contact_idx = ? AND state = 'queued'",
+                            params![code.as_str(), clean(error), id, ch, *idx],
+                        )?;
+                    }
+                    SendOutcome::Retry(error) => {
+                        report.retrying += c.execute(
+                            "UPDATE deliveries SET attempts = attempts + 1, last_error = ?
+                             WHERE broadcast_id = ? AND channel = ? AND contact_idx = ? AND state = 'queued'",
+                            params![clean(error), id, ch, *idx],
+                        )?;
+                    }
+                }
+            }
+            let job = c.query_one("SELECT lease_owner, state FROM jobs WHERE id = ?", params![batch.job_id])?;
+            let mut batches_done = 0u64;
+            if job.opt_string(0).as_deref() != Some(owner) || job.str(1) != "ready" {
+                report.lease_lost = true;
+            } else {
+                let left = c
+                    .query_one(
+                        "SELECT COUNT(*) FROM deliveries WHERE broadcast_id = ? AND channel = ? AND contact_idx BETWEEN ? AND ? AND state = 'queued'",
+                        params![id, ch, batch.lo, batch.hi],
+                    )?
+                    .i64(0);
+                if left == 0 {
+                    c.execute("UPDATE jobs SET state = 'done', lease_until = NULL, throttled = 0 WHERE id = ?", params![batch.job_id])?;
+                    (report.done, batches_done) = (true, 1);
+                } else if batch.attempt < i64::from(policy.max_attempts) {
+                    let delay = policy.retry_delay_ms(batch.attempt as u32, jitter(batch.job_id, now)) as i64;
+                    let last_error = outcomes.iter().find_map(|(_, o)| match o {
+                        SendOutcome::Retry(e) => Some(clean(e)),
+                        _ => None,
+                    });
+                    c.execute(
+                        "UPDATE jobs SET run_at = ?, lease_until = NULL, last_error = ? WHERE id = ?",
+                        params![now + delay, last_error, batch.job_id],
+                    )?;
+                } else {
+                    let dead = c.execute(
+                        "UPDATE deliveries SET state = 'failed', error_code = ? WHERE broadcast_id = ? AND channel = ?
+                         AND contact_idx BETWEEN ? AND ? AND state = 'queued'",
+                        params![Code::DeliveryFailed.as_str(), id, ch, batch.lo, batch.hi],
+                    )?;
+                    c.execute("UPDATE jobs SET state = 'dead', lease_until = NULL WHERE id = ?", params![batch.job_id])?;
+                    report.failed += dead;
+                    (report.done, report.dead, batches_done) = (true, true, 1);
+                    let details = serde_json::json!({"job": batch.job_id, "batch": batch.batch_no, "channel": ch, "failed": dead})
+                        .to_string();
+                    audit::append(c, batch.workspace_id, "engine", "delivery.dead_letter", &format!("broadcast:{id}"), &details, now)?;
+                }
+            }
+            c.execute(
+                "UPDATE broadcasts SET n_delivered = n_delivered + ?, n_failed = n_failed + ?, n_batches_done = n_batches_done + ? WHERE id = ?",
+                params![report.delivered, report.failed, batches_done, id],
+            )?;
+            report.completed = batches_done > 0 && complete_if_done(c, id, now)?;
+            Ok(report)
+        })
+    }
+
     /// After a step failed: takes the job a step would claim first, counts the
     /// failed attempt and retries it later (exponential backoff with jitter,
     /// from the policy). At the policy's last attempt the job is dead: its
@@ -402,7 +707,7 @@ impl Store {
             let Some(job) = c.query_opt(
                 &format!(
                     "SELECT id, broadcast_id, batch_no, channel, attempts, created_at, priority FROM jobs
-                     WHERE state = 'ready' AND run_at <= ? AND (lease_until IS NULL OR lease_until < ?)
+                     WHERE state = 'ready' AND run_at <= ? AND (lease_until IS NULL OR lease_until < ?) AND channel = 'inbox'
                      ORDER BY priority, run_at, id LIMIT 1 {lock}"
                 ),
                 params![now, now],

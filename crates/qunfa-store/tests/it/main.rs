@@ -45,6 +45,7 @@ both_backends!(
     speed_levels_pace_broadcasts,
     pause_holds_batches_until_resumed,
     retention_purges_content_and_keeps_records,
+    external_batches_are_leased_and_taken_over,
 );
 
 struct Fixture {
@@ -686,4 +687,75 @@ fn retention_purges_content_and_keeps_records(f: Fixture) {
     assert!(f.store.replies(kept, None, 10).unwrap().iter().all(|r| r.text.is_empty()));
     assert!(f.store.audit_verify().unwrap().iter().all(|r| r.result.is_ok()));
     assert_eq!(f.store.purge_content(retention, NOW + 2 * retention).unwrap(), 0, "purged once");
+}
+
+fn external_batches_are_leased_and_taken_over(f: Fixture) {
+    use qunfa_store::queue::SendOutcome;
+    let w = ws(&f, WorkspaceKind::Enterprise);
+    let lines: String = (0..3000)
+        .map(|i| format!("{{\"external_id\":\"h{i}\",\"name\":\"n{i}\",\"channels\":{{\"webhook\":\"http://127.0.0.1:9/h{i}\"}}}}\n"))
+        .collect();
+    f.store.import_contacts(w, &Policy::builtin().tiers.enterprise, &contacts(&lines), "t", NOW).unwrap();
+    let new = NewBroadcast { channels: vec![Channel::Webhook], ..text_broadcast("你好", None) };
+    let (b, _) = f.store.create_broadcast(w, 1, &new, "t", NOW).unwrap();
+    let audience = f.store.resolve_audience(w, &AudienceSpec::All).unwrap();
+    let rules =
+        DispatchRules { from: BroadcastState::Draft, daily_limit: None, approved_by: None, verdicts_json: "[]" };
+    f.store.dispatch(w, b.id, &audience, rules, "t", NOW).unwrap();
+    let mut policy = Policy::builtin().delivery;
+    policy.retry_base_ms = 10_000; // a retry comes 5–10 s later
+    let (cache_a, cache_b) = (DispatchCache::default(), DispatchCache::default());
+    let claim = |node: &str, cache: &DispatchCache, now: i64| {
+        f.store.claim_external(node, &[Channel::Webhook], cache, &policy, 8, 1_000, now).unwrap()
+    };
+    // The inbox worker leaves external jobs alone.
+    assert_eq!(step(&f.store, &DispatchCache::default(), 16, NOW).jobs, 0);
+    // Node A claims both batches: every recipient has a queued record at once.
+    let a = claim("a", &cache_a, NOW);
+    assert_eq!(a.iter().map(|x| x.items.len()).collect::<Vec<_>>(), [2000, 1000]);
+    assert_eq!(f.store.delivery_totals(b.id).unwrap(), (3000, 0));
+    assert_eq!(a[0].items[5].idempotency_key, format!("qf-{}-5-webhook", b.id));
+    assert_eq!(a[0].items[5].address.as_deref(), Some("http://127.0.0.1:9/h5"));
+    assert_eq!(a[0].items[5].text.as_deref(), Some("你好"));
+    // Leased: nobody else gets them until the lease runs out.
+    assert!(claim("b", &cache_b, NOW + 999).is_empty());
+    // A finishes the second batch: half delivered, one refused, the rest to retry.
+    let outcomes: Vec<(u32, SendOutcome)> = a[1]
+        .items
+        .iter()
+        .map(|i| {
+            let o = match i.contact_idx {
+                2000 => SendOutcome::Rejected(Code::DeliveryRejected, "HTTP 400: no".into()),
+                x if x < 2500 => SendOutcome::Delivered,
+                _ => SendOutcome::Retry("HTTP 503".into()),
+            };
+            (i.contact_idx, o)
+        })
+        .collect();
+    let r = f.store.finish_external("a", &a[1], &outcomes, &policy, NOW + 10).unwrap();
+    assert_eq!((r.delivered, r.failed, r.retrying, r.done, r.lease_lost), (499, 1, 500, false, false));
+    // A dies before recording the first batch. After the lease B takes it
+    // over with the same keys; the retried half of the second comes after its backoff.
+    let b1 = claim("b", &cache_b, NOW + 1_001);
+    assert_eq!(b1.len(), 1);
+    assert_eq!((b1[0].job_id, b1[0].attempt), (a[0].job_id, 2));
+    assert_eq!(b1[0].items[5].idempotency_key, a[0].items[5].idempotency_key);
+    let all_ok = |batch: &qunfa_store::queue::ExternalBatch| {
+        batch.items.iter().map(|i| (i.contact_idx, SendOutcome::Delivered)).collect::<Vec<_>>()
+    };
+    // A comes back late: what it sent is recorded, the job is B's.
+    let late = f.store.finish_external("a", &a[0], &all_ok(&a[0]), &policy, NOW + 1_002).unwrap();
+    assert_eq!((late.delivered, late.lease_lost), (2000, true));
+    let r = f.store.finish_external("b", &b1[0], &all_ok(&b1[0]), &policy, NOW + 1_003).unwrap();
+    assert_eq!((r.delivered, r.done), (0, true), "nothing counted twice");
+    let retry = claim("b", &cache_b, NOW + 60_000);
+    assert_eq!(retry.len(), 1);
+    assert_eq!(retry[0].items.len(), 500, "only the queued ones are sent again");
+    let r = f.store.finish_external("b", &retry[0], &all_ok(&retry[0]), &policy, NOW + 60_001).unwrap();
+    assert_eq!((r.delivered, r.done, r.completed), (500, true, true));
+    let done = f.store.broadcast(w, b.id).unwrap();
+    assert_eq!((done.state, done.n_delivered, done.n_failed), (BroadcastState::Completed, 2999, 1));
+    assert_eq!(f.store.delivery_totals(b.id).unwrap(), (3000, 0));
+    let failed = f.store.deliveries(b.id, Some(("webhook".into(), 1999)), 1).unwrap();
+    assert_eq!((failed[0].state.as_str(), failed[0].error_code.as_deref()), ("failed", Some("QF-DELIVERY-REJECTED")));
 }
