@@ -511,10 +511,12 @@ pub struct ApprovalRequest {
 pub struct DeliveryWire {
     pub contact_id: String,
     pub channel: String,
-    /// `delivered`, `read`, `failed`…
+    /// `queued` (external channels, being sent), `delivered` or `failed`.
     pub state: String,
     pub attempts: i64,
     pub error_code: Option<String>,
+    /// The channel's last answer when it failed or is being retried.
+    pub last_error: Option<String>,
     pub queued_at: String,
     pub sent_at: Option<String>,
     pub delivered_at: Option<String>,

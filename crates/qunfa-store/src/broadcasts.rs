@@ -128,6 +128,7 @@ pub struct DeliveryRecord {
     pub state: String,
     pub attempts: i64,
     pub error_code: Option<String>,
+    pub last_error: Option<String>,
     pub queued_at: i64,
     pub sent_at: Option<i64>,
     pub delivered_at: Option<i64>,
@@ -609,7 +610,7 @@ impl Store {
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
         let (after_channel, after_idx) = after.map_or((String::new(), -1), |(c, i)| (c, i64::from(i)));
         let rows = self.db.conn()?.query(
-            "SELECT contact_idx, channel, state, attempts, error_code, queued_at, sent_at, delivered_at, read_at, replied_at
+            "SELECT contact_idx, channel, state, attempts, error_code, queued_at, sent_at, delivered_at, read_at, replied_at, last_error
              FROM deliveries WHERE broadcast_id = ? AND (channel > ? OR (channel = ? AND contact_idx > ?))
              ORDER BY channel, contact_idx LIMIT ?",
             params![broadcast_id, after_channel.clone(), after_channel, after_idx, limit],
@@ -627,6 +628,7 @@ impl Store {
                 delivered_at: r.opt_i64(7),
                 read_at: r.opt_i64(8),
                 replied_at: r.opt_i64(9),
+                last_error: r.opt_string(10),
             })
             .collect())
     }

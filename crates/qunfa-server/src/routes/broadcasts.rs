@@ -638,6 +638,7 @@ pub async fn deliveries(
             state: d.state,
             attempts: d.attempts,
             error_code: d.error_code,
+            last_error: d.last_error,
             queued_at: ts(d.queued_at),
             sent_at: ts_opt(d.sent_at),
             delivered_at: ts_opt(d.delivered_at),

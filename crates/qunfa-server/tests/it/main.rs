@@ -815,3 +815,130 @@ async fn delivery_controls(app: TestApp) {
     assert_eq!(b["ttl_seconds"], 600);
     assert_eq!(b["expires_at"], Value::Null, "the clock starts at dispatch");
 }
+
+/// What the loopback webhook receiver saw, and how it answers.
+#[derive(Default)]
+struct Receiver {
+    /// (path name, idempotency key, signature valid, body)
+    requests: Vec<(String, String, bool, Value)>,
+    fixed: bool,
+}
+
+const HOOK_SECRET: &str = "whsec_test";
+
+async fn hook(
+    axum::extract::State(r): axum::extract::State<std::sync::Arc<std::sync::Mutex<Receiver>>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> (axum::http::StatusCode, &'static str) {
+    let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let ts: i64 = h("x-qunfa-timestamp").parse().unwrap_or(0);
+    let valid = qunfa_core::sign::verify(HOOK_SECRET.as_bytes(), ts, &body, &h("x-qunfa-signature"));
+    let (seen, fixed) = {
+        let mut r = r.lock().unwrap();
+        let seen = r.requests.iter().filter(|x| x.0 == name).count();
+        r.requests.push((name.clone(), h("idempotency-key"), valid, serde_json::from_slice(&body).unwrap_or_default()));
+        (seen, r.fixed)
+    };
+    use axum::http::StatusCode as S;
+    match name.as_str() {
+        "flaky" if seen == 0 => (S::SERVICE_UNAVAILABLE, "try later"),
+        "slow" if seen == 0 => {
+            tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+            (S::OK, "late")
+        }
+        "bad" if !fixed => (S::BAD_REQUEST, "unknown user"),
+        "down" if !fixed => (S::INTERNAL_SERVER_ERROR, "boom"),
+        _ => (S::OK, "ok"),
+    }
+}
+
+/// The webhook channel end to end against a receiver on loopback: signed
+/// requests, one idempotency key per recipient, retries of 5xx and timeouts,
+/// refusals and missing addresses recorded with their codes, dead letters after
+/// the last attempt, and retry-failed re-driving exactly the failed ones.
+async fn webhook_channel(app: TestApp) {
+    let receiver = std::sync::Arc::new(std::sync::Mutex::new(Receiver::default()));
+    let router = axum::Router::new().route("/hook/{name}", axum::routing::post(hook)).with_state(receiver.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let (_, key) = app.workspace("enterprise").await;
+    let names = ["ok1", "ok2", "flaky", "slow", "bad", "down"];
+    let mut body: String = names
+        .iter()
+        .map(|n| {
+            json!({"external_id": n, "name": format!("用户{n}"), "channels": {"webhook": format!("{base}/hook/{n}")}})
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    body.push_str("{\"external_id\":\"nohook\"}\n");
+    app.raw("/v1/contacts/import", &key, "application/x-ndjson", body).await.expect(200);
+    let b = app
+        .post(
+            "/v1/broadcasts",
+            &key,
+            json!({"content": {"type": "text", "text": "{{name}}，您好"}, "audience": {"all": true}, "channels": ["webhook"]}),
+        )
+        .await
+        .expect(201);
+    let id = b["id"].as_str().unwrap().to_owned();
+    app.post(&format!("/v1/broadcasts/{id}/send"), &key, json!({})).await.expect(202);
+    let done = app.wait_completed(&key, &id).await;
+    assert_eq!((done["counts"]["delivered"].as_u64(), done["counts"]["failed"].as_u64()), (Some(4), Some(3)), "{done}");
+
+    let log = app.get(&format!("/v1/broadcasts/{id}/deliveries?limit=50"), &key).await.expect(200);
+    let codes: Vec<(String, Value)> = log["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["state"] == "failed")
+        .map(|d| (d["error_code"].as_str().unwrap().to_owned(), d["last_error"].clone()))
+        .collect();
+    assert!(codes.contains(&("QF-DELIVERY-REJECTED".into(), json!("HTTP 400: unknown user"))), "{codes:?}");
+    assert!(codes.contains(&("QF-DELIVERY-FAILED".into(), json!("HTTP 500"))), "{codes:?}");
+    assert!(codes.iter().any(|c| c.0 == "QF-CHANNEL-NO-ADDRESS"), "{codes:?}");
+    {
+        let r = receiver.lock().unwrap();
+        assert!(r.requests.iter().all(|x| x.2), "every request is signed with the secret");
+        let count = |n: &str| r.requests.iter().filter(|x| x.0 == n).count();
+        assert_eq!((count("ok1"), count("bad"), count("flaky"), count("down")), (1, 1, 2, 4));
+        assert!(count("slow") >= 2, "a timeout is retried");
+        // A retry carries the key of the first try; every recipient has its own.
+        for n in names {
+            let keys: std::collections::HashSet<&str> =
+                r.requests.iter().filter(|x| x.0 == n).map(|x| x.1.as_str()).collect();
+            assert_eq!(keys.len(), 1, "{n}: {keys:?}");
+        }
+        let all: std::collections::HashSet<&str> = r.requests.iter().map(|x| x.1.as_str()).collect();
+        assert_eq!(all.len(), 6);
+        let ok1 = &r.requests.iter().find(|x| x.0 == "ok1").unwrap().3;
+        assert_eq!((ok1["text"].as_str(), ok1["external_id"].as_str()), (Some("用户ok1，您好"), Some("ok1")));
+        assert_eq!(ok1["broadcast_id"], id.as_str());
+    }
+    // The endpoints are fixed: retry-failed sends exactly the failed ones again.
+    receiver.lock().unwrap().fixed = true;
+    let before = receiver.lock().unwrap().requests.len();
+    let r = app.post(&format!("/v1/broadcasts/{id}/retry-failed"), &key, json!({})).await.expect(202);
+    assert_eq!(r["redriven"], 3);
+    let done = app.wait_completed(&key, &id).await;
+    assert_eq!((done["counts"]["delivered"].as_u64(), done["counts"]["failed"].as_u64()), (Some(6), Some(1)), "{done}");
+    assert_eq!(done["counts"]["redriven"], 3);
+    let r = receiver.lock().unwrap();
+    let again: Vec<&str> = r.requests[before..].iter().map(|x| x.0.as_str()).collect();
+    assert_eq!(again.len(), 2, "{again:?}");
+    assert!(again.contains(&"bad") && again.contains(&"down"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_webhook_channel() {
+    webhook_channel(support::spawn_app_with(Backend::Sqlite, Some(HOOK_SECRET)).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_webhook_channel() {
+    webhook_channel(support::spawn_app_with(Backend::Postgres, Some(HOOK_SECRET)).await).await;
+}

@@ -20,6 +20,12 @@ pub enum Backend {
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, None).await
+}
+
+/// A server with the webhook channel, signing with `secret`; retries come
+/// fast (50 ms, doubling to 200 ms, 4 attempts) and answers time out after 300 ms.
+pub async fn spawn_app_with(backend: Backend, webhook_secret: Option<&str>) -> TestApp {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -32,15 +38,26 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
     .unwrap();
     let location = db.location.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(location, 4).expect("open store")).await.unwrap();
-    let engine = qunfa_engine::Engine::start(
-        store.clone(),
-        qunfa_engine::EngineConfig { poll_interval: std::time::Duration::from_millis(50), ..Default::default() },
-    );
-    let state = qunfa_server::AppState::new(
+    let mut config =
+        qunfa_engine::EngineConfig { poll_interval: std::time::Duration::from_millis(50), ..Default::default() };
+    let mut transports = qunfa_engine::Transports::default();
+    if let Some(secret) = webhook_secret {
+        (config.delivery.retry_base_ms, config.delivery.retry_max_ms, config.delivery.max_attempts) = (50, 200, 4);
+        let webhook = qunfa_engine::WebhookConfig {
+            timeout: std::time::Duration::from_millis(300),
+            ..qunfa_engine::WebhookConfig::new(secret.as_bytes())
+        };
+        transports.webhook = Some(qunfa_engine::Webhook::new(webhook).unwrap());
+    }
+    let mut channels = vec![qunfa_core::contact::Channel::Inbox];
+    channels.extend(transports.channels());
+    let engine = qunfa_engine::Engine::start_with(store.clone(), config, transports);
+    let state = qunfa_server::AppState::with_channels(
         store.clone(),
         qunfa_core::Policy::builtin(),
         engine,
         qunfa_store::secret_hash(ADMIN_TOKEN),
+        channels,
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
