@@ -876,6 +876,18 @@ async fn webhook_channel(app: TestApp) {
         })
         .collect();
     body.push_str("{\"external_id\":\"nohook\"}\n");
+    // A peer that answers garbage instead of HTTP.
+    let junk = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let junk_url = format!("http://{}/hook", junk.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut conn, _)) = junk.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await;
+            let _ = conn.write_all(b"BANANA/9 what\r\n\r\n\x00\xff").await;
+        }
+    });
+    body.push_str(&(json!({"external_id": "junk", "channels": {"webhook": junk_url}}).to_string() + "\n"));
     app.raw("/v1/contacts/import", &key, "application/x-ndjson", body).await.expect(200);
     let b = app
         .post(
@@ -888,7 +900,7 @@ async fn webhook_channel(app: TestApp) {
     let id = b["id"].as_str().unwrap().to_owned();
     app.post(&format!("/v1/broadcasts/{id}/send"), &key, json!({})).await.expect(202);
     let done = app.wait_completed(&key, &id).await;
-    assert_eq!((done["counts"]["delivered"].as_u64(), done["counts"]["failed"].as_u64()), (Some(4), Some(3)), "{done}");
+    assert_eq!((done["counts"]["delivered"].as_u64(), done["counts"]["failed"].as_u64()), (Some(4), Some(4)), "{done}");
 
     let log = app.get(&format!("/v1/broadcasts/{id}/deliveries?limit=50"), &key).await.expect(200);
     let codes: Vec<(String, Value)> = log["items"]
@@ -901,6 +913,7 @@ async fn webhook_channel(app: TestApp) {
     assert!(codes.contains(&("QF-DELIVERY-REJECTED".into(), json!("HTTP 400: unknown user"))), "{codes:?}");
     assert!(codes.contains(&("QF-DELIVERY-FAILED".into(), json!("HTTP 500"))), "{codes:?}");
     assert!(codes.iter().any(|c| c.0 == "QF-CHANNEL-NO-ADDRESS"), "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| c.0 == "QF-DELIVERY-FAILED").count(), 2, "down and junk: {codes:?}");
     {
         let r = receiver.lock().unwrap();
         assert!(r.requests.iter().all(|x| x.2), "every request is signed with the secret");
@@ -923,10 +936,11 @@ async fn webhook_channel(app: TestApp) {
     receiver.lock().unwrap().fixed = true;
     let before = receiver.lock().unwrap().requests.len();
     let r = app.post(&format!("/v1/broadcasts/{id}/retry-failed"), &key, json!({})).await.expect(202);
-    assert_eq!(r["redriven"], 3);
+    assert_eq!(r["redriven"], 4);
     let done = app.wait_completed(&key, &id).await;
-    assert_eq!((done["counts"]["delivered"].as_u64(), done["counts"]["failed"].as_u64()), (Some(6), Some(1)), "{done}");
-    assert_eq!(done["counts"]["redriven"], 3);
+    // The junk peer still answers junk, the contact without an address has none.
+    assert_eq!((done["counts"]["delivered"].as_u64(), done["counts"]["failed"].as_u64()), (Some(6), Some(2)), "{done}");
+    assert_eq!(done["counts"]["redriven"], 4);
     let r = receiver.lock().unwrap();
     let again: Vec<&str> = r.requests[before..].iter().map(|x| x.0.as_str()).collect();
     assert_eq!(again.len(), 2, "{again:?}");
