@@ -169,7 +169,7 @@ fn serve_import_send_explain_audit() {
         "--text",
         "验证码 1234",
         "--contact",
-        &format!("{}", first_contact(&c)),
+        &first_contact(&c),
         "--priority",
         "transactional",
         "--ttl",

@@ -611,9 +611,9 @@ impl Store {
         let (after_channel, after_idx) = after.map_or((String::new(), -1), |(c, i)| (c, i64::from(i)));
         let rows = self.db.conn()?.query(
             "SELECT contact_idx, channel, state, attempts, error_code, queued_at, sent_at, delivered_at, read_at, replied_at, last_error
-             FROM deliveries WHERE broadcast_id = ? AND (channel > ? OR (channel = ? AND contact_idx > ?))
+             FROM deliveries WHERE broadcast_id = ? AND (channel, contact_idx) > (?, ?)
              ORDER BY channel, contact_idx LIMIT ?",
-            params![broadcast_id, after_channel.clone(), after_channel, after_idx, limit],
+            params![broadcast_id, after_channel, after_idx, limit],
         )?;
         Ok(rows
             .iter()
