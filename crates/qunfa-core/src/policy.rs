@@ -78,6 +78,8 @@ pub struct DeliveryPolicy {
     pub max_attempts: u32,
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
+    /// How long a node keeps a claimed external batch.
+    pub external_lease_seconds: u32,
     /// Recipients per minute per channel name.
     #[serde(default)]
     pub channel_per_minute: BTreeMap<String, u64>,
@@ -168,6 +170,9 @@ impl Policy {
             return Err(PolicyError::Invalid(
                 "delivery: flash_min_seconds must be positive and below flash_max_hours".into(),
             ));
+        }
+        if d.external_lease_seconds == 0 {
+            return Err(PolicyError::Invalid("delivery.external_lease_seconds must be positive".into()));
         }
         if let Some((name, _)) = d.channel_per_minute.iter().find(|(_, v)| **v == 0) {
             return Err(PolicyError::Invalid(format!("delivery.channel_per_minute.{name} must be positive")));

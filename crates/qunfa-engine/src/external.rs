@@ -145,7 +145,7 @@ impl Transports {
 pub(crate) async fn run(engine: Engine, store: Store, config: EngineConfig, transports: Arc<Transports>) {
     let channels = transports.channels();
     let cache = Arc::new(DispatchCache::default());
-    let lease_ms = config.external_lease.as_millis() as i64;
+    let lease_ms = i64::from(config.delivery.external_lease_seconds) * 1000;
     while !engine.stop.load(Ordering::Acquire) {
         let (s, c, cfg, chs) = (store.clone(), cache.clone(), config.clone(), channels.clone());
         let claimed = tokio::task::spawn_blocking(move || {

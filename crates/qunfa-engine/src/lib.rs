@@ -131,9 +131,6 @@ pub struct EngineConfig {
     pub delivery: DeliveryPolicy,
     /// How often content past retention is purged.
     pub housekeeping_interval: Duration,
-    /// How long an external batch stays with the node that claimed it; after
-    /// that (the node died) another node sends what is still queued.
-    pub external_lease: Duration,
 }
 
 impl Default for EngineConfig {
@@ -144,7 +141,6 @@ impl Default for EngineConfig {
             poll_interval: Duration::from_millis(250),
             delivery: Policy::builtin().delivery,
             housekeeping_interval: Duration::from_secs(60),
-            external_lease: Duration::from_secs(300),
         }
     }
 }
