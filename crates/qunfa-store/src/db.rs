@@ -543,11 +543,39 @@ impl std::ops::DerefMut for PooledConn {
         self.conn.as_mut().expect("connection present until drop")
     }
 }
+impl Conn {
+    /// Whether the connection is gone (a PostgreSQL server that restarted or
+    /// dropped it); the pool replaces such a connection instead of reusing it.
+    fn is_broken(&self) -> bool {
+        match self {
+            Conn::Sqlite(_) => false,
+            Conn::Postgres { client, .. } => client.is_closed(),
+        }
+    }
+}
+
+/// Closes a broken connection off the caller's thread (a `postgres::Client`
+/// blocks on its own runtime when dropped).
+fn discard(conn: Conn) {
+    let _ = std::thread::Builder::new().name("qunfa-conn-close".into()).spawn(move || drop(conn));
+}
+
 impl Drop for PooledConn {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
-            idle.0.push(conn);
+            if conn.is_broken() {
+                // The server dropped this one; after a restart or failover it
+                // dropped the idle ones too, which only show it when used.
+                // Replace them all rather than fail one request per connection.
+                let stale = std::mem::take(&mut idle.0);
+                idle.1 -= 1 + stale.len();
+                drop(idle);
+                discard(conn);
+                stale.into_iter().for_each(discard);
+            } else {
+                idle.0.push(conn);
+            }
             self.inner.available.notify_one();
         }
     }
@@ -613,6 +641,11 @@ impl Db {
         let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(conn) = idle.0.pop() {
+                if conn.is_broken() {
+                    idle.1 -= 1;
+                    discard(conn);
+                    continue;
+                }
                 return Ok(PooledConn { conn: Some(conn), inner: self.inner.clone() });
             }
             if idle.1 < self.max_conns {

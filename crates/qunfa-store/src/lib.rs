@@ -82,10 +82,17 @@ impl StoreError {
     /// Whether the database is unreachable or busy (worth retrying later).
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
-                matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked | rusqlite::ErrorCode::DiskFull
+            ),
+            // Connection exceptions (08), insufficient resources such as a full
+            // disk (53), operator intervention such as a server shutting down (57).
+            StoreError::Postgres(e) => {
+                e.is_closed()
+                    || e.as_db_error().is_none()
+                    || e.code().is_some_and(|c| ["08", "53", "57"].iter().any(|class| c.code().starts_with(class)))
             }
-            StoreError::Postgres(e) => e.is_closed() || e.as_db_error().is_none(),
             _ => false,
         }
     }

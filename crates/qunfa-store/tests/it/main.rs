@@ -759,3 +759,38 @@ fn external_batches_are_leased_and_taken_over(f: Fixture) {
     let failed = f.store.deliveries(b.id, Some(("webhook".into(), 1999)), 1).unwrap();
     assert_eq!((failed[0].state.as_str(), failed[0].error_code.as_deref()), ("failed", Some("QF-DELIVERY-REJECTED")));
 }
+
+/// The PostgreSQL server drops every connection (a restart, a failover): the
+/// pool replaces the dead ones instead of handing them out forever.
+#[test]
+fn postgres_pool_recovers_when_connections_die() {
+    let db = test_support::postgres();
+    let f = open(db);
+    let w = ws(&f, WorkspaceKind::Enterprise);
+    // Fill the pool.
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| f.store.broadcasts(w, None, 10).unwrap());
+        }
+    });
+    let url = match &f._db.location {
+        qunfa_store::DbLocation::Postgres(url) => url.clone(),
+        _ => unreachable!(),
+    };
+    let mut admin = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+    let killed = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap();
+    assert!(!killed.is_empty());
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // The first request meets a connection that died under it (a transient
+    // error the engine backs off from); the pool then replaces them all.
+    let first = f.store.broadcasts(w, None, 10).unwrap_err();
+    assert!(first.is_transient(), "{first}");
+    let results: Vec<bool> = (0..5).map(|_| f.store.broadcasts(w, None, 10).is_ok()).collect();
+    assert_eq!(results, [true; 5]);
+    f.store.create_broadcast(w, 1, &text_broadcast("恢复", None), "t", NOW).unwrap();
+}
