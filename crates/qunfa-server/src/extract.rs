@@ -84,18 +84,47 @@ impl FromRequestParts<AppState> for Auth {
     }
 }
 
-/// A recipient with an inbox token: (workspace id, contact idx).
-pub struct InboxAuth(pub i64, pub u32);
+/// A recipient's inbox token, not yet looked up. A route looks it up off the
+/// async threads in the same call that does its work ([`InboxAuth::recipient`],
+/// or a store call given [`InboxAuth::token`]), so a recipient's request leaves
+/// the async threads once, not twice (the inbox is the busiest read path). The
+/// token is looked up on every request, never cached: deleting a contact
+/// deletes its tokens, on any node.
+pub struct InboxAuth(String);
 
-impl FromRequestParts<AppState> for InboxAuth {
+impl InboxAuth {
+    /// The recipient the token stands for: (workspace id, contact idx). Call
+    /// it on a blocking thread.
+    ///
+    /// # Errors
+    /// `QF-AUTH-REQUIRED` for an unknown token, or database errors.
+    pub fn recipient(&self, store: &qunfa_store::Store) -> Result<(i64, u32), ApiError> {
+        store.inbox_auth(&self.0)?.ok_or_else(Self::unknown)
+    }
+
+    /// The token itself, for store calls that look it up on their own
+    /// connection ([`qunfa_store::Store::inbox_of_token`]).
+    pub fn token(&self) -> &str {
+        &self.0
+    }
+
+    /// The answer to a token that stands for no one.
+    pub fn unknown() -> ApiError {
+        ApiError::new(Code::Unauthenticated, "an inbox token is required (POST /v1/contacts/{id}/inbox-token)")
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for InboxAuth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts).ok_or_else(|| ApiError::code(Code::Unauthenticated))?.to_owned();
-        let found = state.blocking(move |s| s.store.inbox_auth(&token).map_err(ApiError::from)).await?;
-        found.map(|(w, i)| InboxAuth(w, i)).ok_or_else(|| {
-            ApiError::new(Code::Unauthenticated, "an inbox token is required (POST /v1/contacts/{id}/inbox-token)")
-        })
+    /// Refuses what cannot be an inbox token (no bearer, a workspace key)
+    /// before the body is read; the lookup is the route's.
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or_else(|| ApiError::code(Code::Unauthenticated))?;
+        if !qunfa_store::inbox::is_inbox_token(token) {
+            return Err(InboxAuth::unknown());
+        }
+        Ok(InboxAuth(token.to_owned()))
     }
 }
 

@@ -672,6 +672,12 @@ fn retention_purges_content_and_keeps_records(f: Fixture) {
     assert_eq!(f.store.broadcast(w, flash).unwrap().expires_at, Some(NOW + 60_000));
     step(&f.store, &DispatchCache::default(), 16, NOW);
     f.store.reply(w, 3, kept, "收到", NOW + 5).unwrap();
+    // The recipient sees the flash message as gone once its time is up (the
+    // test's clock is in the past of the real one), before any purge.
+    let inbox = f.store.inbox(w, 3, None, 10).unwrap();
+    let seen: Vec<(i64, &str, Option<&str>)> =
+        inbox.iter().map(|i| (i.broadcast_id, i.content.content_type.as_str(), i.content.text.as_deref())).collect();
+    assert_eq!(seen, [(flash, "purged", None), (kept, "text", Some("普通通知"))]);
     let retention = 72 * 3_600_000;
     assert_eq!(f.store.purge_content(retention, NOW + 30_000).unwrap(), 0);
     // The flash message's content goes when its time is up; the other stays.
