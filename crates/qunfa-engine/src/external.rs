@@ -176,10 +176,8 @@ pub(crate) async fn run(engine: Engine, store: Store, config: EngineConfig, tran
             let recorded = tokio::task::spawn_blocking(move || {
                 let r = s.finish_external(&node, &batch, &outcomes, &cfg.delivery, now_millis());
                 if let Ok(report) = &r {
-                    m.delivered.get(batch.priority, batch.channel).fetch_add(report.delivered, Ordering::Relaxed);
-                    m.failed.get(batch.priority, batch.channel).fetch_add(report.failed, Ordering::Relaxed);
-                    let latency = (now_millis() - batch.queued_at).max(0) as u64;
-                    m.latency.get(batch.priority, batch.channel).observe(latency, report.delivered);
+                    let latency = now_millis() - batch.queued_at;
+                    m.record_batch(batch.priority, batch.channel, report.delivered, report.failed, latency);
                     if report.done {
                         m.jobs_done.fetch_add(1, Ordering::Relaxed);
                     }

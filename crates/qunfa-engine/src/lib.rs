@@ -96,14 +96,20 @@ impl EngineMetrics {
         self.delivered.iter().map(|(_, _, v)| v.load(Ordering::Relaxed)).sum()
     }
 
+    /// Counts one finished batch of a class and channel.
+    pub fn record_batch(&self, priority: Priority, channel: Channel, delivered: u64, failed: u64, latency_ms: i64) {
+        self.delivered.get(priority, channel).fetch_add(delivered, Ordering::Relaxed);
+        self.failed.get(priority, channel).fetch_add(failed, Ordering::Relaxed);
+        self.latency.get(priority, channel).observe(latency_ms.max(0) as u64, delivered);
+    }
+
     fn record(&self, report: &StepReport) {
         self.steps.fetch_add(1, Ordering::Relaxed);
         self.jobs_done.fetch_add(report.jobs, Ordering::Relaxed);
         self.broadcasts_completed.fetch_add(report.completed_broadcasts, Ordering::Relaxed);
         self.throttled.fetch_add(report.throttled, Ordering::Relaxed);
         for b in &report.batches {
-            self.delivered.get(b.priority, b.channel).fetch_add(b.delivered, Ordering::Relaxed);
-            self.latency.get(b.priority, b.channel).observe(b.latency_ms.max(0) as u64, b.delivered);
+            self.record_batch(b.priority, b.channel, b.delivered, 0, b.latency_ms);
             tracing::info!(
                 broadcast = b.broadcast_id,
                 workspace = b.workspace_id,

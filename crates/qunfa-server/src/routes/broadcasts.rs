@@ -554,11 +554,23 @@ pub async fn pause(
     auth: Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<BroadcastResponse>> {
+    control(&state, &auth, &id, |s, ws, id, actor| s.store.pause_broadcast(ws, id, actor, now_millis())).await
+}
+
+/// Runs a state change of a broadcast in flight for a sender, wakes the
+/// engine, and answers with the broadcast as it is now.
+async fn control(
+    state: &AppState,
+    auth: &Auth,
+    id: &str,
+    change: impl FnOnce(&Inner, i64, i64, &str) -> Result<(), StoreError> + Send + 'static,
+) -> ApiResult<Json<BroadcastResponse>> {
     auth.require(Action::Send)?;
-    let (ws, id, actor) = (auth.workspace_id(), parse_id(&id)?, auth.0.actor());
+    let (ws, id, actor) = (auth.workspace_id(), parse_id(id)?, auth.0.actor());
     let b = state
         .blocking(move |s| {
-            s.store.pause_broadcast(ws, id, &actor, now_millis())?;
+            change(s, ws, id, &actor)?;
+            s.engine.wake();
             Ok(s.store.broadcast(ws, id)?)
         })
         .await?;
@@ -573,16 +585,7 @@ pub async fn resume(
     auth: Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<BroadcastResponse>> {
-    auth.require(Action::Send)?;
-    let (ws, id, actor) = (auth.workspace_id(), parse_id(&id)?, auth.0.actor());
-    let b = state
-        .blocking(move |s| {
-            s.store.resume_broadcast(ws, id, &actor, now_millis())?;
-            s.engine.wake();
-            Ok(s.store.broadcast(ws, id)?)
-        })
-        .await?;
-    Ok(Json(broadcast_response(b)))
+    control(&state, &auth, &id, |s, ws, id, actor| s.store.resume_broadcast(ws, id, actor, now_millis())).await
 }
 
 /// Re-drive the failed deliveries of a completed broadcast (compensation):
