@@ -85,6 +85,14 @@ fn rate(n: usize, secs: f64) -> String {
     format!("{:.0}/s", n as f64 / secs)
 }
 
+/// The value at fraction `p` of sorted samples (NaN when there are none).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]

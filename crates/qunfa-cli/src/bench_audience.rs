@@ -12,6 +12,7 @@
 //! `SELECT COUNT(*)` (tags as indexed `IN` subqueries, attributes with
 //! `json_extract`), and every count must equal the index's.
 
+use crate::bench::percentile;
 use std::{borrow::Cow, collections::BTreeMap, path::PathBuf, time::Instant};
 
 use anyhow::{ensure, Context};
@@ -378,11 +379,6 @@ fn peak_rss_bytes() -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// Runs the benchmark; `db` keeps (and reuses) the generated database.

@@ -8,6 +8,7 @@
 //! latency is from the start of the create to the moment its delivery record
 //! is committed (read back from the database, polled every 200 µs).
 
+use crate::bench::percentile;
 use std::{
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
@@ -72,13 +73,6 @@ fn urgent_message(
         anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "urgent message {id} was not delivered in 60 s");
         std::thread::sleep(Duration::from_micros(200));
     }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 fn summary(label: &str, mut v: Vec<f64>) -> (f64, f64) {

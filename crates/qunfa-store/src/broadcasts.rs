@@ -583,21 +583,6 @@ impl Store {
         Ok(r.blob(0).to_vec())
     }
 
-    /// Whether queued jobs are waiting (a cheap check for idle workers).
-    ///
-    /// # Errors
-    /// Database errors.
-    pub fn jobs_ready(&self, now: i64) -> Result<bool, StoreError> {
-        Ok(self
-            .db
-            .conn()?
-            .query_opt(
-                "SELECT id FROM jobs WHERE state = 'ready' AND run_at <= ? AND (lease_until IS NULL OR lease_until < ?) LIMIT 1",
-                params![now, now],
-            )?
-            .is_some())
-    }
-
     /// Delivery records of a broadcast, by channel and contact, after `after`.
     ///
     /// # Errors

@@ -717,7 +717,7 @@ impl Store {
             };
             let (job_id, broadcast_id, batch_no, channel, attempts) =
                 (job.i64(0), job.i64(1), job.i64(2), job.string(3), job.i64(4) + 1);
-            let error: String = error.chars().filter(|ch| !ch.is_control()).take(500).collect();
+            let error = clean(error);
             let mut outcome = DeferOutcome {
                 job_id,
                 dead: false,
