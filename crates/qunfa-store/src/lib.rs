@@ -267,11 +267,30 @@ pub mod test_support {
 
     use crate::DbLocation;
 
-    /// A database that lives as long as this value (SQLite: a temp dir).
+    /// A database that lives as long as this value (SQLite: a temp dir;
+    /// PostgreSQL: a database dropped with the value, so test runs do not
+    /// leave one behind per test on a developer's server).
     pub struct TestDb {
         pub location: DbLocation,
         pub url: String,
         _dir: Option<tempfile_dir::Dir>,
+        _pg: Option<PgDatabase>,
+    }
+
+    /// A test database on a PostgreSQL server: (admin URL, name).
+    struct PgDatabase(String, String);
+
+    impl Drop for PgDatabase {
+        fn drop(&mut self) {
+            let (admin, name) = (self.0.clone(), self.1.clone());
+            // A plain thread: the blocking client cannot run inside an async runtime.
+            let _ = std::thread::spawn(move || {
+                if let Ok(mut c) = postgres::Client::connect(&admin, postgres::NoTls) {
+                    let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+                }
+            })
+            .join();
+        }
     }
 
     mod tempfile_dir {
@@ -296,6 +315,7 @@ pub mod test_support {
             url: path.display().to_string(),
             location: DbLocation::Sqlite(path),
             _dir: Some(tempfile_dir::Dir(dir)),
+            _pg: None,
         }
     }
 
@@ -313,6 +333,6 @@ pub mod test_support {
         client.batch_execute(&format!("CREATE DATABASE {name}")).expect("create test database");
         let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
         let url = format!("{base}/{name}");
-        TestDb { location: DbLocation::Postgres(url.clone()), url, _dir: None }
+        TestDb { location: DbLocation::Postgres(url.clone()), url, _dir: None, _pg: Some(PgDatabase(admin, name)) }
     }
 }
