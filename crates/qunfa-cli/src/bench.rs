@@ -327,6 +327,7 @@ fn fanout_once(database_url: Option<&str>, n: usize) -> anyhow::Result<(f64, f64
         client_msg_id: None,
         request_hash: "bench".into(),
         ttl_ms: None,
+        fallback: Vec::new(),
     };
     let (b, _) = store.create_broadcast(w.id, 1, &new, "bench", now_millis())?;
     let cache = DispatchCache::default();

@@ -39,6 +39,7 @@ fn new_broadcast(text: &str, priority: Priority, audience_json: String) -> NewBr
         client_msg_id: None,
         request_hash: text.into(),
         ttl_ms: None,
+        fallback: Vec::new(),
     }
 }
 

@@ -52,6 +52,13 @@ pub struct Config {
     /// Enables the webhook channel: the secret that signs every request
     /// (`X-Qunfa-Signature`, HMAC-SHA256; see docs/delivery.md).
     pub webhook_secret: Option<Secret>,
+    /// Let the server's webhook settings (`webhook_secret`) reach loopback and
+    /// private networks (workspaces decide for their own settings).
+    pub webhook_allow_private_networks: bool,
+    /// The public base URL of this server, for links in messages (one-click
+    /// unsubscribe) and provider callbacks (SMS receipts); default
+    /// `http://{listen}`.
+    pub public_url: Option<String>,
 }
 
 impl Default for Config {
@@ -67,11 +74,13 @@ impl Default for Config {
             server: "http://127.0.0.1:8080".into(),
             api_key: None,
             webhook_secret: None,
+            webhook_allow_private_networks: false,
+            public_url: None,
         }
     }
 }
 
-const KEYS: [&str; 11] = [
+const KEYS: [&str; 13] = [
     "listen",
     "data_dir",
     "database_url",
@@ -82,6 +91,8 @@ const KEYS: [&str; 11] = [
     "server",
     "api_key",
     "webhook_secret",
+    "webhook_allow_private_networks",
+    "public_url",
     "config",
 ];
 

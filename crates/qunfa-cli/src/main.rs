@@ -4,6 +4,7 @@
 mod bench;
 mod bench_audience;
 mod bench_priority;
+mod channels;
 mod client;
 mod config;
 mod demo;
@@ -83,6 +84,21 @@ enum Command {
     Speed {
         /// 0–4, or "off" to send unthrottled; without it, show the level.
         level: Option<String>,
+    },
+    /// The workspace's channels: email (SMTP), webhook, SMS, WeCom.
+    #[command(subcommand)]
+    Channel(channels::ChannelCommand),
+    /// Outgoing event webhooks for integrators.
+    #[command(subcommand)]
+    Events(channels::EventsCommand),
+    /// Record an email bounce by its Message-ID.
+    Bounce {
+        message_id: String,
+        /// A soft bounce (this message only); default hard (the address is gone).
+        #[arg(long)]
+        soft: bool,
+        #[arg(long)]
+        diagnostic: Option<String>,
     },
     /// Audience expressions.
     #[command(subcommand)]
@@ -173,9 +189,13 @@ struct SendArgs {
     /// Send to a saved segment (name or id).
     #[arg(long)]
     segment: Option<String>,
-    /// Channels (default inbox).
+    /// Channels (default inbox), e.g. --channel inbox,email.
     #[arg(long, value_delimiter = ',')]
     channel: Vec<String>,
+    /// A fallback step CHANNEL:WHEN:SECONDS (WHEN is unread or failed), in
+    /// order; e.g. --fallback email:unread:7200 --fallback sms:failed:600.
+    #[arg(long)]
+    fallback: Vec<String>,
     /// Idempotency key.
     #[arg(long)]
     client_msg_id: Option<String>,
@@ -334,6 +354,11 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Explain { broadcast_id } => runtime()?.block_on(explain(&config, &broadcast_id)),
         Command::Broadcast(cmd) => runtime()?.block_on(broadcast_control(&config, cmd)),
         Command::Speed { level } => runtime()?.block_on(speed(&config, level)),
+        Command::Channel(cmd) => runtime()?.block_on(channels::channel(&api_client(&config)?, cmd)),
+        Command::Events(cmd) => runtime()?.block_on(channels::events(&api_client(&config)?, cmd)),
+        Command::Bounce { message_id, soft, diagnostic } => {
+            runtime()?.block_on(channels::bounce(&api_client(&config)?, message_id, !soft, diagnostic))
+        }
         Command::Audit(AuditCommand::Verify) => audit_verify(&config),
         Command::Audience(cmd) => runtime()?.block_on(audience(&config, cmd)),
         Command::Tags(TagsCommand::Report { dormant_days }) => {
@@ -399,13 +424,32 @@ fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
         let engine_config = qunfa_engine::EngineConfig { delivery: policy.delivery.clone(), ..Default::default() };
-        let mut transports = qunfa_engine::Transports::default();
+        let public_url =
+            config.public_url.clone().unwrap_or_else(|| format!("http://{addr}")).trim_end_matches('/').to_owned();
+        let link_key = store.link_key()?;
+        let mut transports = qunfa_engine::Transports::new().context("cannot build the channel clients")?;
+        transports.links = Some(qunfa_engine::Links { public_url: public_url.clone(), key: link_key.clone() });
         if let Some(secret) = &webhook_secret {
-            let config = qunfa_engine::WebhookConfig::new(secret.expose().as_bytes());
-            transports.webhook = Some(qunfa_engine::Webhook::new(config).context("cannot build the webhook client")?);
+            let value = serde_json::json!({
+                "secret": secret.expose(),
+                "allow_private_networks": config.webhook_allow_private_networks,
+            });
+            let settings = qunfa_core::channel::ChannelSettings::parse(
+                qunfa_core::contact::Channel::Webhook,
+                &value,
+                None,
+                &mut String::new,
+            )
+            .map_err(|e| anyhow::anyhow!("webhook_secret: {e}"))?;
+            if let qunfa_core::channel::SettingsKind::Webhook(w) = settings.kind {
+                transports.default_webhook = Some(w);
+            }
         }
-        let mut channels = vec![qunfa_core::contact::Channel::Inbox];
-        channels.extend(transports.channels());
+        let options = qunfa_server::ServerOptions {
+            public_url,
+            link_key,
+            server_webhook: transports.default_webhook.is_some(),
+        };
         let engine = qunfa_engine::Engine::start_with(store.clone(), engine_config, transports);
         // Audience indexes are built in the background; a query that comes
         // first builds its workspace's index itself.
@@ -419,7 +463,7 @@ fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
                 Err(e) => tracing::warn!(error = %e, "building the audience indexes failed; they build on first use"),
             }
         });
-        let state = qunfa_server::AppState::with_channels(store, policy, engine, admin_hash, channels);
+        let state = qunfa_server::AppState::with_options(store, policy, engine, admin_hash, options);
         tracing::info!(%addr, "qunfa listening on http://{addr} (API docs at http://{addr}/docs)");
         if let Some(k) = demo_keys {
             print_demo(&addr.to_string(), &k);
@@ -621,6 +665,18 @@ async fn send(config: &Config, a: SendArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(p) = &a.priority {
         body["priority"] = json!(p);
+    }
+    if !a.fallback.is_empty() {
+        let mut steps = Vec::new();
+        for f in &a.fallback {
+            let parts: Vec<&str> = f.split(':').collect();
+            let [channel, when, seconds] = parts[..] else {
+                anyhow::bail!("--fallback takes CHANNEL:WHEN:SECONDS, e.g. email:unread:7200; got {f:?}")
+            };
+            let seconds: u32 = seconds.parse().map_err(|_| anyhow::anyhow!("--fallback {f:?}: SECONDS is a number"))?;
+            steps.push(json!({"channel": channel, "when": when, "after_seconds": seconds}));
+        }
+        body["fallback"] = json!(steps);
     }
     if let Some(t) = a.ttl {
         body["ttl_seconds"] = json!(t);

@@ -1,6 +1,6 @@
 //! The broadcast state machine.
 
-use crate::Code;
+use crate::{contact::Channel, Code};
 
 /// Where a broadcast is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -82,4 +82,93 @@ impl Priority {
             _ => Self::Broadcast,
         }
     }
+}
+
+/// When a fallback step sends: on the previous channel's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FallbackWhen {
+    /// The inbox message was not read (in time): "email if no inbox read within N hours".
+    Unread,
+    /// The previous channel failed or was filtered (no address, no consent,
+    /// bounced): "SMS if the email bounces".
+    Failed,
+}
+
+impl FallbackWhen {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unread => "unread",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// One step of a fallback order: after the previous channel has had
+/// `after_seconds`, send on `channel` to the recipients for whom `when` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FallbackStep {
+    pub channel: Channel,
+    pub when: FallbackWhen,
+    pub after_seconds: u32,
+}
+
+impl FallbackStep {
+    /// The job condition of this step: `unread:inbox`, `failed:email`.
+    pub fn condition(&self, previous: Channel) -> String {
+        format!("{}:{}", self.when.as_str(), previous.as_str())
+    }
+}
+
+/// Most fallback steps in one broadcast.
+pub const MAX_FALLBACK_STEPS: usize = 3;
+
+/// Checks a fallback order against the broadcast's channels: each step names a
+/// channel not used before; `unread` follows the inbox (the only channel with
+/// reads); waits are 60 s to 7 days. The chain starts from the last of
+/// `channels`.
+///
+/// # Errors
+/// `QF-INVALID-FALLBACK` with what is wrong.
+pub fn check_fallback(
+    channels: &[Channel],
+    steps: &[(String, String, u32)],
+) -> Result<Vec<FallbackStep>, (Code, String)> {
+    let bad = |m: String| (Code::InvalidFallback, m);
+    if steps.len() > MAX_FALLBACK_STEPS {
+        return Err(bad(format!("at most {MAX_FALLBACK_STEPS} fallback steps")));
+    }
+    let Some(mut previous) = channels.last().copied() else {
+        return Err(bad("a fallback needs a channel to fall back from".into()));
+    };
+    let mut used: Vec<Channel> = channels.to_vec();
+    let mut out = Vec::with_capacity(steps.len());
+    for (i, (channel, when, after_seconds)) in steps.iter().enumerate() {
+        let channel =
+            Channel::parse(channel).map_err(|_| bad(format!("step {}: unknown channel {channel:?}", i + 1)))?;
+        if channel == Channel::Inbox {
+            return Err(bad(format!("step {}: the inbox is never a fallback; name it in channels", i + 1)));
+        }
+        if used.contains(&channel) {
+            return Err(bad(format!("step {}: the {} channel is already used", i + 1, channel.as_str())));
+        }
+        let when = match when.as_str() {
+            "unread" if previous == Channel::Inbox => FallbackWhen::Unread,
+            "unread" => {
+                return Err(bad(format!(
+                    "step {}: `unread` needs the inbox before it (only the inbox has reads), not {}",
+                    i + 1,
+                    previous.as_str()
+                )))
+            }
+            "failed" => FallbackWhen::Failed,
+            other => return Err(bad(format!("step {}: `when` must be unread or failed, not {other:?}", i + 1))),
+        };
+        if !(60..=604_800).contains(after_seconds) {
+            return Err(bad(format!("step {}: after_seconds must be between 60 and 604800", i + 1)));
+        }
+        out.push(FallbackStep { channel, when, after_seconds: *after_seconds });
+        used.push(channel);
+        previous = channel;
+    }
+    Ok(out)
 }

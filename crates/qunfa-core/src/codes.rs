@@ -97,6 +97,17 @@ codes! {
     DeliveryFailed = "QF-DELIVERY-FAILED", "The delivery failed after every retry.", "多次重试后投递仍失败。", "See the delivery's last_error in GET /v1/broadcasts/{id}/deliveries; fix the cause, then POST /v1/broadcasts/{id}/retry-failed.";
     DeliveryRejected = "QF-DELIVERY-REJECTED", "The receiving endpoint refused the message.", "接收方拒绝了该消息。", "See last_error for the endpoint's answer; fix the address or the endpoint, then retry-failed.";
     ChannelNoAddress = "QF-CHANNEL-NO-ADDRESS", "The contact has no address on this channel.", "该联系人在此渠道没有地址。", "Add the address (email, phone, webhook, WeCom user id) to the contact, then retry-failed.";
+    ChannelSettings = "QF-CHANNEL-SETTINGS", "The channel settings are not valid.", "渠道设置无效。", "details name the field and what is wrong with it; GET /v1/channels shows the settings in force.";
+    ChannelNotConfigured = "QF-CHANNEL-NOT-CONFIGURED", "This channel is not set up for the workspace.", "此工作区尚未配置该渠道。", "An admin sets the channel up with PUT /v1/channels/{channel} (or `qunfa channel set`), then send again.";
+    ChannelAuth = "QF-CHANNEL-AUTH", "The channel provider refused the workspace's credentials.", "渠道服务商拒绝了工作区的凭据。", "Fix the credentials with PUT /v1/channels/{channel}, then retry-failed.";
+    AddressInvalid = "QF-ADDRESS-INVALID", "The provider says the address does not exist or cannot receive messages.", "服务商表示该地址不存在或无法接收消息。", "Correct the contact's address, then retry-failed.";
+    AddressPrivate = "QF-ADDRESS-PRIVATE", "The webhook address points at a loopback, private or otherwise non-public network.", "Webhook 地址指向回环、内网或其他非公网地址。", "Use a public endpoint, or let an admin allow private networks in the webhook settings (allow_private_networks).";
+    DeliveryRedirect = "QF-DELIVERY-REDIRECT", "The endpoint answered with a redirect, which is not followed.", "接收端返回了重定向，系统不会跟随。", "Configure the final URL (see last_error for the Location), then retry-failed.";
+    EmailBounced = "QF-EMAIL-BOUNCED", "The email bounced.", "邮件被退回。", "Check the address; a hard bounce also unsubscribes the address from email.";
+    ConsentMissing = "QF-CONSENT-MISSING", "The contact has not consented to messages on this channel.", "该联系人未同意通过此渠道接收消息。", "Record the contact's consent (consent: {channel: true}) before sending on a channel that requires opt-in.";
+    Unsubscribed = "QF-UNSUBSCRIBED", "The contact unsubscribed from this channel.", "该联系人已退订此渠道。", "Nothing to fix: the contact chose not to receive these messages. Only the contact can subscribe again.";
+    UnsubscribeLink = "QF-UNSUBSCRIBE-LINK", "The unsubscribe link is not valid.", "退订链接无效。", "Use the complete link from the message; links are not shortened or edited.";
+    InvalidFallback = "QF-INVALID-FALLBACK", "The fallback order is not valid.", "备用渠道顺序无效。", "Each step names a channel not used before, `when` is unread or failed, and after_seconds is between 60 and 604800.";
     DuplicateClientMsgId = "QF-CLIENT-MSG-ID-REUSED", "This client_msg_id was used for different content.", "client_msg_id 已用于不同内容。", "Use a new client_msg_id for new content; resend the same body to get the original broadcast.";
 }
 

@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod broadcast;
+pub mod channel;
 pub mod codes;
 pub mod contact;
 pub mod import;

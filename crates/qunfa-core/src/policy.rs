@@ -83,9 +83,17 @@ pub struct DeliveryPolicy {
     /// Recipients per minute per channel name.
     #[serde(default)]
     pub channel_per_minute: BTreeMap<String, u64>,
+    /// Channels that need explicit consent before anything is sent on them.
+    #[serde(default)]
+    pub opt_in_channels: Vec<String>,
 }
 
 impl DeliveryPolicy {
+    /// Whether `channel` needs the contact's explicit consent.
+    pub fn needs_opt_in(&self, channel: crate::contact::Channel) -> bool {
+        self.opt_in_channels.iter().any(|c| c == channel.as_str())
+    }
+
     /// The rate of a speed level, recipients per minute.
     pub fn speed_level(&self, level: u8) -> Option<u64> {
         self.speed_levels_per_minute.get(usize::from(level)).copied()

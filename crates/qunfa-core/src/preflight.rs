@@ -92,7 +92,7 @@ pub struct SendProposal<'a> {
     pub audience: AudienceShape,
     pub n_recipients: u64,
     pub channels: &'a [Channel],
-    /// Channels this server can deliver through.
+    /// Channels the workspace can deliver through (the inbox, and the channels it set up).
     pub available_channels: &'a [Channel],
     /// Mass sends this sender already made today (local day of the policy).
     pub sends_today: u32,
@@ -220,10 +220,10 @@ pub fn preflight(policy: &Policy, p: &SendProposal<'_>) -> Vec<Verdict> {
     for channel in p.channels {
         if !p.available_channels.contains(channel) {
             out.push(Verdict::new(
-                Code::ChannelUnavailable,
+                Code::ChannelNotConfigured,
                 Severity::Block,
-                format!("The {} channel is not configured on this server.", channel.as_str()),
-                format!("服务器未配置 {} 渠道。", channel.as_str()),
+                format!("The {} channel is not set up for this workspace.", channel.as_str()),
+                format!("此工作区尚未配置 {} 渠道。", channel.as_str()),
             ));
         }
     }

@@ -5,137 +5,123 @@
 //! still `queued` again with the same keys, so a receiver that honours
 //! `Idempotency-Key` sees each message once.
 //!
-//! The webhook channel is the first external channel: a signed JSON POST to
-//! the contact's webhook address.
+//! The senders live in their own modules (`email`, `webhook`, `sms`,
+//! `wecom`); this one picks the sender for a batch and runs the loop.
 
 use std::{
     sync::{atomic::Ordering, Arc},
     time::Duration,
 };
 
-use futures::StreamExt;
-use qunfa_core::{contact::Channel, Code};
+use qunfa_core::{
+    channel::{SettingsKind, WebhookSettings},
+    contact::Channel,
+    sign, Code,
+};
 use qunfa_store::{
     broadcasts::DispatchCache,
     now_millis,
-    queue::{ExternalBatch, Outgoing, SendOutcome},
+    queue::{ExternalBatch, SendOutcome},
     Store,
 };
 
-use crate::{Engine, EngineConfig};
+use crate::{email::EmailSender, sms::SmsSender, webhook::WebhookSender, wecom::WecomSender, Engine, EngineConfig};
 
-/// Settings of the webhook channel.
+/// Where links in messages point, and the key that signs them.
 #[derive(Debug, Clone)]
-pub struct WebhookConfig {
-    /// Signs every request (`X-Qunfa-Signature`, see `qunfa_core::sign`).
-    pub secret: Vec<u8>,
-    /// Longest wait for one answer; a timeout is retried.
-    pub timeout: Duration,
-    /// Requests in flight at once per batch.
-    pub concurrency: usize,
+pub struct Links {
+    /// The server's public base URL, e.g. `https://qunfa.example.com`.
+    pub public_url: String,
+    /// The server's link key (`Store::link_key`).
+    pub key: Vec<u8>,
 }
 
-impl WebhookConfig {
-    pub fn new(secret: impl Into<Vec<u8>>) -> Self {
-        Self { secret: secret.into(), timeout: Duration::from_secs(5), concurrency: 64 }
-    }
-}
-
-/// The webhook channel's sender.
-pub struct Webhook {
-    config: WebhookConfig,
-    client: reqwest::Client,
-}
-
-impl Webhook {
-    /// # Errors
-    /// When the HTTP client cannot be built (TLS roots).
-    pub fn new(config: WebhookConfig) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("qunfa/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self { config, client })
+impl Links {
+    /// The one-click unsubscribe link of a contact on a channel.
+    pub fn unsubscribe(&self, workspace_id: i64, contact_idx: u32, channel: Channel) -> String {
+        let purpose = sign::unsubscribe_purpose(workspace_id, contact_idx, channel.as_str());
+        format!(
+            "{}/u/{workspace_id}/{contact_idx}/{}/{}",
+            self.public_url,
+            channel.as_str(),
+            sign::link_token(&self.key, &purpose)
+        )
     }
 
-    /// Sends every message of the batch; one outcome per message.
-    pub async fn send(&self, batch: &ExternalBatch) -> Vec<(u32, SendOutcome)> {
-        let content: serde_json::Value = serde_json::from_str(&batch.content_json).unwrap_or_default();
-        let content = &content;
-        // The futures are made first (not in a closure of the stream), which
-        // keeps the whole future `Send` for `tokio::spawn`.
-        let sends: Vec<_> = batch.items.iter().map(|item| self.post(batch, content, item)).collect();
-        futures::stream::iter(sends).buffer_unordered(self.config.concurrency.max(1)).collect().await
-    }
-
-    async fn post(&self, batch: &ExternalBatch, content: &serde_json::Value, item: &Outgoing) -> (u32, SendOutcome) {
-        (item.contact_idx, self.post_one(batch, content, item).await)
-    }
-
-    async fn post_one(&self, batch: &ExternalBatch, content: &serde_json::Value, item: &Outgoing) -> SendOutcome {
-        let Some(url) = &item.address else {
-            return SendOutcome::Rejected(Code::ChannelNoAddress, "the contact has no webhook address".into());
-        };
-        let body = serde_json::json!({
-            "id": item.idempotency_key,
-            "broadcast_id": batch.broadcast_id.to_string(),
-            "contact_id": ((batch.workspace_id << 32) | i64::from(item.contact_idx)).to_string(),
-            "external_id": item.external_id,
-            "name": item.name,
-            "priority": batch.priority.as_str(),
-            "content": content,
-            "text": item.text,
-        })
-        .to_string();
-        let timestamp = now_millis() / 1000;
-        let signature = qunfa_core::sign::signature(&self.config.secret, timestamp, body.as_bytes());
-        let sent = self
-            .client
-            .post(url)
-            .header("Content-Type", "application/json")
-            .header("Idempotency-Key", &item.idempotency_key)
-            .header("X-Qunfa-Timestamp", timestamp.to_string())
-            .header("X-Qunfa-Signature", signature)
-            .body(body)
-            .send()
-            .await;
-        match sent {
-            Ok(r) if r.status().is_success() => SendOutcome::Delivered,
-            Ok(r) if matches!(r.status().as_u16(), 408 | 425 | 429) || r.status().is_server_error() => {
-                SendOutcome::Retry(format!("HTTP {}", r.status().as_u16()))
-            }
-            Ok(r) => {
-                let status = r.status().as_u16();
-                let text = r.text().await.unwrap_or_default();
-                let text: String = text.chars().take(200).collect();
-                SendOutcome::Rejected(Code::DeliveryRejected, format!("HTTP {status}: {text}"))
-            }
-            Err(e) if e.is_timeout() => SendOutcome::Retry("timed out".into()),
-            Err(e) => SendOutcome::Retry(format!("{e}")),
-        }
+    /// Where a provider posts the delivery receipts of a workspace's channel.
+    pub fn receipts(&self, workspace_id: i64, channel: Channel) -> String {
+        let purpose = sign::receipts_purpose(workspace_id, channel.as_str());
+        format!(
+            "{}/v1/hooks/{}/{workspace_id}/{}",
+            self.public_url,
+            channel.as_str(),
+            sign::link_token(&self.key, &purpose)
+        )
     }
 }
 
-/// The external channels this node sends through.
-#[derive(Default)]
+/// The external channels' senders of this node. Settings come with each
+/// batch (the workspace's, `PUT /v1/channels/{channel}`).
 pub struct Transports {
-    pub webhook: Option<Webhook>,
+    pub webhook: WebhookSender,
+    pub email: EmailSender,
+    pub sms: SmsSender,
+    pub wecom: WecomSender,
+    /// Webhook settings for workspaces that set up none (the server's
+    /// `webhook_secret`); none: such batches fail `QF-CHANNEL-NOT-CONFIGURED`.
+    pub default_webhook: Option<WebhookSettings>,
+    /// Unsubscribe links and receipt callbacks; none: messages carry no links.
+    pub links: Option<Links>,
 }
 
 impl Transports {
-    pub fn channels(&self) -> Vec<Channel> {
-        self.webhook.iter().map(|_| Channel::Webhook).collect()
+    /// # Errors
+    /// When an HTTP client cannot be built (TLS roots).
+    pub fn new() -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            webhook: WebhookSender::new()?,
+            email: EmailSender::new(),
+            sms: SmsSender::new()?,
+            wecom: WecomSender::new()?,
+            default_webhook: None,
+            links: None,
+        })
     }
 
-    async fn send(&self, batch: &ExternalBatch) -> Vec<(u32, SendOutcome)> {
-        match (batch.channel, &self.webhook) {
-            (Channel::Webhook, Some(w)) => w.send(batch).await,
-            // Claims name only configured channels.
+    /// The channels this node claims batches of.
+    pub fn channels(&self) -> Vec<Channel> {
+        vec![Channel::Email, Channel::Webhook, Channel::Sms, Channel::Wecom]
+    }
+
+    /// Sends a claimed batch: one outcome per message.
+    pub async fn send(&self, batch: &mut ExternalBatch) -> Vec<(u32, SendOutcome)> {
+        if let Some(links) = &self.links {
+            if matches!(batch.channel, Channel::Email | Channel::Sms) {
+                for item in &mut batch.items {
+                    item.unsubscribe_url = Some(links.unsubscribe(batch.workspace_id, item.contact_idx, batch.channel));
+                }
+            }
+        }
+        let batch = &*batch;
+        let settings = batch.settings.clone();
+        match (batch.channel, settings.as_deref().map(|s| &s.kind)) {
+            (Channel::Email, Some(SettingsKind::Email(s))) => self.email.send(batch, s).await,
+            (Channel::Sms, Some(SettingsKind::Sms(s))) => {
+                let callback = self.links.as_ref().map(|l| l.receipts(batch.workspace_id, Channel::Sms));
+                self.sms.send(batch, s, callback.as_deref()).await
+            }
+            (Channel::Wecom, Some(SettingsKind::Wecom(s))) => self.wecom.send(batch, s).await,
+            (Channel::Webhook, Some(SettingsKind::Webhook(s))) => self.webhook.send(batch, s).await,
+            (Channel::Webhook, None) if self.default_webhook.is_some() => {
+                self.webhook.send(batch, self.default_webhook.as_ref().expect("checked")).await
+            }
             _ => batch
                 .items
                 .iter()
-                .map(|i| (i.contact_idx, SendOutcome::Retry("the channel is not configured on this node".into())))
+                .map(|i| {
+                    let why = format!("the workspace has not set up the {} channel", batch.channel.as_str());
+                    (i.contact_idx, SendOutcome::Rejected(Code::ChannelNotConfigured, why))
+                })
                 .collect(),
         }
     }
@@ -168,9 +154,9 @@ pub(crate) async fn run(engine: Engine, store: Store, config: EngineConfig, tran
             }
             continue;
         }
-        for batch in batches {
+        for mut batch in batches {
             let started = std::time::Instant::now();
-            let outcomes = transports.send(&batch).await;
+            let outcomes = transports.send(&mut batch).await;
             let (s, cfg, m) = (store.clone(), config.clone(), engine.metrics.clone());
             let node = config.node.clone();
             let recorded = tokio::task::spawn_blocking(move || {

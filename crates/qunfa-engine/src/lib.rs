@@ -24,8 +24,14 @@ use qunfa_store::{
 };
 use tokio::sync::Notify;
 
+pub mod email;
+mod events;
 pub mod external;
-pub use external::{Transports, Webhook, WebhookConfig};
+pub mod sms;
+pub mod webhook;
+pub mod wecom;
+pub use events::literal_private_host;
+pub use external::{Links, Transports};
 
 /// Upper bounds (milliseconds) of the delivery latency histogram's buckets.
 pub const LATENCY_BUCKETS_MS: [u64; 14] =
@@ -156,6 +162,7 @@ impl Default for EngineConfig {
 pub struct Engine {
     wake: Arc<Notify>,
     external_wake: Arc<Notify>,
+    events_wake: Arc<Notify>,
     stop: Arc<AtomicBool>,
     pub metrics: Arc<EngineMetrics>,
     done: Arc<Notify>,
@@ -164,16 +171,21 @@ pub struct Engine {
 
 impl Engine {
     /// Starts the worker and the housekeeping on the current tokio runtime.
+    /// External channels are not sent on this node (see [`Engine::start_with`]).
     pub fn start(store: Store, config: EngineConfig) -> Self {
-        Self::start_with(store, config, Transports::default())
+        Self::start_inner(store, config, None)
     }
 
-    /// Starts the worker, the housekeeping and, when any is configured, the
-    /// worker of the external channels.
+    /// Starts the worker, the housekeeping and the worker of the external channels.
     pub fn start_with(store: Store, config: EngineConfig, transports: Transports) -> Self {
+        Self::start_inner(store, config, Some(transports))
+    }
+
+    fn start_inner(store: Store, config: EngineConfig, transports: Option<Transports>) -> Self {
         let engine = Engine {
             wake: Arc::new(Notify::new()),
             external_wake: Arc::new(Notify::new()),
+            events_wake: Arc::new(Notify::new()),
             stop: Arc::new(AtomicBool::new(false)),
             metrics: Arc::new(EngineMetrics::default()),
             done: Arc::new(Notify::new()),
@@ -202,8 +214,9 @@ impl Engine {
             e.finished.store(true, Ordering::Release);
             e.done.notify_waiters();
         });
-        if !transports.channels().is_empty() {
+        if let Some(transports) = transports {
             tokio::spawn(external::run(engine.clone(), store.clone(), config.clone(), Arc::new(transports)));
+            tokio::spawn(events::run(engine.clone(), store.clone(), config.clone()));
         }
         let e = engine.clone();
         tokio::spawn(async move {
@@ -226,6 +239,12 @@ impl Engine {
     pub fn wake(&self) {
         self.wake.notify_one();
         self.external_wake.notify_one();
+        self.events_wake.notify_one();
+    }
+
+    /// Wakes the event worker (a redelivery was queued).
+    pub fn wake_events(&self) {
+        self.events_wake.notify_one();
     }
 
     /// Stops after the step in flight commits.

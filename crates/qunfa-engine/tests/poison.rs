@@ -32,6 +32,7 @@ fn broadcast(store: &Store, ws: i64, text: &str) -> i64 {
         client_msg_id: None,
         request_hash: text.into(),
         ttl_ms: None,
+        fallback: Vec::new(),
     };
     let (b, _) = store.create_broadcast(ws, 1, &new, "t", NOW).unwrap();
     let audience = store.resolve_audience(ws, &AudienceSpec::All).unwrap();

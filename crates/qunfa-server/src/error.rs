@@ -84,10 +84,12 @@ pub fn status_of(code: Code) -> StatusCode {
         | AudienceUnknownTag
         | AudienceUnknownDepartment
         | AudienceUnknownAttribute
-        | AudienceUnknownSegment => StatusCode::BAD_REQUEST,
+        | AudienceUnknownSegment
+        | ChannelSettings
+        | InvalidFallback => StatusCode::BAD_REQUEST,
         Unauthenticated => StatusCode::UNAUTHORIZED,
         Forbidden | SelfApproval => StatusCode::FORBIDDEN,
-        NotFound | MediaNotFound => StatusCode::NOT_FOUND,
+        NotFound | MediaNotFound | UnsubscribeLink => StatusCode::NOT_FOUND,
         Conflict | Duplicate | DuplicateClientMsgId => StatusCode::CONFLICT,
         PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -15,7 +15,7 @@ use std::{
 };
 
 use axum::{extract::DefaultBodyLimit, Router};
-use qunfa_core::{contact::Channel, Policy};
+use qunfa_core::Policy;
 use qunfa_engine::Engine;
 use qunfa_store::Store;
 
@@ -31,8 +31,19 @@ pub struct Inner {
     pub engine: Engine,
     admin_token_hash: String,
     pub metrics: HttpMetrics,
-    /// Channels this server can deliver through.
-    pub channels: Vec<Channel>,
+    pub options: ServerOptions,
+}
+
+/// What a server needs beyond its store and engine.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// The public base URL of links in messages (unsubscribe, receipts).
+    pub public_url: String,
+    /// The key of those links (`Store::link_key`).
+    pub link_key: Vec<u8>,
+    /// The server has webhook settings of its own (`webhook_secret`) that
+    /// workspaces without their own use.
+    pub server_webhook: bool,
 }
 
 /// Request counters by status class.
@@ -58,19 +69,17 @@ impl std::ops::Deref for AppState {
 impl AppState {
     /// `admin_token_hash` is the SHA-256 (hex) of the server admin token.
     pub fn new(store: Store, policy: Policy, engine: Engine, admin_token_hash: String) -> Self {
-        Self::with_channels(store, policy, engine, admin_token_hash, vec![Channel::Inbox])
+        Self::with_options(store, policy, engine, admin_token_hash, ServerOptions::default())
     }
 
-    /// A server that delivers through `channels` (the inbox and the
-    /// external channels its engine was started with).
-    pub fn with_channels(
+    pub fn with_options(
         store: Store,
         policy: Policy,
         engine: Engine,
         admin_token_hash: String,
-        channels: Vec<Channel>,
+        options: ServerOptions,
     ) -> Self {
-        AppState(Arc::new(Inner { store, policy, engine, admin_token_hash, metrics: HttpMetrics::default(), channels }))
+        AppState(Arc::new(Inner { store, policy, engine, admin_token_hash, metrics: HttpMetrics::default(), options }))
     }
 
     pub fn admin_token_hash(&self) -> &str {
@@ -99,6 +108,10 @@ pub fn app(state: AppState) -> Router {
     let openapi = Arc::new(openapi);
     router
         .merge(routes::ops::docs_router(openapi))
+        .route(
+            "/u/{workspace}/{contact}/{channel}/{token}",
+            axum::routing::get(routes::channels::unsubscribe_page).post(routes::channels::unsubscribe),
+        )
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

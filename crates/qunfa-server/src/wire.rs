@@ -399,6 +399,22 @@ pub struct CreateBroadcastRequest {
     /// A flash message: its content self-destructs this many seconds after
     /// the send starts (bounds in the policy: `delivery.flash_*`).
     pub ttl_seconds: Option<u64>,
+    /// Channels to fall back to, in order, after the last of `channels`:
+    /// `[{"channel": "email", "when": "unread", "after_seconds": 7200},
+    /// {"channel": "sms", "when": "failed", "after_seconds": 600}]`.
+    pub fallback: Option<Vec<FallbackWire>>,
+}
+
+/// One fallback step.
+#[derive(Serialize, Deserialize, ToSchema, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackWire {
+    pub channel: String,
+    /// `unread` (the inbox message was not read; only after the inbox) or
+    /// `failed` (the channel before failed, or its recipient was filtered).
+    pub when: String,
+    /// How long after the channel before (60 s to 7 days).
+    pub after_seconds: u32,
 }
 
 /// The workspace's speed level.
@@ -466,6 +482,14 @@ pub struct Counts {
     pub replied: u64,
     /// Failed deliveries sent again by `retry-failed`.
     pub redriven: u64,
+    /// Left out at send time: no consent on a channel that needs it,
+    /// unsubscribed, or a bounced address (each record has the reason).
+    pub filtered: u64,
+    /// Fallback recipients for whom the step's condition did not hold (they
+    /// read the inbox message, or the channel before did not fail).
+    pub skipped: u64,
+    /// Taken by a provider (SMS), waiting for its delivery receipt.
+    pub awaiting_receipt: u64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -499,6 +523,8 @@ pub struct BroadcastResponse {
     pub purged_at: Option<String>,
     /// The verdicts recorded at submission.
     pub verdicts: Option<Vec<serde_json::Value>>,
+    /// The fallback order (empty: none).
+    pub fallback: Vec<FallbackWire>,
 }
 
 #[derive(Deserialize, ToSchema, Default)]
@@ -588,4 +614,136 @@ pub struct HealthResponse {
     pub status: String,
     pub database: String,
     pub version: String,
+}
+
+/// A channel the workspace can send through, with its settings (secrets masked).
+#[derive(Serialize, ToSchema)]
+pub struct ChannelWire {
+    /// `inbox`, `email`, `webhook`, `sms` or `wecom`.
+    pub channel: String,
+    /// `workspace` (its own settings), `server` (the server's webhook
+    /// settings) or `builtin` (the inbox).
+    pub source: String,
+    /// The settings as stored, secrets shown as `********` (send them back
+    /// unchanged, or leave them out, to keep them).
+    #[schema(value_type = Object)]
+    pub settings: Option<serde_json::Value>,
+    pub updated_at: Option<String>,
+    /// A signing secret made for this request: shown once, never again.
+    pub generated_secret: Option<String>,
+}
+
+/// A bounce reported by a bounce processor or the SMTP server's DSNs.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BounceRequest {
+    /// The Message-ID qunfa gave the email (`<qf-…-email@…>`); or give
+    /// `broadcast_id` and `email`.
+    pub message_id: Option<String>,
+    pub broadcast_id: Option<String>,
+    pub email: Option<String>,
+    /// `hard` (the address is gone: it is opted out of email until it
+    /// changes) or `soft` (this message only).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The diagnostic, e.g. `550 5.1.1 user unknown`.
+    pub diagnostic: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BounceResponse {
+    pub broadcast_id: String,
+    pub contact_id: String,
+    pub opted_out: bool,
+}
+
+/// One SMS delivery receipt, as the provider posts it.
+#[derive(Deserialize, ToSchema)]
+pub struct ReceiptWire {
+    pub message_id: String,
+    pub out_id: Option<String>,
+    pub phone: Option<String>,
+    /// `DELIVERED` or `FAILED`.
+    pub status: String,
+    pub err_code: Option<String>,
+    pub reported_at: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ReceiptsResponse {
+    pub received: usize,
+    pub delivered: u64,
+    pub failed: u64,
+    /// Receipts for no message waiting for one (unknown, or already final).
+    pub ignored: u64,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEventEndpointRequest {
+    pub url: String,
+    /// Event types (default: all): broadcast.state_changed, delivery.failed,
+    /// reply.received, report.received, contact.unsubscribed.
+    pub events: Option<Vec<String>>,
+    /// At least 16 bytes; made for you when left out (shown once).
+    pub secret: Option<String>,
+    /// Allow an endpoint on loopback or private networks.
+    pub allow_private_networks: Option<bool>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventEndpointWire {
+    pub id: String,
+    pub url: String,
+    pub events: Vec<String>,
+    pub allow_private_networks: bool,
+    /// Shown once, when the endpoint is made.
+    pub secret: Option<String>,
+    pub created_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventDeliveryWire {
+    pub id: String,
+    pub endpoint_id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// `pending`, `delivered` or `failed`.
+    pub state: String,
+    pub attempts: i64,
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<String>,
+    pub delivered_at: Option<String>,
+    pub created_at: String,
+    /// The event as sent.
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportRequest {
+    /// spam, fraud, harassment, illegal or other.
+    pub reason: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ReportResponse {
+    /// False when this recipient had reported the message already.
+    pub first_report: bool,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InboxUnsubscribeRequest {
+    /// The channel to stop (e.g. `email`); `inbox` stops mass messages in the inbox.
+    pub channel: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UnsubscribeResponse {
+    pub channel: String,
+    /// False when the contact was unsubscribed already.
+    pub changed: bool,
 }

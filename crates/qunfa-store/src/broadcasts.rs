@@ -15,7 +15,7 @@ use std::{
 
 use qunfa_audience::{AudienceSpec, Bitmap, FrozenAudience};
 use qunfa_core::{
-    broadcast::{BroadcastState, Priority},
+    broadcast::{BroadcastState, FallbackStep, Priority},
     contact::Channel,
     message::{Content, RawContent},
     template::Template,
@@ -65,12 +65,20 @@ pub struct BroadcastRecord {
     pub paused_at: Option<i64>,
     /// Failed deliveries sent again by `retry-failed`.
     pub n_redriven: u64,
+    /// Left out at send time (no consent, unsubscribed, bounced).
+    pub n_filtered: u64,
+    /// Accepted by a provider, its receipt still to come.
+    pub n_sent: u64,
+    /// Fallback recipients for whom the step's condition did not hold.
+    pub n_skipped: u64,
+    pub fallback: Vec<FallbackStep>,
 }
 
 const BROADCAST_COLUMNS: &str =
     "id, workspace_id, member_id, state, content, audience, channels, priority, client_msg_id, request_hash,
     n_recipients, verdicts, created_at, submitted_at, approved_by, approved_at, dispatched_at, completed_at,
-    n_batches, n_batches_done, n_delivered, n_failed, n_read, n_replied, ttl_ms, expires_at, purged_at, paused_at, n_redriven";
+    n_batches, n_batches_done, n_delivered, n_failed, n_read, n_replied, ttl_ms, expires_at, purged_at, paused_at, n_redriven,
+    n_filtered, n_sent, n_skipped, fallback";
 
 fn broadcast_from(r: &Row) -> Result<BroadcastRecord, StoreError> {
     Ok(BroadcastRecord {
@@ -103,6 +111,10 @@ fn broadcast_from(r: &Row) -> Result<BroadcastRecord, StoreError> {
         purged_at: r.opt_i64(26),
         paused_at: r.opt_i64(27),
         n_redriven: r.i64(28) as u64,
+        n_filtered: r.i64(29) as u64,
+        n_sent: r.i64(30) as u64,
+        n_skipped: r.i64(31) as u64,
+        fallback: crate::json::fallback_from_json(r.opt_str(32).unwrap_or("[]"))?,
     })
 }
 
@@ -118,6 +130,8 @@ pub struct NewBroadcast {
     pub request_hash: String,
     /// A flash message: its content goes this long after dispatch.
     pub ttl_ms: Option<i64>,
+    /// Channels to fall back to, in order (checked with `check_fallback`).
+    pub fallback: Vec<FallbackStep>,
 }
 
 /// One delivery record.
@@ -230,6 +244,7 @@ pub(crate) fn complete_if_done(c: &mut Conn, broadcast_id: i64, now: i64) -> Res
     let Some(r) = done else { return Ok(false) };
     let details = serde_json::json!({"delivered": r.i64(1), "failed": r.i64(2)}).to_string();
     audit::append(c, r.i64(0), "engine", "broadcast.completed", &format!("broadcast:{broadcast_id}"), &details, now)?;
+    crate::events::broadcast_state(c, r.i64(0), broadcast_id, "completed", now)?;
     Ok(true)
 }
 
@@ -286,8 +301,8 @@ impl Store {
             }
             let id = c
                 .query_one(
-                    "INSERT INTO broadcasts (workspace_id, member_id, state, content, audience, channels, priority, client_msg_id, request_hash, created_at, ttl_ms)
-                     VALUES (?, ?, 'draft', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    "INSERT INTO broadcasts (workspace_id, member_id, state, content, audience, channels, priority, client_msg_id, request_hash, created_at, ttl_ms, fallback)
+                     VALUES (?, ?, 'draft', ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     params![
                         workspace_id,
                         member_id,
@@ -298,7 +313,8 @@ impl Store {
                         new.client_msg_id.clone(),
                         new.request_hash.clone(),
                         now,
-                        new.ttl_ms
+                        new.ttl_ms,
+                        (!new.fallback.is_empty()).then(|| crate::json::fallback_to_json(&new.fallback))
                     ],
                 )?
                 .i64(0);
@@ -429,6 +445,7 @@ impl Store {
                 return Err(StoreError::rejected(Code::Conflict, "only a draft can be submitted"));
             }
             audit::append(c, workspace_id, actor, "broadcast.submitted", &format!("broadcast:{id}"), verdicts_json, now)?;
+            crate::events::broadcast_state(c, workspace_id, id, "pending_approval", now)?;
             Ok(())
         })
     }
@@ -454,6 +471,7 @@ impl Store {
                 return Err(StoreError::rejected(Code::Conflict, "only a broadcast waiting for approval can be rejected"));
             }
             audit::append(c, workspace_id, actor, "broadcast.rejected", &format!("broadcast:{id}"), &serde_json::json!({"comment": comment}).to_string(), now)?;
+            crate::events::broadcast_state(c, workspace_id, id, "rejected", now)?;
             Ok(())
         })
     }
@@ -478,7 +496,7 @@ impl Store {
         let n_batches = (n_recipients as usize).div_ceil(qunfa_audience::BATCH_SIZE);
         let urgent = self.db.write(|c| {
             let b = c.query_one(
-                "SELECT member_id, state, channels, priority, audience FROM broadcasts WHERE id = ? AND workspace_id = ?",
+                "SELECT member_id, state, channels, priority, audience, fallback FROM broadcasts WHERE id = ? AND workspace_id = ?",
                 params![id, workspace_id],
             )?;
             if b.str(1) != rules.from.as_str() {
@@ -491,6 +509,16 @@ impl Store {
                 }
             }
             let channels = channels_from_json(b.str(2))?;
+            let fallback = crate::json::fallback_from_json(b.opt_str(5).unwrap_or("[]"))?;
+            // Every channel, primary and fallback, with its job condition and start.
+            let mut plan: Vec<(Channel, Option<String>, i64)> = channels.iter().map(|c| (*c, None, now)).collect();
+            let mut previous = channels.last().copied().unwrap_or(Channel::Inbox);
+            let mut start = now;
+            for step in &fallback {
+                start += i64::from(step.after_seconds) * 1000;
+                plan.push((step.channel, Some(step.condition(previous)), start));
+                previous = step.channel;
+            }
             let priority = b.i64(3);
             // The state guard makes a racing reject, approve or send lose cleanly:
             // on PostgreSQL the row lock makes the loser re-read the new state.
@@ -501,7 +529,7 @@ impl Store {
                 params![
                     frozen_bytes.clone(),
                     n_recipients,
-                    (n_batches * channels.len()) as u64,
+                    (n_batches * plan.len()) as u64,
                     now,
                     now,
                     rules.approved_by,
@@ -515,8 +543,8 @@ impl Store {
             if changed == 0 {
                 return Err(StoreError::rejected(Code::Conflict, format!("the broadcast is no longer {}", rules.from.as_str())));
             }
-            let mut jobs = Vec::with_capacity(n_batches * channels.len());
-            for channel in &channels {
+            let mut jobs = Vec::with_capacity(n_batches * plan.len());
+            for (channel, condition, run_at) in &plan {
                 for batch_no in 0..n_batches {
                     jobs.push(vec![
                         Value::Int(id),
@@ -524,16 +552,17 @@ impl Store {
                         Value::Int(batch_no as i64),
                         Value::Text(channel.as_str().to_owned()),
                         Value::Int(priority),
-                        Value::Int(now),
+                        Value::Int(*run_at),
                         Value::Text("ready".into()),
                         Value::Int(now),
                         Value::Int(b.i64(0)),
+                        condition.clone().map_or(Value::Null, Value::Text),
                     ]);
                 }
             }
             c.bulk_insert(
                 "jobs",
-                &["broadcast_id", "workspace_id", "batch_no", "channel", "priority", "run_at", "state", "created_at", "member_id"],
+                &["broadcast_id", "workspace_id", "batch_no", "channel", "priority", "run_at", "state", "created_at", "member_id", "condition"],
                 "",
                 &mut jobs.into_iter(),
             )?;
@@ -563,6 +592,7 @@ impl Store {
                 "audience_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&frozen_bytes)),
             });
             audit::append(c, workspace_id, actor, "broadcast.dispatched", &format!("broadcast:{id}"), &details.to_string(), now)?;
+            crate::events::broadcast_state(c, workspace_id, id, "sending", now)?;
             Ok(priority < Priority::Broadcast as i64 && n_batches > 0)
         })?;
         if urgent {

@@ -4,11 +4,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use qunfa_audience::Bitmap;
 
-use qunfa_core::{contact::ContactInput, policy::TierPolicy, tag::TagPath};
+use qunfa_core::{
+    contact::{Channel, ContactInput},
+    policy::TierPolicy,
+    tag::TagPath,
+};
 use serde_json::{Map, Value as Json};
 
 use crate::{
-    audit,
+    audit, channels,
     json::{attributes_to_json, consent_to_json, parse_object},
     members::{self, SetKind},
     params, tags, Code, Conn, Row, Store, StoreError, Value,
@@ -403,6 +407,9 @@ impl Store {
     ) -> Result<ContactRecord, StoreError> {
         self.db.write(|c| {
             let version = bump_contacts_version(c, workspace_id)?;
+            let old_email = c
+                .query_opt("SELECT email FROM contacts WHERE workspace_id = ? AND idx = ?", params![workspace_id, idx])?
+                .and_then(|r| r.opt_string(0));
             let changed = c.execute(
                 "UPDATE contacts SET name = ?, attributes = ?, email = ?, phone = ?, webhook = ?, wecom_userid = ?, consent = ?, updated_at = ?,
                  version = ?
@@ -426,6 +433,10 @@ impl Store {
                 return Err(StoreError::NotFound);
             }
             record_attribute_keys(c, workspace_id, updated.attributes.keys())?;
+            channels::sync_consent(c, workspace_id, idx, updated.consent.iter().map(|(k, v)| (*k, *v)), now)?;
+            if old_email.as_deref() != updated.channels.email.as_ref().map(|e| e.as_str()) {
+                channels::address_changed(c, workspace_id, idx, Channel::Email)?;
+            }
             audit::append(c, workspace_id, actor, "contact.updated", &format!("contact:{idx}"), "{}", now)?;
             Ok(())
         })?;
@@ -615,6 +626,14 @@ impl ImportState {
         }
         self.n_contacts += (contact_rows.len() + updates.len()) as u64;
         self.outcome.imported += c.bulk_insert_borrowed("contacts", &CONTACT_COLUMNS_INSERT, "", &contact_rows)?;
+        // A refusal given with a new contact opts it out at once.
+        for row in &contact_rows {
+            if let (Value::Int(idx), Value::Text(consent)) = (&row[COL_IDX], &row[9]) {
+                if consent.contains("false") {
+                    channels::sync_consent(c, workspace_id, *idx as u32, channels::consent_pairs(consent), now)?;
+                }
+            }
+        }
         for (idx, p) in &updates {
             update_from_import(c, workspace_id, *idx, p, now, self.version)?;
         }
@@ -655,6 +674,10 @@ fn update_from_import(
     attributes.extend(parse_object(p.text(4).unwrap_or("{}"))?);
     let mut consent = parse_object(current.str(1))?;
     consent.extend(parse_object(p.text(9).unwrap_or("{}"))?);
+    channels::sync_consent(c, workspace_id, idx, channels::consent_pairs(p.text(9).unwrap_or("{}")), now)?;
+    if p.text(5).is_some() {
+        channels::address_changed(c, workspace_id, idx, Channel::Email)?;
+    }
     let name = p.text(3).filter(|n| !n.is_empty());
     c.execute(
         "UPDATE contacts SET name = COALESCE(?, name), attributes = ?, email = COALESCE(?, email), phone = COALESCE(?, phone),

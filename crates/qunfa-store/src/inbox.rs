@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
-use crate::{json::content_from_json, new_secret, params, secret_hash, Code, Store, StoreError};
+use crate::{audit, json::content_from_json, new_secret, params, secret_hash, Code, Store, StoreError};
 use qunfa_core::message::RawContent;
 
 /// One message in a recipient's inbox.
@@ -283,7 +283,61 @@ impl Store {
                     params![workspace_id, broadcast_id, idx, text, now],
                 )?
                 .i64(0);
+            // A thin event: the text stays behind the API (and retention).
+            let data = serde_json::json!({
+                "broadcast_id": broadcast_id.to_string(),
+                "contact_id": crate::contact_public_id(workspace_id, idx).to_string(),
+                "reply_id": id.to_string(),
+            });
+            crate::events::emit(c, workspace_id, "reply.received", data, now)?;
             Ok(ReplyRecord { id, contact_idx: idx, text: text.to_owned(), created_at: now })
+        })
+    }
+
+    /// A recipient reports a message (spam, fraud, …): one report per
+    /// recipient and message (a second one changes nothing), an audit entry
+    /// and a `report.received` event. Returns whether it was new.
+    ///
+    /// # Errors
+    /// `NotFound` when the message was not delivered to this recipient,
+    /// `QF-BAD-REQUEST` for a reason that is not one of [`REPORT_REASONS`].
+    pub fn report(
+        &self,
+        workspace_id: i64,
+        idx: u32,
+        broadcast_id: i64,
+        reason: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        if !REPORT_REASONS.contains(&reason) {
+            return Err(StoreError::rejected(
+                Code::BadRequest,
+                format!("reason must be one of {}", REPORT_REASONS.join(", ")),
+            ));
+        }
+        self.db.write(|c| {
+            c.query_opt(
+                "SELECT 1 FROM deliveries WHERE broadcast_id = ? AND channel = 'inbox' AND contact_idx = ? AND workspace_id = ?",
+                params![broadcast_id, idx, workspace_id],
+            )?
+            .ok_or(StoreError::NotFound)?;
+            let n = c.execute(
+                "INSERT INTO reports (workspace_id, broadcast_id, contact_idx, reason, created_at) VALUES (?, ?, ?, ?, ?)
+                 ON CONFLICT (broadcast_id, contact_idx) DO NOTHING",
+                params![workspace_id, broadcast_id, idx, reason, now],
+            )?;
+            if n == 0 {
+                return Ok(false);
+            }
+            let details = serde_json::json!({"reason": reason, "contact": idx}).to_string();
+            audit::append(c, workspace_id, "recipient", "broadcast.reported", &format!("broadcast:{broadcast_id}"), &details, now)?;
+            let data = serde_json::json!({
+                "broadcast_id": broadcast_id.to_string(),
+                "contact_id": crate::contact_public_id(workspace_id, idx).to_string(),
+                "reason": reason,
+            });
+            crate::events::emit(c, workspace_id, "report.received", data, now)?;
+            Ok(true)
         })
     }
 
@@ -437,3 +491,6 @@ mod tests {
         assert!(store.inbox_of_token(&other, None, 100).unwrap().is_some());
     }
 }
+
+/// Why a recipient reports a message.
+pub const REPORT_REASONS: [&str; 5] = ["spam", "fraud", "harassment", "illegal", "other"];

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use qunfa_audience::AudienceSpec;
 use qunfa_core::{
+    broadcast::{FallbackStep, FallbackWhen},
     contact::{AttrValue, Channel},
     message::RawContent,
 };
@@ -181,6 +182,33 @@ pub fn channels_to_json(channels: &[Channel]) -> String {
 pub fn channels_from_json(text: &str) -> Result<Vec<Channel>, StoreError> {
     let list: Vec<String> = serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     list.iter().map(|s| Channel::parse(s).map_err(|_| StoreError::Corrupt(format!("channel {s}")))).collect()
+}
+
+/// A fallback order as stored: `[{"channel": "email", "when": "unread", "after_seconds": 3600}]`.
+pub fn fallback_to_json(steps: &[FallbackStep]) -> String {
+    Json::Array(
+        steps
+            .iter()
+            .map(|s| serde_json::json!({"channel": s.channel.as_str(), "when": s.when.as_str(), "after_seconds": s.after_seconds}))
+            .collect(),
+    )
+    .to_string()
+}
+
+pub fn fallback_from_json(text: &str) -> Result<Vec<FallbackStep>, StoreError> {
+    let list: Vec<Json> = serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    list.iter()
+        .map(|s| {
+            let channel = Channel::parse(s["channel"].as_str().unwrap_or_default())
+                .map_err(|_| StoreError::Corrupt(format!("fallback {s}")))?;
+            let when = match s["when"].as_str() {
+                Some("unread") => FallbackWhen::Unread,
+                Some("failed") => FallbackWhen::Failed,
+                _ => return Err(StoreError::Corrupt(format!("fallback {s}"))),
+            };
+            Ok(FallbackStep { channel, when, after_seconds: s["after_seconds"].as_u64().unwrap_or(0) as u32 })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -10,8 +10,10 @@
 pub mod audience;
 pub mod audit;
 pub mod broadcasts;
+pub mod channels;
 pub mod contacts;
 pub mod db;
+pub mod events;
 pub mod inbox;
 pub mod json;
 pub mod media;
@@ -105,11 +107,13 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql"), None),
     (2, include_str!("../migrations/sqlite/0002_member_sets.sql"), Some(move_memberships_to_bitmaps)),
     (3, include_str!("../migrations/sqlite/0003_delivery.sql"), None),
+    (4, include_str!("../migrations/sqlite/0004_channels.sql"), None),
 ];
 const POSTGRES_MIGRATIONS: &[Migration] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql"), None),
     (2, include_str!("../migrations/postgres/0002_member_sets.sql"), Some(move_memberships_to_bitmaps)),
     (3, include_str!("../migrations/postgres/0003_delivery.sql"), None),
+    (4, include_str!("../migrations/postgres/0004_channels.sql"), None),
 ];
 
 /// Version 2: memberships move from one row per contact to bitmaps.

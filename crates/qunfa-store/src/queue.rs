@@ -18,11 +18,12 @@ use std::{
 };
 
 use qunfa_audience::{FrozenAudience, BATCH_SIZE};
-use qunfa_core::{broadcast::Priority, contact::Channel, policy::DeliveryPolicy};
+use qunfa_core::{broadcast::Priority, channel::ChannelSettings, contact::Channel, policy::DeliveryPolicy};
 
 use crate::{
     audit,
     broadcasts::{complete_if_done, DispatchCache},
+    channels,
     json::attr_display,
     params, Backend, Code, Conn, Store, StoreError, Value,
 };
@@ -94,6 +95,9 @@ pub struct Outgoing {
     pub address: Option<String>,
     /// The text as rendered for this recipient.
     pub text: Option<String>,
+    /// The contact's one-click unsubscribe link for this channel (the engine
+    /// fills it in before the send; channels that can carry it do).
+    pub unsubscribe_url: Option<String>,
 }
 
 /// A claimed batch for an external channel: its queued records are written,
@@ -112,16 +116,76 @@ pub struct ExternalBatch {
     pub lease_until: i64,
     /// The stored content (JSON).
     pub content_json: String,
+    /// The workspace's settings of the channel (none: not set up; the batch
+    /// fails with `QF-CHANNEL-NOT-CONFIGURED` unless the node has defaults).
+    pub settings: Option<std::sync::Arc<ChannelSettings>>,
     /// Recipients of the batch not yet sent (delivered or failed ones are left out).
     pub items: Vec<Outgoing>,
     lo: u32,
     hi: u32,
 }
 
+impl ExternalBatch {
+    /// A batch that does not come from the queue — for channel tests and
+    /// benchmarks that drive a sender directly. Recording it is meaningless.
+    pub fn synthetic(
+        broadcast_id: i64,
+        workspace_id: i64,
+        channel: Channel,
+        content_json: String,
+        settings: Option<std::sync::Arc<ChannelSettings>>,
+        items: Vec<Outgoing>,
+    ) -> Self {
+        let lo = items.iter().map(|i| i.contact_idx).min().unwrap_or(0);
+        let hi = items.iter().map(|i| i.contact_idx).max().unwrap_or(0);
+        Self {
+            job_id: 0,
+            broadcast_id,
+            workspace_id,
+            batch_no: 0,
+            channel,
+            priority: Priority::Broadcast,
+            attempt: 1,
+            queued_at: 0,
+            lease_until: i64::MAX,
+            content_json,
+            settings,
+            items,
+            lo,
+            hi,
+        }
+    }
+}
+
+impl Outgoing {
+    /// A message to `contact_idx` with its key `qf-{broadcast}-{contact}-{channel}`.
+    pub fn new(
+        broadcast_id: i64,
+        channel: Channel,
+        contact_idx: u32,
+        address: Option<String>,
+        text: Option<String>,
+    ) -> Self {
+        Self {
+            contact_idx,
+            idempotency_key: format!("qf-{broadcast_id}-{contact_idx}-{}", channel.as_str()),
+            external_id: format!("c{contact_idx}"),
+            name: format!("Contact {contact_idx}"),
+            address,
+            text,
+            unsubscribe_url: None,
+        }
+    }
+}
+
 /// What the channel said about one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendOutcome {
     Delivered,
+    /// Taken by a provider that reports the outcome later (an SMS receipt):
+    /// the record becomes `sent` with the provider's message id, and the
+    /// receipt makes it `delivered` or `failed`.
+    Accepted(String),
     /// A refusal that will not change by retrying (a bad address, a 4xx).
     Rejected(Code, String),
     /// Worth trying again later (timeout, 5xx, 429, a broken answer).
@@ -132,6 +196,8 @@ pub enum SendOutcome {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FinishReport {
     pub delivered: u64,
+    /// Accepted by a provider; the receipt decides.
+    pub sent: u64,
     pub failed: u64,
     /// Left for a later attempt.
     pub retrying: u64,
@@ -153,6 +219,9 @@ pub(crate) enum Scope {
     Sender(i64),
     /// A channel across the server (every class).
     Channel(Channel),
+    /// A workspace's own limit on one of its channels (every class; its
+    /// channel settings' `per_minute`).
+    WorkspaceChannel(i64, Channel),
 }
 
 impl Scope {
@@ -161,6 +230,7 @@ impl Scope {
             Scope::Workspace(id) => format!("workspace:{id}"),
             Scope::Sender(id) => format!("sender:{id}"),
             Scope::Channel(ch) => format!("channel:{}", ch.as_str()),
+            Scope::WorkspaceChannel(id, ch) => format!("workspace:{id}:{}", ch.as_str()),
         }
     }
 
@@ -172,6 +242,7 @@ impl Scope {
             Scope::Workspace(id) => format!(" AND NOT (priority = {broadcast} AND workspace_id = {id})"),
             Scope::Sender(id) => format!(" AND NOT (priority = {broadcast} AND member_id = {id})"),
             Scope::Channel(ch) => format!(" AND channel <> '{}'", ch.as_str()),
+            Scope::WorkspaceChannel(id, ch) => format!(" AND NOT (workspace_id = {id} AND channel = '{}')", ch.as_str()),
         }
     }
 }
@@ -188,6 +259,11 @@ fn scopes_of(
     let mut scopes = Vec::new();
     if let Some(rate) = policy.channel_per_minute.get(channel.as_str()) {
         scopes.push((Scope::Channel(channel), *rate));
+    }
+    if channel != Channel::Inbox {
+        if let Some(rate) = channel_settings(c, workspace_id, channel)?.and_then(|s| s.per_minute) {
+            scopes.push((Scope::WorkspaceChannel(workspace_id, channel), u64::from(rate)));
+        }
     }
     if priority == Priority::Broadcast {
         let level = c.query_one("SELECT speed_level FROM workspaces WHERE id = ?", params![workspace_id])?.opt_i64(0);
@@ -254,7 +330,7 @@ fn claim_sql(backend: Backend, channels: &[Channel], exclusions: &str) -> String
          WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND run_at <= ? AND (lease_until IS NULL OR lease_until < ?)
                       AND channel IN ({}){exclusions}
                       ORDER BY priority, run_at, id LIMIT 1 {lock})
-         RETURNING id, broadcast_id, batch_no, channel, created_at, priority, workspace_id, member_id, redrive, attempts",
+         RETURNING id, broadcast_id, batch_no, channel, created_at, priority, workspace_id, member_id, redrive, attempts, condition",
         names.join(", ")
     )
 }
@@ -309,10 +385,26 @@ fn deliver_inbox_batch(
     queued_at: i64,
     redrive: bool,
     now: i64,
-) -> Result<u64, StoreError> {
+) -> Result<(u64, u64), StoreError> {
     let b = cache.get(c, broadcast_id)?;
     let members = b.frozen.batch(batch_no);
-    let (Some(&lo), Some(&hi)) = (members.first(), members.last()) else { return Ok(0) };
+    let (Some(&lo), Some(&hi)) = (members.first(), members.last()) else { return Ok((0, 0)) };
+    // Contacts who refused the inbox get a `filtered` record instead; those
+    // that have no record yet are the ones this step filters.
+    let mut opted = channels::opted_out(c, b.workspace_id, Channel::Inbox, lo, hi)?;
+    opted.retain(|idx, _| members.binary_search(idx).is_ok());
+    let mut new_filtered = opted.len() as u64;
+    if !opted.is_empty() {
+        for r in c.query(
+            "SELECT contact_idx FROM deliveries WHERE broadcast_id = ? AND channel = 'inbox' AND contact_idx BETWEEN ? AND ?
+             AND state <> 'queued'",
+            params![broadcast_id, lo, hi],
+        )? {
+            if opted.contains_key(&(r.i64(0) as u32)) {
+                new_filtered -= 1;
+            }
+        }
+    }
     if redrive {
         // Failed records of this batch were set back to `queued` by a
         // re-drive; they are written again below, rendered like the rest.
@@ -345,7 +437,7 @@ fn deliver_inbox_batch(
         None => None,
     };
     let workspace_id = b.workspace_id;
-    c.bulk_insert(
+    let written = c.bulk_insert(
         "deliveries",
         &[
             "broadcast_id",
@@ -358,10 +450,11 @@ fn deliver_inbox_batch(
             "queued_at",
             "sent_at",
             "delivered_at",
+            "error_code",
         ],
         "ON CONFLICT DO NOTHING",
-        &mut members.iter().map(|idx| {
-            vec![
+        &mut members.iter().map(|idx| match opted.get(idx) {
+            None => vec![
                 Value::Int(broadcast_id),
                 Value::Text("inbox".into()),
                 Value::Int(i64::from(*idx)),
@@ -372,9 +465,24 @@ fn deliver_inbox_batch(
                 Value::Int(queued_at),
                 Value::Int(now),
                 Value::Int(now),
-            ]
+                Value::Null,
+            ],
+            Some(reason) => vec![
+                Value::Int(broadcast_id),
+                Value::Text("inbox".into()),
+                Value::Int(i64::from(*idx)),
+                Value::Int(workspace_id),
+                Value::Text("filtered".into()),
+                Value::Int(0),
+                Value::Null,
+                Value::Int(queued_at),
+                Value::Null,
+                Value::Null,
+                Value::Text(reason.code().as_str().into()),
+            ],
         }),
-    )
+    )?;
+    Ok((written - new_filtered.min(written), new_filtered.min(written)))
 }
 
 impl Store {
@@ -400,7 +508,7 @@ impl Store {
             let claim_sql = |exclusions: String| claim_sql(backend, &[Channel::Inbox], &exclusions);
             let mut sql = claim_sql(cache.exclusions(now));
             let mut report = StepReport::default();
-            let mut touched: Vec<(i64, u64, u64)> = Vec::new();
+            let mut touched: Vec<(i64, u64, u64, u64)> = Vec::new();
             while let Some(job) = c.query_opt(&sql, params![owner, now + LEASE_MS, now, now])? {
                 let (job_id, broadcast_id, batch_no, queued_at) = (job.i64(0), job.i64(1), job.i64(2), job.i64(4));
                 let priority = Priority::from_i64(job.i64(5));
@@ -415,7 +523,8 @@ impl Store {
                 if priority != Priority::Broadcast {
                     db.clear_urgent_queued();
                 }
-                let delivered = deliver_inbox_batch(c, cache, broadcast_id, batch_no as usize, queued_at, redrive, now)?;
+                let (delivered, filtered) =
+                    deliver_inbox_batch(c, cache, broadcast_id, batch_no as usize, queued_at, redrive, now)?;
                 c.execute(
                     "UPDATE jobs SET state = 'done', lease_until = NULL, throttled = 0 WHERE id = ?",
                     params![job_id],
@@ -432,8 +541,8 @@ impl Store {
                     latency_ms: now - queued_at,
                 });
                 match touched.iter_mut().find(|t| t.0 == broadcast_id) {
-                    Some(t) => (t.1, t.2) = (t.1 + delivered, t.2 + 1),
-                    None => touched.push((broadcast_id, delivered, 1)),
+                    Some(t) => (t.1, t.2, t.3) = (t.1 + delivered, t.2 + 1, t.3 + filtered),
+                    None => touched.push((broadcast_id, delivered, 1, filtered)),
                 }
                 if priority != Priority::Broadcast
                     || report.jobs as usize >= limits.max_jobs
@@ -447,10 +556,11 @@ impl Store {
             // steps of several nodes share; taking them late and in one order
             // keeps steps from deadlocking on each other.
             touched.sort_unstable();
-            for (broadcast_id, delivered, batches) in touched {
+            for (broadcast_id, delivered, batches, filtered) in touched {
                 c.execute(
-                    "UPDATE broadcasts SET n_delivered = n_delivered + ?, n_batches_done = n_batches_done + ? WHERE id = ?",
-                    params![delivered, batches, broadcast_id],
+                    "UPDATE broadcasts SET n_delivered = n_delivered + ?, n_batches_done = n_batches_done + ?, n_filtered = n_filtered + ?
+                     WHERE id = ?",
+                    params![delivered, batches, filtered, broadcast_id],
                 )?;
                 if complete_if_done(c, broadcast_id, now)? {
                     report.completed_broadcasts += 1;
@@ -505,6 +615,26 @@ impl Store {
                     c.execute("UPDATE jobs SET state = 'done', lease_until = NULL WHERE id = ?", params![job_id])?;
                     continue;
                 };
+                // A fallback step waits until the channel before it finished this batch.
+                let condition = job.opt_string(10).and_then(|s| {
+                    let (when, previous) = s.split_once(':')?;
+                    Some((when == "unread", Channel::parse(previous).ok()?))
+                });
+                if let Some((_, previous)) = condition {
+                    let busy = c
+                        .query_one(
+                            "SELECT COUNT(*) FROM jobs WHERE broadcast_id = ? AND batch_no = ? AND channel = ? AND state = 'ready'",
+                            params![broadcast_id, batch_no, previous.as_str()],
+                        )?
+                        .i64(0);
+                    if busy > 0 {
+                        c.execute(
+                            "UPDATE jobs SET lease_until = NULL, attempts = attempts - 1, run_at = ? WHERE id = ?",
+                            params![now + FALLBACK_RECHECK_MS, job_id],
+                        )?;
+                        continue;
+                    }
+                }
                 c.bulk_insert(
                     "deliveries",
                     &["broadcast_id", "channel", "contact_idx", "workspace_id", "state", "attempts", "queued_at"],
@@ -521,7 +651,7 @@ impl Store {
                         ]
                     }),
                 )?;
-                let pending: Vec<u32> = c
+                let mut pending: Vec<u32> = c
                     .query(
                         "SELECT contact_idx FROM deliveries WHERE broadcast_id = ? AND channel = ? AND contact_idx BETWEEN ? AND ?
                          AND state = 'queued' ORDER BY contact_idx",
@@ -530,6 +660,20 @@ impl Store {
                     .iter()
                     .map(|r| r.i64(0) as u32)
                     .collect();
+                let (skipped, filtered) = leave_out(
+                    c,
+                    policy,
+                    (broadcast_id, workspace_id, channel),
+                    (lo, hi),
+                    condition,
+                    &mut pending,
+                )?;
+                if skipped + filtered > 0 {
+                    c.execute(
+                        "UPDATE broadcasts SET n_skipped = n_skipped + ?, n_filtered = n_filtered + ? WHERE id = ?",
+                        params![skipped, filtered, broadcast_id],
+                    )?;
+                }
                 let column = match channel {
                     Channel::Email => "email",
                     Channel::Sms => "phone",
@@ -570,6 +714,7 @@ impl Store {
                             name: d.map(|d| d.0.clone()).unwrap_or_default(),
                             address: addresses.get(&idx).cloned(),
                             text,
+                            unsubscribe_url: None,
                         }
                     })
                     .collect();
@@ -584,6 +729,7 @@ impl Store {
                     queued_at,
                     lease_until: now + lease_ms,
                     content_json: b.content_json.clone(),
+                    settings: channel_settings(c, workspace_id, channel)?,
                     items,
                     lo,
                     hi,
@@ -613,6 +759,7 @@ impl Store {
     ) -> Result<FinishReport, StoreError> {
         self.db.write(|c| {
             let mut report = FinishReport::default();
+            let mut failures = Vec::new();
             let (id, ch) = (batch.broadcast_id, batch.channel.as_str());
             for (idx, outcome) in outcomes {
                 match outcome {
@@ -623,7 +770,19 @@ impl Store {
                             params![now, now, id, ch, *idx],
                         )?;
                     }
+                    SendOutcome::Accepted(provider_id) => {
+                        report.sent += c.execute(
+                            "UPDATE deliveries SET state = 'sent', attempts = attempts + 1, sent_at = ?, provider_id = ?, last_error = NULL
+                             WHERE broadcast_id = ? AND channel = ? AND contact_idx = ? AND state = 'queued'",
+                            params![now, clean(provider_id), id, ch, *idx],
+                        )?;
+                    }
                     SendOutcome::Rejected(code, error) => {
+                        failures.push(serde_json::json!({
+                            "contact_id": crate::contact_public_id(batch.workspace_id, *idx).to_string(),
+                            "code": code.as_str(),
+                            "error": clean(error),
+                        }));
                         report.failed += c.execute(
                             "UPDATE deliveries SET state = 'failed', attempts = attempts + 1, error_code = ?, last_error = ?
                              WHERE broadcast_id = ? AND channel = ? AND contact_idx = ? AND state = 'queued'",
@@ -672,15 +831,20 @@ impl Store {
                     c.execute("UPDATE jobs SET state = 'dead', lease_until = NULL WHERE id = ?", params![batch.job_id])?;
                     report.failed += dead;
                     (report.done, report.dead, batches_done) = (true, true, 1);
+                    failures.push(serde_json::json!({"dead_letter": true, "failed": dead, "code": Code::DeliveryFailed.as_str()}));
                     let details = serde_json::json!({"job": batch.job_id, "batch": batch.batch_no, "channel": ch, "failed": dead})
                         .to_string();
                     audit::append(c, batch.workspace_id, "engine", "delivery.dead_letter", &format!("broadcast:{id}"), &details, now)?;
                 }
             }
             c.execute(
-                "UPDATE broadcasts SET n_delivered = n_delivered + ?, n_failed = n_failed + ?, n_batches_done = n_batches_done + ? WHERE id = ?",
-                params![report.delivered, report.failed, batches_done, id],
+                "UPDATE broadcasts SET n_delivered = n_delivered + ?, n_sent = n_sent + ?, n_failed = n_failed + ?, n_batches_done = n_batches_done + ? WHERE id = ?",
+                params![report.delivered, report.sent, report.failed, batches_done, id],
             )?;
+            if !failures.is_empty() {
+                let data = serde_json::json!({"broadcast_id": id.to_string(), "channel": ch, "batch": batch.batch_no, "failures": failures});
+                crate::events::emit(c, batch.workspace_id, "delivery.failed", data, now)?;
+            }
             report.completed = batches_done > 0 && complete_if_done(c, id, now)?;
             Ok(report)
         })
@@ -826,6 +990,7 @@ impl Store {
             }
             let details = serde_json::json!({"batches_held": held}).to_string();
             audit::append(c, workspace_id, actor, "broadcast.paused", &format!("broadcast:{id}"), &details, now)?;
+            crate::events::broadcast_state(c, workspace_id, id, "paused", now)?;
             Ok(())
         })
     }
@@ -850,6 +1015,7 @@ impl Store {
             }
             let details = serde_json::json!({"batches_resumed": resumed}).to_string();
             audit::append(c, workspace_id, actor, "broadcast.resumed", &format!("broadcast:{id}"), &details, now)?;
+            crate::events::broadcast_state(c, workspace_id, id, "sending", now)?;
             // Paused after its last batch: nothing is left to send.
             complete_if_done(c, id, now)?;
             Ok(())
@@ -1008,4 +1174,91 @@ mod tests {
         let low = values.iter().filter(|v| **v < 0.5).count();
         assert!((400..600).contains(&low), "{low} of 1000 below 0.5");
     }
+}
+
+/// How long a fallback step waits before it looks again at a channel before
+/// it that has not finished the batch.
+const FALLBACK_RECHECK_MS: i64 = 30_000;
+
+/// Takes out of `pending` the recipients this batch must not send to, and
+/// gives their records a final state: `skipped` when a fallback step's
+/// condition does not hold for them, `filtered` with the reason when they
+/// refused the channel (opt-out) or it needs consent they did not give.
+/// Returns (skipped, filtered).
+fn leave_out(
+    c: &mut Conn,
+    policy: &DeliveryPolicy,
+    (broadcast_id, workspace_id, channel): (i64, i64, Channel),
+    (lo, hi): (u32, u32),
+    condition: Option<(bool, Channel)>,
+    pending: &mut Vec<u32>,
+) -> Result<(u64, u64), StoreError> {
+    let mut out: Vec<(u32, &'static str, Option<Code>)> = Vec::new();
+    if let Some((unread, previous)) = condition {
+        let sql = if unread {
+            // Send to those who have not read: skip the readers.
+            "SELECT contact_idx FROM deliveries WHERE broadcast_id = ? AND channel = ? AND contact_idx BETWEEN ? AND ? AND read_at IS NOT NULL"
+        } else {
+            // Send to those the channel before failed: skip everyone else.
+            "SELECT contact_idx FROM deliveries WHERE broadcast_id = ? AND channel = ? AND contact_idx BETWEEN ? AND ?
+             AND state IN ('failed', 'filtered')"
+        };
+        let hits: std::collections::HashSet<u32> =
+            c.query(sql, params![broadcast_id, previous.as_str(), lo, hi])?.iter().map(|r| r.i64(0) as u32).collect();
+        pending.retain(|idx| {
+            let send = hits.contains(idx) != unread;
+            if !send {
+                out.push((*idx, "skipped", None));
+            }
+            send
+        });
+    }
+    let opted = channels::opted_out(c, workspace_id, channel, lo, hi)?;
+    let consenting =
+        if policy.needs_opt_in(channel) { Some(channels::consenting(c, workspace_id, channel, lo, hi)?) } else { None };
+    pending.retain(|idx| {
+        let code = match (opted.get(idx), &consenting) {
+            (Some(reason), _) => Some(reason.code()),
+            (None, Some(yes)) if !yes.contains(idx) => Some(Code::ConsentMissing),
+            _ => None,
+        };
+        if code.is_some() {
+            out.push((*idx, "filtered", code));
+        }
+        code.is_none()
+    });
+    let (mut skipped, mut filtered) = (0, 0);
+    for (idx, state, code) in out {
+        let n = c.execute(
+            "UPDATE deliveries SET state = ?, error_code = ? WHERE broadcast_id = ? AND channel = ? AND contact_idx = ? AND state = 'queued'",
+            params![state, code.map(Code::as_str), broadcast_id, channel.as_str(), idx],
+        )?;
+        if state == "skipped" {
+            skipped += n;
+        } else {
+            filtered += n;
+        }
+    }
+    Ok((skipped, filtered))
+}
+
+/// The workspace's stored settings of a channel.
+///
+/// # Errors
+/// Database errors, or stored JSON that no longer parses.
+pub(crate) fn channel_settings(
+    c: &mut Conn,
+    workspace_id: i64,
+    channel: Channel,
+) -> Result<Option<std::sync::Arc<ChannelSettings>>, StoreError> {
+    let Some(row) = c.query_opt(
+        "SELECT settings FROM channel_settings WHERE workspace_id = ? AND channel = ?",
+        params![workspace_id, channel.as_str()],
+    )?
+    else {
+        return Ok(None);
+    };
+    ChannelSettings::from_stored(channel, row.str(0))
+        .map(|s| Some(std::sync::Arc::new(s)))
+        .map_err(|e| StoreError::Corrupt(format!("{} settings of workspace {workspace_id}: {e}", channel.as_str())))
 }

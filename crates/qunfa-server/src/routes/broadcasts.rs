@@ -34,8 +34,8 @@ use crate::{
 };
 
 pub fn broadcast_response(b: BroadcastRecord) -> BroadcastResponse {
-    let total = b.n_recipients * b.channels.len() as u64;
-    let finished = b.n_delivered + b.n_failed;
+    let total = b.n_recipients * (b.channels.len() + b.fallback.len()) as u64;
+    let finished = b.n_delivered + b.n_failed + b.n_filtered + b.n_skipped + b.n_sent;
     let audience = match audience_from_json(&b.audience_json) {
         Ok(AudienceSpec::All) => serde_json::json!({"all": true}),
         Ok(AudienceSpec::Contacts(ids)) => {
@@ -60,13 +60,25 @@ pub fn broadcast_response(b: BroadcastRecord) -> BroadcastResponse {
         counts: Counts {
             total,
             queued: total.saturating_sub(finished),
-            sent: finished,
+            sent: b.n_delivered + b.n_failed + b.n_sent,
             delivered: b.n_delivered,
             failed: b.n_failed,
             read: b.n_read,
             replied: b.n_replied,
             redriven: b.n_redriven,
+            filtered: b.n_filtered,
+            skipped: b.n_skipped,
+            awaiting_receipt: b.n_sent,
         },
+        fallback: b
+            .fallback
+            .iter()
+            .map(|f| FallbackWire {
+                channel: f.channel.as_str().into(),
+                when: f.when.as_str().into(),
+                after_seconds: f.after_seconds,
+            })
+            .collect(),
         created_at: ts(b.created_at),
         submitted_at: ts_opt(b.submitted_at),
         approved_by: b.approved_by.map(|m| m.to_string()),
@@ -219,6 +231,9 @@ pub async fn create_broadcast(
     if channels.is_empty() {
         return Err(ApiError::new(Code::InvalidChannel, "name at least one channel"));
     }
+    let steps: Vec<(String, String, u32)> =
+        req.fallback.unwrap_or_default().into_iter().map(|f| (f.channel, f.when, f.after_seconds)).collect();
+    let fallback = qunfa_core::broadcast::check_fallback(&channels, &steps).map_err(|(code, m)| ApiError::new(code, m))?;
     let priority = match req.priority.as_deref() {
         None => Priority::Broadcast,
         Some(p) => Priority::parse(p)
@@ -261,14 +276,23 @@ pub async fn create_broadcast(
             let audience_json = audience_to_json(&spec);
             let request_hash = hex::encode(sha2::Sha256::digest(
                 format!(
-                    "{content_json}\n{audience_json}\n{}\n{}\n{ttl_ms:?}",
+                    "{content_json}\n{audience_json}\n{}\n{}\n{ttl_ms:?}{}",
                     qunfa_store::json::channels_to_json(&channels),
-                    priority.as_str()
+                    priority.as_str(),
+                    if fallback.is_empty() { String::new() } else { qunfa_store::json::fallback_to_json(&fallback) }
                 )
                 .as_bytes(),
             ));
-            let new =
-                NewBroadcast { content_json, audience_json, channels, priority, client_msg_id, request_hash, ttl_ms };
+            let new = NewBroadcast {
+                content_json,
+                audience_json,
+                channels,
+                priority,
+                client_msg_id,
+                request_hash,
+                ttl_ms,
+                fallback,
+            };
             // Transactional and chat messages go ahead of a running broadcast.
             let _urgent = (priority != Priority::Broadcast).then(|| s.store.db.urgent());
             Ok(s.store.create_broadcast(ws, member, &new, &actor, now_millis())?)
@@ -369,6 +393,14 @@ pub fn evaluate(
     if already_counted {
         sends_today = sends_today.saturating_sub(1);
     }
+    // Every channel the broadcast may use (fallback included) must be set up.
+    let mut all_channels = b.channels.clone();
+    all_channels.extend(b.fallback.iter().map(|f| f.channel));
+    let mut available = vec![Channel::Inbox];
+    available.extend(s.store.list_channel_settings(b.workspace_id)?.into_iter().map(|c| c.channel));
+    if s.options.server_webhook {
+        available.push(Channel::Webhook);
+    }
     let proposal = SendProposal {
         kind,
         plan,
@@ -376,8 +408,8 @@ pub fn evaluate(
         unknown_variables,
         audience: shape,
         n_recipients: audience.cardinality(),
-        channels: &b.channels,
-        available_channels: &s.channels,
+        channels: &all_channels,
+        available_channels: &available,
         sends_today,
         now,
     };

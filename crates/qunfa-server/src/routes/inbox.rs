@@ -213,6 +213,46 @@ pub async fn reply_message(
     ))
 }
 
+/// Report a message (spam, fraud, harassment, illegal, other). Reports count
+/// against the sender; integrators get a `report.received` event.
+#[utoipa::path(post, path = "/v1/inbox/{message_id}/report", tag = "inbox", params(("message_id" = String, Path)), request_body = ReportRequest,
+    responses((status = 200, body = ReportResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn report_message(
+    State(state): State<AppState>,
+    auth: InboxAuth,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<ReportRequest>,
+) -> ApiResult<Json<ReportResponse>> {
+    let id = parse_id(&id)?;
+    let first_report = state
+        .blocking(move |s| {
+            let (ws, idx) = auth.recipient(&s.store)?;
+            Ok(s.store.report(ws, idx, id, &req.reason, now_millis())?)
+        })
+        .await?;
+    Ok(Json(ReportResponse { first_report }))
+}
+
+/// Stop mass messages on a channel (the recipient's own choice: only the
+/// recipient can undo it).
+#[utoipa::path(post, path = "/v1/inbox/unsubscribe", tag = "inbox", request_body = InboxUnsubscribeRequest,
+    responses((status = 200, body = UnsubscribeResponse), (status = 400, body = ErrorBody)))]
+pub async fn unsubscribe(
+    State(state): State<AppState>,
+    auth: InboxAuth,
+    ApiJson(req): ApiJson<InboxUnsubscribeRequest>,
+) -> ApiResult<Json<UnsubscribeResponse>> {
+    let channel = qunfa_core::contact::Channel::parse(&req.channel)
+        .map_err(|code| ApiError::new(code, format!("unknown channel {:?}", req.channel)))?;
+    let changed = state
+        .blocking(move |s| {
+            let (ws, idx) = auth.recipient(&s.store)?;
+            Ok(s.store.unsubscribe(ws, idx, channel, now_millis())?)
+        })
+        .await?;
+    Ok(Json(UnsubscribeResponse { channel: channel.as_str().into(), changed }))
+}
+
 /// Runs a short inbox read on one of the [`InboxReaders`] threads (SQLite), or
 /// on tokio's blocking pool (PostgreSQL, where a read mostly waits for the
 /// network and as many run at once as the connection pool allows).

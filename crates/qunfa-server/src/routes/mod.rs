@@ -2,6 +2,7 @@
 
 pub mod audiences;
 pub mod broadcasts;
+pub mod channels;
 pub mod contacts;
 pub mod inbox;
 pub mod ops;
@@ -74,6 +75,16 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(inbox::get_message))
         .routes(routes!(inbox::read_message))
         .routes(routes!(inbox::reply_message))
+        .routes(routes!(inbox::report_message))
+        .routes(routes!(inbox::unsubscribe))
+        .routes(routes!(channels::list_channels))
+        .routes(routes!(channels::get_channel, channels::put_channel, channels::delete_channel))
+        .routes(routes!(channels::bounce))
+        .routes(routes!(channels::receipts))
+        .routes(routes!(channels::create_event_endpoint, channels::list_event_endpoints))
+        .routes(routes!(channels::delete_event_endpoint))
+        .routes(routes!(channels::event_deliveries))
+        .routes(routes!(channels::redeliver_event))
         .routes(routes!(ops::audit_log))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::metrics))

@@ -1,7 +1,10 @@
 //! Black-box tests through the HTTP API. Every test runs on SQLite and on
 //! PostgreSQL, each with a fresh database and a server on port 0.
 
+mod channels;
 mod support;
+
+use channels::{channel_settings, consent_and_unsubscribe, event_webhooks, external_channels_end_to_end, fallback_order_checked};
 
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -36,6 +39,11 @@ both_backends!(
     delivery_controls,
     audience_expressions,
     segments_bulk_tagging_and_tag_report,
+    channel_settings,
+    consent_and_unsubscribe,
+    fallback_order_checked,
+    event_webhooks,
+    external_channels_end_to_end,
 );
 
 async fn first_mass_send_end_to_end(app: TestApp) {

@@ -40,27 +40,41 @@ pub async fn spawn_app_with(backend: Backend, webhook_secret: Option<&str>) -> T
     let store = tokio::task::spawn_blocking(move || Store::open(location, 4).expect("open store")).await.unwrap();
     let mut config =
         qunfa_engine::EngineConfig { poll_interval: std::time::Duration::from_millis(50), ..Default::default() };
-    let mut transports = qunfa_engine::Transports::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let s = store.clone();
+    let link_key = tokio::task::spawn_blocking(move || s.link_key().unwrap()).await.unwrap();
+    let public_url = format!("http://{addr}");
+    let mut transports = qunfa_engine::Transports::new().unwrap();
+    transports.links = Some(qunfa_engine::Links { public_url: public_url.clone(), key: link_key.clone() });
+    // Retries come fast in tests (50 ms, doubling to 200 ms, 4 attempts).
+    (config.delivery.retry_base_ms, config.delivery.retry_max_ms, config.delivery.max_attempts) = (50, 200, 4);
     if let Some(secret) = webhook_secret {
-        (config.delivery.retry_base_ms, config.delivery.retry_max_ms, config.delivery.max_attempts) = (50, 200, 4);
-        let webhook = qunfa_engine::WebhookConfig {
-            timeout: std::time::Duration::from_millis(300),
-            ..qunfa_engine::WebhookConfig::new(secret.as_bytes())
-        };
-        transports.webhook = Some(qunfa_engine::Webhook::new(webhook).unwrap());
+        let value = serde_json::json!({"secret": secret, "allow_private_networks": true, "timeout_ms": 300});
+        let settings = qunfa_core::channel::ChannelSettings::parse(
+            qunfa_core::contact::Channel::Webhook,
+            &value,
+            None,
+            &mut String::new,
+        )
+        .unwrap();
+        if let qunfa_core::channel::SettingsKind::Webhook(w) = settings.kind {
+            transports.default_webhook = Some(w);
+        }
     }
-    let mut channels = vec![qunfa_core::contact::Channel::Inbox];
-    channels.extend(transports.channels());
+    let options = qunfa_server::ServerOptions {
+        public_url,
+        link_key,
+        server_webhook: transports.default_webhook.is_some(),
+    };
     let engine = qunfa_engine::Engine::start_with(store.clone(), config, transports);
-    let state = qunfa_server::AppState::with_channels(
+    let state = qunfa_server::AppState::with_options(
         store.clone(),
         qunfa_core::Policy::builtin(),
         engine,
         qunfa_store::secret_hash(ADMIN_TOKEN),
-        channels,
+        options,
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     tokio::spawn(qunfa_server::serve(listener, state, std::future::pending()));
     TestApp { base: format!("http://{addr}"), http: reqwest::Client::new(), store, _db: db }
 }

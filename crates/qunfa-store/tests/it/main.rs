@@ -46,7 +46,12 @@ both_backends!(
     pause_holds_batches_until_resumed,
     retention_purges_content_and_keeps_records,
     external_batches_are_leased_and_taken_over,
+    fallback_and_consent,
+    workspace_channel_rate,
 );
+
+mod channels;
+use channels::{fallback_and_consent, workspace_channel_rate};
 
 struct Fixture {
     store: Store,
@@ -198,6 +203,7 @@ fn text_broadcast(text: &str, client_msg_id: Option<&str>) -> NewBroadcast {
         client_msg_id: client_msg_id.map(str::to_owned),
         request_hash: format!("hash-of-{text}"),
         ttl_ms: None,
+        fallback: Vec::new(),
     }
 }
 
