@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_audience;
+mod bench_channels;
 mod bench_priority;
 mod channels;
 mod client;
@@ -291,6 +292,11 @@ enum BenchCommand {
         #[arg(long, default_value_t = 200)]
         baseline: usize,
     },
+    /// Email and webhook broadcasts through the engine to loopback peers, against bare clients.
+    Channels {
+        #[arg(long, default_value_t = 20_000)]
+        recipients: usize,
+    },
     /// Inbox broadcast fan-out: accepted → all records durable, against the raw bulk insert.
     Fanout {
         #[arg(long, default_value_t = 100_000)]
@@ -383,6 +389,11 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             bench_priority::priority(config.database_url.as_deref(), recipients, runs.max(1), baseline.max(1))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench(BenchCommand::Channels { recipients }) => {
+            bench::check_url(config.database_url.as_deref())?;
+            bench_channels::channels(config.database_url.as_deref(), recipients)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCommand::Fanout { recipients, runs }) => {
             bench::check_url(config.database_url.as_deref())?;
             bench::fanout(config.database_url.as_deref(), recipients, runs.max(1))?;
@@ -417,6 +428,8 @@ fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
         },
     };
     let demo_keys = if demo { Some(demo::seed(&store, &policy)?) } else { None };
+    // The key of unsubscribe links and receipt URLs, shared by every node.
+    let link_key = store.link_key()?;
     let rt = runtime()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&config.listen)
@@ -426,7 +439,6 @@ fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
         let engine_config = qunfa_engine::EngineConfig { delivery: policy.delivery.clone(), ..Default::default() };
         let public_url =
             config.public_url.clone().unwrap_or_else(|| format!("http://{addr}")).trim_end_matches('/').to_owned();
-        let link_key = store.link_key()?;
         let mut transports = qunfa_engine::Transports::new().context("cannot build the channel clients")?;
         transports.links = Some(qunfa_engine::Links { public_url: public_url.clone(), key: link_key.clone() });
         if let Some(secret) = &webhook_secret {

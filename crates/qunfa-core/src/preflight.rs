@@ -370,7 +370,7 @@ mod tests {
                 "QF-TEMPLATE-UNKNOWN-VARIABLE",
                 "QF-LIMIT-API-BATCH",
                 "QF-AUDIENCE-EMPTY",
-                "QF-CHANNEL-UNAVAILABLE",
+                "QF-CHANNEL-NOT-CONFIGURED",
                 "QF-LIMIT-DAILY-SENDS"
             ]
         );

@@ -242,19 +242,36 @@ impl Pool {
             }
             Failure::Lost(why) => SendOutcome::Retry(clip(&format!("cannot connect to {server}: {why}"))),
         };
-        let wrapper = match self.settings.security {
-            SmtpSecurity::Tls => self.tls.clone(),
-            SmtpSecurity::None | SmtpSecurity::StartTls => None,
-        };
         let host = (self.settings.host.as_str(), self.settings.port);
-        let connecting = AsyncSmtpConnection::connect_tokio1(host, Some(t), &self.hello, wrapper, None);
-        let mut conn = bounded(t, connecting).await.map_err(refused)?;
+        let mut conn = match self.settings.security {
+            SmtpSecurity::Tls => {
+                let connecting =
+                    AsyncSmtpConnection::connect_tokio1(host, Some(t), &self.hello, self.tls.clone(), None);
+                bounded(t, connecting).await.map_err(refused)?
+            }
+            SmtpSecurity::None | SmtpSecurity::StartTls => {
+                // Our own socket, to turn Nagle's algorithm off: a command
+                // written while the previous reply's ACK is delayed would
+                // otherwise wait up to 40 ms.
+                let tcp = match tokio::time::timeout(t, tokio::net::TcpStream::connect(host)).await {
+                    Ok(Ok(tcp)) => tcp,
+                    Ok(Err(e)) => return Err(refused(Failure::Lost(e.to_string()))),
+                    Err(_) => return Err(refused(Failure::Lost(format!("no answer within {} ms", t.as_millis())))),
+                };
+                let _ = tcp.set_nodelay(true);
+                bounded(t, AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello))
+                    .await
+                    .map_err(refused)?
+            }
+        };
         if self.settings.security == SmtpSecurity::StartTls {
             if !conn.can_starttls() {
                 let why = format!("{server} does not offer STARTTLS, and security is starttls (no downgrade)");
                 return Err(SendOutcome::Rejected(Code::ChannelSettings, clip(&why)));
             }
-            let tls = self.tls.clone().expect("TLS parameters are made for starttls");
+            let Some(tls) = self.tls.clone() else {
+                return Err(SendOutcome::Rejected(Code::ChannelSettings, "no TLS parameters".into()));
+            };
             bounded(t, conn.starttls(tls, &self.hello)).await.map_err(refused)?;
         }
         // lettre keeps only the EHLO keywords it knows; ask again to learn
@@ -356,6 +373,36 @@ struct Prepared {
     from: Address,
     to: Address,
     bytes: Vec<u8>,
+    /// The bytes dot-stuffed and ended with `.` (none: not UTF-8).
+    payload: Option<Payload>,
+}
+
+/// A message as it goes after `DATA`: dot-stuffed (RFC 5321 §4.5.2), ended
+/// with the `.` line.
+struct Payload(String);
+
+impl Payload {
+    fn new(bytes: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut out = String::with_capacity(text.len() + 16);
+        for line in text.split_inclusive('\n') {
+            if line.starts_with('.') {
+                out.push('.');
+            }
+            out.push_str(line);
+        }
+        if !out.ends_with("\r\n") {
+            out.push_str("\r\n");
+        }
+        out.push_str(".\r\n");
+        Some(Self(out))
+    }
+}
+
+impl fmt::Display for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 impl Job<'_> {
@@ -492,7 +539,13 @@ impl Job<'_> {
             let usable = usable && !lost && !matches!(data, Ok(_)) && self.reset(c).await;
             return (Some(outcome), usable);
         }
-        match bounded(t, c.conn.message(&m.bytes)).await {
+        // The message and its final dot in one write (`message` writes them
+        // apart, and a lone small write may wait for a delayed ACK).
+        let sent = match &m.payload {
+            Some(payload) => bounded(t, c.conn.command(payload)).await,
+            None => bounded(t, c.conn.message(&m.bytes)).await,
+        };
+        match sent {
             Ok(_) => (Some(SendOutcome::Delivered), true),
             Err(f) => {
                 let (outcome, usable) = outcome_of(&f, Stage::Message, &server);
@@ -543,7 +596,8 @@ impl Job<'_> {
         let message = builder
             .multipart(MultiPart::alternative_plain_html(rendered.plain, rendered.html))
             .map_err(|e| SendOutcome::Rejected(Code::InvalidContent, clip(&format!("cannot build the email: {e}"))))?;
-        Ok(Prepared { from: from.email, to, bytes: message.formatted() })
+        let bytes = message.formatted();
+        Ok(Prepared { from: from.email, to, payload: Payload::new(&bytes), bytes })
     }
 }
 
@@ -789,6 +843,14 @@ mod tests {
 
     fn content(v: serde_json::Value) -> Value {
         v
+    }
+
+    #[test]
+    fn payloads_are_dot_stuffed_and_terminated() {
+        let p = |b: &[u8]| Payload::new(b).map(|p| p.0);
+        assert_eq!(p(b"a\r\n.b\r\n..\r\nc.\r\n").as_deref(), Some("a\r\n..b\r\n...\r\nc.\r\n.\r\n"));
+        assert_eq!(p(b".x").as_deref(), Some("..x\r\n.\r\n"));
+        assert_eq!(p(b"\xff"), None);
     }
 
     #[test]

@@ -12,20 +12,6 @@ use qunfa_store::{events::EventJob, now_millis, Store};
 
 use crate::{webhook, Engine, EngineConfig};
 
-/// (Until the webhook module's resolver is shared.) A URL whose host is a
-/// literal non-public address.
-pub fn literal_private_host(url: &str) -> Option<String> {
-    let host = reqwest::Url::parse(url).ok()?.host_str()?.trim_start_matches('[').trim_end_matches(']').to_owned();
-    if host.eq_ignore_ascii_case("localhost") {
-        return Some(format!("{host} is a loopback name"));
-    }
-    let ip: std::net::IpAddr = host.parse().ok()?;
-    webhook::non_public(ip).map(|why| format!("{ip} is {why}"))
-}
-
-fn event_client(_allow_private: bool, timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder().timeout(timeout).redirect(reqwest::redirect::Policy::none()).build()
-}
 
 /// Deliveries leased per round, and in flight at once.
 const EVENTS_PER_ROUND: usize = 64;
@@ -38,7 +24,7 @@ type Attempt = Result<u16, (Option<u16>, String, bool)>;
 
 async fn post(client: &reqwest::Client, job: &EventJob) -> Attempt {
     if !job.allow_private_networks {
-        if let Some(why) = literal_private_host(&job.url) {
+        if let Some(why) = webhook::literal_private_host(&job.url) {
             return Err((None, why, true));
         }
     }
@@ -81,8 +67,8 @@ async fn post(client: &reqwest::Client, job: &EventJob) -> Attempt {
 
 /// Leases, sends and records event deliveries until stopped.
 pub(crate) async fn run(engine: Engine, store: Store, config: EngineConfig) {
-    let strict = event_client(false, EVENT_TIMEOUT);
-    let permissive = event_client(true, EVENT_TIMEOUT);
+    let strict = webhook::checked_client(false, EVENT_TIMEOUT);
+    let permissive = webhook::checked_client(true, EVENT_TIMEOUT);
     let (Ok(strict), Ok(permissive)) = (strict, permissive) else {
         tracing::error!("cannot build the event webhook client; events stay queued");
         return;

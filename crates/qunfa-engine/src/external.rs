@@ -154,50 +154,67 @@ pub(crate) async fn run(engine: Engine, store: Store, config: EngineConfig, tran
             }
             continue;
         }
-        for mut batch in batches {
-            let started = std::time::Instant::now();
-            let outcomes = transports.send(&mut batch).await;
-            let (s, cfg, m) = (store.clone(), config.clone(), engine.metrics.clone());
-            let node = config.node.clone();
-            let recorded = tokio::task::spawn_blocking(move || {
-                let r = s.finish_external(&node, &batch, &outcomes, &cfg.delivery, now_millis());
-                if let Ok(report) = &r {
-                    let latency = now_millis() - batch.queued_at;
-                    m.record_batch(batch.priority, batch.channel, report.delivered, report.failed, latency);
-                    if report.done {
-                        m.jobs_done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if report.dead {
-                        m.dead_letters.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if report.completed {
-                        m.broadcasts_completed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    tracing::info!(
-                        broadcast = batch.broadcast_id,
-                        batch = batch.batch_no,
-                        channel = batch.channel.as_str(),
-                        class = batch.priority.as_str(),
-                        attempt = batch.attempt,
-                        delivered = report.delivered,
-                        failed = report.failed,
-                        retrying = report.retrying,
-                        lease_lost = report.lease_lost,
-                        took_ms = started.elapsed().as_millis() as u64,
-                        "external batch"
-                    );
-                }
-                r
-            })
-            .await;
-            match recorded {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => {
-                    engine.metrics.step_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%error, "recording an external batch failed; its lease runs out and it is sent again");
-                }
-                Err(_) => {}
+        // The claimed batches go out together (each sender bounds its own
+        // concurrency per batch and per host); each is recorded when its
+        // sends are done.
+        let rounds: Vec<_> = batches
+            .into_iter()
+            .map(|batch| send_and_record(&engine, &store, &config, &transports, batch))
+            .collect();
+        futures::future::join_all(rounds).await;
+    }
+}
+
+/// Sends one claimed batch and records its outcomes.
+async fn send_and_record(
+    engine: &Engine,
+    store: &Store,
+    config: &EngineConfig,
+    transports: &Transports,
+    mut batch: ExternalBatch,
+) {
+    let started = std::time::Instant::now();
+    let outcomes = transports.send(&mut batch).await;
+    let (s, cfg, m) = (store.clone(), config.clone(), engine.metrics.clone());
+    let node = config.node.clone();
+    let recorded = tokio::task::spawn_blocking(move || {
+        let r = s.finish_external(&node, &batch, &outcomes, &cfg.delivery, now_millis());
+        if let Ok(report) = &r {
+            let latency = now_millis() - batch.queued_at;
+            m.record_batch(batch.priority, batch.channel, report.delivered, report.failed, latency);
+            if report.done {
+                m.jobs_done.fetch_add(1, Ordering::Relaxed);
             }
+            if report.dead {
+                m.dead_letters.fetch_add(1, Ordering::Relaxed);
+            }
+            if report.completed {
+                m.broadcasts_completed.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::info!(
+                broadcast = batch.broadcast_id,
+                batch = batch.batch_no,
+                channel = batch.channel.as_str(),
+                class = batch.priority.as_str(),
+                attempt = batch.attempt,
+                delivered = report.delivered,
+                sent = report.sent,
+                failed = report.failed,
+                retrying = report.retrying,
+                lease_lost = report.lease_lost,
+                took_ms = started.elapsed().as_millis() as u64,
+                "external batch"
+            );
         }
+        r
+    })
+    .await;
+    match recorded {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            engine.metrics.step_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%error, "recording an external batch failed; its lease runs out and it is sent again");
+        }
+        Err(_) => {}
     }
 }

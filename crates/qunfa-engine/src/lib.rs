@@ -30,7 +30,7 @@ pub mod external;
 pub mod sms;
 pub mod webhook;
 pub mod wecom;
-pub use events::literal_private_host;
+pub use webhook::literal_private_host;
 pub use external::{Links, Transports};
 
 /// Upper bounds (milliseconds) of the delivery latency histogram's buckets.

@@ -93,29 +93,29 @@ impl WebhookSender {
 
     /// Sends every message of the batch; one outcome per message.
     pub async fn send(&self, batch: &ExternalBatch, settings: &WebhookSettings) -> Vec<(u32, SendOutcome)> {
+        // Parsed and written again once: the body carries it canonical.
         let content: serde_json::Value = serde_json::from_str(&batch.content_json).unwrap_or_default();
-        let content = &content;
-        let mut requests: Vec<Request<'_>> = Vec::new();
-        let mut to_endpoint: Vec<&Outgoing> = Vec::new();
+        let content = &content.to_string();
+        let mut requests: Vec<Request> = Vec::new();
+        let mut to_endpoint: Vec<usize> = Vec::new();
         let mut outcomes = Vec::with_capacity(batch.items.len());
-        for item in &batch.items {
+        for (at, item) in batch.items.iter().enumerate() {
             match (&item.address, &settings.endpoint) {
-                (Some(url), _) => requests.push(Request { url, items: vec![item] }),
-                (None, Some(_)) => to_endpoint.push(item),
+                (Some(_), _) => requests.push(Request { items: vec![at] }),
+                (None, Some(_)) => to_endpoint.push(at),
                 (None, None) => outcomes.push((
                     item.contact_idx,
                     SendOutcome::Rejected(Code::ChannelNoAddress, "the contact has no webhook address".into()),
                 )),
             }
         }
-        if let Some(endpoint) = &settings.endpoint {
-            for items in to_endpoint.chunks(settings.coalesce.max(1) as usize) {
-                requests.push(Request { url: endpoint, items: items.to_vec() });
-            }
+        for items in to_endpoint.chunks(settings.coalesce.max(1) as usize) {
+            requests.push(Request { items: items.to_vec() });
         }
-        // The futures are made first (not in a closure of the stream), which
-        // keeps the whole future `Send` for `tokio::spawn`.
-        let sends: Vec<_> = requests.into_iter().map(|r| self.deliver(batch, settings, content, r)).collect();
+        // Made lazily (a large batch would otherwise hold every request's
+        // future at once), by an iterator rather than a closure of the stream,
+        // which keeps the whole future `Send` for `tokio::spawn`.
+        let sends = requests.into_iter().map(|r| self.deliver(batch, settings, content, r));
         let mut sent = futures::stream::iter(sends).buffer_unordered(settings.concurrency.max(1) as usize);
         while let Some(done) = sent.next().await {
             outcomes.extend(done);
@@ -127,11 +127,15 @@ impl WebhookSender {
         &self,
         batch: &ExternalBatch,
         settings: &WebhookSettings,
-        content: &serde_json::Value,
-        request: Request<'_>,
+        content: &str,
+        request: Request,
     ) -> Vec<(u32, SendOutcome)> {
-        let outcome = self.post(batch, settings, content, &request).await;
-        request.items.iter().map(|i| (i.contact_idx, outcome.clone())).collect()
+        let items: Vec<&Outgoing> = request.items.iter().map(|&at| &batch.items[at]).collect();
+        let outcome = match items.first().and_then(|i| i.address.as_ref()).or(settings.endpoint.as_ref()) {
+            Some(url) => self.post(batch, settings, content, url, &items).await,
+            None => SendOutcome::Rejected(Code::ChannelNoAddress, "the contact has no webhook address".into()),
+        };
+        items.iter().map(|i| (i.contact_idx, outcome.clone())).collect()
     }
 
     /// One POST of one message, or of several (`{"messages": […]}`) to the
@@ -140,22 +144,15 @@ impl WebhookSender {
         &self,
         batch: &ExternalBatch,
         settings: &WebhookSettings,
-        content: &serde_json::Value,
-        request: &Request<'_>,
+        content: &str,
+        url: &str,
+        items: &[&Outgoing],
     ) -> SendOutcome {
-        let url = match Url::parse(request.url) {
+        let url = match Url::parse(url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => u,
-            Ok(_) => {
-                return SendOutcome::Rejected(
-                    Code::AddressInvalid,
-                    short(format!("not an http(s) URL: {}", request.url)),
-                )
-            }
+            Ok(_) => return SendOutcome::Rejected(Code::AddressInvalid, short(format!("not an http(s) URL: {url}"))),
             Err(e) => {
-                return SendOutcome::Rejected(
-                    Code::AddressInvalid,
-                    short(format!("not a valid URL ({e}): {}", request.url)),
-                )
+                return SendOutcome::Rejected(Code::AddressInvalid, short(format!("not a valid URL ({e}): {url}")))
             }
         };
         if !settings.allow_private_networks {
@@ -179,8 +176,8 @@ impl WebhookSender {
             Ok(admission) => admission,
             Err(refused) => return refused,
         };
-        let body = body(batch, content, &request.items);
-        let keys = request.items.iter().map(|i| i.idempotency_key.as_str()).collect::<Vec<_>>().join(",");
+        let body = body(batch, content, items);
+        let keys = items.iter().map(|i| i.idempotency_key.as_str()).collect::<Vec<_>>().join(",");
         // Signed now, not when the batch was claimed: the wait for the host
         // must not age the timestamp.
         let timestamp = now_millis() / 1000;
@@ -246,30 +243,45 @@ async fn clearance<T>(
 }
 
 /// The messages of one POST.
-struct Request<'a> {
-    url: &'a str,
-    items: Vec<&'a Outgoing>,
+///
+/// Positions in the batch's items, not references: a request type without a
+/// lifetime keeps the lazily made futures `Send` for `tokio::spawn`.
+struct Request {
+    /// Never empty; one item with its own address, or items for the endpoint.
+    items: Vec<usize>,
 }
 
 /// The JSON body of one POST: the message's object, or `{"messages": […]}`
-/// when several are coalesced.
-fn body(batch: &ExternalBatch, content: &serde_json::Value, items: &[&Outgoing]) -> String {
-    let message = |item: &Outgoing| {
-        serde_json::json!({
-            "id": item.idempotency_key,
-            "broadcast_id": batch.broadcast_id.to_string(),
-            "contact_id": ((batch.workspace_id << 32) | i64::from(item.contact_idx)).to_string(),
-            "external_id": item.external_id,
-            "name": item.name,
-            "priority": batch.priority.as_str(),
-            "content": content,
-            "text": item.text,
-        })
-    };
-    match items {
-        [one] => message(one).to_string(),
-        many => serde_json::json!({ "messages": many.iter().map(|i| message(i)).collect::<Vec<_>>() }).to_string(),
+/// when several are coalesced. Written directly (keys in the order
+/// `serde_json` sorts them), with the batch's content serialized once.
+fn body(batch: &ExternalBatch, content_json: &str, items: &[&Outgoing]) -> String {
+    use std::fmt::Write;
+    // Serializing a string or an optional string cannot fail.
+    let quoted = |v: &str| serde_json::to_string(v).unwrap_or_default();
+    let mut out = String::with_capacity(items.len() * (content_json.len() + 256) + 16);
+    if items.len() > 1 {
+        out.push_str(r#"{"messages":["#);
     }
+    for (n, item) in items.iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        let _ = write!(
+            out,
+            r#"{{"broadcast_id":"{}","contact_id":"{}","content":{content_json},"external_id":{},"id":{},"name":{},"priority":"{}","text":{}}}"#,
+            batch.broadcast_id,
+            (batch.workspace_id << 32) | i64::from(item.contact_idx),
+            quoted(&item.external_id),
+            quoted(&item.idempotency_key),
+            quoted(&item.name),
+            batch.priority.as_str(),
+            item.text.as_deref().map_or_else(|| "null".to_owned(), quoted),
+        );
+    }
+    if items.len() > 1 {
+        out.push_str("]}");
+    }
+    out
 }
 
 /// What a request says about its host's health.
@@ -302,20 +314,22 @@ async fn judge(response: reqwest::Response, timeout_ms: u64) -> (SendOutcome, Ve
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
-    let text = snippet(response, timeout_ms).await;
-    let why = |extra: &str| {
-        short(if text.is_empty() { format!("HTTP {status}{extra}") } else { format!("HTTP {status}{extra}: {text}") })
-    };
     match status {
+        // Retried: the status is the story (and the body is not waited for).
         429 => {
             let extra = retry_after.map(|d| format!(" (Retry-After {} s)", d.as_secs())).unwrap_or_default();
-            (SendOutcome::Retry(why(&extra)), Verdict::Down { retry_after })
+            (SendOutcome::Retry(format!("HTTP 429{extra}")), Verdict::Down { retry_after })
         }
-        408 => (SendOutcome::Retry(why("")), Verdict::Down { retry_after: None }),
+        408 => (SendOutcome::Retry("HTTP 408".into()), Verdict::Down { retry_after: None }),
         // Too Early: the host is fine, the message is worth sending again.
-        425 => (SendOutcome::Retry(why("")), Verdict::Up),
-        500.. => (SendOutcome::Retry(why("")), Verdict::Down { retry_after }),
-        _ => (SendOutcome::Rejected(Code::DeliveryRejected, why("")), Verdict::Up),
+        425 => (SendOutcome::Retry("HTTP 425".into()), Verdict::Up),
+        500.. => (SendOutcome::Retry(format!("HTTP {status}")), Verdict::Down { retry_after }),
+        // Refused for good: the receiver's reason is worth keeping.
+        _ => {
+            let text = snippet(response, timeout_ms).await;
+            let why = if text.is_empty() { format!("HTTP {status}") } else { format!("HTTP {status}: {text}") };
+            (SendOutcome::Rejected(Code::DeliveryRejected, short(why)), Verdict::Up)
+        }
     }
 }
 
@@ -600,6 +614,29 @@ fn literal_host_refusal(url: &Url) -> Option<String> {
 
 const SSRF_HINT: &str = " (not sent: allow_private_networks is off)";
 
+/// Why a URL (given as text) may not be sent to under SSRF protection: a
+/// literal non-public address or a `localhost` name; none: it may, or its
+/// name is checked when it is resolved ([`checked_client`]).
+pub fn literal_private_host(url: &str) -> Option<String> {
+    literal_host_refusal(&Url::parse(url).ok()?)
+}
+
+/// An HTTP client that follows no redirect, uses no proxy and — unless
+/// `allow_private` — refuses names that resolve to non-public addresses
+/// (the event webhooks use it; the webhook channel keeps its own pair).
+///
+/// # Errors
+/// When the client cannot be built (TLS roots).
+pub fn checked_client(allow_private: bool, timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(timeout)
+        .dns_resolver(Arc::new(CheckedResolver { public_only: !allow_private, static_hosts: Arc::default() }))
+        .user_agent(concat!("qunfa/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
 /// What kind of non-public address `ip` is; none: a public one.
 pub fn non_public(ip: IpAddr) -> Option<&'static str> {
     match ip {
@@ -779,6 +816,36 @@ mod tests {
         assert!(refused("http://api.localhost/").is_some());
         assert!(refused("https://hooks.example.com/").is_none());
         assert!(refused("https://8.8.8.8/").is_none());
+    }
+
+    #[test]
+    fn bodies_are_what_serde_json_writes() {
+        use qunfa_core::contact::Channel;
+        let content = r#"{"type":"text","text":"{{name}}，您好 \"x\"","z":[1,2.5,null],"a":{"b":true}}"#;
+        let mut items = vec![
+            Outgoing::new(42, Channel::Webhook, 7, None, Some("张三，您好 \"quoted\"\n\u{1}".into())),
+            Outgoing::new(42, Channel::Webhook, 8, None, None),
+        ];
+        items[0].name = "张\\三".into();
+        let batch = ExternalBatch::synthetic(42, 3, Channel::Webhook, content.into(), None, items.clone());
+        let parsed: serde_json::Value = serde_json::from_str(content).unwrap();
+        let expected = |item: &Outgoing| {
+            serde_json::json!({
+                "id": item.idempotency_key,
+                "broadcast_id": "42",
+                "contact_id": ((3_i64 << 32) | i64::from(item.contact_idx)).to_string(),
+                "external_id": item.external_id,
+                "name": item.name,
+                "priority": batch.priority.as_str(),
+                "content": parsed,
+                "text": item.text,
+            })
+        };
+        let content = parsed.to_string();
+        assert_eq!(body(&batch, &content, &[&items[0]]), expected(&items[0]).to_string());
+        assert_eq!(body(&batch, &content, &[&items[1]]), expected(&items[1]).to_string());
+        let both = serde_json::json!({ "messages": [expected(&items[0]), expected(&items[1])] });
+        assert_eq!(body(&batch, &content, &[&items[0], &items[1]]), both.to_string());
     }
 
     #[test]

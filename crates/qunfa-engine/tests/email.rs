@@ -73,7 +73,7 @@ async fn personal_messages_arrive_with_headers_and_both_bodies() {
         item(2, Some("li@example.com"), "李四", "李四，您好！\n本周六 <上午> 10 点开会 & 聚餐。\n\n请准时参加。"),
         item(3, Some("wang@example.com"), "", "Hello Wang"),
     ];
-    items[0].unsubscribe_url = Some("https://qunfa.example/u/1/1/email/tok1".into());
+    items[0].unsubscribe_url = Some("https://qunfa.example/u/1/1/email/AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0-P0BBQkNERUZHSElKS0xNTk9Q".into());
     items[1].unsubscribe_url = Some("https://qunfa.example/u/1/2/email/tok2".into());
     let b = text_batch(&s, items);
     let sender = EmailSender::new();
@@ -102,20 +102,20 @@ async fn personal_messages_arrive_with_headers_and_both_bodies() {
     assert_eq!(reply_to, Some("support@qunfa.example"));
     assert_eq!(mail.message_id(), Some("qf-7-1-email@qunfa.example"));
     assert_eq!(zhang.raw_header("X-Qunfa-Idempotency-Key").as_deref(), Some("qf-7-1-email"));
-    assert_eq!(zhang.raw_header("List-Unsubscribe").as_deref(), Some("<https://qunfa.example/u/1/1/email/tok1>"));
+    assert_eq!(zhang.raw_header("List-Unsubscribe").as_deref(), Some("<https://qunfa.example/u/1/1/email/AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0-P0BBQkNERUZHSElKS0xNTk9Q>"));
     assert_eq!(zhang.raw_header("List-Unsubscribe-Post").as_deref(), Some("List-Unsubscribe=One-Click"));
     let content_type = zhang.raw_header("Content-Type").unwrap_or_default();
     assert!(content_type.starts_with("multipart/alternative"), "{content_type}");
 
     let text = mail.body_text(0).expect("a text part").replace("\r\n", "\n");
     assert!(text.starts_with("张三，您好！\n本周六 <上午> 10 点开会 & 聚餐。\n\n请准时参加。"), "{text}");
-    assert!(text.contains("退订 / Unsubscribe: https://qunfa.example/u/1/1/email/tok1"), "{text}");
+    assert!(text.contains("退订 / Unsubscribe: https://qunfa.example/u/1/1/email/AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0-P0BBQkNERUZHSElKS0xNTk9Q"), "{text}");
     let html = mail.body_html(0).expect("an HTML part").replace("\r\n", "\n");
     assert!(
         html.contains("<p>张三，您好！<br>\n本周六 &lt;上午&gt; 10 点开会 &amp; 聚餐。</p>\n<p>请准时参加。</p>"),
         "{html}"
     );
-    assert!(html.contains("<a href=\"https://qunfa.example/u/1/1/email/tok1\">退订 / Unsubscribe</a>"), "{html}");
+    assert!(html.contains("<a href=\"https://qunfa.example/u/1/1/email/AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0-P0BBQkNERUZHSElKS0xNTk9Q\">退订 / Unsubscribe</a>"), "{html}");
 
     // Each recipient gets their own text and key; no unsubscribe link, no list headers.
     let li = received[0].parse();

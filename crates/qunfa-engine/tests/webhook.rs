@@ -160,12 +160,11 @@ async fn server_errors_are_retried_and_client_errors_rejected() {
     let paths = ["/500", "/503", "/404", "/410"];
     let outcomes =
         by_idx(sender.send(&batch(items(4, |i| Some(receiver.url(paths[i as usize])))), &settings(None)).await);
-    assert!(retry_text(&outcomes[&0]).starts_with("HTTP 500"), "{outcomes:?}");
-    assert!(retry_text(&outcomes[&1]).starts_with("HTTP 503"), "{outcomes:?}");
-    let (code, why) = rejected(&outcomes[&2]);
-    assert_eq!(code, Code::DeliveryRejected);
-    assert!(why.starts_with("HTTP 404"), "{why}");
-    assert!(rejected(&outcomes[&3]).1.starts_with("HTTP 410"));
+    assert_eq!(retry_text(&outcomes[&0]), "HTTP 500");
+    assert_eq!(retry_text(&outcomes[&1]), "HTTP 503");
+    // A refusal keeps the start of the receiver's answer.
+    assert_eq!(outcomes[&2], SendOutcome::Rejected(Code::DeliveryRejected, "HTTP 404: Not Found".into()));
+    assert_eq!(outcomes[&3], SendOutcome::Rejected(Code::DeliveryRejected, "HTTP 410: Gone".into()));
 
     // FailFirst: 500 twice, then 200.
     receiver.set_path_behaviour("/flaky", Behaviour::FailFirst(2));
@@ -173,6 +172,17 @@ async fn server_errors_are_retried_and_client_errors_rejected() {
     let outcomes = sender.send(&batch(items(4, |_| Some(receiver.url("/flaky")))), &one_at_a_time).await;
     let delivered = outcomes.iter().filter(|(_, o)| *o == SendOutcome::Delivered).count();
     assert_eq!(delivered, 2, "{outcomes:?}");
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_without_the_url() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let sender = WebhookSender::new().unwrap();
+    let url = format!("http://127.0.0.1:{port}/hook?token=s3cret");
+    let outcome = only_outcome(sender.send(&batch(items(1, |_| Some(url.clone()))), &settings(None)).await);
+    let why = retry_text(&outcome);
+    assert!(why.starts_with("could not connect: "), "{why}");
+    assert!(!why.contains("s3cret") && why.chars().count() <= 200, "{why}");
 }
 
 #[tokio::test]
@@ -464,42 +474,51 @@ async fn coalescing_sends_several_messages_per_signed_post() {
 }
 
 /// 20,000 messages to the loopback receiver, 64 in flight, against a bare
-/// reqwest loop posting the same bodies (no signing, breaker or checks).
+/// reqwest loop posting the same bodies (no signing, breaker or checks), in
+/// alternating rounds (the best of each is reported; the machine is shared).
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "benchmark: cargo test --release -p qunfa-engine --test webhook -- --ignored --nocapture"]
 async fn webhook_throughput() {
     const N: u32 = 20_000;
+    const ROUNDS: usize = 3;
     let receiver = HttpReceiver::start().await;
     let url = receiver.url("/bench");
     let sender = WebhookSender::new().unwrap();
     let fast = WebhookSettings { concurrency: 64, per_host_concurrency: 64, timeout_ms: 10_000, ..settings(None) };
     let b = batch(items(N, |_| Some(url.clone())));
 
-    // Warm-up (connections, allocator).
-    sender.send(&batch(items(500, |_| Some(url.clone()))), &fast).await;
-    receiver.clear();
-
-    let started = Instant::now();
-    let outcomes = sender.send(&b, &fast).await;
-    let sender_secs = started.elapsed().as_secs_f64();
-    assert!(outcomes.iter().all(|(_, o)| *o == SendOutcome::Delivered));
-    assert_eq!(receiver.count(), N as usize);
-    let bodies: Vec<Vec<u8>> = receiver.requests().into_iter().map(|r| r.body).collect();
-    receiver.clear();
-
+    // Warm-up (connections, allocator), and the bodies for the bare loop.
+    sender.send(&b, &fast).await;
+    let bodies: Arc<Vec<Vec<u8>>> = Arc::new(receiver.requests().into_iter().map(|r| r.body).collect());
+    assert_eq!(bodies.len(), N as usize);
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let bodies = Arc::new(bodies);
-    let started = Instant::now();
-    let posts = (0..bodies.len()).map(|i| {
-        let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
-        async move {
-            let r = client.post(url).header("Content-Type", "application/json").body(bodies[i].clone()).send().await;
-            r.map(|r| r.status().is_success()).unwrap_or(false)
-        }
-    });
-    let ok = futures::stream::iter(posts).buffer_unordered(64).filter(|ok| futures::future::ready(*ok)).count().await;
-    let bare_secs = started.elapsed().as_secs_f64();
-    assert_eq!(ok, N as usize);
+    let bare = || {
+        let posts = (0..bodies.len()).map(|i| {
+            let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
+            async move {
+                let r =
+                    client.post(url).header("Content-Type", "application/json").body(bodies[i].clone()).send().await;
+                r.map(|r| r.status().is_success()).unwrap_or(false)
+            }
+        });
+        futures::stream::iter(posts).buffer_unordered(64).filter(|ok| futures::future::ready(*ok)).count()
+    };
+    assert_eq!(bare().await, N as usize);
+
+    let (mut sender_secs, mut bare_secs) = (f64::MAX, f64::MAX);
+    for _ in 0..ROUNDS {
+        receiver.clear();
+        let started = Instant::now();
+        let outcomes = sender.send(&b, &fast).await;
+        sender_secs = sender_secs.min(started.elapsed().as_secs_f64());
+        assert!(outcomes.iter().all(|(_, o)| *o == SendOutcome::Delivered));
+        assert_eq!(receiver.count(), N as usize);
+
+        receiver.clear();
+        let started = Instant::now();
+        assert_eq!(bare().await, N as usize);
+        bare_secs = bare_secs.min(started.elapsed().as_secs_f64());
+    }
 
     let coalesced = WebhookSettings { coalesce: 10, endpoint: Some(url.clone()), ..fast.clone() };
     receiver.clear();

@@ -179,6 +179,7 @@ impl Store {
     ///
     /// # Errors
     /// Database errors.
+    #[allow(clippy::too_many_arguments)]
     pub fn create_event_endpoint(
         &self,
         workspace_id: i64,

@@ -612,6 +612,83 @@ mod tests {
         assert_eq!(path_argument("TO", "TO:"), None);
     }
 
+    /// A hand-written client: AUTH LOGIN, pipelined commands, dot-stuffed data,
+    /// RSET, a refused recipient, AUTH PLAIN with a challenge on a second connection.
+    #[tokio::test]
+    async fn speaks_smtp_to_a_plain_client() {
+        let sink = SmtpSink::start().await;
+        sink.require_auth("user", "pass");
+        sink.reject_rcpt("nobody@example.com", RcptRejection::UserUnknown);
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let stream = TcpStream::connect(sink.addr()).await.expect("connect");
+        let (read, mut write) = stream.into_split();
+        let mut read = BufReader::new(read);
+        let mut replies = Vec::new();
+        let mut send = async |lines: &[String], n: usize, replies: &mut Vec<String>| {
+            write.write_all(lines.concat().as_bytes()).await.expect("write");
+            for _ in 0..n {
+                let mut line = String::new();
+                read.read_line(&mut line).await.expect("read");
+                replies.push(line.trim_end().to_owned());
+            }
+        };
+        send(&[], 1, &mut replies).await;
+        send(&["EHLO me\r\n".into()], 7, &mut replies).await;
+        send(&["MAIL FROM:<a@example.com>\r\n".into()], 1, &mut replies).await;
+        send(&["AUTH LOGIN\r\n".into()], 1, &mut replies).await;
+        send(&[format!("{}\r\n", b64("user"))], 1, &mut replies).await;
+        send(&[format!("{}\r\n", b64("pass"))], 1, &mut replies).await;
+        let pipelined = [
+            "MAIL FROM:<a@example.com>\r\n",
+            "RCPT TO:<nobody@example.com>\r\n",
+            "RCPT TO:<b@example.com>\r\n",
+            "DATA\r\n",
+        ];
+        send(&pipelined.map(String::from), 4, &mut replies).await;
+        send(
+            &[
+                "Subject: s\r\n\r\n..dot\r\nline\r\n.\r\n".into(),
+                "RSET\r\n".into(),
+                "NOOP\r\n".into(),
+                "QUIT\r\n".into(),
+            ],
+            4,
+            &mut replies,
+        )
+        .await;
+        let codes: Vec<&str> = replies.iter().map(|r| &r[..3]).collect();
+        assert_eq!(
+            codes,
+            [
+                "220", "250", "250", "250", "250", "250", "250", "250", "530", "334", "334", "235", "250", "550",
+                "250", "354", "250", "250", "250", "221"
+            ],
+            "{replies:#?}"
+        );
+        let received = sink.wait_for(1, Duration::from_secs(5)).await;
+        assert_eq!(received[0].mail_from, "a@example.com");
+        assert_eq!(received[0].rcpt_to, ["b@example.com"]);
+        assert_eq!(received[0].data, b"Subject: s\r\n\r\n.dot\r\nline\r\n");
+        assert_eq!(received[0].auth, Some(Credentials { username: "user".into(), password: "pass".into() }));
+
+        let stream = TcpStream::connect(sink.addr()).await.expect("connect");
+        let (read, mut write) = stream.into_split();
+        let mut read = BufReader::new(read);
+        let mut line = String::new();
+        read.read_line(&mut line).await.expect("greeting");
+        write.write_all(b"HELO me\r\nAUTH PLAIN\r\n").await.expect("write");
+        for expected in ["250", "334"] {
+            line.clear();
+            read.read_line(&mut line).await.expect("read");
+            assert!(line.starts_with(expected), "{line}");
+        }
+        write.write_all(format!("{}\r\n", b64("\0user\0wrong")).as_bytes()).await.expect("write");
+        line.clear();
+        read.read_line(&mut line).await.expect("read");
+        assert!(line.starts_with("535"), "{line}");
+        assert_eq!(sink.auth_attempts().len(), 2);
+    }
+
     #[test]
     fn raw_headers_are_unfolded() {
         let r = Received {

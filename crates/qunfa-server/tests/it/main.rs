@@ -346,7 +346,7 @@ async fn personal_rules_all_at_once(app: TestApp) {
         err["error"]["details"].as_array().unwrap().iter().map(|v| v["code"].as_str().unwrap()).collect();
     assert_eq!(
         codes,
-        ["QF-CONTENT-TYPE-NOT-ALLOWED", "QF-AUDIENCE-COMBINATION", "QF-AUDIENCE-EMPTY", "QF-CHANNEL-UNAVAILABLE"]
+        ["QF-CONTENT-TYPE-NOT-ALLOWED", "QF-AUDIENCE-COMBINATION", "QF-AUDIENCE-EMPTY", "QF-CHANNEL-NOT-CONFIGURED"]
     );
     for v in err["error"]["details"].as_array().unwrap() {
         assert!(v["message_zh"].as_str().unwrap().chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c)), "{v}");
@@ -832,7 +832,7 @@ struct Receiver {
     fixed: bool,
 }
 
-const HOOK_SECRET: &str = "whsec_test";
+const HOOK_SECRET: &str = "whsec_test_0123456789";
 
 async fn hook(
     axum::extract::State(r): axum::extract::State<std::sync::Arc<std::sync::Mutex<Receiver>>>,
