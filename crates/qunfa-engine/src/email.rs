@@ -536,7 +536,7 @@ impl Job<'_> {
         if let Some((outcome, usable)) = refused {
             // A pipelined DATA that was taken although MAIL or RCPT failed
             // leaves the server waiting for a message: give up the connection.
-            let usable = usable && !lost && !matches!(data, Ok(_)) && self.reset(c).await;
+            let usable = usable && !lost && data.is_err() && self.reset(c).await;
             return (Some(outcome), usable);
         }
         // The message and its final dot in one write (`message` writes them

@@ -237,6 +237,10 @@ async fn clearance<T>(
         match check(host) {
             Ok(cleared) => return Ok(cleared),
             Err(Refusal::Probing) if tokio::time::timeout(wait, probe_done).await.is_ok() => continue,
+            Err(refusal @ Refusal::Open { until_unix_ms, .. }) => {
+                let reason = short(refusal.describe(&host.key));
+                return Err(SendOutcome::Deferred { until: until_unix_ms, reason });
+            }
             Err(refusal) => return Err(SendOutcome::Retry(short(refusal.describe(&host.key)))),
         }
     }

@@ -71,10 +71,17 @@ fn only_outcome(outcomes: Vec<(u32, SendOutcome)>) -> SendOutcome {
     outcomes.into_iter().next().unwrap().1
 }
 
+/// The reason of an outcome that leaves the message queued: a retry, or a
+/// deferral while the host's circuit is open (which uses no attempt).
 fn retry_text(outcome: &SendOutcome) -> &str {
     match outcome {
         SendOutcome::Retry(why) => why,
-        other => panic!("expected Retry, got {other:?}"),
+        SendOutcome::Deferred { reason, until } => {
+            assert!(reason.starts_with("circuit open"), "{reason}");
+            assert!(*until > qunfa_store::now_millis() - 5_000, "deferred until the cooldown ends: {until}");
+            reason
+        }
+        other => panic!("expected Retry or Deferred, got {other:?}"),
     }
 }
 
@@ -328,7 +335,7 @@ async fn the_per_host_queue_caps_requests_in_flight() {
     });
     assert_eq!(in_flight, 4, "at most per_host_concurrency requests at once");
     assert_eq!(outcomes.len(), 12);
-    assert!(outcomes.iter().all(|(_, o)| matches!(o, SendOutcome::Retry(_))));
+    assert!(outcomes.iter().all(|(_, o)| matches!(o, SendOutcome::Retry(_) | SendOutcome::Deferred { .. })));
 }
 
 #[tokio::test]
@@ -385,7 +392,7 @@ async fn after_the_cooldown_one_probe_decides() {
     tokio::time::sleep(Duration::from_millis(350)).await;
     let outcomes = send(20).await;
     assert_eq!(receiver.count(), opened_after + 1, "one probe");
-    assert!(outcomes.iter().all(|(_, o)| matches!(o, SendOutcome::Retry(_))));
+    assert!(outcomes.iter().all(|(_, o)| matches!(o, SendOutcome::Retry(_) | SendOutcome::Deferred { .. })));
     assert_eq!(outcomes.iter().filter(|(_, o)| retry_text(o).starts_with("circuit open")).count(), 19);
 
     // The failed probe doubled the cooldown (600 ms): still open after 350 ms.

@@ -190,7 +190,16 @@ pub enum SendOutcome {
     Rejected(Code, String),
     /// Worth trying again later (timeout, 5xx, 429, a broken answer).
     Retry(String),
+    /// Not tried: the receiver is known to be down (an open circuit breaker)
+    /// until `until` (Unix ms). Waiting for it does not use up an attempt —
+    /// an outage does not turn a broadcast into dead letters — for up to
+    /// [`MAX_DEFER_MS`] after the batch was queued.
+    Deferred { until: i64, reason: String },
 }
+
+/// How long after queuing a batch deferrals stop being free (then they count
+/// as attempts, so a receiver that never comes back still ends in dead letters).
+pub const MAX_DEFER_MS: i64 = 24 * 3_600_000;
 
 /// What [`Store::finish_external`] recorded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -208,6 +217,8 @@ pub struct FinishReport {
     pub completed: bool,
     /// Another node holds the job now (our lease ran out); only the outcomes were recorded.
     pub lease_lost: bool,
+    /// Put back until its receiver may be up again, without using an attempt.
+    pub deferred: bool,
 }
 
 /// A rate limit's scope.
@@ -789,6 +800,13 @@ impl Store {
                             params![code.as_str(), clean(error), id, ch, *idx],
                         )?;
                     }
+                    SendOutcome::Deferred { reason, .. } => {
+                        report.retrying += c.execute(
+                            "UPDATE deliveries SET last_error = ?
+                             WHERE broadcast_id = ? AND channel = ? AND contact_idx = ? AND state = 'queued'",
+                            params![clean(reason), id, ch, *idx],
+                        )?;
+                    }
                     SendOutcome::Retry(error) => {
                         report.retrying += c.execute(
                             "UPDATE deliveries SET attempts = attempts + 1, last_error = ?
@@ -809,9 +827,28 @@ impl Store {
                         params![id, ch, batch.lo, batch.hi],
                     )?
                     .i64(0);
+                let retried = outcomes.iter().any(|(_, o)| matches!(o, SendOutcome::Retry(_)));
+                let deferred_until = outcomes
+                    .iter()
+                    .filter_map(|(_, o)| match o {
+                        SendOutcome::Deferred { until, .. } => Some(*until),
+                        _ => None,
+                    })
+                    .max();
                 if left == 0 {
                     c.execute("UPDATE jobs SET state = 'done', lease_until = NULL, throttled = 0 WHERE id = ?", params![batch.job_id])?;
                     (report.done, batches_done) = (true, 1);
+                } else if let (false, Some(until), true) = (retried, deferred_until, now - batch.queued_at < MAX_DEFER_MS) {
+                    // Only deferred: back when the receiver may be up, the claim not counted.
+                    let last_error = outcomes.iter().find_map(|(_, o)| match o {
+                        SendOutcome::Deferred { reason, .. } => Some(clean(reason)),
+                        _ => None,
+                    });
+                    c.execute(
+                        "UPDATE jobs SET run_at = ?, lease_until = NULL, attempts = attempts - 1, last_error = ? WHERE id = ?",
+                        params![until.max(now + 100), last_error, batch.job_id],
+                    )?;
+                    report.deferred = true;
                 } else if batch.attempt < i64::from(policy.max_attempts) {
                     let delay = policy.retry_delay_ms(batch.attempt as u32, jitter(batch.job_id, now)) as i64;
                     let last_error = outcomes.iter().find_map(|(_, o)| match o {

@@ -633,7 +633,7 @@ mod tests {
             }
         };
         send(&[], 1, &mut replies).await;
-        send(&["EHLO me\r\n".into()], 7, &mut replies).await;
+        send(&["EHLO me\r\n".into()], 6, &mut replies).await;
         send(&["MAIL FROM:<a@example.com>\r\n".into()], 1, &mut replies).await;
         send(&["AUTH LOGIN\r\n".into()], 1, &mut replies).await;
         send(&[format!("{}\r\n", b64("user"))], 1, &mut replies).await;
@@ -660,8 +660,8 @@ mod tests {
         assert_eq!(
             codes,
             [
-                "220", "250", "250", "250", "250", "250", "250", "250", "530", "334", "334", "235", "250", "550",
-                "250", "354", "250", "250", "250", "221"
+                "220", "250", "250", "250", "250", "250", "250", "530", "334", "334", "235", "250", "550", "250",
+                "354", "250", "250", "250", "221"
             ],
             "{replies:#?}"
         );

@@ -147,4 +147,23 @@ pub fn workspace_channel_rate(f: Fixture) {
     assert!(later.is_empty(), "1,000 more need 30 s at 2,000/min");
     let later = f.store.claim_external("n", &[Channel::Webhook], &DispatchCache::default(), &policy, 8, 60_000, NOW + 31_000).unwrap();
     assert_eq!(later.len(), 1);
+    f.store.finish_external("n", &later[0], &send_all(&later[0], |_| SendOutcome::Delivered), &policy, NOW + 31_001).unwrap();
+
+    // The receiver is down (an open circuit): deferring, again and again,
+    // uses no attempt — an outage does not make dead letters.
+    let mut batch = first.into_iter().next().unwrap();
+    for round in 0..(policy.max_attempts as i64 + 3) {
+        let at = NOW + 40_000 + round * 120_000;
+        let until = at + 60_000;
+        let outcomes = send_all(&batch, |_| SendOutcome::Deferred { until, reason: "circuit open for host h".into() });
+        let r = f.store.finish_external("n", &batch, &outcomes, &policy, at).unwrap();
+        assert!(r.deferred && !r.dead && !r.done, "{r:?}");
+        assert!(f.store.claim_external("n", &[Channel::Webhook], &DispatchCache::default(), &policy, 8, 60_000, until - 1).unwrap().is_empty());
+        let again = f.store.claim_external("n", &[Channel::Webhook], &DispatchCache::default(), &policy, 8, 60_000, until).unwrap();
+        assert_eq!(again.len(), 1, "round {round}");
+        assert_eq!(again[0].attempt, 1, "no attempt used");
+        batch = again.into_iter().next().unwrap();
+    }
+    let r = f.store.finish_external("n", &batch, &send_all(&batch, |_| SendOutcome::Delivered), &policy, NOW + 2_000_000).unwrap();
+    assert_eq!((r.delivered, r.done, r.completed), (2000, true, true));
 }
