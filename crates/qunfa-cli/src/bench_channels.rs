@@ -44,8 +44,11 @@ fn contacts(n: usize) -> Vec<u8> {
 
 /// One broadcast on `channel` to every contact; seconds from dispatch to completion.
 async fn broadcast(store: &Store, workspace: i64, channel: Channel, n: usize) -> anyhow::Result<f64> {
-    let raw =
-        RawContent { content_type: "text".into(), text: Some("{{name}}，双十一大促：全场五折。".into()), ..Default::default() };
+    let raw = RawContent {
+        content_type: "text".into(),
+        text: Some("{{name}}，双十一大促：全场五折。".into()),
+        ..Default::default()
+    };
     let new = NewBroadcast {
         content_json: content_to_json(&raw),
         audience_json: r#"{"all":true}"#.into(),
@@ -139,7 +142,8 @@ async fn raw_http(url: &str, n: usize, concurrency: usize) -> anyhow::Result<f64
     let client = reqwest::Client::new();
     let t = Instant::now();
     let sends = (0..n).map(|i| {
-        let body = serde_json::json!({"id": format!("raw-{i}"), "text": format!("用户{i}，双十一大促：全场五折。")}).to_string();
+        let body = serde_json::json!({"id": format!("raw-{i}"), "text": format!("用户{i}，双十一大促：全场五折。")})
+            .to_string();
         let r = client.post(url).header("Content-Type", "application/json").body(body).send();
         async move { r.await.map(|r| r.status().is_success()) }
     });
@@ -154,7 +158,9 @@ pub fn channels(database_url: Option<&str>, n: usize) -> anyhow::Result<()> {
 }
 
 async fn run(database_url: Option<&str>, n: usize) -> anyhow::Result<()> {
-    println!("bench channels: {n}-recipient broadcasts through the engine to loopback peers (SMTP sink, HTTP receiver)");
+    println!(
+        "bench channels: {n}-recipient broadcasts through the engine to loopback peers (SMTP sink, HTTP receiver)"
+    );
     let url = database_url.map(str::to_owned);
     let bench = tokio::task::spawn_blocking(move || crate::bench::open(url.as_deref())).await??;
     let store = bench.store.clone();
@@ -212,6 +218,9 @@ async fn run(database_url: Option<&str>, n: usize) -> anyhow::Result<()> {
     );
     anyhow::ensure!(got == n && keys.len() == n, "the receiver got {got} requests, {} distinct", keys.len());
     engine.shutdown().await;
-    println!("  ({:?}; each message has one delivery record, claimed, sent and recorded by the engine)", store.backend());
+    println!(
+        "  ({:?}; each message has one delivery record, claimed, sent and recorded by the engine)",
+        store.backend()
+    );
     Ok(())
 }

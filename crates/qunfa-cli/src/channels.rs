@@ -128,7 +128,12 @@ pub async fn events(client: &Client, cmd: EventsCommand) -> anyhow::Result<ExitC
                 body["secret"] = json!(s);
             }
             let e = client.post("/v1/event-endpoints", body).await?;
-            println!("endpoint {} → {} ({})", e["id"].as_str().unwrap_or("?"), e["url"].as_str().unwrap_or("?"), e["events"]);
+            println!(
+                "endpoint {} → {} ({})",
+                e["id"].as_str().unwrap_or("?"),
+                e["url"].as_str().unwrap_or("?"),
+                e["events"]
+            );
             println!("signing secret (shown once): {}", e["secret"].as_str().unwrap_or("?"));
         }
         EventsCommand::List => {
@@ -163,7 +168,12 @@ pub async fn events(client: &Client, cmd: EventsCommand) -> anyhow::Result<ExitC
 }
 
 /// `qunfa bounce`: record a bounce by Message-ID.
-pub async fn bounce(client: &Client, message_id: String, hard: bool, diagnostic: Option<String>) -> anyhow::Result<ExitCode> {
+pub async fn bounce(
+    client: &Client,
+    message_id: String,
+    hard: bool,
+    diagnostic: Option<String>,
+) -> anyhow::Result<ExitCode> {
     let body = json!({"message_id": message_id, "type": if hard { "hard" } else { "soft" }, "diagnostic": diagnostic});
     let r = client.post("/v1/bounces", body).await?;
     println!(
@@ -181,7 +191,8 @@ mod tests {
 
     #[test]
     fn pairs_are_json_when_they_parse() {
-        let v = settings(None, &["port=2525".into(), "host=smtp.example.com".into(), "from=店铺 <a@b.co>".into()]).unwrap();
+        let v =
+            settings(None, &["port=2525".into(), "host=smtp.example.com".into(), "from=店铺 <a@b.co>".into()]).unwrap();
         assert_eq!(v["port"], 2525);
         assert_eq!(v["host"], "smtp.example.com");
         assert_eq!(v["from"], "店铺 <a@b.co>");

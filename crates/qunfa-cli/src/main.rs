@@ -75,7 +75,7 @@ enum Command {
     #[command(subcommand)]
     Contacts(ContactsCommand),
     /// Compose and send a broadcast (or only preflight it with --dry-run).
-    Send(SendArgs),
+    Send(Box<SendArgs>),
     /// Explain a broadcast: its state, counts and every verdict.
     Explain { broadcast_id: String },
     /// Control a broadcast in flight.
@@ -356,7 +356,7 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Contacts(ContactsCommand::Import { file, partial, format, chunk }) => {
             import(&config, &file, partial, format.as_deref(), chunk)
         }
-        Command::Send(args) => runtime()?.block_on(send(&config, args)),
+        Command::Send(args) => runtime()?.block_on(send(&config, *args)),
         Command::Explain { broadcast_id } => runtime()?.block_on(explain(&config, &broadcast_id)),
         Command::Broadcast(cmd) => runtime()?.block_on(broadcast_control(&config, cmd)),
         Command::Speed { level } => runtime()?.block_on(speed(&config, level)),
@@ -457,11 +457,8 @@ fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
                 transports.default_webhook = Some(w);
             }
         }
-        let options = qunfa_server::ServerOptions {
-            public_url,
-            link_key,
-            server_webhook: transports.default_webhook.is_some(),
-        };
+        let options =
+            qunfa_server::ServerOptions { public_url, link_key, server_webhook: transports.default_webhook.is_some() };
         let engine = qunfa_engine::Engine::start_with(store.clone(), engine_config, transports);
         // Audience indexes are built in the background; a query that comes
         // first builds its workspace's index itself.

@@ -651,7 +651,11 @@ fn sqlite_webhook_survives_sigkill() {
     let (hook_url, seen) = start_receiver();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("policy.toml"), format!("{POLICY}external_lease_seconds = 2\n")).unwrap();
-    std::fs::write(dir.path().join("qunfa.toml"), "webhook_secret = \"whsec_crash_0123456789\"\nwebhook_allow_private_networks = true\n").unwrap();
+    std::fs::write(
+        dir.path().join("qunfa.toml"),
+        "webhook_secret = \"whsec_crash_0123456789\"\nwebhook_allow_private_networks = true\n",
+    )
+    .unwrap();
     let mut node = Node::new("hook", dir.path(), &[]);
     let location = DbLocation::Sqlite(dir.path().join("data-hook/qunfa.db"));
     node.start();

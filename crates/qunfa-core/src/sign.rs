@@ -41,6 +41,29 @@ pub fn verify(secret: &[u8], timestamp: i64, body: &[u8], header: &str) -> bool 
     expected.len() == header.len() && expected.bytes().zip(header.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
+/// A token that proves a link was made by this server for `purpose` (e.g.
+/// `unsubscribe:7:42:email`): 128 bits of HMAC-SHA256 under the server's link
+/// key, in hex. Links carry it so they work without login and cannot be forged.
+pub fn link_token(key: &[u8], purpose: &str) -> String {
+    hex::encode(&hmac_sha256(key, purpose.as_bytes())[..16])
+}
+
+/// Checks a link token in constant time.
+pub fn verify_link_token(key: &[u8], purpose: &str, token: &str) -> bool {
+    let expected = link_token(key, purpose);
+    expected.len() == token.len() && expected.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+/// What an unsubscribe link of a contact on a channel proves.
+pub fn unsubscribe_purpose(workspace_id: i64, contact_idx: u32, channel: &str) -> String {
+    format!("unsubscribe:{workspace_id}:{contact_idx}:{channel}")
+}
+
+/// What the SMS receipt callback URL of a workspace proves.
+pub fn receipts_purpose(workspace_id: i64, channel: &str) -> String {
+    format!("receipts:{workspace_id}:{channel}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,27 +94,16 @@ mod tests {
         assert!(!verify(b"other", 1_795_000_000, br#"{"a":1}"#, &sig));
         assert!(!verify(b"s3cret", 1_795_000_000, br#"{"a":2}"#, &sig));
     }
-}
 
-/// A token that proves a link was made by this server for `purpose` (e.g.
-/// `unsubscribe:7:42:email`): 128 bits of HMAC-SHA256 under the server's link
-/// key, in hex. Links carry it so they work without login and cannot be forged.
-pub fn link_token(key: &[u8], purpose: &str) -> String {
-    hex::encode(&hmac_sha256(key, purpose.as_bytes())[..16])
-}
-
-/// Checks a link token in constant time.
-pub fn verify_link_token(key: &[u8], purpose: &str, token: &str) -> bool {
-    let expected = link_token(key, purpose);
-    expected.len() == token.len() && expected.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-}
-
-/// What an unsubscribe link of a contact on a channel proves.
-pub fn unsubscribe_purpose(workspace_id: i64, contact_idx: u32, channel: &str) -> String {
-    format!("unsubscribe:{workspace_id}:{contact_idx}:{channel}")
-}
-
-/// What the SMS receipt callback URL of a workspace proves.
-pub fn receipts_purpose(workspace_id: i64, channel: &str) -> String {
-    format!("receipts:{workspace_id}:{channel}")
+    #[test]
+    fn link_tokens_bind_their_purpose() {
+        let key = b"link-key";
+        let t = link_token(key, &unsubscribe_purpose(7, 42, "email"));
+        assert_eq!(t.len(), 32);
+        assert!(verify_link_token(key, &unsubscribe_purpose(7, 42, "email"), &t));
+        assert!(!verify_link_token(key, &unsubscribe_purpose(7, 43, "email"), &t));
+        assert!(!verify_link_token(key, &unsubscribe_purpose(7, 42, "sms"), &t));
+        assert!(!verify_link_token(b"other-key", &unsubscribe_purpose(7, 42, "email"), &t));
+        assert!(!verify_link_token(key, &receipts_purpose(7, "sms"), &t));
+    }
 }

@@ -12,7 +12,6 @@ use qunfa_store::{events::EventJob, now_millis, Store};
 
 use crate::{webhook, Engine, EngineConfig};
 
-
 /// Deliveries leased per round, and in flight at once.
 const EVENTS_PER_ROUND: usize = 64;
 /// How long a node keeps a leased event delivery.
@@ -100,7 +99,8 @@ pub(crate) async fn run(engine: Engine, store: Store, config: EngineConfig) {
                 async move { (job.delivery.id, post(client, job).await) }
             })
             .collect();
-        let outcomes: Vec<(i64, Attempt)> = futures::stream::iter(sends).buffer_unordered(EVENTS_PER_ROUND).collect().await;
+        let outcomes: Vec<(i64, Attempt)> =
+            futures::stream::iter(sends).buffer_unordered(EVENTS_PER_ROUND).collect().await;
         let (s, policy) = (store.clone(), config.delivery.clone());
         let recorded = tokio::task::spawn_blocking(move || {
             for (id, outcome) in outcomes {

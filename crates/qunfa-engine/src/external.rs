@@ -157,10 +157,8 @@ pub(crate) async fn run(engine: Engine, store: Store, config: EngineConfig, tran
         // The claimed batches go out together (each sender bounds its own
         // concurrency per batch and per host); each is recorded when its
         // sends are done.
-        let rounds: Vec<_> = batches
-            .into_iter()
-            .map(|batch| send_and_record(&engine, &store, &config, &transports, batch))
-            .collect();
+        let rounds: Vec<_> =
+            batches.into_iter().map(|batch| send_and_record(&engine, &store, &config, &transports, batch)).collect();
         futures::future::join_all(rounds).await;
     }
 }

@@ -30,8 +30,8 @@ pub mod external;
 pub mod sms;
 pub mod webhook;
 pub mod wecom;
-pub use webhook::literal_private_host;
 pub use external::{Links, Transports};
+pub use webhook::literal_private_host;
 
 /// Upper bounds (milliseconds) of the delivery latency histogram's buckets.
 pub const LATENCY_BUCKETS_MS: [u64; 14] =

@@ -367,6 +367,9 @@ impl Store {
     }
 }
 
+/// Why a recipient reports a message.
+pub const REPORT_REASONS: [&str; 5] = ["spam", "fraud", "harassment", "illegal", "other"];
+
 #[cfg(test)]
 mod tests {
     //! The token path of the inbox against the plain one, on both backends.
@@ -491,6 +494,3 @@ mod tests {
         assert!(store.inbox_of_token(&other, None, 100).unwrap().is_some());
     }
 }
-
-/// Why a recipient reports a message.
-pub const REPORT_REASONS: [&str; 5] = ["spam", "fraud", "harassment", "illegal", "other"];

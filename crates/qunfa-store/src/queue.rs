@@ -194,7 +194,10 @@ pub enum SendOutcome {
     /// until `until` (Unix ms). Waiting for it does not use up an attempt —
     /// an outage does not turn a broadcast into dead letters — for up to
     /// [`MAX_DEFER_MS`] after the batch was queued.
-    Deferred { until: i64, reason: String },
+    Deferred {
+        until: i64,
+        reason: String,
+    },
 }
 
 /// How long after queuing a batch deferrals stop being free (then they count
@@ -253,7 +256,9 @@ impl Scope {
             Scope::Workspace(id) => format!(" AND NOT (priority = {broadcast} AND workspace_id = {id})"),
             Scope::Sender(id) => format!(" AND NOT (priority = {broadcast} AND member_id = {id})"),
             Scope::Channel(ch) => format!(" AND channel <> '{}'", ch.as_str()),
-            Scope::WorkspaceChannel(id, ch) => format!(" AND NOT (workspace_id = {id} AND channel = '{}')", ch.as_str()),
+            Scope::WorkspaceChannel(id, ch) => {
+                format!(" AND NOT (workspace_id = {id} AND channel = '{}')", ch.as_str())
+            }
         }
     }
 }
@@ -1200,19 +1205,6 @@ fn state_conflict(c: &mut Conn, workspace_id: i64, id: i64, what: &str) -> Resul
     Ok(StoreError::rejected(Code::Conflict, format!("{what}; it is {}", r.str(0))))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jitter_is_spread_over_the_unit_interval() {
-        let values: Vec<f64> = (0..1000).map(|i| jitter(i, 1_700_000_000_000)).collect();
-        assert!(values.iter().all(|v| (0.0..1.0).contains(v)));
-        let low = values.iter().filter(|v| **v < 0.5).count();
-        assert!((400..600).contains(&low), "{low} of 1000 below 0.5");
-    }
-}
-
 /// How long a fallback step waits before it looks again at a channel before
 /// it that has not finished the batch.
 const FALLBACK_RECHECK_MS: i64 = 30_000;
@@ -1298,4 +1290,17 @@ pub(crate) fn channel_settings(
     ChannelSettings::from_stored(channel, row.str(0))
         .map(|s| Some(std::sync::Arc::new(s)))
         .map_err(|e| StoreError::Corrupt(format!("{} settings of workspace {workspace_id}: {e}", channel.as_str())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_is_spread_over_the_unit_interval() {
+        let values: Vec<f64> = (0..1000).map(|i| jitter(i, 1_700_000_000_000)).collect();
+        assert!(values.iter().all(|v| (0.0..1.0).contains(v)));
+        let low = values.iter().filter(|v| **v < 0.5).count();
+        assert!((400..600).contains(&low), "{low} of 1000 below 0.5");
+    }
 }

@@ -233,7 +233,8 @@ pub async fn create_broadcast(
     }
     let steps: Vec<(String, String, u32)> =
         req.fallback.unwrap_or_default().into_iter().map(|f| (f.channel, f.when, f.after_seconds)).collect();
-    let fallback = qunfa_core::broadcast::check_fallback(&channels, &steps).map_err(|(code, m)| ApiError::new(code, m))?;
+    let fallback =
+        qunfa_core::broadcast::check_fallback(&channels, &steps).map_err(|(code, m)| ApiError::new(code, m))?;
     let priority = match req.priority.as_deref() {
         None => Priority::Broadcast,
         Some(p) => Priority::parse(p)

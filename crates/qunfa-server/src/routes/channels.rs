@@ -177,7 +177,8 @@ pub async fn bounce(
     let (broadcast_id, email) = match (&req.message_id, &req.broadcast_id, &req.email) {
         (Some(_), None, None) => (None, None),
         (None, Some(b), Some(e)) => {
-            let email = EmailAddress::parse(e).map_err(|code| ApiError::new(code, format!("{e:?} is not an email address")))?;
+            let email =
+                EmailAddress::parse(e).map_err(|code| ApiError::new(code, format!("{e:?} is not an email address")))?;
             (Some(parse_id(b)?), Some(email.into_string()))
         }
         _ => return Err(ApiError::new(Code::BadRequest, "give message_id, or broadcast_id and email")),
@@ -223,7 +224,12 @@ pub async fn receipts(
         let delivered = match r.status.as_str() {
             "DELIVERED" | "delivered" | "SUCCESS" => true,
             "FAILED" | "failed" | "UNDELIVERED" | "REJECTED" => false,
-            other => return Err(ApiError::new(Code::BadRequest, format!("status must be DELIVERED or FAILED, not {other:?}"))),
+            other => {
+                return Err(ApiError::new(
+                    Code::BadRequest,
+                    format!("status must be DELIVERED or FAILED, not {other:?}"),
+                ))
+            }
         };
         receipts.push(Receipt { provider_id: r.message_id, delivered, error: r.err_code });
     }
@@ -232,7 +238,13 @@ pub async fn receipts(
 }
 
 /// The parts of an unsubscribe link, checked.
-fn unsubscribe_target(state: &AppState, ws: &str, idx: &str, channel: &str, token: &str) -> Option<(i64, u32, Channel)> {
+fn unsubscribe_target(
+    state: &AppState,
+    ws: &str,
+    idx: &str,
+    channel: &str,
+    token: &str,
+) -> Option<(i64, u32, Channel)> {
     let ws = ws.parse::<i64>().ok()?;
     let idx = idx.parse::<u32>().ok()?;
     let channel = Channel::parse(channel).ok()?;
@@ -368,7 +380,10 @@ pub async fn create_event_endpoint(
 
 /// The workspace's event endpoints.
 #[utoipa::path(get, path = "/v1/event-endpoints", tag = "events", responses((status = 200, body = Vec<EventEndpointWire>)))]
-pub async fn list_event_endpoints(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<Vec<EventEndpointWire>>> {
+pub async fn list_event_endpoints(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> ApiResult<Json<Vec<EventEndpointWire>>> {
     auth.require(Action::Read)?;
     let ws = auth.workspace_id();
     let list = state.blocking(move |s| Ok(s.store.event_endpoints(ws)?)).await?;

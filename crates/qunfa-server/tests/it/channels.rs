@@ -89,7 +89,9 @@ pub async fn channel_settings(app: TestApp) {
     let pf = app.post(&format!("/v1/broadcasts/{id}/preflight"), &key, json!({})).await.expect(200);
     assert_eq!(pf["ok"], false);
     assert!(pf["verdicts"].as_array().unwrap().iter().any(|v| v["code"] == "QF-CHANNEL-NOT-CONFIGURED"), "{pf}");
-    app.post(&format!("/v1/broadcasts/{id}/send"), &key, json!({})).await.expect_error(422, "QF-CHANNEL-NOT-CONFIGURED");
+    app.post(&format!("/v1/broadcasts/{id}/send"), &key, json!({}))
+        .await
+        .expect_error(422, "QF-CHANNEL-NOT-CONFIGURED");
 
     // Stored, masked, the password kept when left out.
     let got = put(&app, "/v1/channels/email", &key, smtp.clone()).await.expect(200);
@@ -105,7 +107,8 @@ pub async fn channel_settings(app: TestApp) {
     let text = serde_json::to_string(&app.get("/v1/channels", &key).await.expect(200)).unwrap();
     assert!(!text.contains("s3cret"), "no secret in any answer: {text}");
     // A webhook without a secret gets one, shown once.
-    let w = put(&app, "/v1/channels/webhook", &key, json!({"endpoint": "https://hooks.example.com/in"})).await.expect(200);
+    let w =
+        put(&app, "/v1/channels/webhook", &key, json!({"endpoint": "https://hooks.example.com/in"})).await.expect(200);
     let secret = w["generated_secret"].as_str().unwrap();
     assert!(secret.starts_with("whsec_") && secret.len() > 16);
     assert_eq!(w["settings"]["secret"], "********");
@@ -144,7 +147,11 @@ pub async fn consent_and_unsubscribe(app: TestApp) {
     app.post(&format!("/v1/broadcasts/{b}/send"), &key, json!({})).await.expect(202);
     let done = app.wait_completed(&key, &b).await;
     let c = &done["counts"];
-    assert_eq!((c["delivered"].as_u64(), c["filtered"].as_u64(), c["queued"].as_u64()), (Some(2), Some(1), Some(0)), "{done}");
+    assert_eq!(
+        (c["delivered"].as_u64(), c["filtered"].as_u64(), c["queued"].as_u64()),
+        (Some(2), Some(1), Some(0)),
+        "{done}"
+    );
     let log = app.get(&format!("/v1/broadcasts/{b}/deliveries?limit=10"), &key).await.expect(200);
     let filtered: Vec<&Value> = log["items"].as_array().unwrap().iter().filter(|d| d["state"] == "filtered").collect();
     assert_eq!(filtered.len(), 1);
@@ -195,7 +202,11 @@ pub async fn consent_and_unsubscribe(app: TestApp) {
     let b2 = app.draft(&key, "第二条", json!({"all": true})).await;
     app.post(&format!("/v1/broadcasts/{b2}/send"), &key, json!({})).await.expect(202);
     let done = app.wait_completed(&key, &b2).await;
-    assert_eq!((done["counts"]["delivered"].as_u64(), done["counts"]["filtered"].as_u64()), (Some(2), Some(1)), "{done}");
+    assert_eq!(
+        (done["counts"]["delivered"].as_u64(), done["counts"]["filtered"].as_u64()),
+        (Some(2), Some(1)),
+        "{done}"
+    );
     let log = app.get(&format!("/v1/broadcasts/{b2}/deliveries?limit=10"), &key).await.expect(200);
     let filtered: Vec<i64> = log["items"]
         .as_array()
@@ -207,20 +218,23 @@ pub async fn consent_and_unsubscribe(app: TestApp) {
     assert_eq!(filtered, vec![quiet_id]);
     // The recipient can also stop a channel from the inbox.
     let yes = contacts["items"].as_array().unwrap().iter().find(|c| c["external_id"] == "yes").unwrap();
-    let t = app.post(&format!("/v1/contacts/{}/inbox-token", yes["id"].as_str().unwrap()), &key, json!({})).await.expect(201);
+    let t = app
+        .post(&format!("/v1/contacts/{}/inbox-token", yes["id"].as_str().unwrap()), &key, json!({}))
+        .await
+        .expect(201);
     let token = t["token"].as_str().unwrap();
     let u = app.post("/v1/inbox/unsubscribe", token, json!({"channel": "email"})).await.expect(200);
     assert_eq!(u["changed"], true);
-    app.post("/v1/inbox/unsubscribe", token, json!({"channel": "pigeon"})).await.expect_error(400, "QF-INVALID-CHANNEL");
+    app.post("/v1/inbox/unsubscribe", token, json!({"channel": "pigeon"}))
+        .await
+        .expect_error(400, "QF-INVALID-CHANNEL");
 }
 
 /// A fallback order is checked when the draft is made and shown with it.
 pub async fn fallback_order_checked(app: TestApp) {
     let (_, key) = app.workspace("enterprise").await;
     let ids = app.contacts(&key, 2, &[]).await;
-    let draft = |fallback: Value| {
-        json!({"content": {"type": "text", "text": "重要通知"}, "audience": {"contact_ids": ids}, "channels": ["inbox"], "fallback": fallback})
-    };
+    let draft = |fallback: Value| json!({"content": {"type": "text", "text": "重要通知"}, "audience": {"contact_ids": ids}, "channels": ["inbox"], "fallback": fallback});
     for bad in [
         json!([{"channel": "inbox", "when": "unread", "after_seconds": 3600}]),
         json!([{"channel": "sms", "when": "unread", "after_seconds": 3600}, {"channel": "email", "when": "unread", "after_seconds": 600}]),
@@ -253,9 +267,13 @@ pub async fn event_webhooks(app: TestApp) {
         .await
         .expect_error(422, "QF-ADDRESS-PRIVATE");
     app.post("/v1/event-endpoints", &key, json!({"url": "ftp://x"})).await.expect_error(400, "QF-INVALID-URL");
-    app.post("/v1/event-endpoints", &key, json!({"url": format!("{base}/x"), "events": ["nope"], "allow_private_networks": true}))
-        .await
-        .expect_error(400, "QF-BAD-REQUEST");
+    app.post(
+        "/v1/event-endpoints",
+        &key,
+        json!({"url": format!("{base}/x"), "events": ["nope"], "allow_private_networks": true}),
+    )
+    .await
+    .expect_error(400, "QF-BAD-REQUEST");
     let ep = app
         .post("/v1/event-endpoints", &key, json!({"url": format!("{base}/events"), "allow_private_networks": true}))
         .await
@@ -284,7 +302,9 @@ pub async fn event_webhooks(app: TestApp) {
     assert_eq!(r["first_report"], true);
     let r = app.post(&format!("/v1/inbox/{b}/report"), token, json!({"reason": "spam"})).await.expect(200);
     assert_eq!(r["first_report"], false, "one report per recipient");
-    app.post(&format!("/v1/inbox/{b}/report"), token, json!({"reason": "boring"})).await.expect_error(400, "QF-BAD-REQUEST");
+    app.post(&format!("/v1/inbox/{b}/report"), token, json!({"reason": "boring"}))
+        .await
+        .expect_error(400, "QF-BAD-REQUEST");
 
     // Wait for: sending, completed, reply, report on the good endpoint.
     let mut types = Vec::new();
@@ -344,8 +364,9 @@ pub async fn event_webhooks(app: TestApp) {
     let good_log = app.get(&format!("/v1/event-endpoints/{eid}/deliveries"), &key).await.expect(200);
     let delivered = good_log["items"].as_array().unwrap().iter().find(|d| d["state"] == "delivered").unwrap();
     let before = sink.lock().unwrap().requests.len();
-    let again =
-        app.post(&format!("/v1/event-deliveries/{}/redeliver", delivered["id"].as_str().unwrap()), &key, json!({})).await;
+    let again = app
+        .post(&format!("/v1/event-deliveries/{}/redeliver", delivered["id"].as_str().unwrap()), &key, json!({}))
+        .await;
     let again = again.expect(201);
     assert_eq!(again["state"], "pending");
     for _ in 0..200 {
@@ -354,11 +375,9 @@ pub async fn event_webhooks(app: TestApp) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
-    let s = sink.lock().unwrap();
-    let last: Value = serde_json::from_slice(&s.requests.last().unwrap().2).unwrap();
+    let last: Value = serde_json::from_slice(&sink.lock().unwrap().requests.last().unwrap().2).unwrap();
     assert_eq!(last["id"], delivered["payload"]["id"], "the same event, so a receiver can drop the repeat");
     // Another workspace cannot see or redeliver it.
-    drop(s);
     let (_, other) = app.workspace("enterprise").await;
     app.get(&format!("/v1/event-endpoints/{eid}/deliveries"), &other).await.expect_error(404, "QF-NOT-FOUND");
     app.post(&format!("/v1/event-deliveries/{}/redeliver", delivered["id"].as_str().unwrap()), &other, json!({}))
@@ -378,12 +397,22 @@ pub async fn external_channels_end_to_end(app: TestApp) {
     let wecom = WecomApi::start("ww-corp", "corp-secret-0123", 1_000_002).await;
     wecom.set_directory(["zhangsan", "lisi"]);
     let (ws, key) = app.workspace("enterprise").await;
-    put(&app, "/v1/channels/email", &key, json!({"host": "127.0.0.1", "port": smtp.port(), "security": "none", "from": "群发测试 <news@shop.example>"}))
-        .await
-        .expect(200);
-    put(&app, "/v1/channels/sms", &key, json!({"base_url": sms.url(), "api_key": "sms-key-0123", "sign_name": "群发", "template_id": "SMS_001"}))
-        .await
-        .expect(200);
+    put(
+        &app,
+        "/v1/channels/email",
+        &key,
+        json!({"host": "127.0.0.1", "port": smtp.port(), "security": "none", "from": "群发测试 <news@shop.example>"}),
+    )
+    .await
+    .expect(200);
+    put(
+        &app,
+        "/v1/channels/sms",
+        &key,
+        json!({"base_url": sms.url(), "api_key": "sms-key-0123", "sign_name": "群发", "template_id": "SMS_001"}),
+    )
+    .await
+    .expect(200);
     put(&app, "/v1/channels/wecom", &key, json!({"base_url": wecom.url(), "corp_id": "ww-corp", "corp_secret": "corp-secret-0123", "agent_id": 1_000_002}))
         .await
         .expect(200);
@@ -452,7 +481,13 @@ pub async fn external_channels_end_to_end(app: TestApp) {
     assert_eq!(sent[0].params["text"], "张三，双十一活动开始了");
     let mut got = wecom.delivered();
     got.sort();
-    assert_eq!(got, [("lisi".to_owned(), "李四，双十一活动开始了".to_owned()), ("zhangsan".to_owned(), "张三，双十一活动开始了".to_owned())]);
+    assert_eq!(
+        got,
+        [
+            ("lisi".to_owned(), "李四，双十一活动开始了".to_owned()),
+            ("zhangsan".to_owned(), "张三，双十一活动开始了".to_owned())
+        ]
+    );
 
     // The one-click unsubscribe of the received email, without login.
     let url = unsubscribe.trim_start_matches('<').trim_end_matches('>').to_owned();
@@ -464,13 +499,25 @@ pub async fn external_channels_end_to_end(app: TestApp) {
     assert_eq!(a["consent"]["email"], false);
 
     // A hard bounce reported later: the delivery fails, counts move once.
-    let bounce = app.post("/v1/bounces", &key, json!({"message_id": message_id, "type": "hard", "diagnostic": "550 5.1.1 user unknown"}));
+    let bounce = app.post(
+        "/v1/bounces",
+        &key,
+        json!({"message_id": message_id, "type": "hard", "diagnostic": "550 5.1.1 user unknown"}),
+    );
     let bounce = bounce.await.expect(200);
     assert_eq!(bounce["broadcast_id"], id.as_str());
-    app.post("/v1/bounces", &key, json!({"message_id": "<nope@x>", "type": "hard"})).await.expect_error(404, "QF-NOT-FOUND");
-    app.post("/v1/bounces", &key, json!({"message_id": message_id, "type": "squishy"})).await.expect_error(400, "QF-BAD-REQUEST");
+    app.post("/v1/bounces", &key, json!({"message_id": "<nope@x>", "type": "hard"}))
+        .await
+        .expect_error(404, "QF-NOT-FOUND");
+    app.post("/v1/bounces", &key, json!({"message_id": message_id, "type": "squishy"}))
+        .await
+        .expect_error(400, "QF-BAD-REQUEST");
     let after = app.get(&format!("/v1/broadcasts/{id}"), &key).await.expect(200);
-    assert_eq!((after["counts"]["delivered"].as_u64(), after["counts"]["failed"].as_u64()), (Some(3), Some(3)), "{after}");
+    assert_eq!(
+        (after["counts"]["delivered"].as_u64(), after["counts"]["failed"].as_u64()),
+        (Some(3), Some(3)),
+        "{after}"
+    );
     // A forged receipt URL is refused.
     let forged = format!("{}/v1/hooks/sms/{ws}/deadbeef", app.base);
     let r = app.http.post(&forged).json(&json!([{"message_id": "x", "status": "DELIVERED"}])).send().await.unwrap();

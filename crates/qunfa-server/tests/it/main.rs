@@ -4,7 +4,9 @@
 mod channels;
 mod support;
 
-use channels::{channel_settings, consent_and_unsubscribe, event_webhooks, external_channels_end_to_end, fallback_order_checked};
+use channels::{
+    channel_settings, consent_and_unsubscribe, event_webhooks, external_channels_end_to_end, fallback_order_checked,
+};
 
 use reqwest::Method;
 use serde_json::{json, Value};

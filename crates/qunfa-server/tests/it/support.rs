@@ -50,7 +50,9 @@ pub async fn spawn_app_with(backend: Backend, webhook_secret: Option<&str>) -> T
     // Retries come fast in tests (50 ms, doubling to 200 ms, 4 attempts).
     (config.delivery.retry_base_ms, config.delivery.retry_max_ms, config.delivery.max_attempts) = (50, 200, 4);
     if let Some(secret) = webhook_secret {
-        let value = serde_json::json!({"secret": secret, "allow_private_networks": true, "timeout_ms": 300});
+        // Every test endpoint shares one host: its circuit breaker stays out
+        // of the way here (the engine's webhook tests cover it).
+        let value = serde_json::json!({"secret": secret, "allow_private_networks": true, "timeout_ms": 300, "breaker_failures": 1000});
         let settings = qunfa_core::channel::ChannelSettings::parse(
             qunfa_core::contact::Channel::Webhook,
             &value,
@@ -62,11 +64,8 @@ pub async fn spawn_app_with(backend: Backend, webhook_secret: Option<&str>) -> T
             transports.default_webhook = Some(w);
         }
     }
-    let options = qunfa_server::ServerOptions {
-        public_url,
-        link_key,
-        server_webhook: transports.default_webhook.is_some(),
-    };
+    let options =
+        qunfa_server::ServerOptions { public_url, link_key, server_webhook: transports.default_webhook.is_some() };
     let engine = qunfa_engine::Engine::start_with(store.clone(), config, transports);
     let state = qunfa_server::AppState::with_options(
         store.clone(),

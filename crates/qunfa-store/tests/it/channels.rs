@@ -45,11 +45,14 @@ pub fn fallback_and_consent(f: Fixture) {
     let new = NewBroadcast { fallback, ..text_broadcast("重要通知", None) };
     let (b, _) = f.store.create_broadcast(w, 1, &new, "t", NOW).unwrap();
     let audience = f.store.resolve_audience(w, &AudienceSpec::All).unwrap();
-    let rules = DispatchRules { from: BroadcastState::Draft, daily_limit: None, approved_by: None, verdicts_json: "[]" };
+    let rules =
+        DispatchRules { from: BroadcastState::Draft, daily_limit: None, approved_by: None, verdicts_json: "[]" };
     f.store.dispatch(w, b.id, &audience, rules, "t", NOW).unwrap();
     let policy = Policy::builtin().delivery;
     let cache = DispatchCache::default();
-    let claim = |now: i64| f.store.claim_external("n", &[Channel::Email, Channel::Sms], &cache, &policy, 8, 10_000_000, now).unwrap();
+    let claim = |now: i64| {
+        f.store.claim_external("n", &[Channel::Email, Channel::Sms], &cache, &policy, 8, 10_000_000, now).unwrap()
+    };
 
     // Nothing external before its time.
     assert!(claim(NOW + 1_000).is_empty());
@@ -79,8 +82,16 @@ pub fn fallback_and_consent(f: Fixture) {
     let r = f.store.finish_external("n", &email[0], &outcomes, &policy, NOW + 3_600_100).unwrap();
     assert_eq!((r.delivered, r.failed, r.done), (2, 1, true));
     // A later bounce of 5 (by Message-ID) turns its delivery into a failure.
-    let (bid, idx) =
-        f.store.record_bounce(w, BounceTarget::MessageId(&format!("<qf-{}-5-email@example.com>", b.id)), true, "550 5.1.1", NOW + 3_700_000).unwrap();
+    let (bid, idx) = f
+        .store
+        .record_bounce(
+            w,
+            BounceTarget::MessageId(&format!("<qf-{}-5-email@example.com>", b.id)),
+            true,
+            "550 5.1.1",
+            NOW + 3_700_000,
+        )
+        .unwrap();
     assert_eq!((bid, idx), (b.id, 5));
     assert!(f.store.record_bounce(w, BounceTarget::MessageId("<qf-999-5-email@x>"), true, "x", NOW).is_err());
     let s = f.store.broadcast(w, b.id).unwrap();
@@ -97,13 +108,22 @@ pub fn fallback_and_consent(f: Fixture) {
     // Accepted by the provider: `sent` until the receipt.
     let r = f
         .store
-        .finish_external("n", &sms[0], &send_all(&sms[0], |_| SendOutcome::Accepted("prov-5".into())), &policy, NOW + 4_300_100)
+        .finish_external(
+            "n",
+            &sms[0],
+            &send_all(&sms[0], |_| SendOutcome::Accepted("prov-5".into())),
+            &policy,
+            NOW + 4_300_100,
+        )
         .unwrap();
     assert_eq!((r.sent, r.done, r.completed), (1, true, true));
     let s = f.store.broadcast(w, b.id).unwrap();
     assert_eq!(s.n_sent, 1);
     let receipt = |id: &str, ok: bool| Receipt { provider_id: id.into(), delivered: ok, error: None };
-    let r = f.store.record_receipts(w, Channel::Sms, &[receipt("prov-5", true), receipt("unknown", true)], NOW + 4_400_000).unwrap();
+    let r = f
+        .store
+        .record_receipts(w, Channel::Sms, &[receipt("prov-5", true), receipt("unknown", true)], NOW + 4_400_000)
+        .unwrap();
     assert_eq!((r.delivered, r.ignored), (1, 1));
     // A repeated (or contradicting) receipt changes nothing.
     let r = f.store.record_receipts(w, Channel::Sms, &[receipt("prov-5", false)], NOW + 4_400_001).unwrap();
@@ -120,8 +140,9 @@ pub fn fallback_and_consent(f: Fixture) {
 /// A workspace's per-channel limit paces its batches, on top of the server's.
 pub fn workspace_channel_rate(f: Fixture) {
     let w = ws(&f, qunfa_core::workspace::WorkspaceKind::Enterprise);
-    let lines: String =
-        (0..3000).map(|i| format!("{{\"external_id\":\"h{i}\",\"channels\":{{\"webhook\":\"http://127.0.0.1:9/h{i}\"}}}}\n")).collect();
+    let lines: String = (0..3000)
+        .map(|i| format!("{{\"external_id\":\"h{i}\",\"channels\":{{\"webhook\":\"http://127.0.0.1:9/h{i}\"}}}}\n"))
+        .collect();
     f.store.import_contacts(w, &Policy::builtin().tiers.enterprise, &contacts(&lines), "t", NOW).unwrap();
     let settings = ChannelSettings::parse(
         Channel::Webhook,
@@ -134,7 +155,8 @@ pub fn workspace_channel_rate(f: Fixture) {
     let new = NewBroadcast { channels: vec![Channel::Webhook], ..text_broadcast("你好", None) };
     let (b, _) = f.store.create_broadcast(w, 1, &new, "t", NOW).unwrap();
     let audience = f.store.resolve_audience(w, &AudienceSpec::All).unwrap();
-    let rules = DispatchRules { from: BroadcastState::Draft, daily_limit: None, approved_by: None, verdicts_json: "[]" };
+    let rules =
+        DispatchRules { from: BroadcastState::Draft, daily_limit: None, approved_by: None, verdicts_json: "[]" };
     f.store.dispatch(w, b.id, &audience, rules, "t", NOW).unwrap();
     let policy = Policy::builtin().delivery;
     let cache = DispatchCache::default();
@@ -143,11 +165,19 @@ pub fn workspace_channel_rate(f: Fixture) {
     let first = f.store.claim_external("n", &[Channel::Webhook], &cache, &policy, 8, 60_000, NOW).unwrap();
     assert_eq!(first.len(), 1);
     assert!(first[0].settings.is_some(), "the batch carries the workspace's settings");
-    let later = f.store.claim_external("n", &[Channel::Webhook], &DispatchCache::default(), &policy, 8, 60_000, NOW + 1_000).unwrap();
+    let later = f
+        .store
+        .claim_external("n", &[Channel::Webhook], &DispatchCache::default(), &policy, 8, 60_000, NOW + 1_000)
+        .unwrap();
     assert!(later.is_empty(), "1,000 more need 30 s at 2,000/min");
-    let later = f.store.claim_external("n", &[Channel::Webhook], &DispatchCache::default(), &policy, 8, 60_000, NOW + 31_000).unwrap();
+    let later = f
+        .store
+        .claim_external("n", &[Channel::Webhook], &DispatchCache::default(), &policy, 8, 60_000, NOW + 31_000)
+        .unwrap();
     assert_eq!(later.len(), 1);
-    f.store.finish_external("n", &later[0], &send_all(&later[0], |_| SendOutcome::Delivered), &policy, NOW + 31_001).unwrap();
+    f.store
+        .finish_external("n", &later[0], &send_all(&later[0], |_| SendOutcome::Delivered), &policy, NOW + 31_001)
+        .unwrap();
 
     // The receiver is down (an open circuit): deferring, again and again,
     // uses no attempt — an outage does not make dead letters.
@@ -158,12 +188,22 @@ pub fn workspace_channel_rate(f: Fixture) {
         let outcomes = send_all(&batch, |_| SendOutcome::Deferred { until, reason: "circuit open for host h".into() });
         let r = f.store.finish_external("n", &batch, &outcomes, &policy, at).unwrap();
         assert!(r.deferred && !r.dead && !r.done, "{r:?}");
-        assert!(f.store.claim_external("n", &[Channel::Webhook], &DispatchCache::default(), &policy, 8, 60_000, until - 1).unwrap().is_empty());
-        let again = f.store.claim_external("n", &[Channel::Webhook], &DispatchCache::default(), &policy, 8, 60_000, until).unwrap();
+        assert!(f
+            .store
+            .claim_external("n", &[Channel::Webhook], &DispatchCache::default(), &policy, 8, 60_000, until - 1)
+            .unwrap()
+            .is_empty());
+        let again = f
+            .store
+            .claim_external("n", &[Channel::Webhook], &DispatchCache::default(), &policy, 8, 60_000, until)
+            .unwrap();
         assert_eq!(again.len(), 1, "round {round}");
         assert_eq!(again[0].attempt, 1, "no attempt used");
         batch = again.into_iter().next().unwrap();
     }
-    let r = f.store.finish_external("n", &batch, &send_all(&batch, |_| SendOutcome::Delivered), &policy, NOW + 2_000_000).unwrap();
+    let r = f
+        .store
+        .finish_external("n", &batch, &send_all(&batch, |_| SendOutcome::Delivered), &policy, NOW + 2_000_000)
+        .unwrap();
     assert_eq!((r.delivered, r.done, r.completed), (2000, true, true));
 }
