@@ -132,7 +132,12 @@ pub(crate) async fn run(engine: Engine, store: Store, config: EngineConfig, tran
     let channels = transports.channels();
     let cache = Arc::new(DispatchCache::default());
     let lease_ms = i64::from(config.delivery.external_lease_seconds) * 1000;
+    // Rounds of claimed batches being sent; the next claim overlaps them.
+    let mut in_flight = tokio::task::JoinSet::new();
     while !engine.stop.load(Ordering::Acquire) {
+        while in_flight.len() >= ROUNDS_IN_FLIGHT {
+            in_flight.join_next().await;
+        }
         let (s, c, cfg, chs) = (store.clone(), cache.clone(), config.clone(), channels.clone());
         let claimed = tokio::task::spawn_blocking(move || {
             s.claim_external(&cfg.node, &chs, &c, &cfg.delivery, 4, lease_ms, now_millis())
@@ -148,20 +153,31 @@ pub(crate) async fn run(engine: Engine, store: Store, config: EngineConfig, tran
             Err(_) => continue,
         };
         if batches.is_empty() {
-            tokio::select! {
-                () = engine.external_wake.notified() => {}
-                () = tokio::time::sleep(config.poll_interval) => {}
+            if in_flight.is_empty() {
+                tokio::select! {
+                    () = engine.external_wake.notified() => {}
+                    () = tokio::time::sleep(config.poll_interval) => {}
+                }
+            } else {
+                in_flight.join_next().await;
             }
             continue;
         }
         // The claimed batches go out together (each sender bounds its own
         // concurrency per batch and per host); each is recorded when its
         // sends are done.
-        let rounds: Vec<_> =
-            batches.into_iter().map(|batch| send_and_record(&engine, &store, &config, &transports, batch)).collect();
-        futures::future::join_all(rounds).await;
+        let (e, s, cfg, t) = (engine.clone(), store.clone(), config.clone(), transports.clone());
+        in_flight.spawn(async move {
+            let rounds: Vec<_> = batches.into_iter().map(|batch| send_and_record(&e, &s, &cfg, &t, batch)).collect();
+            futures::future::join_all(rounds).await;
+        });
     }
+    // Stopping: what was sent is recorded before the worker ends.
+    while in_flight.join_next().await.is_some() {}
 }
+
+/// Claims whose batches may be out at once on one node.
+const ROUNDS_IN_FLIGHT: usize = 2;
 
 /// Sends one claimed batch and records its outcomes.
 async fn send_and_record(

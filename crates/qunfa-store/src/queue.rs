@@ -777,15 +777,25 @@ impl Store {
             let mut report = FinishReport::default();
             let mut failures = Vec::new();
             let (id, ch) = (batch.broadcast_id, batch.channel.as_str());
+            // Deliveries, the common case, are written in sets of ids (ours,
+            // integers) rather than one statement per recipient.
+            let mut delivered: Vec<u32> =
+                outcomes.iter().filter(|(_, o)| *o == SendOutcome::Delivered).map(|(idx, _)| *idx).collect();
+            delivered.sort_unstable();
+            delivered.dedup();
+            for ids in delivered.chunks(500) {
+                let list = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+                report.delivered += c.execute(
+                    &format!(
+                        "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, sent_at = ?, delivered_at = ?, last_error = NULL
+                         WHERE broadcast_id = ? AND channel = ? AND contact_idx IN ({list}) AND state = 'queued'"
+                    ),
+                    params![now, now, id, ch],
+                )?;
+            }
             for (idx, outcome) in outcomes {
                 match outcome {
-                    SendOutcome::Delivered => {
-                        report.delivered += c.execute(
-                            "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, sent_at = ?, delivered_at = ?, last_error = NULL
-                             WHERE broadcast_id = ? AND channel = ? AND contact_idx = ? AND state = 'queued'",
-                            params![now, now, id, ch, *idx],
-                        )?;
-                    }
+                    SendOutcome::Delivered => {}
                     SendOutcome::Accepted(provider_id) => {
                         report.sent += c.execute(
                             "UPDATE deliveries SET state = 'sent', attempts = attempts + 1, sent_at = ?, provider_id = ?, last_error = NULL
