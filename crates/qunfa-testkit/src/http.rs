@@ -6,10 +6,11 @@
 //! a status, hang until dropped, answer 200 late, redirect, fail the next N
 //! requests with 500, or flap between 500 and 200.
 
+use crate::lock;
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -97,18 +98,13 @@ pub struct HttpReceiver {
     addr: SocketAddr,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
-    server: tokio::task::JoinHandle<()>,
+    _server: crate::Serving,
 }
 
 impl Drop for HttpReceiver {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
-        self.server.abort();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl HttpReceiver {
@@ -128,10 +124,10 @@ impl HttpReceiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
         let app = Router::new().fallback(handle).with_state(shared.clone());
-        let server = tokio::spawn(async move {
+        let server = crate::Serving(tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
-        });
-        Self { addr, shared, shutdown, server }
+        }));
+        Self { addr, shared, shutdown, _server: server }
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -7,3 +7,20 @@ pub mod http;
 pub mod sms;
 pub mod smtp;
 pub mod wecom;
+
+use std::sync::{Mutex, MutexGuard};
+
+/// A lock that survives a panicked holder (a failed test must not hide the
+/// recordings from the next assertion).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A stand-in's server task: stopped when its owner is dropped.
+pub(crate) struct Serving(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

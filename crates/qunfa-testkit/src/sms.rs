@@ -15,6 +15,7 @@
 //! It records every request, parsed, and can be told to fail the next
 //! requests ([`SmsFailure`]).
 
+use crate::lock;
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
@@ -118,21 +119,11 @@ struct Shared {
     client: reqwest::Client,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The running stand-in; it stops when dropped.
 pub struct SmsProvider {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for SmsProvider {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
+    _server: crate::Serving,
 }
 
 impl SmsProvider {
@@ -151,10 +142,10 @@ impl SmsProvider {
         let app = Router::new().route("/sms/send", post(send)).with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
         let addr = listener.local_addr().expect("local address");
-        let server = tokio::spawn(async move {
+        let server = crate::Serving(tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
-        });
-        Self { addr, shared, server }
+        }));
+        Self { addr, shared, _server: server }
     }
 
     /// The base URL, e.g. `http://127.0.0.1:40000` (the API is under `/sms/send`).
@@ -377,13 +368,7 @@ async fn hang() -> Response {
 pub struct ReceiptSink {
     addr: SocketAddr,
     received: Arc<Mutex<Vec<Value>>>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for ReceiptSink {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
+    _server: crate::Serving,
 }
 
 impl ReceiptSink {
@@ -404,10 +389,10 @@ impl ReceiptSink {
             .with_state(received.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
         let addr = listener.local_addr().expect("local address");
-        let server = tokio::spawn(async move {
+        let server = crate::Serving(tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
-        });
-        Self { addr, received, server }
+        }));
+        Self { addr, received, _server: server }
     }
 
     /// The callback URL to give the provider.

@@ -17,12 +17,13 @@
 //! `DATA` late ([`SmtpSink::delay_data_reply`]), and require credentials
 //! ([`SmtpSink::require_auth`]). No TLS: tests use security `none`.
 
+use crate::lock;
 use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -32,7 +33,6 @@ use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},
     sync::watch,
-    task::JoinHandle,
 };
 
 pub use mail_parser;
@@ -140,21 +140,11 @@ struct Shared {
     dropped_data: AtomicUsize,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// A running SMTP sink. Stops when dropped.
 pub struct SmtpSink {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for SmtpSink {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _task: crate::Serving,
 }
 
 impl SmtpSink {
@@ -174,8 +164,8 @@ impl SmtpSink {
             open_connections: AtomicUsize::new(0),
             dropped_data: AtomicUsize::new(0),
         });
-        let task = tokio::spawn(accept_loop(listener, shared.clone()));
-        Self { addr, shared, task }
+        let task = crate::Serving(tokio::spawn(accept_loop(listener, shared.clone())));
+        Self { addr, shared, _task: task }
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -14,6 +14,7 @@
 //! It records every call and can expire or forget its tokens, and fail the
 //! next calls ([`WecomFailure`]).
 
+use crate::lock;
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
@@ -89,21 +90,11 @@ struct Shared {
     recorded: Mutex<Recorded>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The running stand-in; it stops when dropped.
 pub struct WecomApi {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for WecomApi {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
+    _server: crate::Serving,
 }
 
 impl WecomApi {
@@ -131,10 +122,10 @@ impl WecomApi {
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
         let addr = listener.local_addr().expect("local address");
-        let server = tokio::spawn(async move {
+        let server = crate::Serving(tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
-        });
-        Self { addr, shared, server }
+        }));
+        Self { addr, shared, _server: server }
     }
 
     /// The base URL, e.g. `http://127.0.0.1:40000` (the API is under `/cgi-bin/`).
