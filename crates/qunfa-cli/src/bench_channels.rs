@@ -173,7 +173,7 @@ async fn run(database_url: Option<&str>, n: usize) -> anyhow::Result<()> {
         let (w, _) = s.create_workspace(&Name::parse("bench")?, WorkspaceKind::Enterprise, None, "bench", now_millis())?;
         let parsed = import::parse(ImportFormat::Ndjson, &data);
         s.import_contacts(w.id, &policy.tiers.enterprise, &parsed.contacts, "bench", now_millis())?;
-        let email = serde_json::json!({"host": "127.0.0.1", "port": smtp_port, "security": "none", "from": "群发 <news@shop.example>", "pool_size": 8});
+        let email = serde_json::json!({"host": "127.0.0.1", "port": smtp_port, "security": "none", "from": "群发 <news@shop.example>", "pool_size": 8, "allow_private_networks": true});
         let webhook = serde_json::json!({"endpoint": endpoint, "secret": "bench-secret-0123456789", "allow_private_networks": true, "per_host_concurrency": 64});
         for (channel, value) in [(Channel::Email, email), (Channel::Webhook, webhook)] {
             let settings = ChannelSettings::parse(channel, &value, None, &mut String::new)

@@ -113,9 +113,10 @@ pub struct FallbackStep {
 }
 
 impl FallbackStep {
-    /// The job condition of this step: `unread:inbox`, `failed:email`.
+    /// The job condition of this step, with the wait after the previous
+    /// channel finished the batch: `unread:inbox:7200000`, `failed:email:600000`.
     pub fn condition(&self, previous: Channel) -> String {
-        format!("{}:{}", self.when.as_str(), previous.as_str())
+        format!("{}:{}:{}", self.when.as_str(), previous.as_str(), u64::from(self.after_seconds) * 1000)
     }
 }
 

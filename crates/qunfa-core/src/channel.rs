@@ -73,6 +73,9 @@ pub struct EmailSettings {
     pub timeout_ms: u64,
     /// SMTP connections kept open and used at once.
     pub pool_size: u32,
+    /// Allow a server on loopback, private or other non-public addresses
+    /// (off: refused, so a workspace cannot reach the server's own network).
+    pub allow_private_networks: bool,
 }
 
 /// Signed JSON POSTs.
@@ -109,6 +112,9 @@ pub struct SmsSettings {
     /// Phone numbers per request.
     pub batch_size: u32,
     pub timeout_ms: u64,
+    /// Allow a server on loopback, private or other non-public addresses
+    /// (off: refused, so a workspace cannot reach the server's own network).
+    pub allow_private_networks: bool,
 }
 
 /// WeCom (企业微信) upstream through its official `message/send` API.
@@ -123,6 +129,9 @@ pub struct WecomSettings {
     /// Seconds WeCom drops a repeated identical message (`duplicate_check_interval`, ≤4 h).
     pub duplicate_check_interval: u32,
     pub timeout_ms: u64,
+    /// Allow a server on loopback, private or other non-public addresses
+    /// (off: refused, so a workspace cannot reach the server's own network).
+    pub allow_private_networks: bool,
 }
 
 /// The settings of one external channel of one workspace.
@@ -156,6 +165,7 @@ struct RawEmail {
     reply_to: Option<String>,
     timeout_ms: Option<u64>,
     pool_size: Option<u32>,
+    allow_private_networks: Option<bool>,
     per_minute: Option<u32>,
 }
 
@@ -183,6 +193,7 @@ struct RawSms {
     template_id: String,
     batch_size: Option<u32>,
     timeout_ms: Option<u64>,
+    allow_private_networks: Option<bool>,
     per_minute: Option<u32>,
 }
 
@@ -196,6 +207,7 @@ struct RawWecom {
     batch_size: Option<u32>,
     duplicate_check_interval: Option<u32>,
     timeout_ms: Option<u64>,
+    allow_private_networks: Option<bool>,
     per_minute: Option<u32>,
 }
 
@@ -330,6 +342,7 @@ impl ChannelSettings {
                         reply_to: r.reply_to.map(|s| mailbox("reply_to", &s)).transpose()?,
                         timeout_ms: range("timeout_ms", r.timeout_ms.unwrap_or(10_000), 100, 120_000)?,
                         pool_size: range("pool_size", r.pool_size.unwrap_or(4), 1, 32)?,
+                        allow_private_networks: r.allow_private_networks.unwrap_or(false),
                     }),
                 })
             }
@@ -384,6 +397,7 @@ impl ChannelSettings {
                         template_id: text("template_id", &r.template_id, 64)?,
                         batch_size: range("batch_size", r.batch_size.unwrap_or(100), 1, 1_000)?,
                         timeout_ms: range("timeout_ms", r.timeout_ms.unwrap_or(10_000), 100, 120_000)?,
+                        allow_private_networks: r.allow_private_networks.unwrap_or(false),
                     }),
                 })
             }
@@ -408,6 +422,7 @@ impl ChannelSettings {
                             14_400,
                         )?,
                         timeout_ms: range("timeout_ms", r.timeout_ms.unwrap_or(10_000), 100, 120_000)?,
+                        allow_private_networks: r.allow_private_networks.unwrap_or(false),
                     }),
                 })
             }
@@ -449,6 +464,7 @@ impl ChannelSettings {
                 "host": e.host, "port": e.port, "security": e.security.as_str(),
                 "username": e.username, "password": e.password.as_deref().map(hide),
                 "from": e.from, "reply_to": e.reply_to, "timeout_ms": e.timeout_ms, "pool_size": e.pool_size,
+                "allow_private_networks": e.allow_private_networks,
             }),
             SettingsKind::Webhook(w) => json!({
                 "endpoint": w.endpoint, "secret": hide(&w.secret),
@@ -460,11 +476,13 @@ impl ChannelSettings {
             SettingsKind::Sms(s) => json!({
                 "base_url": s.base_url, "api_key": hide(&s.api_key), "sign_name": s.sign_name,
                 "template_id": s.template_id, "batch_size": s.batch_size, "timeout_ms": s.timeout_ms,
+                "allow_private_networks": s.allow_private_networks,
             }),
             SettingsKind::Wecom(w) => json!({
                 "base_url": w.base_url, "corp_id": w.corp_id, "corp_secret": hide(&w.corp_secret),
                 "agent_id": w.agent_id, "batch_size": w.batch_size,
                 "duplicate_check_interval": w.duplicate_check_interval, "timeout_ms": w.timeout_ms,
+                "allow_private_networks": w.allow_private_networks,
             }),
         };
         if let (Some(n), Some(obj)) = (self.per_minute, v.as_object_mut()) {

@@ -81,6 +81,11 @@ impl EmailSender {
     /// Sends every message of the batch; one outcome per message, in the
     /// order of `batch.items`.
     pub async fn send(&self, batch: &ExternalBatch, settings: &EmailSettings) -> Vec<(u32, SendOutcome)> {
+        if !settings.allow_private_networks {
+            if let Some(why) = private_smtp_host(settings).await {
+                return crate::webhook::refuse_all(batch, &SendOutcome::Rejected(Code::AddressPrivate, why));
+            }
+        }
         let pool = self.pool(settings);
         let content: Value = serde_json::from_str(&batch.content_json).unwrap_or_default();
         let n = batch.items.len();
@@ -835,6 +840,25 @@ fn decode_entities(s: &str) -> String {
         .replace("&quot;", "\"")
         .replace("&#39;", "'")
         .replace("&amp;", "&")
+}
+
+/// Why the SMTP server may not be used under SSRF protection: its host is, or
+/// resolves to, a non-public address. (lettre resolves the name again when it
+/// connects; a name that changes its answer in between is not caught here.)
+async fn private_smtp_host(settings: &EmailSettings) -> Option<String> {
+    let host = settings.host.trim_start_matches('[').trim_end_matches(']');
+    let suffix = " (not used: allow_private_networks is off in the email settings)";
+    if host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost") {
+        return Some(format!("the SMTP host {host} is a loopback name{suffix}"));
+    }
+    let addrs: Vec<std::net::SocketAddr> = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => vec![std::net::SocketAddr::new(ip, settings.port)],
+        // A name that does not resolve is left to the connection (a retry).
+        Err(_) => tokio::net::lookup_host((host, settings.port)).await.map(Iterator::collect).unwrap_or_default(),
+    };
+    addrs.iter().find_map(|a| {
+        crate::webhook::non_public(a.ip()).map(|kind| format!("the SMTP host {host} is {} ({kind}){suffix}", a.ip()))
+    })
 }
 
 #[cfg(test)]

@@ -49,7 +49,7 @@ async fn post(client: &reqwest::Client, job: &EventJob) -> Attempt {
         Ok(r) => {
             let status = r.status().as_u16();
             let retry = matches!(status, 408 | 425 | 429) || r.status().is_server_error();
-            let permanent = !retry && !r.status().is_redirection();
+            let permanent = !retry;
             let detail = if r.status().is_redirection() {
                 let to = r.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or("?").to_owned();
                 format!("HTTP {status} to {to} (redirects are not followed)")

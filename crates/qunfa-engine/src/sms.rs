@@ -62,7 +62,8 @@ const REQUESTS_IN_FLIGHT: usize = 4;
 
 /// The SMS channel's sender (one per node; settings come per batch).
 pub struct SmsSender {
-    client: reqwest::Client,
+    /// Strict (refuses non-public addresses) and permissive, by `allow_private_networks`.
+    clients: [reqwest::Client; 2],
 }
 
 /// A message that passed the local checks.
@@ -76,11 +77,7 @@ impl SmsSender {
     /// # Errors
     /// When the HTTP client cannot be built.
     pub fn new() -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("qunfa/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self { client })
+        Ok(Self { clients: crate::webhook::checked_clients()? })
     }
 
     /// Sends every message of the batch; one outcome per message.
@@ -91,6 +88,12 @@ impl SmsSender {
         settings: &SmsSettings,
         callback_url: Option<&str>,
     ) -> Vec<(u32, SendOutcome)> {
+        if !settings.allow_private_networks {
+            if let Some(why) = crate::webhook::literal_private_host(&settings.base_url) {
+                let why = why.replacen("the webhook host", "the SMS provider's host", 1);
+                return crate::webhook::refuse_all(batch, &SendOutcome::Rejected(Code::AddressPrivate, why));
+            }
+        }
         let mut outcomes = Vec::with_capacity(batch.items.len());
         let mut ready = Vec::with_capacity(batch.items.len());
         for item in &batch.items {
@@ -133,8 +136,7 @@ impl SmsSender {
             body["callback_url"] = json!(url);
         }
         let url = format!("{}/sms/send", settings.base_url.trim_end_matches('/'));
-        let answer = self
-            .client
+        let answer = self.clients[usize::from(settings.allow_private_networks)]
             .post(url)
             .timeout(std::time::Duration::from_millis(settings.timeout_ms))
             .bearer_auth(&settings.api_key)

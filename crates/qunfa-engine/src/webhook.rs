@@ -625,6 +625,21 @@ pub fn literal_private_host(url: &str) -> Option<String> {
     literal_host_refusal(&Url::parse(url).ok()?)
 }
 
+/// The strict and the permissive [`checked_client`], indexed by
+/// `allow_private_networks` (for the provider channels: SMS, WeCom).
+///
+/// # Errors
+/// When a client cannot be built (TLS roots).
+pub fn checked_clients() -> Result<[reqwest::Client; 2], reqwest::Error> {
+    let long = Duration::from_secs(120);
+    Ok([checked_client(false, long)?, checked_client(true, long)?])
+}
+
+/// Every message of a batch refused at once with the same outcome.
+pub(crate) fn refuse_all(batch: &ExternalBatch, outcome: &SendOutcome) -> Vec<(u32, SendOutcome)> {
+    batch.items.iter().map(|i| (i.contact_idx, outcome.clone())).collect()
+}
+
 /// An HTTP client that follows no redirect, uses no proxy and — unless
 /// `allow_private` — refuses names that resolve to non-public addresses
 /// (the event webhooks use it; the webhook channel keeps its own pair).

@@ -60,7 +60,8 @@ type TokenSlot = Arc<tokio::sync::Mutex<Option<CachedToken>>>;
 
 /// The WeCom channel's sender (one per node; settings come per batch).
 pub struct WecomSender {
-    client: reqwest::Client,
+    /// Strict (refuses non-public addresses) and permissive, by `allow_private_networks`.
+    clients: [reqwest::Client; 2],
     tokens: Mutex<HashMap<TokenKey, TokenSlot>>,
 }
 
@@ -84,15 +85,17 @@ impl WecomSender {
     /// # Errors
     /// When the HTTP client cannot be built.
     pub fn new() -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("qunfa/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self { client, tokens: Mutex::default() })
+        Ok(Self { clients: crate::webhook::checked_clients()?, tokens: Mutex::default() })
     }
 
     /// Sends every message of the batch; one outcome per message.
     pub async fn send(&self, batch: &ExternalBatch, settings: &WecomSettings) -> Vec<(u32, SendOutcome)> {
+        if !settings.allow_private_networks {
+            if let Some(why) = crate::webhook::literal_private_host(&settings.base_url) {
+                let why = why.replacen("the webhook host", "the WeCom API host", 1);
+                return crate::webhook::refuse_all(batch, &SendOutcome::Rejected(Code::AddressPrivate, why));
+            }
+        }
         let mut outcomes = Vec::with_capacity(batch.items.len());
         // Groups of recipients with the same text, in order of first appearance.
         let mut groups: Vec<(&str, Vec<Ready>)> = Vec::new();
@@ -173,8 +176,7 @@ impl WecomSender {
             "duplicate_check_interval": settings.duplicate_check_interval,
         });
         let url = format!("{}/cgi-bin/message/send", settings.base_url.trim_end_matches('/'));
-        let sent = self
-            .client
+        let sent = self.clients[usize::from(settings.allow_private_networks)]
             .post(url)
             .query(&[("access_token", token)])
             .timeout(Duration::from_millis(settings.timeout_ms))
@@ -251,8 +253,7 @@ impl WecomSender {
     async fn fetch_token(&self, settings: &WecomSettings) -> Result<CachedToken, SendOutcome> {
         let url = format!("{}/cgi-bin/gettoken", settings.base_url.trim_end_matches('/'));
         let asked = Instant::now();
-        let sent = self
-            .client
+        let sent = self.clients[usize::from(settings.allow_private_networks)]
             .get(url)
             .query(&[("corpid", settings.corp_id.as_str()), ("corpsecret", settings.corp_secret.as_str())])
             .timeout(Duration::from_millis(settings.timeout_ms))

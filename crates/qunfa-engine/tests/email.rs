@@ -18,6 +18,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 fn settings(port: u16, pool_size: u32) -> EmailSettings {
     EmailSettings {
+        allow_private_networks: true,
         host: "127.0.0.1".into(),
         port,
         security: SmtpSecurity::None,

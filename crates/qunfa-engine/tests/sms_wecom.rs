@@ -40,6 +40,7 @@ fn sms_batch(n: u32) -> ExternalBatch {
 
 fn sms_settings(provider: &SmsProvider, batch_size: u32) -> SmsSettings {
     SmsSettings {
+        allow_private_networks: true,
         base_url: provider.url(),
         api_key: API_KEY.into(),
         sign_name: "群发".into(),
@@ -51,6 +52,7 @@ fn sms_settings(provider: &SmsProvider, batch_size: u32) -> SmsSettings {
 
 fn wecom_settings(api: &WecomApi, batch_size: u32) -> WecomSettings {
     WecomSettings {
+        allow_private_networks: true,
         base_url: api.url(),
         corp_id: CORP_ID.into(),
         corp_secret: CORP_SECRET.into(),

@@ -557,12 +557,13 @@ impl Store {
                         Value::Int(now),
                         Value::Int(b.i64(0)),
                         condition.clone().map_or(Value::Null, Value::Text),
+                        Value::Int(*run_at),
                     ]);
                 }
             }
             c.bulk_insert(
                 "jobs",
-                &["broadcast_id", "workspace_id", "batch_no", "channel", "priority", "run_at", "state", "created_at", "member_id", "condition"],
+                &["broadcast_id", "workspace_id", "batch_no", "channel", "priority", "run_at", "state", "created_at", "member_id", "condition", "due_at"],
                 "",
                 &mut jobs.into_iter(),
             )?;

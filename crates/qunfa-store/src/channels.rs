@@ -54,6 +54,9 @@ impl OptOutReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
     pub provider_id: String,
+    /// The idempotency key the message was sent with (`qf-{broadcast}-{contact}-{channel}`),
+    /// for a receipt that comes before its batch was recorded.
+    pub out_id: Option<String>,
     pub delivered: bool,
     /// The provider's error code when not delivered.
     pub error: Option<String>,
@@ -68,8 +71,8 @@ pub struct ReceiptReport {
     pub ignored: u64,
 }
 
-/// Records `opt_out` rows: insert or keep (an existing reason is kept unless
-/// the new one is stronger: an unsubscribe outranks the rest).
+/// Records an `opt_outs` row: insert, or keep the existing one unless the new
+/// reason is stronger.
 pub(crate) fn opt_out(
     c: &mut Conn,
     workspace_id: i64,
@@ -83,9 +86,16 @@ pub(crate) fn opt_out(
          ON CONFLICT (workspace_id, channel, contact_idx) DO NOTHING",
         params![workspace_id, channel.as_str(), idx, reason.as_str(), now],
     )?;
-    if inserted == 0 && reason == OptOutReason::Unsubscribed {
+    // An unsubscribe outranks everything; a bounce outranks a consent
+    // refusal (which an operator may lift, while the address stays dead).
+    let weaker = match reason {
+        OptOutReason::Unsubscribed => "reason <> 'unsubscribed'",
+        OptOutReason::Bounced => "reason = 'consent'",
+        OptOutReason::Consent => "1 = 0",
+    };
+    if inserted == 0 {
         c.execute(
-            "UPDATE opt_outs SET reason = ? WHERE workspace_id = ? AND channel = ? AND contact_idx = ?",
+            &format!("UPDATE opt_outs SET reason = ? WHERE workspace_id = ? AND channel = ? AND contact_idx = ? AND {weaker}"),
             params![reason.as_str(), workspace_id, channel.as_str(), idx],
         )?;
     }
@@ -352,33 +362,52 @@ impl Store {
     ) -> Result<ReceiptReport, StoreError> {
         self.db.write(|c| {
             let mut report = ReceiptReport::default();
-            let mut by_broadcast: HashMap<i64, (u64, u64)> = HashMap::new();
+            // (delivered, failed, of which were `sent`) per broadcast.
+            let mut by_broadcast: HashMap<i64, (u64, u64, u64)> = HashMap::new();
             let mut failures: HashMap<i64, Vec<Json>> = HashMap::new();
             for r in receipts {
-                let Some(row) = c.query_opt(
+                let found = c.query_opt(
                     "SELECT broadcast_id, contact_idx FROM deliveries WHERE workspace_id = ? AND channel = ? AND provider_id = ? AND state = 'sent'",
                     params![workspace_id, channel.as_str(), r.provider_id.as_str()],
-                )?
-                else {
+                )?;
+                // A receipt can beat its own batch's record (a fast provider,
+                // a long batch): the message is still `queued`, found by its key.
+                let (from, found) = match found {
+                    Some(row) => ("sent", Some((row.i64(0), row.i64(1)))),
+                    None => ("queued", r.out_id.as_deref().and_then(|k| parse_key(k, channel))),
+                };
+                let Some((broadcast_id, idx)) = found else {
                     report.ignored += 1;
                     continue;
                 };
-                let (broadcast_id, idx) = (row.i64(0), row.i64(1));
                 let (state, code) = if r.delivered { ("delivered", None) } else { ("failed", Some(Code::DeliveryRejected.as_str())) };
                 let n = c.execute(
-                    "UPDATE deliveries SET state = ?, delivered_at = ?, error_code = ?, last_error = ?
-                     WHERE broadcast_id = ? AND channel = ? AND contact_idx = ? AND state = 'sent'",
+                    "UPDATE deliveries SET state = ?, sent_at = COALESCE(sent_at, ?), delivered_at = ?, error_code = ?, last_error = ?,
+                     provider_id = ?, attempts = CASE WHEN attempts = 0 THEN 1 ELSE attempts END
+                     WHERE broadcast_id = ? AND channel = ? AND contact_idx = ? AND workspace_id = ? AND state = ?",
                     params![
                         state,
+                        now,
                         if r.delivered { Some(now) } else { None },
                         code,
                         r.error.as_deref().map(|e| format!("receipt: {e}")),
+                        r.provider_id.as_str(),
                         broadcast_id,
                         channel.as_str(),
-                        idx
+                        idx,
+                        workspace_id,
+                        from
                     ],
                 )?;
+                if n == 0 {
+                    report.ignored += 1;
+                    continue;
+                }
                 let e = by_broadcast.entry(broadcast_id).or_default();
+                // From `sent` the message leaves the awaiting count; from `queued` it never entered it.
+                if from == "sent" {
+                    e.2 += n;
+                }
                 if r.delivered {
                     e.0 += n;
                     report.delivered += n;
@@ -394,10 +423,10 @@ impl Store {
             }
             let mut ids: Vec<_> = by_broadcast.into_iter().collect();
             ids.sort_unstable_by_key(|(id, _)| *id);
-            for (id, (delivered, failed)) in ids {
+            for (id, (delivered, failed, was_sent)) in ids {
                 c.execute(
                     "UPDATE broadcasts SET n_sent = n_sent - ?, n_delivered = n_delivered + ?, n_failed = n_failed + ? WHERE id = ?",
-                    params![delivered + failed, delivered, failed, id],
+                    params![was_sent, delivered, failed, id],
                 )?;
                 if let Some(list) = failures.remove(&id) {
                     let data = serde_json::json!({"broadcast_id": id.to_string(), "channel": channel.as_str(), "failures": list});
@@ -428,10 +457,14 @@ impl Store {
             let (broadcast_id, idx) = match target {
                 BounceTarget::MessageId(id) => parse_message_id(id).ok_or(StoreError::NotFound)?,
                 BounceTarget::Address { broadcast_id, email } => {
+                    // The contact at that address that this broadcast emailed
+                    // (addresses are not unique across contacts).
                     let row = c
                         .query_opt(
-                            "SELECT idx FROM contacts WHERE workspace_id = ? AND email = ? AND deleted_at IS NULL",
-                            params![workspace_id, email],
+                            "SELECT k.idx FROM contacts k JOIN deliveries d ON d.workspace_id = k.workspace_id AND d.contact_idx = k.idx
+                             WHERE k.workspace_id = ? AND k.email = ? AND k.deleted_at IS NULL AND d.broadcast_id = ? AND d.channel = 'email'
+                             ORDER BY k.idx LIMIT 1",
+                            params![workspace_id, email, broadcast_id],
                         )?
                         .ok_or(StoreError::NotFound)?;
                     (broadcast_id, row.i64(0) as u32)
@@ -445,12 +478,15 @@ impl Store {
                 .ok_or(StoreError::NotFound)?;
             let was = row.string(0);
             let diagnostic: String = diagnostic.chars().filter(|c| !c.is_control()).take(300).collect();
-            if matches!(was.as_str(), "delivered" | "sent" | "queued") {
-                c.execute(
+            // Counted only by the statement that changed the record: a repeated
+            // or racing bounce (or a racing batch record) changes nothing twice.
+            let changed = matches!(was.as_str(), "delivered" | "sent" | "queued")
+                && c.execute(
                     "UPDATE deliveries SET state = 'failed', error_code = ?, last_error = ?
                      WHERE broadcast_id = ? AND channel = 'email' AND contact_idx = ? AND state = ?",
                     params![Code::EmailBounced.as_str(), format!("bounce: {diagnostic}"), broadcast_id, idx, was.as_str()],
-                )?;
+                )? == 1;
+            if changed {
                 let column = match was.as_str() {
                     "delivered" => "n_delivered = n_delivered - 1,",
                     "sent" => "n_sent = n_sent - 1,",
@@ -480,6 +516,14 @@ pub enum BounceTarget<'a> {
     MessageId(&'a str),
     /// The broadcast and the recipient's address.
     Address { broadcast_id: i64, email: &'a str },
+}
+
+/// `qf-12-34-sms` → (12, 34) when the channel is `channel`.
+fn parse_key(key: &str, channel: Channel) -> Option<(i64, i64)> {
+    let mut parts = key.strip_prefix("qf-")?.splitn(3, '-');
+    let broadcast = parts.next()?.parse().ok()?;
+    let idx: u32 = parts.next()?.parse().ok()?;
+    (parts.next()? == channel.as_str()).then_some((broadcast, i64::from(idx)))
 }
 
 /// `<qf-12-34-email@example.com>` → (12, 34).

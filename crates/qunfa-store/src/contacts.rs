@@ -667,7 +667,7 @@ fn update_from_import(
     version: i64,
 ) -> Result<(), StoreError> {
     let current = c.query_one(
-        "SELECT attributes, consent FROM contacts WHERE workspace_id = ? AND idx = ?",
+        "SELECT attributes, consent, email FROM contacts WHERE workspace_id = ? AND idx = ?",
         params![workspace_id, idx],
     )?;
     let mut attributes = parse_object(current.str(0))?;
@@ -675,7 +675,7 @@ fn update_from_import(
     let mut consent = parse_object(current.str(1))?;
     consent.extend(parse_object(p.text(9).unwrap_or("{}"))?);
     channels::sync_consent(c, workspace_id, idx, channels::consent_pairs(p.text(9).unwrap_or("{}")), now)?;
-    if p.text(5).is_some() {
+    if p.text(5).is_some_and(|e| Some(e) != current.opt_str(2)) {
         channels::address_changed(c, workspace_id, idx, Channel::Email)?;
     }
     let name = p.text(3).filter(|n| !n.is_empty());

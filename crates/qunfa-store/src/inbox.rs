@@ -45,7 +45,7 @@ const TOKEN_INBOX_PAGE: &str =
      FROM inbox_tokens t
      JOIN workspaces w ON w.id = t.workspace_id
      LEFT JOIN deliveries d ON d.workspace_id = t.workspace_id AND d.contact_idx = t.contact_idx
-         AND d.channel = 'inbox' AND d.broadcast_id < ?
+         AND d.channel = 'inbox' AND d.broadcast_id < ? AND d.state IN ('delivered', 'read')
      LEFT JOIN broadcasts b ON b.id = d.broadcast_id
      WHERE t.token_hash = ?
      ORDER BY d.broadcast_id DESC LIMIT ?";
@@ -160,7 +160,7 @@ impl Store {
     ) -> Result<Vec<InboxItem>, StoreError> {
         let rows = self.db.conn()?.query(
             &format!(
-                "{INBOX_SELECT} WHERE d.workspace_id = ? AND d.contact_idx = ? AND d.channel = 'inbox' AND d.broadcast_id < ?
+                "{INBOX_SELECT} WHERE d.workspace_id = ? AND d.contact_idx = ? AND d.channel = 'inbox' AND d.state IN ('delivered', 'read') AND d.broadcast_id < ?
                  ORDER BY d.broadcast_id DESC LIMIT ?"
             ),
             params![workspace_id, idx, before_broadcast.unwrap_or(i64::MAX), limit],
@@ -206,7 +206,10 @@ impl Store {
     /// `NotFound`, or database errors.
     pub fn inbox_message(&self, workspace_id: i64, idx: u32, broadcast_id: i64) -> Result<InboxItem, StoreError> {
         let r = self.db.conn()?.query_one(
-            &format!("{INBOX_SELECT} WHERE d.workspace_id = ? AND d.contact_idx = ? AND d.channel = 'inbox' AND d.broadcast_id = ?"),
+            &format!(
+                "{INBOX_SELECT} WHERE d.workspace_id = ? AND d.contact_idx = ? AND d.channel = 'inbox' AND d.state IN ('delivered', 'read')
+                 AND d.broadcast_id = ?"
+            ),
             params![workspace_id, idx, broadcast_id],
         )?;
         item_from(&r)
@@ -220,7 +223,8 @@ impl Store {
     pub fn mark_read(&self, workspace_id: i64, idx: u32, broadcast_id: i64, now: i64) -> Result<bool, StoreError> {
         self.db.write(|c| {
             c.query_one(
-                "SELECT 1 FROM deliveries WHERE broadcast_id = ? AND channel = 'inbox' AND contact_idx = ? AND workspace_id = ?",
+                "SELECT 1 FROM deliveries WHERE broadcast_id = ? AND channel = 'inbox' AND contact_idx = ? AND workspace_id = ?
+                 AND state IN ('delivered', 'read')",
                 params![broadcast_id, idx, workspace_id],
             )?;
             let first = c.execute(
@@ -258,7 +262,8 @@ impl Store {
         }
         self.db.write(|c| {
             c.query_one(
-                "SELECT 1 FROM deliveries WHERE broadcast_id = ? AND channel = 'inbox' AND contact_idx = ? AND workspace_id = ?",
+                "SELECT 1 FROM deliveries WHERE broadcast_id = ? AND channel = 'inbox' AND contact_idx = ? AND workspace_id = ?
+                 AND state IN ('delivered', 'read')",
                 params![broadcast_id, idx, workspace_id],
             )?;
             // Conditional updates: only the one that changes the row counts, even
@@ -317,7 +322,8 @@ impl Store {
         }
         self.db.write(|c| {
             c.query_opt(
-                "SELECT 1 FROM deliveries WHERE broadcast_id = ? AND channel = 'inbox' AND contact_idx = ? AND workspace_id = ?",
+                "SELECT 1 FROM deliveries WHERE broadcast_id = ? AND channel = 'inbox' AND contact_idx = ? AND workspace_id = ?
+                 AND state IN ('delivered', 'read')",
                 params![broadcast_id, idx, workspace_id],
             )?
             .ok_or(StoreError::NotFound)?;

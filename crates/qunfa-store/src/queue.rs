@@ -346,7 +346,8 @@ fn claim_sql(backend: Backend, channels: &[Channel], exclusions: &str) -> String
          WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND run_at <= ? AND (lease_until IS NULL OR lease_until < ?)
                       AND channel IN ({}){exclusions}
                       ORDER BY priority, run_at, id LIMIT 1 {lock})
-         RETURNING id, broadcast_id, batch_no, channel, created_at, priority, workspace_id, member_id, redrive, attempts, condition",
+         RETURNING id, broadcast_id, batch_no, channel, COALESCE(due_at, created_at), priority, workspace_id, member_id, redrive, attempts,
+                   condition",
         names.join(", ")
     )
 }
@@ -542,8 +543,8 @@ impl Store {
                 let (delivered, filtered) =
                     deliver_inbox_batch(c, cache, broadcast_id, batch_no as usize, queued_at, redrive, now)?;
                 c.execute(
-                    "UPDATE jobs SET state = 'done', lease_until = NULL, throttled = 0 WHERE id = ?",
-                    params![job_id],
+                    "UPDATE jobs SET state = 'done', lease_until = NULL, throttled = 0, done_at = ? WHERE id = ?",
+                    params![now, job_id],
                 )?;
                 report.jobs += 1;
                 report.delivered += delivered;
@@ -621,6 +622,19 @@ impl Store {
                 let priority = Priority::from_i64(job.i64(5));
                 let (workspace_id, member_id) = (job.i64(6), job.i64(7));
                 let channel = Channel::parse(job.str(3)).map_err(|_| StoreError::Corrupt(format!("channel {}", job.str(3))))?;
+                // A fallback step waits until the channel before it finished
+                // this batch, and then its own wait (before any rate token is taken).
+                let condition = job.opt_string(10).and_then(|s| parse_condition(&s));
+                if let Some((_, previous, after_ms)) = condition {
+                    if let Some(ready_at) = fallback_ready_at(c, broadcast_id, batch_no, previous, after_ms, now)? {
+                        c.execute(
+                            "UPDATE jobs SET lease_until = NULL, attempts = attempts - 1, run_at = ? WHERE id = ?",
+                            params![ready_at, job_id],
+                        )?;
+                        continue;
+                    }
+                }
+                let condition = condition.map(|(unread, previous, _)| (unread, previous));
                 let b = cache.get(c, broadcast_id)?;
                 let members = b.frozen.batch(batch_no as usize);
                 if throttled(c, cache, policy, (job_id, workspace_id, member_id), channel, priority, members.len(), now)? {
@@ -628,29 +642,10 @@ impl Store {
                     continue;
                 }
                 let (Some(&lo), Some(&hi)) = (members.first(), members.last()) else {
-                    c.execute("UPDATE jobs SET state = 'done', lease_until = NULL WHERE id = ?", params![job_id])?;
+                    c.execute("UPDATE jobs SET state = 'done', lease_until = NULL, done_at = ? WHERE id = ?", params![now, job_id])?;
                     continue;
                 };
-                // A fallback step waits until the channel before it finished this batch.
-                let condition = job.opt_string(10).and_then(|s| {
-                    let (when, previous) = s.split_once(':')?;
-                    Some((when == "unread", Channel::parse(previous).ok()?))
-                });
-                if let Some((_, previous)) = condition {
-                    let busy = c
-                        .query_one(
-                            "SELECT COUNT(*) FROM jobs WHERE broadcast_id = ? AND batch_no = ? AND channel = ? AND state = 'ready'",
-                            params![broadcast_id, batch_no, previous.as_str()],
-                        )?
-                        .i64(0);
-                    if busy > 0 {
-                        c.execute(
-                            "UPDATE jobs SET lease_until = NULL, attempts = attempts - 1, run_at = ? WHERE id = ?",
-                            params![now + FALLBACK_RECHECK_MS, job_id],
-                        )?;
-                        continue;
-                    }
-                }
+
                 c.bulk_insert(
                     "deliveries",
                     &["broadcast_id", "channel", "contact_idx", "workspace_id", "state", "attempts", "queued_at"],
@@ -831,9 +826,13 @@ impl Store {
                     }
                 }
             }
-            let job = c.query_one("SELECT lease_owner, state FROM jobs WHERE id = ?", params![batch.job_id])?;
+            // The lease is this claim's only if owner and expiry match: a node
+            // that claimed the job again after its own lease ran out holds a
+            // newer lease, and this older round only records its outcomes.
+            let job = c.query_one("SELECT lease_owner, state, lease_until FROM jobs WHERE id = ?", params![batch.job_id])?;
             let mut batches_done = 0u64;
-            if job.opt_string(0).as_deref() != Some(owner) || job.str(1) != "ready" {
+            if job.opt_string(0).as_deref() != Some(owner) || job.str(1) != "ready" || job.opt_i64(2) != Some(batch.lease_until)
+            {
                 report.lease_lost = true;
             } else {
                 let left = c
@@ -851,7 +850,10 @@ impl Store {
                     })
                     .max();
                 if left == 0 {
-                    c.execute("UPDATE jobs SET state = 'done', lease_until = NULL, throttled = 0 WHERE id = ?", params![batch.job_id])?;
+                    c.execute(
+                        "UPDATE jobs SET state = 'done', lease_until = NULL, throttled = 0, done_at = ? WHERE id = ?",
+                        params![now, batch.job_id],
+                    )?;
                     (report.done, batches_done) = (true, 1);
                 } else if let (false, Some(until), true) = (retried, deferred_until, now - batch.queued_at < MAX_DEFER_MS) {
                     // Only deferred: back when the receiver may be up, the claim not counted.
@@ -880,7 +882,7 @@ impl Store {
                          AND contact_idx BETWEEN ? AND ? AND state = 'queued'",
                         params![Code::DeliveryFailed.as_str(), id, ch, batch.lo, batch.hi],
                     )?;
-                    c.execute("UPDATE jobs SET state = 'dead', lease_until = NULL WHERE id = ?", params![batch.job_id])?;
+                    c.execute("UPDATE jobs SET state = 'dead', lease_until = NULL, done_at = ? WHERE id = ?", params![now, batch.job_id])?;
                     report.failed += dead;
                     (report.done, report.dead, batches_done) = (true, true, 1);
                     failures.push(serde_json::json!({"dead_letter": true, "failed": dead, "code": Code::DeliveryFailed.as_str()}));
@@ -950,8 +952,8 @@ impl Store {
                 return Ok(Some(outcome));
             }
             c.execute(
-                "UPDATE jobs SET attempts = ?, state = 'dead', last_error = ?, lease_until = NULL WHERE id = ?",
-                params![attempts, error.clone(), job_id],
+                "UPDATE jobs SET attempts = ?, state = 'dead', last_error = ?, lease_until = NULL, done_at = ? WHERE id = ?",
+                params![attempts, error.clone(), now, job_id],
             )?;
             let b = c.query_one(
                 "SELECT workspace_id, frozen_audience FROM broadcasts WHERE id = ?",
@@ -1112,9 +1114,9 @@ impl Store {
             )?;
             for (channel, batch_no) in &batches {
                 c.execute(
-                    "UPDATE jobs SET state = 'ready', run_at = ?, attempts = 0, redrive = 1, throttled = 0, lease_until = NULL, last_error = NULL
+                    "UPDATE jobs SET state = 'ready', run_at = ?, due_at = ?, attempts = 0, redrive = 1, throttled = 0, lease_until = NULL, last_error = NULL, done_at = NULL
                      WHERE broadcast_id = ? AND channel = ? AND batch_no = ?",
-                    params![now, id, channel.clone(), *batch_no],
+                    params![now, now, id, channel.clone(), *batch_no],
                 )?;
             }
             c.execute(
@@ -1218,6 +1220,38 @@ fn state_conflict(c: &mut Conn, workspace_id: i64, id: i64, what: &str) -> Resul
 /// How long a fallback step waits before it looks again at a channel before
 /// it that has not finished the batch.
 const FALLBACK_RECHECK_MS: i64 = 30_000;
+
+/// `unread:inbox:7200000` → (unread, the channel before, the wait in ms).
+fn parse_condition(s: &str) -> Option<(bool, Channel, i64)> {
+    let mut parts = s.split(':');
+    let when = parts.next()?;
+    let previous = Channel::parse(parts.next()?).ok()?;
+    let after_ms = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    Some((when == "unread", previous, after_ms))
+}
+
+/// When a fallback step of a batch may run, if not now: while the channel
+/// before it still has the batch, a re-check later; once that finished, its
+/// finish plus the step's wait (so a paused, resumed or paced broadcast still
+/// gives every recipient the full wait).
+fn fallback_ready_at(
+    c: &mut Conn,
+    broadcast_id: i64,
+    batch_no: i64,
+    previous: Channel,
+    after_ms: i64,
+    now: i64,
+) -> Result<Option<i64>, StoreError> {
+    let prev = c.query_opt(
+        "SELECT state, done_at FROM jobs WHERE broadcast_id = ? AND batch_no = ? AND channel = ?",
+        params![broadcast_id, batch_no, previous.as_str()],
+    )?;
+    Ok(match prev {
+        Some(r) if matches!(r.str(0), "ready" | "held") => Some(now + FALLBACK_RECHECK_MS),
+        Some(r) => r.opt_i64(1).map(|done| done + after_ms).filter(|at| *at > now),
+        None => None,
+    })
+}
 
 /// Takes out of `pending` the recipients this batch must not send to, and
 /// gives their records a final state: `skipped` when a fallback step's

@@ -231,7 +231,7 @@ pub async fn receipts(
                 ))
             }
         };
-        receipts.push(Receipt { provider_id: r.message_id, delivered, error: r.err_code });
+        receipts.push(Receipt { provider_id: r.message_id, out_id: r.out_id, delivered, error: r.err_code });
     }
     let report = state.blocking(move |s| Ok(s.store.record_receipts(ws, channel, &receipts, now_millis())?)).await?;
     Ok(Json(ReceiptsResponse { received, delivered: report.delivered, failed: report.failed, ignored: report.ignored }))

@@ -216,6 +216,13 @@ pub async fn consent_and_unsubscribe(app: TestApp) {
         .map(|d| d["contact_id"].as_str().unwrap().parse().unwrap())
         .collect();
     assert_eq!(filtered, vec![quiet_id]);
+    // A refused (filtered) inbox record is not in the recipient's inbox.
+    let t = app.post(&format!("/v1/contacts/{quiet_id}/inbox-token"), &key, json!({})).await.expect(201);
+    let quiet_token = t["token"].as_str().unwrap();
+    let inbox = app.get("/v1/inbox", quiet_token).await.expect(200);
+    let ids: Vec<&str> = inbox["items"].as_array().unwrap().iter().map(|m| m["message_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [b.as_str()], "the first message only, not the filtered second: {inbox}");
+    app.post(&format!("/v1/inbox/{b2}/read"), quiet_token, json!({})).await.expect_error(404, "QF-NOT-FOUND");
     // The recipient can also stop a channel from the inbox.
     let yes = contacts["items"].as_array().unwrap().iter().find(|c| c["external_id"] == "yes").unwrap();
     let t = app
@@ -401,7 +408,7 @@ pub async fn external_channels_end_to_end(app: TestApp) {
         &app,
         "/v1/channels/email",
         &key,
-        json!({"host": "127.0.0.1", "port": smtp.port(), "security": "none", "from": "群发测试 <news@shop.example>"}),
+        json!({"host": "127.0.0.1", "port": smtp.port(), "security": "none", "from": "群发测试 <news@shop.example>", "allow_private_networks": true}),
     )
     .await
     .expect(200);
@@ -409,11 +416,11 @@ pub async fn external_channels_end_to_end(app: TestApp) {
         &app,
         "/v1/channels/sms",
         &key,
-        json!({"base_url": sms.url(), "api_key": "sms-key-0123", "sign_name": "群发", "template_id": "SMS_001"}),
+        json!({"base_url": sms.url(), "api_key": "sms-key-0123", "sign_name": "群发", "template_id": "SMS_001", "allow_private_networks": true}),
     )
     .await
     .expect(200);
-    put(&app, "/v1/channels/wecom", &key, json!({"base_url": wecom.url(), "corp_id": "ww-corp", "corp_secret": "corp-secret-0123", "agent_id": 1_000_002}))
+    put(&app, "/v1/channels/wecom", &key, json!({"base_url": wecom.url(), "corp_id": "ww-corp", "corp_secret": "corp-secret-0123", "agent_id": 1_000_002, "allow_private_networks": true}))
         .await
         .expect(200);
     let body = [

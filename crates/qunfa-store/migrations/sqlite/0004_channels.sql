@@ -31,6 +31,11 @@ ALTER TABLE broadcasts ADD COLUMN fallback TEXT;
 -- A fallback job sends only to recipients of the batch for whom the
 -- condition holds on the previous channel: 'unread:inbox', 'failed:email'.
 ALTER TABLE jobs ADD COLUMN condition TEXT;
+-- When a job became done or dead (a fallback step waits from there), and
+-- when it first became due (dispatch, or dispatch + the fallback waits;
+-- a re-drive sets it anew): free deferrals are bounded from it.
+ALTER TABLE jobs ADD COLUMN done_at INTEGER;
+ALTER TABLE jobs ADD COLUMN due_at INTEGER;
 -- Outgoing event webhooks: endpoints, events (the transactional outbox) and
 -- one delivery per (event, endpoint).
 CREATE TABLE event_endpoints (

@@ -94,6 +94,16 @@ pub fn fallback_and_consent(f: Fixture) {
         .unwrap();
     assert_eq!((bid, idx), (b.id, 5));
     assert!(f.store.record_bounce(w, BounceTarget::MessageId("<qf-999-5-email@x>"), true, "x", NOW).is_err());
+    // The same bounce reported again (providers resend DSNs) changes nothing.
+    f.store
+        .record_bounce(
+            w,
+            BounceTarget::MessageId(&format!("<qf-{}-5-email@example.com>", b.id)),
+            true,
+            "again",
+            NOW + 3_700_001,
+        )
+        .unwrap();
     let s = f.store.broadcast(w, b.id).unwrap();
     assert_eq!((s.n_delivered, s.n_failed), (6 + 1, 2), "6 inbox + contact 4; contacts 1 and 5 failed");
     // The SMS step (re-checked) goes to the email failures 1 and 5 and the
@@ -119,7 +129,7 @@ pub fn fallback_and_consent(f: Fixture) {
     assert_eq!((r.sent, r.done, r.completed), (1, true, true));
     let s = f.store.broadcast(w, b.id).unwrap();
     assert_eq!(s.n_sent, 1);
-    let receipt = |id: &str, ok: bool| Receipt { provider_id: id.into(), delivered: ok, error: None };
+    let receipt = |id: &str, ok: bool| Receipt { provider_id: id.into(), out_id: None, delivered: ok, error: None };
     let r = f
         .store
         .record_receipts(w, Channel::Sms, &[receipt("prov-5", true), receipt("unknown", true)], NOW + 4_400_000)
