@@ -243,6 +243,12 @@ fn text(field: &str, s: &str, max: usize) -> Result<String, SettingsError> {
     }
 }
 
+/// Whether two base URLs name the same place (a stored credential is kept
+/// only for the provider it was given for).
+fn same_url(a: &str, b: &str) -> bool {
+    a.trim().trim_end_matches('/').eq_ignore_ascii_case(b.trim().trim_end_matches('/'))
+}
+
 /// The address inside `a@b.c` or `Name <a@b.c>`.
 pub fn mailbox_address(s: &str) -> Option<&str> {
     let s = s.trim();
@@ -321,14 +327,22 @@ impl ChannelSettings {
                     SmtpSecurity::StartTls => 587,
                     SmtpSecurity::Tls => 465,
                 };
+                // A stored password goes only to the server it was given for.
                 let old = match stored_kind {
-                    Some(SettingsKind::Email(e)) => e.password.as_deref(),
+                    Some(SettingsKind::Email(e)) if e.host.eq_ignore_ascii_case(r.host.trim()) => e.password.as_deref(),
                     _ => None,
                 };
                 let username = r.username.map(|u| text("username", &u, 256)).transpose()?;
                 let password = secret("password", r.password, old, false)?;
-                if password.is_some() && username.is_none() {
-                    return Err(SettingsError::new("username", "is required with a password"));
+                match (&username, &password) {
+                    (None, Some(_)) => return Err(SettingsError::new("username", "is required with a password")),
+                    (Some(_), None) => {
+                        return Err(SettingsError::new(
+                            "password",
+                            "is required with a username (again when the host changes: a stored password goes only to its own server)",
+                        ))
+                    }
+                    _ => {}
                 }
                 Ok(Self {
                     per_minute: r.per_minute.map(|v| range("per_minute", v, 1, 10_000_000)).transpose()?,
@@ -385,7 +399,7 @@ impl ChannelSettings {
             Channel::Sms => {
                 let r: RawSms = decode(value)?;
                 let old = match stored_kind {
-                    Some(SettingsKind::Sms(s)) => Some(s.api_key.as_str()),
+                    Some(SettingsKind::Sms(s)) if same_url(&s.base_url, &r.base_url) => Some(s.api_key.as_str()),
                     _ => None,
                 };
                 Ok(Self {
@@ -403,8 +417,11 @@ impl ChannelSettings {
             }
             Channel::Wecom => {
                 let r: RawWecom = decode(value)?;
+                let base = r.base_url.as_deref().unwrap_or("https://qyapi.weixin.qq.com");
                 let old = match stored_kind {
-                    Some(SettingsKind::Wecom(w)) => Some(w.corp_secret.as_str()),
+                    Some(SettingsKind::Wecom(w)) if same_url(&w.base_url, base) && w.corp_id == r.corp_id.trim() => {
+                        Some(w.corp_secret.as_str())
+                    }
                     _ => None,
                 };
                 Ok(Self {
@@ -553,6 +570,22 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.field, "corp_secret");
         assert!(ChannelSettings::parse(Channel::Inbox, &json!({}), None, &mut gen).is_err());
+    }
+
+    #[test]
+    fn a_stored_credential_stays_with_its_provider() {
+        let s = ChannelSettings::parse(
+            Channel::Sms,
+            &json!({"base_url": "https://sms.example.com", "api_key": "k1", "sign_name": "s", "template_id": "t"}),
+            None,
+            &mut gen,
+        )
+        .unwrap();
+        let same = json!({"base_url": "https://sms.example.com/", "sign_name": "s", "template_id": "t2"});
+        assert!(ChannelSettings::parse(Channel::Sms, &same, Some(&s), &mut gen).is_ok());
+        let elsewhere = json!({"base_url": "https://evil.example.net", "sign_name": "s", "template_id": "t"});
+        let e = ChannelSettings::parse(Channel::Sms, &elsewhere, Some(&s), &mut gen).unwrap_err();
+        assert_eq!(e.field, "api_key", "a new provider needs the key again");
     }
 
     #[test]

@@ -135,6 +135,16 @@ pub fn fallback_and_consent(f: Fixture) {
         .record_receipts(w, Channel::Sms, &[receipt("prov-5", true), receipt("unknown", true)], NOW + 4_400_000)
         .unwrap();
     assert_eq!((r.delivered, r.ignored), (1, 1));
+    // A receipt can come before its batch was recorded: found by its key.
+    // (Contact 4's email is `delivered` already: a stray SMS key for it is ignored.)
+    let early = Receipt {
+        provider_id: "prov-x".into(),
+        out_id: Some(format!("qf-{}-4-sms", b.id)),
+        delivered: true,
+        error: None,
+    };
+    let r = f.store.record_receipts(w, Channel::Sms, &[early], NOW + 4_399_999).unwrap();
+    assert_eq!(r.ignored, 1, "contact 4 has a skipped SMS record, not a queued one");
     // A repeated (or contradicting) receipt changes nothing.
     let r = f.store.record_receipts(w, Channel::Sms, &[receipt("prov-5", false)], NOW + 4_400_001).unwrap();
     assert_eq!((r.delivered, r.failed, r.ignored), (0, 0, 1));
@@ -216,4 +226,50 @@ pub fn workspace_channel_rate(f: Fixture) {
         .finish_external("n", &batch, &send_all(&batch, |_| SendOutcome::Delivered), &policy, NOW + 2_000_000)
         .unwrap();
     assert_eq!((r.delivered, r.done, r.completed), (2000, true, true));
+}
+
+/// A provider's receipt that beats the record of its own batch (a fast
+/// provider, a long batch) is applied from `queued`, found by its key; the
+/// batch's later record then changes nothing, and nothing is counted twice.
+pub fn early_receipts(f: Fixture) {
+    let w = ws(&f, qunfa_core::workspace::WorkspaceKind::Enterprise);
+    let lines: String = (0..3)
+        .map(|i| format!("{{\"external_id\":\"p{i}\",\"channels\":{{\"phone\":\"+861380000000{i}\"}},\"consent\":{{\"sms\":true}}}}\n"))
+        .collect();
+    f.store.import_contacts(w, &Policy::builtin().tiers.enterprise, &contacts(&lines), "t", NOW).unwrap();
+    let new = NewBroadcast { channels: vec![Channel::Sms], ..text_broadcast("验证码 1234", None) };
+    let (b, _) = f.store.create_broadcast(w, 1, &new, "t", NOW).unwrap();
+    let audience = f.store.resolve_audience(w, &AudienceSpec::All).unwrap();
+    let rules =
+        DispatchRules { from: BroadcastState::Draft, daily_limit: None, approved_by: None, verdicts_json: "[]" };
+    f.store.dispatch(w, b.id, &audience, rules, "t", NOW).unwrap();
+    let policy = Policy::builtin().delivery;
+    let batch =
+        f.store.claim_external("n", &[Channel::Sms], &DispatchCache::default(), &policy, 8, 60_000, NOW).unwrap();
+    let batch = &batch[0];
+    let key = |idx: u32| Some(format!("qf-{}-{idx}-sms", b.id));
+    let receipts = [
+        Receipt { provider_id: "m0".into(), out_id: key(0), delivered: true, error: None },
+        Receipt { provider_id: "m1".into(), out_id: key(1), delivered: false, error: Some("UNDELIVERABLE".into()) },
+        Receipt { provider_id: "m9".into(), out_id: Some("qf-999999-0-sms".into()), delivered: true, error: None },
+    ];
+    let r = f.store.record_receipts(w, Channel::Sms, &receipts, NOW + 5).unwrap();
+    assert_eq!((r.delivered, r.failed, r.ignored), (1, 1, 1));
+    let outcomes = send_all(batch, |idx| SendOutcome::Accepted(format!("m{idx}")));
+    let r = f.store.finish_external("n", batch, &outcomes, &policy, NOW + 10).unwrap();
+    assert_eq!((r.sent, r.done, r.completed), (1, true, true), "only contact 2 still awaits its receipt");
+    let s = f.store.broadcast(w, b.id).unwrap();
+    assert_eq!((s.n_delivered, s.n_failed, s.n_sent), (1, 1, 1));
+    let r = f
+        .store
+        .record_receipts(
+            w,
+            Channel::Sms,
+            &[Receipt { provider_id: "m2".into(), out_id: key(2), delivered: true, error: None }],
+            NOW + 20,
+        )
+        .unwrap();
+    assert_eq!(r.delivered, 1);
+    let s = f.store.broadcast(w, b.id).unwrap();
+    assert_eq!((s.n_delivered, s.n_failed, s.n_sent), (2, 1, 0));
 }

@@ -48,10 +48,11 @@ both_backends!(
     external_batches_are_leased_and_taken_over,
     fallback_and_consent,
     workspace_channel_rate,
+    early_receipts,
 );
 
 mod channels;
-use channels::{fallback_and_consent, workspace_channel_rate};
+use channels::{early_receipts, fallback_and_consent, workspace_channel_rate};
 
 struct Fixture {
     store: Store,
