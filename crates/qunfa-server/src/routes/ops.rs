@@ -108,6 +108,14 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             let _ = writeln!(out, "{name}{{class=\"{}\",channel=\"{channel}\"}} {n}", class.as_str());
         }
     }
+    if let Ok(pending) = state.blocking(|s| Ok(s.store.events_pending()?)).await {
+        let name = "qunfa_event_deliveries_pending";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Outgoing event webhook deliveries not yet delivered or failed.\n# TYPE {name} gauge"
+        );
+        let _ = writeln!(out, "{name} {pending}");
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 

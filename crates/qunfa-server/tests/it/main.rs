@@ -553,6 +553,7 @@ async fn operations_endpoints(app: TestApp) {
     assert!(metrics.contains("qunfa_deliveries_total{class=\"broadcast\",channel=\"inbox\"} 1"), "{metrics}");
     assert!(metrics.contains("qunfa_delivery_latency_seconds_count{class=\"broadcast\",channel=\"inbox\"} 1"));
     assert!(metrics.contains("# TYPE qunfa_queue_batches gauge"));
+    assert!(metrics.contains("# TYPE qunfa_event_deliveries_pending gauge"));
     assert!(metrics.contains("qunfa_http_requests_total{class=\"2xx\"}"));
     // Progress over SSE ends with the completed state.
     let sse = app
