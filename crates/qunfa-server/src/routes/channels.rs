@@ -9,7 +9,7 @@ use axum::{
     Json,
 };
 use qunfa_core::{
-    channel::ChannelSettings,
+    channel::{ChannelSettings, SettingsKind},
     contact::{Channel, EmailAddress, HttpUrl},
     sign,
     workspace::Action,
@@ -104,6 +104,10 @@ pub async fn put_channel(
                 ApiError::new(e.code(), format!("{}: {}", e.field, e.message))
                     .with_details(vec![serde_json::json!({"field": e.field, "message": e.message})])
             })?;
+            // A literal non-public host is refused now rather than at every send.
+            if let Some(why) = private_target(&settings) {
+                return Err(ApiError::new(Code::AddressPrivate, why));
+            }
             let now = now_millis();
             s.store.set_channel_settings(ws, &settings, &actor, now)?;
             Ok((settings, generated, now))
@@ -116,6 +120,27 @@ pub async fn put_channel(
         updated_at: Some(ts(at)),
         generated_secret: generated,
     }))
+}
+
+/// Why settings point at a literal loopback/private host without
+/// `allow_private_networks` (names are checked when they are resolved).
+fn private_target(settings: &ChannelSettings) -> Option<String> {
+    let (url, allowed) = match &settings.kind {
+        SettingsKind::Email(e) => (format!("smtp://{}/", e.host), e.allow_private_networks),
+        SettingsKind::Webhook(w) => (w.endpoint.clone()?, w.allow_private_networks),
+        SettingsKind::Sms(s) => (s.base_url.clone(), s.allow_private_networks),
+        SettingsKind::Wecom(w) => (w.base_url.clone(), w.allow_private_networks),
+    };
+    if allowed {
+        return None;
+    }
+    let what = match settings.kind {
+        SettingsKind::Email(_) => "the SMTP host",
+        SettingsKind::Webhook(_) => "the webhook host",
+        SettingsKind::Sms(_) => "the SMS provider's host",
+        SettingsKind::Wecom(_) => "the WeCom API host",
+    };
+    qunfa_engine::literal_private_host(&url).map(|why| why.replacen("the webhook host", what, 1))
 }
 
 /// One channel's settings (secrets masked).

@@ -71,6 +71,21 @@ pub async fn channel_settings(app: TestApp) {
         .expect_error(400, "QF-CHANNEL-SETTINGS");
     put(&app, "/v1/channels/inbox", &key, json!({})).await.expect_error(400, "QF-CHANNEL-SETTINGS");
     put(&app, "/v1/channels/fax", &key, json!({})).await.expect_error(400, "QF-INVALID-CHANNEL");
+    // SSRF: a private or metadata address is refused unless allowed.
+    put(&app, "/v1/channels/webhook", &key, json!({"endpoint": "http://169.254.169.254/latest"}))
+        .await
+        .expect_error(422, "QF-ADDRESS-PRIVATE");
+    put(
+        &app,
+        "/v1/channels/sms",
+        &key,
+        json!({"base_url": "http://10.1.2.3", "api_key": "k", "sign_name": "s", "template_id": "t"}),
+    )
+    .await
+    .expect_error(422, "QF-ADDRESS-PRIVATE");
+    put(&app, "/v1/channels/email", &key, json!({"host": "127.0.0.1", "from": "a@b.co"}))
+        .await
+        .expect_error(422, "QF-ADDRESS-PRIVATE");
     put(&app, "/v1/channels/email", &sender, smtp.clone()).await.expect_error(403, "QF-AUTH-FORBIDDEN");
     let list = app.get("/v1/channels", &key).await.expect(200);
     assert_eq!(list.as_array().unwrap().len(), 1, "only the inbox: {list}");
