@@ -18,6 +18,16 @@ use qunfa_store::{
 
 use super::{contacts, step, text_broadcast, ws, Fixture, NOW};
 
+/// Creates `new` and dispatches it to every contact at `NOW`.
+fn send_to_all(f: &Fixture, w: i64, new: &NewBroadcast) -> qunfa_store::broadcasts::BroadcastRecord {
+    let (b, _) = f.store.create_broadcast(w, 1, new, "t", NOW).unwrap();
+    let audience = f.store.resolve_audience(w, &AudienceSpec::All).unwrap();
+    let rules =
+        DispatchRules { from: BroadcastState::Draft, daily_limit: None, approved_by: None, verdicts_json: "[]" };
+    f.store.dispatch(w, b.id, &audience, rules, "t", NOW).unwrap();
+    b
+}
+
 fn send_all(batch: &ExternalBatch, outcome: impl Fn(u32) -> SendOutcome) -> Vec<(u32, SendOutcome)> {
     batch.items.iter().map(|i| (i.contact_idx, outcome(i.contact_idx))).collect()
 }
@@ -43,11 +53,7 @@ pub fn fallback_and_consent(f: Fixture) {
     let steps = [("email".to_owned(), "unread".to_owned(), 3600), ("sms".to_owned(), "failed".to_owned(), 600)];
     let fallback = check_fallback(&[Channel::Inbox], &steps).unwrap();
     let new = NewBroadcast { fallback, ..text_broadcast("重要通知", None) };
-    let (b, _) = f.store.create_broadcast(w, 1, &new, "t", NOW).unwrap();
-    let audience = f.store.resolve_audience(w, &AudienceSpec::All).unwrap();
-    let rules =
-        DispatchRules { from: BroadcastState::Draft, daily_limit: None, approved_by: None, verdicts_json: "[]" };
-    f.store.dispatch(w, b.id, &audience, rules, "t", NOW).unwrap();
+    let b = send_to_all(&f, w, &new);
     let policy = Policy::builtin().delivery;
     let cache = DispatchCache::default();
     let claim = |now: i64| {
@@ -173,11 +179,7 @@ pub fn workspace_channel_rate(f: Fixture) {
     .unwrap();
     f.store.set_channel_settings(w, &settings, "t", NOW).unwrap();
     let new = NewBroadcast { channels: vec![Channel::Webhook], ..text_broadcast("你好", None) };
-    let (b, _) = f.store.create_broadcast(w, 1, &new, "t", NOW).unwrap();
-    let audience = f.store.resolve_audience(w, &AudienceSpec::All).unwrap();
-    let rules =
-        DispatchRules { from: BroadcastState::Draft, daily_limit: None, approved_by: None, verdicts_json: "[]" };
-    f.store.dispatch(w, b.id, &audience, rules, "t", NOW).unwrap();
+    send_to_all(&f, w, &new);
     let policy = Policy::builtin().delivery;
     let cache = DispatchCache::default();
     // A bucket holds one second of the rate, at least one batch: the first
@@ -238,11 +240,7 @@ pub fn early_receipts(f: Fixture) {
         .collect();
     f.store.import_contacts(w, &Policy::builtin().tiers.enterprise, &contacts(&lines), "t", NOW).unwrap();
     let new = NewBroadcast { channels: vec![Channel::Sms], ..text_broadcast("验证码 1234", None) };
-    let (b, _) = f.store.create_broadcast(w, 1, &new, "t", NOW).unwrap();
-    let audience = f.store.resolve_audience(w, &AudienceSpec::All).unwrap();
-    let rules =
-        DispatchRules { from: BroadcastState::Draft, daily_limit: None, approved_by: None, verdicts_json: "[]" };
-    f.store.dispatch(w, b.id, &audience, rules, "t", NOW).unwrap();
+    let b = send_to_all(&f, w, &new);
     let policy = Policy::builtin().delivery;
     let batch =
         f.store.claim_external("n", &[Channel::Sms], &DispatchCache::default(), &policy, 8, 60_000, NOW).unwrap();
