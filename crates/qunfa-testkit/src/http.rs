@@ -121,12 +121,8 @@ impl HttpReceiver {
             per_path: Mutex::default(),
             shutdown: shutdown_rx,
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("local address");
         let app = Router::new().fallback(handle).with_state(shared.clone());
-        let server = crate::Serving(tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        }));
+        let (addr, server) = crate::serve_loopback(app).await;
         Self { addr, shared, shutdown, _server: server }
     }
 

@@ -24,3 +24,15 @@ impl Drop for Serving {
         self.0.abort();
     }
 }
+
+/// Serves `app` on `127.0.0.1:0`: its address, and the task (stopped on drop).
+pub(crate) async fn serve_loopback(app: axum::Router) -> (std::net::SocketAddr, Serving) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+    let addr = listener.local_addr().expect("local address");
+    (
+        addr,
+        Serving(tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        })),
+    )
+}

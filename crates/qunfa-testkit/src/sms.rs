@@ -140,11 +140,7 @@ impl SmsProvider {
             client: reqwest::Client::new(),
         });
         let app = Router::new().route("/sms/send", post(send)).with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
-        let addr = listener.local_addr().expect("local address");
-        let server = crate::Serving(tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        }));
+        let (addr, server) = crate::serve_loopback(app).await;
         Self { addr, shared, _server: server }
     }
 
@@ -387,11 +383,7 @@ impl ReceiptSink {
                 }),
             )
             .with_state(received.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
-        let addr = listener.local_addr().expect("local address");
-        let server = crate::Serving(tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        }));
+        let (addr, server) = crate::serve_loopback(app).await;
         Self { addr, received, _server: server }
     }
 

@@ -120,11 +120,7 @@ impl WecomApi {
             .route("/cgi-bin/gettoken", get(gettoken))
             .route("/cgi-bin/message/send", post(message_send))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
-        let addr = listener.local_addr().expect("local address");
-        let server = crate::Serving(tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        }));
+        let (addr, server) = crate::serve_loopback(app).await;
         Self { addr, shared, _server: server }
     }
 
