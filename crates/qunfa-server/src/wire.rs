@@ -135,6 +135,17 @@ pub struct ContactResponse {
     pub departments: Vec<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// Channels the contact gets no messages on, with why: `consent`
+    /// (refused), `unsubscribed` (by the contact), `bounced` (a hard bounce).
+    /// Only on `GET /v1/contacts/{id}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opt_outs: Option<Vec<OptOutWire>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OptOutWire {
+    pub channel: String,
+    pub reason: String,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -37,6 +37,7 @@ pub fn contact_response(workspace_id: i64, c: ContactRecord) -> ContactResponse 
         departments: c.departments.iter().map(ToString::to_string).collect(),
         created_at: ts(c.created_at),
         updated_at: ts(c.updated_at),
+        opt_outs: None,
     }
 }
 
@@ -107,8 +108,16 @@ pub async fn get_contact(
     auth.require(Action::Read)?;
     let ws = auth.workspace_id();
     let idx = parse_contact_id(ws, &id)?;
-    let rec = state.blocking(move |s| Ok(s.store.contact(ws, idx)?)).await?;
-    Ok(Json(contact_response(ws, rec)))
+    let (rec, opt_outs) =
+        state.blocking(move |s| Ok((s.store.contact(ws, idx)?, s.store.opt_outs_of(ws, idx)?))).await?;
+    let mut out = contact_response(ws, rec);
+    out.opt_outs = Some(
+        opt_outs
+            .into_iter()
+            .map(|(channel, reason)| OptOutWire { channel: channel.as_str().into(), reason: reason.as_str().into() })
+            .collect(),
+    );
+    Ok(Json(out))
 }
 
 /// Change a contact: attributes and consent merge, addresses replace.

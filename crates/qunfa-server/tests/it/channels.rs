@@ -203,6 +203,7 @@ pub async fn consent_and_unsubscribe(app: TestApp) {
     assert_eq!(app.http.post(&url).send().await.unwrap().status(), 200, "repeating changes nothing");
     let quiet_now = app.get(&format!("/v1/contacts/{quiet_id}"), &key).await.expect(200);
     assert_eq!(quiet_now["consent"]["inbox"], false);
+    assert_eq!(quiet_now["opt_outs"], json!([{"channel": "inbox", "reason": "unsubscribed"}]));
     // An operator cannot re-subscribe them by setting consent.
     app.call(Method::PATCH, &format!("/v1/contacts/{quiet_id}"), Some(&key), Some(json!({"consent": {"inbox": true}})))
         .await
