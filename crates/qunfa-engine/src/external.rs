@@ -188,7 +188,34 @@ async fn send_and_record(
     mut batch: ExternalBatch,
 ) {
     let started = std::time::Instant::now();
-    let outcomes = transports.send(&mut batch).await;
+    // A slow receiver can make a batch outlive its lease: while it is sent,
+    // the lease is extended every third of its length (if this claim still
+    // holds it), so no other node takes the job over and sends it again.
+    let lease_ms = i64::from(config.delivery.external_lease_seconds) * 1000;
+    let (job_id, mut lease_until) = (batch.job_id, batch.lease_until);
+    let outcomes = {
+        let send = transports.send(&mut batch);
+        tokio::pin!(send);
+        loop {
+            let tick = tokio::time::sleep(Duration::from_millis((lease_ms / 3).max(1) as u64));
+            tokio::select! {
+                outcomes = &mut send => break outcomes,
+                () = tick => {
+                    let (s, node) = (store.clone(), config.node.clone());
+                    let renewed = tokio::task::spawn_blocking(move || {
+                        s.renew_lease(&node, job_id, lease_until, now_millis() + lease_ms)
+                    })
+                    .await;
+                    match renewed {
+                        Ok(Ok(Some(until))) => lease_until = until,
+                        Ok(Ok(None)) => tracing::warn!(job = job_id, "the lease of a batch in flight was lost; it is only recorded"),
+                        _ => tracing::warn!(job = job_id, "renewing the lease of a batch in flight failed"),
+                    }
+                }
+            }
+        }
+    };
+    batch.lease_until = lease_until;
     let (s, cfg, m) = (store.clone(), config.clone(), engine.metrics.clone());
     let node = config.node.clone();
     let recorded = tokio::task::spawn_blocking(move || {

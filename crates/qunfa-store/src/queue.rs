@@ -750,6 +750,28 @@ impl Store {
         })
     }
 
+    /// Extends the lease of a batch still being sent, if this claim still
+    /// holds it (same owner, same expiry): returns the new expiry, or none
+    /// when the lease was lost (another node took the job over).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn renew_lease(
+        &self,
+        owner: &str,
+        job_id: i64,
+        lease_until: i64,
+        new_until: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        self.db.write(|c| {
+            let n = c.execute(
+                "UPDATE jobs SET lease_until = ? WHERE id = ? AND lease_owner = ? AND lease_until = ? AND state = 'ready'",
+                params![new_until, job_id, owner, lease_until],
+            )?;
+            Ok((n == 1).then_some(new_until))
+        })
+    }
+
     /// Records what the channel said about a claimed batch, in one
     /// transaction: delivered and rejected records become final (each record
     /// changes once: only from `queued`), and the broadcast's counts move with

@@ -253,6 +253,19 @@ pub fn early_receipts(f: Fixture) {
     ];
     let r = f.store.record_receipts(w, Channel::Sms, &receipts, NOW + 5).unwrap();
     assert_eq!((r.delivered, r.failed, r.ignored), (1, 1, 1));
+    // A slow send renews its lease; a stale claim cannot renew or finish as owner.
+    let mut batch = batch.clone();
+    assert_eq!(f.store.renew_lease("other", batch.job_id, batch.lease_until, NOW + 120_000).unwrap(), None);
+    let renewed = f.store.renew_lease("n", batch.job_id, batch.lease_until, NOW + 120_000).unwrap();
+    assert_eq!(renewed, Some(NOW + 120_000));
+    assert!(f
+        .store
+        .claim_external("m", &[Channel::Sms], &DispatchCache::default(), &policy, 8, 60_000, NOW + 90_000)
+        .unwrap()
+        .is_empty());
+    assert_eq!(f.store.renew_lease("n", batch.job_id, batch.lease_until, NOW + 130_000).unwrap(), None, "stale expiry");
+    batch.lease_until = NOW + 120_000;
+    let batch = &batch;
     let outcomes = send_all(batch, |idx| SendOutcome::Accepted(format!("m{idx}")));
     let r = f.store.finish_external("n", batch, &outcomes, &policy, NOW + 10).unwrap();
     assert_eq!((r.sent, r.done, r.completed), (1, true, true), "only contact 2 still awaits its receipt");
