@@ -221,17 +221,7 @@ async fn send_and_record(
     let recorded = tokio::task::spawn_blocking(move || {
         let r = s.finish_external(&node, &batch, &outcomes, &cfg.delivery, now_millis());
         if let Ok(report) = &r {
-            let latency = now_millis() - batch.queued_at;
-            m.record_batch(batch.priority, batch.channel, report.delivered, report.failed, latency);
-            if report.done {
-                m.jobs_done.fetch_add(1, Ordering::Relaxed);
-            }
-            if report.dead {
-                m.dead_letters.fetch_add(1, Ordering::Relaxed);
-            }
-            if report.completed {
-                m.broadcasts_completed.fetch_add(1, Ordering::Relaxed);
-            }
+            m.record_external(&batch, report, now_millis() - batch.queued_at);
             tracing::info!(
                 broadcast = batch.broadcast_id,
                 batch = batch.batch_no,

@@ -19,7 +19,7 @@ use qunfa_core::{broadcast::Priority, contact::Channel, policy::DeliveryPolicy, 
 use qunfa_store::{
     broadcasts::DispatchCache,
     now_millis,
-    queue::{StepLimits, StepReport},
+    queue::{FinishReport, StepLimits, StepReport},
     Store,
 };
 use tokio::sync::Notify;
@@ -107,6 +107,14 @@ impl EngineMetrics {
         self.delivered.get(priority, channel).fetch_add(delivered, Ordering::Relaxed);
         self.failed.get(priority, channel).fetch_add(failed, Ordering::Relaxed);
         self.latency.get(priority, channel).observe(latency_ms.max(0) as u64, delivered);
+    }
+
+    /// Counts one recorded external batch.
+    pub fn record_external(&self, batch: &qunfa_store::queue::ExternalBatch, report: &FinishReport, latency_ms: i64) {
+        self.record_batch(batch.priority, batch.channel, report.delivered, report.failed, latency_ms);
+        self.jobs_done.fetch_add(u64::from(report.done), Ordering::Relaxed);
+        self.dead_letters.fetch_add(u64::from(report.dead), Ordering::Relaxed);
+        self.broadcasts_completed.fetch_add(u64::from(report.completed), Ordering::Relaxed);
     }
 
     fn record(&self, report: &StepReport) {
