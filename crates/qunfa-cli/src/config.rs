@@ -59,6 +59,16 @@ pub struct Config {
     /// unsubscribe) and provider callbacks (SMS receipts); default
     /// `http://{listen}`.
     pub public_url: Option<String>,
+    /// A folder of word files for the content-safety word library (one word a
+    /// line, one file per category; see docs/safety.md). Added to the lists
+    /// shipped with qunfa.
+    pub safety_lexicon_dir: Option<PathBuf>,
+    /// A rules file replacing the shipped content-safety rules.
+    pub safety_rules: Option<PathBuf>,
+    /// A risk model written by `qunfa safety train`, replacing the shipped one.
+    pub safety_model: Option<PathBuf>,
+    /// Leave the word lists shipped with qunfa out.
+    pub safety_no_defaults: bool,
 }
 
 impl Default for Config {
@@ -76,11 +86,15 @@ impl Default for Config {
             webhook_secret: None,
             webhook_allow_private_networks: false,
             public_url: None,
+            safety_lexicon_dir: None,
+            safety_rules: None,
+            safety_model: None,
+            safety_no_defaults: false,
         }
     }
 }
 
-const KEYS: [&str; 13] = [
+const KEYS: [&str; 17] = [
     "listen",
     "data_dir",
     "database_url",
@@ -93,6 +107,10 @@ const KEYS: [&str; 13] = [
     "webhook_secret",
     "webhook_allow_private_networks",
     "public_url",
+    "safety_lexicon_dir",
+    "safety_rules",
+    "safety_model",
+    "safety_no_defaults",
     "config",
 ];
 
@@ -116,6 +134,16 @@ pub struct FlagOverrides {
 }
 
 impl Config {
+    /// Where the content-safety check comes from.
+    pub fn safety(&self) -> qunfa_server::safety::SafetyConfig {
+        qunfa_server::safety::SafetyConfig {
+            no_defaults: self.safety_no_defaults,
+            lexicon_dir: self.safety_lexicon_dir.clone(),
+            rules_file: self.safety_rules.clone(),
+            model_file: self.safety_model.clone(),
+        }
+    }
+
     /// Loads the configuration. `file` is `qunfa.toml` unless `--config` or
     /// `QUNFA_CONFIG` names another; a missing default file is fine, a missing
     /// named file is an error.

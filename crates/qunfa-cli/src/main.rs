@@ -9,6 +9,7 @@ mod channels;
 mod client;
 mod config;
 mod demo;
+mod safety;
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -110,6 +111,9 @@ enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Content safety: check a text, lint a word list, train the risk model, reload.
+    #[command(subcommand)]
+    Safety(safety::SafetyCommand),
     /// Benchmarks of the bulk paths.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -336,7 +340,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
@@ -366,6 +370,7 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(channels::bounce(&api_client(&config)?, message_id, !soft, diagnostic))
         }
         Command::Audit(AuditCommand::Verify) => audit_verify(&config),
+        Command::Safety(cmd) => safety::run(&config, cmd),
         Command::Audience(cmd) => runtime()?.block_on(audience(&config, cmd)),
         Command::Tags(TagsCommand::Report { dormant_days }) => {
             runtime()?.block_on(audience(&config, AudienceCommand::Report { dormant_days }))
@@ -427,6 +432,8 @@ fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
             }
         },
     };
+    let safety = qunfa_server::safety::SafetyState::load(config.safety(), &policy.safety)
+        .map_err(|e| anyhow::anyhow!("content safety: {e}"))?;
     let demo_keys = if demo { Some(demo::seed(&store, &policy)?) } else { None };
     // The key of unsubscribe links and receipt URLs, shared by every node.
     let link_key = store.link_key()?;
@@ -457,8 +464,12 @@ fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
                 transports.default_webhook = Some(w);
             }
         }
-        let options =
-            qunfa_server::ServerOptions { public_url, link_key, server_webhook: transports.default_webhook.is_some() };
+        let options = qunfa_server::ServerOptions {
+            public_url,
+            link_key,
+            server_webhook: transports.default_webhook.is_some(),
+            safety: Some(std::sync::Arc::new(safety)),
+        };
         let engine = qunfa_engine::Engine::start_with(store.clone(), engine_config, transports);
         // Audience indexes are built in the background; a query that comes
         // first builds its workspace's index itself.
@@ -521,7 +532,7 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing the delivery step in flight");
 }
 
-fn api_client(config: &Config) -> anyhow::Result<Client> {
+pub(crate) fn api_client(config: &Config) -> anyhow::Result<Client> {
     let key = config.api_key.as_ref().context("a workspace API key is needed: --api-key or QUNFA_API_KEY")?;
     Ok(Client::new(&config.server, Some(key.expose())))
 }

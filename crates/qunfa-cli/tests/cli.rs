@@ -55,12 +55,18 @@ fn serve_import_send_explain_audit() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let url = format!("http://{listen}");
+    // Random human review is off: the sends below must not be held by chance.
+    std::fs::write(d.join("policy.toml"), "[safety]\nreview_sample_base = 0.0\nreview_sample_per_risk = 0.0\n")
+        .unwrap();
     let mut server = Server(
-        qunfa(d, &["serve", "--listen", &listen, "--data-dir", "data", "--admin-token", ADMIN])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+        qunfa(
+            d,
+            &["serve", "--listen", &listen, "--data-dir", "data", "--admin-token", ADMIN, "--policy", "policy.toml"],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap(),
     );
     let start = Instant::now();
     while std::net::TcpStream::connect(&listen).is_err() {

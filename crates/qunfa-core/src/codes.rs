@@ -108,6 +108,11 @@ codes! {
     Unsubscribed = "QF-UNSUBSCRIBED", "The contact unsubscribed from this channel.", "该联系人已退订此渠道。", "Nothing to fix: the contact chose not to receive these messages. Only the contact can subscribe again.";
     UnsubscribeLink = "QF-UNSUBSCRIBE-LINK", "The unsubscribe link is not valid.", "退订链接无效。", "Use the complete link from the message; links are not shortened or edited.";
     InvalidFallback = "QF-INVALID-FALLBACK", "The fallback order is not valid.", "备用渠道顺序无效。", "Each step names a channel not used before, `when` is unread or failed, and after_seconds is between 60 and 604800.";
+    ContentBlocked = "QF-CONTENT-BLOCKED", "The content is blocked by the content-safety check.", "内容未通过内容安全检查，禁止发送。", "Remove or rephrase the marked words, rules or links; POST /v1/safety/check shows every hit with its position, and a reviewer can report a false positive.";
+    ContentReview = "QF-CONTENT-REVIEW", "The content needs a human review before it is sent.", "内容需人工审核后才能发送。", "A reviewer approves or rejects it in the review queue (GET /v1/safety/reviews); rephrasing the marked text may avoid the review.";
+    ContentDerank = "QF-CONTENT-DERANK", "The content is sent with lower priority (finance, medical, political or risky content).", "内容涉及金融、医疗、时政或有风险，将降低发送优先级。", "Nothing to do; remove the marked terms if the message should go out at full speed.";
+    SafetyText = "QF-SAFETY-TEXT", "The text to check is empty or too long.", "待检查文本为空或过长。", "Send between 1 character and 256 KiB of UTF-8 text.";
+    SafetySources = "QF-SAFETY-SOURCES", "The word library, rules or model could not be loaded; the previous version keeps serving.", "词库、规则或模型加载失败，继续使用原版本。", "Fix the file and line named in the message, then reload (POST /v1/safety/reload or qunfa safety reload).";
     DuplicateClientMsgId = "QF-CLIENT-MSG-ID-REUSED", "This client_msg_id was used for different content.", "client_msg_id 已用于不同内容。", "Use a new client_msg_id for new content; resend the same body to get the original broadcast.";
 }
 

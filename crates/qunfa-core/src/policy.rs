@@ -62,6 +62,21 @@ pub struct Policy {
     pub api_batch_max: usize,
     pub tiers: Tiers,
     pub delivery: DeliveryPolicy,
+    pub safety: SafetyPolicy,
+}
+
+/// The numbers of the content-safety check.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SafetyPolicy {
+    /// Risk score (0–1) from which the model de-ranks, asks for review, blocks.
+    pub risk_derank: f32,
+    pub risk_review: f32,
+    pub risk_block: f32,
+    /// Random human review of messages nothing else holds: probability
+    /// `review_sample_base + review_sample_per_risk × risk`.
+    pub review_sample_base: f64,
+    pub review_sample_per_risk: f64,
 }
 
 /// How the delivery engine paces, retries and forgets.

@@ -161,12 +161,7 @@ impl LexiconBuilder {
             c.zh = zh.to_owned();
             return i as u16;
         }
-        self.categories.push(Category {
-            id: id.to_owned(),
-            severity,
-            en: en.to_owned(),
-            zh: zh.to_owned(),
-        });
+        self.categories.push(Category { id: id.to_owned(), severity, en: en.to_owned(), zh: zh.to_owned() });
         (self.categories.len() - 1) as u16
     }
 
@@ -176,10 +171,8 @@ impl LexiconBuilder {
     /// Invalid UTF-8, an unknown category, a line longer than
     /// `MAX_ENTRY_CHARS` characters or with an unknown severity.
     pub fn add_words(&mut self, category: &str, source: &str, bytes: &[u8]) -> Result<usize, LexiconError> {
-        let text = std::str::from_utf8(bytes).map_err(|e| LexiconError::Encoding {
-            file: source.to_owned(),
-            offset: e.valid_up_to(),
-        })?;
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| LexiconError::Encoding { file: source.to_owned(), offset: e.valid_up_to() })?;
         let category_idx = self
             .categories
             .iter()
@@ -212,10 +205,8 @@ impl LexiconBuilder {
     /// # Errors
     /// As for `add_words`.
     pub fn add_allow(&mut self, source: &str, bytes: &[u8]) -> Result<usize, LexiconError> {
-        let text = std::str::from_utf8(bytes).map_err(|e| LexiconError::Encoding {
-            file: source.to_owned(),
-            offset: e.valid_up_to(),
-        })?;
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| LexiconError::Encoding { file: source.to_owned(), offset: e.valid_up_to() })?;
         let mut added = 0;
         for (i, line) in text.lines().enumerate() {
             if let Some((phrase, _)) = self.parse_line(source, i + 1, line)? {
@@ -327,10 +318,7 @@ impl LexiconBuilder {
                     let p = pattern_of(part.text, &mut patterns);
                     patterns[p].parts.push((conjunction, i as u8, part.runs));
                 }
-                conjunctions.push(Conjunction {
-                    entry: kept.len() as u32,
-                    parts: parts.len() as u8,
-                });
+                conjunctions.push(Conjunction { entry: kept.len() as u32, parts: parts.len() as u8 });
                 kept.push(entry);
                 continue;
             }
@@ -339,10 +327,7 @@ impl LexiconBuilder {
                 continue;
             };
             let p = pattern_of(normalized.text, &mut patterns);
-            patterns[p].entries.push(PatternEntry {
-                entry: kept.len() as u32,
-                runs: normalized.runs,
-            });
+            patterns[p].entries.push(PatternEntry { entry: kept.len() as u32, runs: normalized.runs });
             kept.push(entry);
         }
         let mut allow_count = 0;
@@ -370,15 +355,7 @@ impl LexiconBuilder {
             .map_err(|e| LexiconError::Automaton(e.to_string()))?;
 
         let version = content_version(&self.categories, &kept, &self.allow);
-        Ok(Lexicon {
-            automaton,
-            patterns,
-            conjunctions,
-            entries: kept,
-            categories: self.categories,
-            version,
-            stats,
-        })
+        Ok(Lexicon { automaton, patterns, conjunctions, entries: kept, categories: self.categories, version, stats })
     }
 }
 
@@ -483,10 +460,7 @@ pub struct Lexicon {
 
 impl fmt::Debug for Lexicon {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Lexicon")
-            .field("version", &self.version)
-            .field("entries", &self.entries.len())
-            .finish()
+        f.debug_struct("Lexicon").field("version", &self.version).field("entries", &self.entries.len()).finish()
     }
 }
 
@@ -533,11 +507,7 @@ impl Lexicon {
                 continue;
             }
             if value & VALUE_COMPLEX == 0 {
-                scratch.hits.push(LexiconHit {
-                    entry: value & VALUE_INDEX,
-                    start,
-                    end,
-                });
+                scratch.hits.push(LexiconHit { entry: value & VALUE_INDEX, start, end });
                 continue;
             }
             let pattern = &self.patterns[(value & VALUE_INDEX) as usize];
@@ -546,11 +516,7 @@ impl Lexicon {
             }
             for pe in &pattern.entries {
                 if pe.runs.as_deref().is_none_or(|runs| runs_satisfied(text, start, runs)) {
-                    scratch.hits.push(LexiconHit {
-                        entry: pe.entry,
-                        start,
-                        end,
-                    });
+                    scratch.hits.push(LexiconHit { entry: pe.entry, start, end });
                 }
             }
             for (conjunction, part, runs) in &pattern.parts {
@@ -575,11 +541,7 @@ impl Lexicon {
                     let mut last_part = u8::MAX;
                     for &(_, part, start, end) in group {
                         if part != last_part {
-                            scratch.hits.push(LexiconHit {
-                                entry: conjunction.entry,
-                                start,
-                                end,
-                            });
+                            scratch.hits.push(LexiconHit { entry: conjunction.entry, start, end });
                             last_part = part;
                         }
                     }
@@ -611,10 +573,7 @@ fn at_word_boundaries(value: u32, text: &Normalized, start: usize, end: usize) -
 
 fn runs_satisfied(text: &Normalized, start: usize, runs: &[u16]) -> bool {
     let haystack = &text.text()[start..];
-    haystack
-        .char_indices()
-        .zip(runs)
-        .all(|((i, _), &need)| text.info(start + i).run >= need)
+    haystack.char_indices().zip(runs).all(|((i, _), &need)| text.info(start + i).run >= need)
 }
 
 #[cfg(test)]
@@ -705,8 +664,7 @@ mod tests {
     fn blank_lines_duplicates_and_overrides_are_counted() {
         let mut b = LexiconBuilder::new();
         b.category("c", Severity::Block, "", "");
-        b.add_words("c", "c.txt", "# list\n甲乙\n\n甲乙\n丙丁\t review\n出\n".as_bytes())
-            .unwrap();
+        b.add_words("c", "c.txt", "# list\n甲乙\n\n甲乙\n丙丁\t review\n出\n".as_bytes()).unwrap();
         b.override_word("出", Override::Drop);
         let l = b.build().unwrap();
         let s = l.stats();

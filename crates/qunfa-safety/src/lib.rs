@@ -11,6 +11,14 @@
 //! Near-duplicate text and images (`dedup`) and links (`links`) add features.
 //! Everything here is pure: no I/O, no clock; files are read by the callers.
 
+pub mod check;
+pub mod dedup;
 pub mod lexicon;
+pub mod links;
+pub mod lint;
+pub mod model;
 pub mod normalize;
 pub mod rules;
+pub mod sources;
+
+pub use check::{Action, CheckError, CheckScratch, Gate, Hit, Safety, Thresholds, Verdict};

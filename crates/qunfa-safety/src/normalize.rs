@@ -78,10 +78,7 @@ impl Normalized {
     /// The span of the original text that the normalised bytes `start..end` come
     /// from (`start` and `end` on character boundaries, `start < end`).
     pub fn original_span(&self, start: usize, end: usize) -> (usize, usize) {
-        let last = self.text[..end]
-            .char_indices()
-            .next_back()
-            .map_or(start, |(i, _)| i);
+        let last = self.text[..end].char_indices().next_back().map_or(start, |(i, _)| i);
         (self.info[start].start as usize, self.info[last].end as usize)
     }
 
@@ -111,13 +108,7 @@ impl Normalized {
         if self.info.len() < self.text.len() {
             self.info.resize(self.text.len(), CharInfo::default());
         }
-        self.info[at] = CharInfo {
-            start,
-            end,
-            run: 1,
-            gap_before: gap,
-            gap_inside: false,
-        };
+        self.info[at] = CharInfo { start, end, run: 1, gap_before: gap, gap_inside: false };
         self.last = Some(at);
         self.last_char = c;
     }
@@ -170,16 +161,9 @@ pub fn normalize_entry(word: &str) -> Option<NormalizedEntry> {
     if normalized.text.is_empty() {
         return None;
     }
-    let runs: Vec<u16> = normalized
-        .text
-        .char_indices()
-        .map(|(i, _)| normalized.info[i].run)
-        .collect();
+    let runs: Vec<u16> = normalized.text.char_indices().map(|(i, _)| normalized.info[i].run).collect();
     let runs = runs.iter().any(|&r| r > 1).then(|| runs.into_boxed_slice());
-    Some(NormalizedEntry {
-        text: normalized.text,
-        runs,
-    })
+    Some(NormalizedEntry { text: normalized.text, runs })
 }
 
 /// Maps one character (steps 1–4) into `out`; pushes nothing when it is dropped.
@@ -340,12 +324,7 @@ impl Table {
                 identity[code / 64] |= 1 << (code % 64);
             }
         }
-        Table {
-            identity,
-            map,
-            many,
-            t2s,
-        }
+        Table { identity, map, many, t2s }
     }
 
     #[inline]

@@ -156,10 +156,7 @@ pub struct RuleSet {
 
 impl std::fmt::Debug for RuleSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RuleSet")
-            .field("version", &self.version)
-            .field("rules", &self.rules.len())
-            .finish()
+        f.debug_struct("RuleSet").field("version", &self.version).field("rules", &self.rules.len()).finish()
     }
 }
 
@@ -184,10 +181,7 @@ impl RuleSet {
         let mut refs: Vec<Vec<(u32, Slot)>> = Vec::new();
         let mut rules = Vec::new();
         for (idx, r) in file.rule.into_iter().enumerate() {
-            let fail = |reason: String| RulesError::Rule {
-                rule: r.id.clone(),
-                reason,
-            };
+            let fail = |reason: String| RulesError::Rule { rule: r.id.clone(), reason };
             if rules.iter().any(|x: &Rule| x.id == r.id) {
                 return Err(fail("a second rule with this id".into()));
             }
@@ -248,10 +242,7 @@ impl RuleSet {
             }
             let min_distinct = r.min_distinct.unwrap_or(1).max(1);
             if !r.any.is_empty() && min_distinct > r.any.len() {
-                return Err(fail(format!(
-                    "min_distinct is {min_distinct} but `any` has {} terms",
-                    r.any.len()
-                )));
+                return Err(fail(format!("min_distinct is {min_distinct} but `any` has {} terms", r.any.len())));
             }
             rules.push(Rule {
                 id: r.id,
@@ -277,12 +268,7 @@ impl RuleSet {
             )
         };
         let version = hex::encode(&Sha256::digest(text.as_bytes())[..6]);
-        Ok(RuleSet {
-            automaton,
-            refs,
-            rules,
-            version,
-        })
+        Ok(RuleSet { automaton, refs, rules, version })
     }
 
     pub fn version(&self) -> &str {
@@ -327,9 +313,7 @@ impl RuleSet {
 impl Rule {
     fn fires(&self, idx: u32, found: &[(u32, Slot, usize, usize)], contacts: &Contacts, links: u32) -> Option<RuleHit> {
         let excepted = |start: usize, end: usize| {
-            found
-                .iter()
-                .any(|&(_, slot, s, e)| slot == Slot::Except && s <= start && end <= e)
+            found.iter().any(|&(_, slot, s, e)| slot == Slot::Except && s <= start && end <= e)
         };
         if found.iter().any(|&(_, slot, s, e)| slot == Slot::None && !excepted(s, e)) {
             return None;
@@ -349,29 +333,19 @@ impl Rule {
                 .collect();
             distinct.sort_unstable();
             distinct.dedup();
-            let detected = self
-                .any_detectors
-                .iter()
-                .filter(|d| d.count(contacts, links) > 0)
-                .count();
+            let detected = self.any_detectors.iter().filter(|d| d.count(contacts, links) > 0).count();
             if distinct.len() + detected < self.min_distinct {
                 return None;
             }
         }
         for group in 0..self.n_all {
             let by_term = terms.iter().any(|(slot, _, _)| *slot == Slot::All(group as u32));
-            let by_detector = self
-                .all_detectors
-                .iter()
-                .any(|&(g, d)| g == group && d.count(contacts, links) > 0);
+            let by_detector = self.all_detectors.iter().any(|&(g, d)| g == group && d.count(contacts, links) > 0);
             if !by_term && !by_detector {
                 return None;
             }
         }
-        Some(RuleHit {
-            rule: idx,
-            spans: terms.iter().map(|&(_, s, e)| (s, e)).collect(),
-        })
+        Some(RuleHit { rule: idx, spans: terms.iter().map(|&(_, s, e)| (s, e)).collect() })
     }
 }
 
@@ -415,10 +389,7 @@ pub fn find_contacts(original: &str, text: &Normalized) -> Contacts {
         let mut from = 0;
         while let Some(at) = haystack[from..].find(keyword) {
             let after = from + at + keyword.len();
-            let id: String = haystack[after..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric())
-                .collect();
+            let id: String = haystack[after..].chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
             let id = id.strip_prefix("hao").unwrap_or(&id);
             if (6..=20).contains(&id.len()) && id.starts_with(|c: char| c.is_ascii_alphabetic()) {
                 found.wechat += 1;
@@ -443,16 +414,9 @@ fn count_emails(text: &str) -> u32 {
     let bytes = text.as_bytes();
     let mut n = 0;
     for (at, _) in text.match_indices('@') {
-        let local = bytes[..at]
-            .iter()
-            .rev()
-            .take_while(|b| b.is_ascii_alphanumeric() || b"._%+-".contains(b))
-            .count();
+        let local = bytes[..at].iter().rev().take_while(|b| b.is_ascii_alphanumeric() || b"._%+-".contains(b)).count();
         let domain = &text[at + 1..];
-        let domain_len = domain
-            .bytes()
-            .take_while(|b| b.is_ascii_alphanumeric() || b".-".contains(b))
-            .count();
+        let domain_len = domain.bytes().take_while(|b| b.is_ascii_alphanumeric() || b".-".contains(b)).count();
         let domain = domain[..domain_len].trim_end_matches('.');
         if local > 0 && domain.contains('.') && !domain.starts_with('.') {
             n += 1;
@@ -469,11 +433,8 @@ mod tests {
     fn fired(rules: &RuleSet, text: &str) -> Vec<String> {
         let n = normalize(text);
         let contacts = find_contacts(text, &n);
-        let mut ids: Vec<String> = rules
-            .evaluate(&n, &contacts, 0)
-            .iter()
-            .map(|h| rules.rule(h.rule).id.clone())
-            .collect();
+        let mut ids: Vec<String> =
+            rules.evaluate(&n, &contacts, 0).iter().map(|h| rules.rule(h.rule).id.clone()).collect();
         ids.sort();
         ids
     }

@@ -86,7 +86,8 @@ pub fn status_of(code: Code) -> StatusCode {
         | AudienceUnknownAttribute
         | AudienceUnknownSegment
         | ChannelSettings
-        | InvalidFallback => StatusCode::BAD_REQUEST,
+        | InvalidFallback
+        | SafetyText => StatusCode::BAD_REQUEST,
         Unauthenticated => StatusCode::UNAUTHORIZED,
         Forbidden | SelfApproval => StatusCode::FORBIDDEN,
         NotFound | MediaNotFound | UnsubscribeLink => StatusCode::NOT_FOUND,

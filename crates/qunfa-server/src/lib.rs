@@ -4,6 +4,7 @@
 pub mod error;
 pub mod extract;
 mod routes;
+pub mod safety;
 pub mod wire;
 
 use std::{
@@ -32,6 +33,8 @@ pub struct Inner {
     admin_token_hash: String,
     pub metrics: HttpMetrics,
     pub options: ServerOptions,
+    /// The content-safety check (reloadable).
+    pub safety: Arc<safety::SafetyState>,
 }
 
 /// What a server needs beyond its store and engine.
@@ -44,6 +47,8 @@ pub struct ServerOptions {
     /// The server has webhook settings of its own (`webhook_secret`) that
     /// workspaces without their own use.
     pub server_webhook: bool,
+    /// The content-safety check; `None`: the lists, rules and model shipped with qunfa.
+    pub safety: Option<Arc<safety::SafetyState>>,
 }
 
 /// Request counters by status class.
@@ -79,7 +84,16 @@ impl AppState {
         admin_token_hash: String,
         options: ServerOptions,
     ) -> Self {
-        AppState(Arc::new(Inner { store, policy, engine, admin_token_hash, metrics: HttpMetrics::default(), options }))
+        let safety = options.safety.clone().unwrap_or_else(|| Arc::new(safety::SafetyState::defaults(&policy.safety)));
+        AppState(Arc::new(Inner {
+            store,
+            policy,
+            engine,
+            admin_token_hash,
+            metrics: HttpMetrics::default(),
+            options,
+            safety,
+        }))
     }
 
     pub fn admin_token_hash(&self) -> &str {

@@ -336,6 +336,21 @@ pub async fn get_broadcast(
 
 /// Every verdict on a broadcast, with its audience resolved now.
 /// `already_counted`: the broadcast itself is among the sender's sends today.
+/// Everything of a message that recipients read, for the safety check.
+fn safety_text(content: &Content) -> String {
+    let mut parts: Vec<&str> = content.texts().iter().map(|t| t.as_str()).collect();
+    match content {
+        Content::Link { url, title, .. } => {
+            parts.push(title);
+            parts.push(url.as_str());
+        }
+        Content::MiniProgram { title, .. } => parts.push(title),
+        Content::File { filename, .. } => parts.push(filename),
+        _ => {}
+    }
+    parts.join("\n")
+}
+
 pub fn evaluate(
     s: &Inner,
     kind: WorkspaceKind,
@@ -415,6 +430,13 @@ pub fn evaluate(
         now,
     };
     verdicts.extend(preflight::preflight(&s.policy, &proposal));
+    // Content safety, on every text a recipient will see; the broadcast id
+    // decides random review, so checking again gives the same answer.
+    let text = safety_text(&content);
+    if !text.trim().is_empty() {
+        let verdict = s.safety.check(&text, b.id as u64).map_err(super::safety::check_error)?;
+        verdicts.extend(super::safety::verdicts(&text, &verdict));
+    }
     verdicts.sort_by_key(|v| v.severity);
     Ok((verdicts, audience))
 }

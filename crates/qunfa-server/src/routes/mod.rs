@@ -6,6 +6,7 @@ pub mod channels;
 pub mod contacts;
 pub mod inbox;
 pub mod ops;
+pub mod safety;
 pub mod tags;
 pub mod workspaces;
 
@@ -85,6 +86,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(channels::delete_event_endpoint))
         .routes(routes!(channels::event_deliveries))
         .routes(routes!(channels::redeliver_event))
+        .routes(routes!(safety::check))
+        .routes(routes!(safety::get_safety))
+        .routes(routes!(safety::reload))
         .routes(routes!(ops::audit_log))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::metrics))

@@ -64,8 +64,12 @@ pub async fn spawn_app_with(backend: Backend, webhook_secret: Option<&str>) -> T
             transports.default_webhook = Some(w);
         }
     }
-    let options =
-        qunfa_server::ServerOptions { public_url, link_key, server_webhook: transports.default_webhook.is_some() };
+    let options = qunfa_server::ServerOptions {
+        public_url,
+        link_key,
+        server_webhook: transports.default_webhook.is_some(),
+        safety: Some(std::sync::Arc::new(qunfa_server::safety::SafetyState::defaults(&no_sampling()))),
+    };
     let engine = qunfa_engine::Engine::start_with(store.clone(), config, transports);
     let state = qunfa_server::AppState::with_options(
         store.clone(),
@@ -210,4 +214,13 @@ impl TestApp {
         }
         panic!("broadcast {id} did not complete");
     }
+}
+
+/// The policy's safety numbers without random human review, so that a test's
+/// broadcast is held only for the reasons the test is about.
+pub fn no_sampling() -> qunfa_core::policy::SafetyPolicy {
+    let mut safety = qunfa_core::Policy::builtin().safety;
+    safety.review_sample_base = 0.0;
+    safety.review_sample_per_risk = 0.0;
+    safety
 }
