@@ -5,6 +5,7 @@ mod bench;
 mod bench_audience;
 mod bench_channels;
 mod bench_priority;
+mod bench_safety;
 mod channels;
 mod client;
 mod config;
@@ -296,6 +297,25 @@ enum BenchCommand {
         #[arg(long, default_value_t = 200)]
         baseline: usize,
     },
+    /// Content safety on real Chinese text: false positives before and after
+    /// the lint, evasion, MB/s and p99 per message, against a plain
+    /// Aho-Corasick scan and pyahocorasick.
+    Safety {
+        /// The word folder (default ../shared/data/lexicon).
+        #[arg(long)]
+        lexicon: Option<PathBuf>,
+        /// Benign text files, one message per line (default the corpus in ../shared/data/corpus).
+        #[arg(long)]
+        corpus: Vec<PathBuf>,
+        /// A Python with pyahocorasick installed (default python3).
+        #[arg(long)]
+        python: Option<PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// The lint's --expect-at-least (see `qunfa safety lint`).
+        #[arg(long, default_value_t = 0.1)]
+        expect_at_least: f64,
+    },
     /// Email and webhook broadcasts through the engine to loopback peers, against bare clients.
     Channels {
         #[arg(long, default_value_t = 20_000)]
@@ -392,6 +412,19 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Priority { recipients, runs, baseline }) => {
             bench::check_url(config.database_url.as_deref())?;
             bench_priority::priority(config.database_url.as_deref(), recipients, runs.max(1), baseline.max(1))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Safety { lexicon, corpus, python, runs, expect_at_least }) => {
+            let (default_lexicon, default_corpus) = bench_safety::default_paths();
+            let corpus = if corpus.is_empty() { default_corpus } else { corpus };
+            let options = bench_safety::Options {
+                lexicon: lexicon.unwrap_or(default_lexicon),
+                corpus,
+                python,
+                runs,
+                lint: qunfa_safety::lint::LintOptions { expect_at_least, ..Default::default() },
+            };
+            bench_safety::safety(&options)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Channels { recipients }) => {

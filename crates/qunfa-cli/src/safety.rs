@@ -46,11 +46,19 @@ pub enum SafetyCommand {
         #[arg(long, required = true)]
         reference: Vec<PathBuf>,
         /// Entries in at least this many reference lines become `review`.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 1)]
         review_lines: usize,
         /// Entries in at least this share of reference lines are dropped.
         #[arg(long, default_value_t = 0.002)]
         drop_share: f64,
+        /// Demote entries a character-bigram model of the reference expects at
+        /// least this often in it (ordinary-looking words; 0: off).
+        #[arg(long, default_value_t = 0.1)]
+        expect_at_least: f64,
+        /// Demote a whole category to review when it would still block this
+        /// share of held-out reference lines after the words' proposals (0: off).
+        #[arg(long, default_value_t = 0.002)]
+        category_review_share: f64,
         /// Write the proposals to LEXICON/lint.tsv.
         #[arg(long)]
         apply: bool,
@@ -109,7 +117,15 @@ pub fn run(config: &Config, cmd: SafetyCommand) -> anyhow::Result<ExitCode> {
             print_info(&v);
             Ok(ExitCode::SUCCESS)
         }
-        SafetyCommand::Lint { lexicon, reference, review_lines, drop_share, apply } => {
+        SafetyCommand::Lint {
+            lexicon,
+            reference,
+            review_lines,
+            drop_share,
+            expect_at_least,
+            category_review_share,
+            apply,
+        } => {
             let folder = qunfa_server::safety::read_folder(&lexicon).map_err(anyhow::Error::msg)?;
             // Lint the lists as they are, without an earlier lint's decisions.
             let folder: Vec<_> = folder.into_iter().filter(|(name, _)| name != LINT_FILE).collect();
@@ -119,11 +135,20 @@ pub fn run(config: &Config, cmd: SafetyCommand) -> anyhow::Result<ExitCode> {
                 let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
                 lines.extend(text.lines().map(str::to_owned));
             }
-            let options = LintOptions { review_lines, drop_share, drop_single_chars: true };
+            let options = LintOptions {
+                review_lines,
+                drop_share,
+                drop_single_chars: true,
+                expect_at_least,
+                category_review_share,
+            };
             let report = lint(&built.lexicon, lines.iter().map(String::as_str), &options);
             let drops = report.proposals.iter().filter(|p| p.decision.is_none()).count();
             for p in report.proposals.iter().take(40) {
                 println!("{:<12} {:<8} {:<16} {}", p.word, p.decision_str(), p.category, p.reason);
+            }
+            for c in &report.categories {
+                println!("category {:<16} {:<8} {}", c.category, c.decision, c.reason);
             }
             if report.proposals.len() > 40 {
                 println!("… {} more", report.proposals.len() - 40);

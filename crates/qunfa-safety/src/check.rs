@@ -18,7 +18,7 @@ use crate::dedup::simhash;
 use crate::lexicon::{Lexicon, Scratch, Severity};
 use crate::links::{extract, DomainList, Link};
 use crate::model::{parse_jsonl, Model, Signals, TrainOptions};
-use crate::normalize::{normalize_into, Normalized};
+use crate::normalize::Normalized;
 use crate::rules::{find_contacts, Contacts, RuleSet};
 use crate::sources::{self, Sources};
 
@@ -209,10 +209,9 @@ impl Safety {
             return Err(CheckError::TooLong(text.len()));
         }
         let CheckScratch { normalized, lexicon: lexicon_scratch } = scratch;
-        normalize_into(text, normalized);
+        self.lexicon.normalize_and_scan(text, normalized, lexicon_scratch);
         let mut hits = Vec::new();
 
-        self.lexicon.scan(normalized, lexicon_scratch);
         for h in lexicon_scratch.hits() {
             let entry = self.lexicon.entry(h.entry);
             let (start, end) = normalized.original_span(h.start, h.end);

@@ -85,7 +85,7 @@ pub fn simhash(normalised: &str) -> u64 {
         bounds[3] = pos;
         seen += 1;
         if seen >= 3 {
-            counts.add(shingle_hash(normalised[bounds[0]..bounds[3]].as_bytes()));
+            counts.add(shingle_hash(&normalised.as_bytes()[bounds[0]..bounds[3]]));
         }
     }
     if seen < 3 {

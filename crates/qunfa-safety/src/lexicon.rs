@@ -144,6 +144,8 @@ pub struct LexiconBuilder {
     seen: FxHashMap<(u16, String), usize>,
     allow: Vec<String>,
     overrides: FxHashMap<String, Override>,
+    /// Categories whose `block` entries become this severity.
+    category_overrides: FxHashMap<String, Severity>,
     stats: BuildStats,
 }
 
@@ -217,6 +219,12 @@ impl LexiconBuilder {
         Ok(added)
     }
 
+    /// Re-grades the `block` entries of a category, e.g. from a lint (a word's
+    /// own override still wins).
+    pub fn override_category(&mut self, category: &str, severity: Severity) {
+        self.category_overrides.insert(category.to_owned(), severity);
+    }
+
     /// Drops or re-grades words (in every category), e.g. from a lint.
     pub fn override_word(&mut self, word: &str, decision: Override) {
         self.overrides.insert(word.to_owned(), decision);
@@ -269,6 +277,12 @@ impl LexiconBuilder {
         let mut stats = std::mem::take(&mut self.stats);
         let mut entries = Vec::with_capacity(self.entries.len());
         for mut entry in std::mem::take(&mut self.entries) {
+            if entry.severity == Severity::Block {
+                if let Some(&severity) = self.category_overrides.get(&self.categories[entry.category as usize].id) {
+                    entry.severity = severity;
+                    stats.changed += 1;
+                }
+            }
             match self.overrides.get(&entry.word) {
                 Some(Override::Drop) => {
                     stats.dropped += 1;
@@ -378,12 +392,15 @@ fn content_version(categories: &[Category], entries: &[Entry], allow: &[String])
 struct Pattern {
     text: String,
     entries: Vec<PatternEntry>,
-    /// Conjunction parts this pattern is: (conjunction, part, runs).
-    parts: Vec<(u32, u8, Option<Box<[u16]>>)>,
+    /// Conjunction parts this pattern is.
+    parts: Vec<PartOf>,
     allow: bool,
     word_start: bool,
     word_end: bool,
 }
+
+/// A pattern that is part `part` of conjunction `conjunction`.
+type PartOf = (u32, u8, Option<Box<[u16]>>);
 
 const VALUE_WORD_START: u32 = 1 << 31;
 const VALUE_WORD_END: u32 = 1 << 30;
@@ -431,6 +448,8 @@ pub struct LexiconHit {
 /// Scratch space of scans, reused to avoid allocating.
 #[derive(Debug, Default)]
 pub struct Scratch {
+    /// The automaton's matches: normalised start, end, value.
+    raw: Vec<(u32, u32, u32)>,
     hits: Vec<LexiconHit>,
     allow: Vec<(usize, usize)>,
     parts: Vec<(u32, u8, usize, usize)>,
@@ -496,13 +515,36 @@ impl Lexicon {
 
     /// Finds every entry in `text`. The hits are in `scratch.hits()`.
     pub fn scan(&self, text: &Normalized, scratch: &mut Scratch) {
+        scratch.raw.clear();
+        for m in self.automaton.find_overlapping_iter(text.text()) {
+            scratch.raw.push((m.start() as u32, m.end() as u32, m.value()));
+        }
+        self.process(text, scratch);
+    }
+
+    /// Normalises `original` into `normalized` and finds every entry in it,
+    /// in one pass (the same hits as `normalize_into` then `scan`).
+    pub fn normalize_and_scan(&self, original: &str, normalized: &mut Normalized, scratch: &mut Scratch) {
+        scratch.raw.clear();
+        let raw = &mut scratch.raw;
+        let mut stepper = self.automaton.find_overlapping_stepper();
+        crate::normalize::normalize_with(original, normalized, |c| {
+            stepper.consume(c);
+            for m in stepper.matches() {
+                raw.push((m.start() as u32, m.end() as u32, m.value()));
+            }
+        });
+        self.process(normalized, scratch);
+    }
+
+    /// Turns the automaton's raw matches into hits.
+    fn process(&self, text: &Normalized, scratch: &mut Scratch) {
         scratch.hits.clear();
         scratch.allow.clear();
         scratch.parts.clear();
-        let haystack = text.text();
-        for m in self.automaton.find_overlapping_iter(haystack) {
-            let value = m.value();
-            let (start, end) = (m.start(), m.end());
+        for i in 0..scratch.raw.len() {
+            let (start, end, value) = scratch.raw[i];
+            let (start, end) = (start as usize, end as usize);
             if value & (VALUE_WORD_START | VALUE_WORD_END) != 0 && !at_word_boundaries(value, text, start, end) {
                 continue;
             }

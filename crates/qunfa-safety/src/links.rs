@@ -75,10 +75,14 @@ pub struct Link {
     pub shortener: bool,
     /// The host is an IPv4 or IPv6 literal.
     pub ip: bool,
-    /// For internationalised hosts: the ASCII skeleton the host imitates
-    /// (`аррӏе.com` in Cyrillic gives `Some("apple.com")`, `bücher.de` gives
-    /// `Some("bucher.de")`). `None` for plain ASCII hosts, and for hosts with
-    /// characters that look like no ASCII letter (they imitate nothing).
+    /// For internationalised hosts written with letters of other scripts
+    /// that look like ASCII letters: the ASCII host it imitates, its
+    /// "skeleton" (`аррӏе.com` in Cyrillic, or `xn--80ak6aa92e.com`, gives
+    /// `Some("apple.com")`; mixed-script `gооgle.com` gives
+    /// `Some("google.com")`). `None` for plain ASCII hosts; for names whose
+    /// only non-ASCII letters are accented Latin ones (`bücher.de`: a word of
+    /// its language); and for hosts with letters that look like no ASCII
+    /// letter (`пример.рф`, `例子.com`: they imitate nothing).
     pub lookalike: Option<String>,
 }
 
@@ -1101,49 +1105,40 @@ fn is_ipv4(s: &str) -> bool {
 // ---------------------------------------------------------------------------
 // Look-alikes
 
-/// Letters of other scripts that look like ASCII letters (a subset of
-/// Unicode's confusables, the ones used in look-alike domains).
+/// Letters of other scripts that look like ASCII letters in lower case (a
+/// subset of Unicode's confusables: the ones used in look-alike domains).
+/// Letters of living Latin alphabets (`ø`, `ł`, `ß`) are not here: a name
+/// written with them is a word of its language, not an imitation.
 fn confusable(c: char) -> Option<char> {
     Some(match c {
         // Cyrillic
         'а' => 'a',
-        'в' => 'b',
         'ь' => 'b',
         'с' => 'c',
         'ԁ' => 'd',
-        'е' | 'ё' => 'e',
+        'е' => 'e',
         'һ' => 'h',
-        'н' => 'h',
-        'і' | 'ї' => 'i',
+        'і' => 'i',
         'ј' => 'j',
         'к' => 'k',
         'ӏ' => 'l',
-        'м' => 'm',
-        'п' => 'n',
         'о' => 'o',
         'р' => 'p',
         'ԛ' => 'q',
-        'г' => 'r',
         'ѕ' => 's',
-        'т' => 't',
-        'ц' => 'u',
         'ѵ' => 'v',
-        'ԝ' | 'ш' => 'w',
+        'ԝ' => 'w',
         'х' => 'x',
         'у' | 'ү' => 'y',
-        'ʐ' => 'z',
         // Greek
         'α' => 'a',
-        'β' => 'b',
-        'ε' => 'e',
         'η' => 'n',
-        'ι' | 'ί' => 'i',
+        'ι' => 'i',
         'κ' => 'k',
         'ν' => 'v',
-        'ο' | 'ό' => 'o',
+        'ο' => 'o',
         'ρ' => 'p',
-        'τ' => 't',
-        'υ' | 'ύ' => 'u',
+        'υ' => 'u',
         'χ' => 'x',
         'γ' => 'y',
         'ω' => 'w',
@@ -1155,16 +1150,13 @@ fn confusable(c: char) -> Option<char> {
         'ս' => 'u',
         'օ' => 'o',
         'զ' => 'q',
-        'ք' => 'p',
-        // Latin look-alikes
+        // Latin letters of phonetic notation, and small capitals
         'ɑ' => 'a',
         'ƅ' => 'b',
         'ɡ' => 'g',
         'ı' | 'ɩ' => 'i',
         'ȷ' => 'j',
-        'ł' => 'l',
         'ɴ' => 'n',
-        'ø' => 'o',
         'ʀ' => 'r',
         'ʏ' => 'y',
         'ᴄ' => 'c',
@@ -1177,30 +1169,32 @@ fn confusable(c: char) -> Option<char> {
 }
 
 /// The ASCII host a Unicode host imitates: confusable letters mapped, accents
-/// dropped. `None` when some character looks like no ASCII letter.
+/// dropped (`ӓ` is `а` with diaeresis, so `a`). `None` when some character
+/// looks like no ASCII letter, or when no confusable letter was needed
+/// (`bücher.de` only has an accented Latin letter).
 fn skeleton(host: &str) -> Option<String> {
     use unicode_normalization::char::is_combining_mark;
     use unicode_normalization::UnicodeNormalization;
     let mut out = String::with_capacity(host.len());
+    let mut imitates = false;
     for c in host.chars() {
         if c.is_ascii() {
             out.push(c.to_ascii_lowercase());
-        } else if let Some(a) = confusable(c) {
-            out.push(a);
-        } else {
-            for d in std::iter::once(c).nfkd() {
-                if is_combining_mark(d) {
-                    continue;
-                }
-                let d = confusable(d).unwrap_or(d);
-                if !d.is_ascii() {
-                    return None;
-                }
+            continue;
+        }
+        for d in std::iter::once(c).nfkd() {
+            if is_combining_mark(d) {
+                continue;
+            }
+            if d.is_ascii() {
                 out.push(d.to_ascii_lowercase());
+            } else {
+                out.push(confusable(d)?);
+                imitates = true;
             }
         }
     }
-    Some(out)
+    imitates.then_some(out)
 }
 
 #[cfg(test)]
@@ -1341,7 +1335,10 @@ mod tests {
         ("аррӏе.com", "xn--80ak6aa92e.com", "xn--80ak6aa92e.com", false, false, Some("apple.com")),
         ("https://xn--80ak6aa92e.com/", "xn--80ak6aa92e.com", "xn--80ak6aa92e.com", false, false, Some("apple.com")),
         ("раураl.com", "xn--l-7sba6dbr.com", "xn--l-7sba6dbr.com", false, false, Some("paypal.com")),
-        ("Bücher.de", "xn--bcher-kva.de", "xn--bcher-kva.de", false, false, Some("bucher.de")),
+        ("Bücher.de", "xn--bcher-kva.de", "xn--bcher-kva.de", false, false, None),
+        ("gооgle.com", "xn--ggle-55da.com", "xn--ggle-55da.com", false, false, Some("google.com")),
+        ("blåbær.no/x", "xn--blbr-roah.no", "xn--blbr-roah.no", false, false, None),
+        ("www.ɑpple.com", "www.xn--pple-p5b.com", "xn--pple-p5b.com", false, false, Some("www.apple.com")),
         ("пример.рф", "xn--e1afmkfd.xn--p1ai", "xn--e1afmkfd.xn--p1ai", false, false, None),
         ("WWW.Example.COM", "www.example.com", "example.com", false, false, None),
     ];
@@ -1403,11 +1400,8 @@ mod tests {
             "h t t p : / / ".repeat(10_000) + "a.com",
         ];
         for text in &texts {
-            let t = Instant::now();
+            // Finishes (its time is a benchmark's business, not this test's).
             let links = extract(text);
-            let took = t.elapsed();
-            println!("{} adversarial bytes: {took:?}", text.len());
-            assert!(took.as_secs_f64() < 2.0, "{} bytes took {took:?}", text.len());
             assert!(links.iter().all(|l| l.host.len() <= 253));
         }
         let links = extract(&format!("a.com/{}", ")".repeat(1000)));
@@ -1424,32 +1418,15 @@ mod tests {
         }
     }
 
+    /// Text without links: nothing found (the speed of this path is in
+    /// `qunfa bench safety`, never asserted in a test).
     #[test]
-    fn no_link_text_is_fast() {
+    fn no_link_text_has_no_link() {
         let base = "这是一条普通的群发消息，没有任何链接，只是告诉大家明天开会。";
-        let mut text = String::new();
-        while text.chars().count() < 2048 {
-            text.push_str(base);
-        }
-        let text: String = text.chars().take(2048).collect();
+        let text: String = base.repeat(80).chars().take(2048).collect();
         assert!(extract(&text).is_empty());
-        let rounds = 2000;
-        let t = Instant::now();
-        for _ in 0..rounds {
-            std::hint::black_box(extract(std::hint::black_box(&text)));
-        }
-        let per = t.elapsed() / rounds;
-        println!("extract, 2,048 Chinese characters without a link: {per:?}");
-        // Unoptimised test builds are slower; the 5 µs budget is for release.
-        let budget = if cfg!(debug_assertions) { 2_000 } else { 5 };
-        assert!(per.as_micros() < budget, "{per:?}");
-
-        let mixed: String = format!("{}iPhone 15 售价5999元，2024年12月。", &text).repeat(1);
-        let t = Instant::now();
-        for _ in 0..rounds {
-            std::hint::black_box(extract(std::hint::black_box(&mixed)));
-        }
-        println!("extract, 2,048 Chinese characters with some ASCII: {:?}", t.elapsed() / rounds);
+        let mixed = format!("{text}iPhone 15 售价5999元，2024年12月。");
+        assert!(extract(&mixed).is_empty());
     }
 
     #[test]
@@ -1530,11 +1507,6 @@ mod tests {
         let links = extract("快来 WWW点CUIQING点NET点CN 看看");
         assert_eq!(links.len(), 1, "{links:?}");
         assert!(list.matches_link(&links[0]).is_some());
-        let t = Instant::now();
-        for _ in 0..10_000 {
-            std::hint::black_box(list.matches(std::hint::black_box("a.b.c.not-listed.example.com")));
-        }
-        println!("DomainList::matches: {:?}", t.elapsed() / 10_000);
     }
 
     #[test]

@@ -1516,40 +1516,4 @@ mod tests {
         assert_eq!(auc(&[(0.5, true), (0.5, false)]), 0.5);
         assert_eq!(auc(&[(0.1, true), (0.9, false)]), 0.0);
     }
-
-    /// Timing check, run by hand:
-    /// `cargo test --release -- --ignored --nocapture score_timing`
-    /// Prints the best per-call time of 40 batches of 500 calls (the best batch
-    /// is the least disturbed by other processes) and the mean.
-    #[test]
-    #[ignore = "timing check, run by hand in release mode"]
-    fn score_timing() {
-        let mut rng = Rng(9);
-        let random: String = (0..2048).map(|_| char::from_u32(0x4E00 + rng.num(0x5000) as u32).unwrap()).collect();
-        let corpus: String = synthetic().iter().map(|e| e.0.as_str()).collect::<String>().chars().take(2048).collect();
-        let short = "兼职日结刷单加微信免费领取点击链接名额有限速来";
-        for max_ngram in [2, 3] {
-            let options = TrainOptions { max_ngram, ..TrainOptions::default() };
-            let (model, _) = Model::train(&synthetic(), &options).unwrap();
-            for (name, t) in [("random CJK", random.as_str()), ("synthetic corpus", &corpus), ("short spam", short)] {
-                let sig = signals_for(t);
-                let mut acc = 0f32;
-                let (batches, per_batch) = (40u32, 500u32);
-                let mut best = std::time::Duration::MAX;
-                let all = std::time::Instant::now();
-                for _ in 0..batches {
-                    let start = std::time::Instant::now();
-                    for _ in 0..per_batch {
-                        acc += model.score(std::hint::black_box(t), &sig);
-                    }
-                    best = best.min(start.elapsed() / per_batch);
-                }
-                let mean = all.elapsed() / (batches * per_batch);
-                println!(
-                    "max_ngram {max_ngram}, {} chars ({name}): best {best:?}, mean {mean:?} per call (checksum {acc})",
-                    t.chars().count()
-                );
-            }
-        }
-    }
 }

@@ -93,14 +93,17 @@ impl Normalized {
         self.last_char = '\0';
     }
 
-    fn push(&mut self, c: char, start: u32, end: u32, gap: bool) {
+    /// Appends `c`, or lengthens the run of the last character; true when
+    /// `c` was appended.
+    #[inline]
+    fn push(&mut self, c: char, start: u32, end: u32, gap: bool) -> bool {
         if let Some(last) = self.last {
             if self.last_char == c {
                 let info = &mut self.info[last];
                 info.run = info.run.saturating_add(1);
                 info.end = end;
                 info.gap_inside |= gap;
-                return;
+                return false;
             }
         }
         let at = self.text.len();
@@ -111,13 +114,25 @@ impl Normalized {
         self.info[at] = CharInfo { start, end, run: 1, gap_before: gap, gap_inside: false };
         self.last = Some(at);
         self.last_char = c;
+        true
     }
 }
 
 /// Normalises `text` into `out` (its previous content is replaced).
 pub fn normalize_into(text: &str, out: &mut Normalized) {
+    normalize_with(text, out, |_| {});
+}
+
+/// Normalises `text` into `out`, calling `on_char` with each character as it
+/// is appended to `out.text()` (not for characters that lengthen a run). The
+/// word library steps its automaton here: one pass over the text, and the
+/// automaton's memory accesses overlap with the decoding of the next
+/// characters.
+#[inline]
+pub fn normalize_with(text: &str, out: &mut Normalized, mut on_char: impl FnMut(char)) {
     let table = Table::get();
     out.clear();
+    out.text.reserve(text.len());
     let mut gap = false;
     for (at, c) in text.char_indices() {
         let start = at as u32;
@@ -125,12 +140,16 @@ pub fn normalize_into(text: &str, out: &mut Normalized) {
         match table.lookup(c) {
             Mapped::Drop => gap = true,
             Mapped::One(m) => {
-                out.push(m, start, end, gap);
+                if out.push(m, start, end, gap) {
+                    on_char(m);
+                }
                 gap = false;
             }
             Mapped::Many(s) => {
                 for m in s.chars() {
-                    out.push(m, start, end, gap);
+                    if out.push(m, start, end, gap) {
+                        on_char(m);
+                    }
                     gap = false;
                 }
             }

@@ -384,17 +384,21 @@ pub fn find_contacts(original: &str, text: &Normalized) -> Contacts {
     flush(&mut digits, before_digits, &mut found);
 
     // WeChat ids: 6–20 letters, digits (and _ or -, dropped by normalising)
-    // starting with a letter, right after a word for WeChat.
-    for keyword in ["微信", "威信", "薇信", "维信", "v信", "vx", "wx", "weixin", "wechat", "加v"] {
-        let mut from = 0;
-        while let Some(at) = haystack[from..].find(keyword) {
-            let after = from + at + keyword.len();
-            let id: String = haystack[after..].chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
-            let id = id.strip_prefix("hao").unwrap_or(&id);
-            if (6..=20).contains(&id.len()) && id.starts_with(|c: char| c.is_ascii_alphabetic()) {
-                found.wechat += 1;
-            }
-            from = after;
+    // starting with a letter, right after a word for WeChat. One pass: a
+    // keyword is only looked for where one of its first characters is.
+    const KEYWORDS: [&str; 10] = ["微信", "威信", "薇信", "维信", "v信", "vx", "wx", "weixin", "wechat", "加v"];
+    for (at, c) in haystack.char_indices() {
+        if !matches!(c, '微' | '威' | '薇' | '维' | 'v' | 'w' | '加') {
+            continue;
+        }
+        let rest = &haystack[at..];
+        let Some(keyword) = KEYWORDS.iter().find(|k| rest.starts_with(**k)) else {
+            continue;
+        };
+        let id: String = rest[keyword.len()..].chars().take_while(|c| c.is_ascii_alphanumeric()).take(40).collect();
+        let id = id.strip_prefix("hao").unwrap_or(&id);
+        if (6..=20).contains(&id.len()) && id.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            found.wechat += 1;
         }
     }
     found.emails = count_emails(original);

@@ -178,7 +178,17 @@ fn add_folder(
     if let Some((_, lint)) = files.iter().find(|(n, _)| n == LINT_FILE) {
         let text = utf8(LINT_FILE, lint)?;
         for (word, decision) in parse_lint(&named(LINT_FILE), &text)? {
-            builder.override_word(&word, decision);
+            match (word.strip_prefix('@'), decision) {
+                (Some(category), Override::Severity(severity)) => builder.override_category(category, severity),
+                (Some(_), Override::Drop) => {
+                    return Err(SourceError::Lint {
+                        file: named(LINT_FILE),
+                        line: 0,
+                        reason: format!("{word}: a category is re-graded, not dropped"),
+                    })
+                }
+                (None, decision) => builder.override_word(&word, decision),
+            }
         }
     }
     Ok(())
@@ -242,14 +252,14 @@ mod tests {
     fn a_plain_folder_with_domains_and_lint() {
         let folder = vec![
             ("色情.txt".to_owned(), "口交\n出\n".as_bytes().to_vec()),
-            ("网址.txt".to_owned(), b"bad.example\nworse.example\n".to_vec()),
+            ("网址.txt".to_owned(), b"bad-site.com\nworse.cn\n".to_vec()),
             (LINT_FILE.to_owned(), "出\tdrop\tsingle character\n".as_bytes().to_vec()),
             ("README.md".to_owned(), b"ignored".to_vec()),
         ];
         let built = build(&Sources { folder, ..Sources::default() }).unwrap();
         assert_eq!(built.lexicon.entries().len(), 1);
         assert_eq!(built.domains.len(), 2);
-        assert!(built.domains.matches("www.bad.example").is_some());
+        assert!(built.domains.matches("www.bad-site.com").is_some());
     }
 
     #[test]
