@@ -429,6 +429,7 @@ impl Store {
         id: i64,
         daily_limit: Option<(u32, i64)>,
         verdicts_json: &str,
+        review: Option<&crate::safety::NewSafetyReview>,
         actor: &str,
         now: i64,
     ) -> Result<(), StoreError> {
@@ -443,6 +444,9 @@ impl Store {
             )?;
             if n == 0 {
                 return Err(StoreError::rejected(Code::Conflict, "only a draft can be submitted"));
+            }
+            if let Some(review) = review {
+                crate::safety::open(c, workspace_id, id, review, now)?;
             }
             audit::append(c, workspace_id, actor, "broadcast.submitted", &format!("broadcast:{id}"), verdicts_json, now)?;
             crate::events::broadcast_state(c, workspace_id, id, "pending_approval", now)?;
@@ -470,6 +474,7 @@ impl Store {
             if n == 0 {
                 return Err(StoreError::rejected(Code::Conflict, "only a broadcast waiting for approval can be rejected"));
             }
+            crate::safety::decide(c, workspace_id, id, false, comment, actor, now)?;
             audit::append(c, workspace_id, actor, "broadcast.rejected", &format!("broadcast:{id}"), &serde_json::json!({"comment": comment}).to_string(), now)?;
             crate::events::broadcast_state(c, workspace_id, id, "rejected", now)?;
             Ok(())
@@ -542,6 +547,9 @@ impl Store {
             )?;
             if changed == 0 {
                 return Err(StoreError::rejected(Code::Conflict, format!("the broadcast is no longer {}", rules.from.as_str())));
+            }
+            if rules.from == BroadcastState::PendingApproval {
+                crate::safety::decide(c, workspace_id, id, true, "", actor, now)?;
             }
             let mut jobs = Vec::with_capacity(n_batches * plan.len());
             for (channel, condition, run_at) in &plan {

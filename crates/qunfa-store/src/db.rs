@@ -101,6 +101,13 @@ impl Row {
             _ => 0,
         }
     }
+    pub fn f64(&self, i: usize) -> f64 {
+        match &self.0[i] {
+            Value::Real(v) => *v,
+            Value::Int(v) => *v as f64,
+            _ => 0.0,
+        }
+    }
     pub fn opt_i64(&self, i: usize) -> Option<i64> {
         match &self.0[i] {
             Value::Null => None,

@@ -19,6 +19,7 @@ pub mod json;
 pub mod media;
 pub mod members;
 pub mod queue;
+pub mod safety;
 pub mod segments;
 pub mod tags;
 pub mod workspaces;
@@ -108,12 +109,14 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
     (2, include_str!("../migrations/sqlite/0002_member_sets.sql"), Some(move_memberships_to_bitmaps)),
     (3, include_str!("../migrations/sqlite/0003_delivery.sql"), None),
     (4, include_str!("../migrations/sqlite/0004_channels.sql"), None),
+    (5, include_str!("../migrations/sqlite/0005_safety.sql"), None),
 ];
 const POSTGRES_MIGRATIONS: &[Migration] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql"), None),
     (2, include_str!("../migrations/postgres/0002_member_sets.sql"), Some(move_memberships_to_bitmaps)),
     (3, include_str!("../migrations/postgres/0003_delivery.sql"), None),
     (4, include_str!("../migrations/postgres/0004_channels.sql"), None),
+    (5, include_str!("../migrations/postgres/0005_safety.sql"), None),
 ];
 
 /// Version 2: memberships move from one row per contact to bitmaps.

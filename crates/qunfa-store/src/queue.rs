@@ -1212,6 +1212,7 @@ impl Store {
                     params![id],
                 )?;
                 c.execute("UPDATE replies SET text = '' WHERE broadcast_id = ?", params![id])?;
+                crate::safety::purge(c, id)?;
                 audit::append(c, workspace_id, "engine", "broadcast.purged", &format!("broadcast:{id}"), "{}", now)?;
             }
             Ok(due.len() as u64)

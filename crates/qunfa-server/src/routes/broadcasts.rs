@@ -336,6 +336,26 @@ pub async fn get_broadcast(
 
 /// Every verdict on a broadcast, with its audience resolved now.
 /// `already_counted`: the broadcast itself is among the sender's sends today.
+/// The review the content check asks for (the same check as `evaluate`'s:
+/// the broadcast id decides random review).
+fn content_review(s: &Inner, b: &BroadcastRecord) -> Result<Option<qunfa_store::safety::NewSafetyReview>, ApiError> {
+    let content =
+        Content::parse(&b.content, usize::MAX).map_err(|_| ApiError::internal(&"stored content does not parse"))?;
+    let text = safety_text(&content);
+    let verdict = s.safety.check(&text, b.id as u64).map_err(super::safety::check_error)?;
+    if verdict.action != qunfa_safety::Action::Review {
+        return Ok(None);
+    }
+    let hits = super::safety::SafetyCheckResponse::new(&text, &verdict, 0).hits;
+    Ok(Some(qunfa_store::safety::NewSafetyReview {
+        text,
+        hits_json: serde_json::to_string(&hits).unwrap_or_else(|_| "[]".into()),
+        risk: f64::from(verdict.risk),
+        sampled: verdict.sampled,
+        lexicon_version: verdict.lexicon_version,
+    }))
+}
+
 /// Everything of a message that recipients read, for the safety check.
 fn safety_text(content: &Content) -> String {
     let mut parts: Vec<&str> = content.texts().iter().map(|t| t.as_str()).collect();
@@ -507,7 +527,10 @@ pub async fn send(
             let recorded = verdicts_json(&verdicts);
             let daily_limit = s.policy.tier(kind).sends_per_day.map(|l| (l, s.policy.day_bounds(now).0));
             if preflight::needs_review(&verdicts) {
-                s.store.hold_for_approval(ws, b.id, daily_limit, &recorded, &actor, now)?;
+                // Held by the content check: a review for the queue, opened with the hold.
+                let review =
+                    if verdicts.iter().any(|v| v.code == Code::ContentReview) { content_review(s, &b)? } else { None };
+                s.store.hold_for_approval(ws, b.id, daily_limit, &recorded, review.as_ref(), &actor, now)?;
             } else {
                 let rules = DispatchRules {
                     from: BroadcastState::Draft,

@@ -291,3 +291,177 @@ pub fn verdicts(text: &str, v: &Verdict) -> Vec<qunfa_core::preflight::Verdict> 
         actual: None,
     }]
 }
+
+#[derive(Serialize, ToSchema)]
+pub struct SafetyReviewWire {
+    pub id: String,
+    pub broadcast_id: String,
+    /// The text as checked (emptied when the broadcast's content is purged).
+    pub text: String,
+    pub hits: Vec<serde_json::Value>,
+    pub risk: f64,
+    /// Picked by random human review rather than by a hit.
+    pub sampled: bool,
+    pub lexicon_version: String,
+    /// `pending`, `approved` or `rejected`.
+    pub state: String,
+    pub reason: String,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<String>,
+    pub created_at: String,
+}
+
+fn review_wire(r: qunfa_store::safety::SafetyReview) -> SafetyReviewWire {
+    SafetyReviewWire {
+        id: r.id.to_string(),
+        broadcast_id: r.broadcast_id.to_string(),
+        text: r.text,
+        hits: serde_json::from_str(&r.hits_json).unwrap_or_default(),
+        risk: r.risk,
+        sampled: r.sampled,
+        lexicon_version: r.lexicon_version,
+        state: r.state,
+        reason: r.reason,
+        decided_by: r.decided_by,
+        decided_at: r.decided_at.map(crate::wire::ts),
+        created_at: crate::wire::ts(r.created_at),
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SafetyReviewList {
+    pub reviews: Vec<SafetyReviewWire>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewQuery {
+    /// `pending`, `approved` or `rejected`; default all.
+    pub state: Option<String>,
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+}
+
+/// The review queue: sends held by the content check, newest first.
+#[utoipa::path(get, path = "/v1/safety/reviews", tag = "safety", params(ReviewQuery),
+    responses((status = 200, body = SafetyReviewList), (status = 400, body = ErrorBody)))]
+pub async fn list_reviews(
+    State(state): State<AppState>,
+    auth: Auth,
+    axum::extract::Query(q): axum::extract::Query<ReviewQuery>,
+) -> ApiResult<Json<SafetyReviewList>> {
+    auth.require(MemberAction::Read)?;
+    if let Some(s) = q.state.as_deref() {
+        if !matches!(s, "pending" | "approved" | "rejected") {
+            return Err(ApiError::new(Code::BadRequest, "state is pending, approved or rejected"));
+        }
+    }
+    let page = super::PageQuery { limit: q.limit, cursor: q.cursor };
+    let (limit, before) = (page.limit()?, page.cursor_i64()?);
+    let ws = auth.workspace_id();
+    let reviews = state.blocking(move |s| Ok(s.store.safety_reviews(ws, q.state.as_deref(), before, limit)?)).await?;
+    let next_cursor = (reviews.len() == limit).then(|| reviews.last().map(|r| r.id.to_string())).flatten();
+    Ok(Json(SafetyReviewList { reviews: reviews.into_iter().map(review_wire).collect(), next_cursor }))
+}
+
+/// One review.
+#[utoipa::path(get, path = "/v1/safety/reviews/{id}", tag = "safety", params(("id" = String, Path)),
+    responses((status = 200, body = SafetyReviewWire), (status = 404, body = ErrorBody)))]
+pub async fn get_review(
+    State(state): State<AppState>,
+    auth: Auth,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> ApiResult<Json<SafetyReviewWire>> {
+    auth.require(MemberAction::Read)?;
+    let (ws, id) = (auth.workspace_id(), super::parse_id(&id)?);
+    let review = state.blocking(move |s| Ok(s.store.safety_review(ws, id)?)).await?;
+    Ok(Json(review_wire(review)))
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewDecision {
+    /// A comment (approve) or the reason (reject, required).
+    pub reason: Option<String>,
+}
+
+/// Approve a held send from the queue: the broadcast is approved and dispatched
+/// (reviewer, admin or owner; not its own sender), exactly as POST /v1/broadcasts/{id}/approve.
+#[utoipa::path(post, path = "/v1/safety/reviews/{id}/approve", tag = "safety", params(("id" = String, Path)), request_body = ReviewDecision,
+    responses((status = 200, body = SafetyReviewWire), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn approve_review(
+    State(state): State<AppState>,
+    auth: Auth,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<SafetyReviewWire>> {
+    decide(state, auth, id, body, true).await
+}
+
+/// Reject a held send from the queue with a reason: the broadcast is rejected
+/// and the text becomes a spam example for the risk model.
+#[utoipa::path(post, path = "/v1/safety/reviews/{id}/reject", tag = "safety", params(("id" = String, Path)), request_body = ReviewDecision,
+    responses((status = 200, body = SafetyReviewWire), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn reject_review(
+    State(state): State<AppState>,
+    auth: Auth,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<SafetyReviewWire>> {
+    decide(state, auth, id, body, false).await
+}
+
+async fn decide(
+    state: AppState,
+    auth: Auth,
+    id: String,
+    body: axum::body::Bytes,
+    approve: bool,
+) -> ApiResult<Json<SafetyReviewWire>> {
+    auth.require(MemberAction::Approve)?;
+    let decision: ReviewDecision = if body.iter().all(u8::is_ascii_whitespace) {
+        ReviewDecision::default()
+    } else {
+        crate::extract::parse_json(&body)?
+    };
+    let reason = decision.reason.unwrap_or_default();
+    if !approve && reason.trim().is_empty() {
+        return Err(ApiError::new(Code::BadRequest, "a rejection needs a reason"));
+    }
+    let (ws, id) = (auth.workspace_id(), super::parse_id(&id)?);
+    let review = state.blocking(move |s| Ok(s.store.safety_review(ws, id)?)).await?;
+    if review.state != "pending" {
+        return Err(ApiError::new(Code::Conflict, format!("the review is already {}", review.state)));
+    }
+    // The broadcast's own approve or reject decides the review, in its transaction.
+    let body = axum::body::Bytes::from(serde_json::json!({ "comment": reason }).to_string());
+    let broadcast = axum::extract::Path(review.broadcast_id.to_string());
+    if approve {
+        super::broadcasts::approve(State(state.clone()), auth, broadcast, body).await?;
+    } else {
+        super::broadcasts::reject(State(state.clone()), auth, broadcast, body).await?;
+    }
+    let review = state.blocking(move |s| Ok(s.store.safety_review(ws, id)?)).await?;
+    Ok(Json(review_wire(review)))
+}
+
+/// Decided reviews as labelled JSONL for `qunfa safety train --data`:
+/// approved → `ham`, rejected → `spam`.
+#[utoipa::path(get, path = "/v1/safety/reviews/examples", tag = "safety",
+    responses((status = 200, content_type = "application/x-ndjson", body = String)))]
+pub async fn review_examples(State(state): State<AppState>, auth: Auth) -> ApiResult<axum::response::Response> {
+    auth.require(MemberAction::Read)?;
+    let ws = auth.workspace_id();
+    let reviews = state.blocking(move |s| Ok(s.store.decided_safety_reviews(ws)?)).await?;
+    let mut out = String::new();
+    for r in reviews {
+        let label = if r.state == "approved" { "ham" } else { "spam" };
+        out.push_str(&serde_json::json!({"text": r.text, "label": label, "review": r.id.to_string()}).to_string());
+        out.push('\n');
+    }
+    Ok(axum::response::IntoResponse::into_response((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson; charset=utf-8")],
+        out,
+    )))
+}

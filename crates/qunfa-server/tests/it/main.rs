@@ -2,11 +2,14 @@
 //! PostgreSQL, each with a fresh database and a server on port 0.
 
 mod channels;
+mod safety;
 mod support;
 
 use channels::{
     channel_settings, consent_and_unsubscribe, event_webhooks, external_channels_end_to_end, fallback_order_checked,
 };
+
+use safety::{content_in_preflight_send_and_review_queue, safety_check_api};
 
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -46,7 +49,19 @@ both_backends!(
     fallback_order_checked,
     event_webhooks,
     external_channels_end_to_end,
+    safety_check_api,
+    content_in_preflight_send_and_review_queue,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn safety_reload_sqlite() {
+    safety::reload_keeps_serving_on_errors(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn safety_reload_postgres() {
+    safety::reload_keeps_serving_on_errors(Backend::Postgres).await;
+}
 
 async fn first_mass_send_end_to_end(app: TestApp) {
     let (_, owner) = app.workspace("enterprise").await;

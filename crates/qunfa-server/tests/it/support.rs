@@ -26,6 +26,19 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 /// A server with the webhook channel, signing with `secret`; retries come
 /// fast (50 ms, doubling to 200 ms, 4 attempts) and answers time out after 300 ms.
 pub async fn spawn_app_with(backend: Backend, webhook_secret: Option<&str>) -> TestApp {
+    spawn(backend, webhook_secret, None).await
+}
+
+/// A server whose content check comes from `safety` (files the test controls).
+pub async fn spawn_app_safety(backend: Backend, safety: qunfa_server::safety::SafetyConfig) -> TestApp {
+    spawn(backend, None, Some(safety)).await
+}
+
+async fn spawn(
+    backend: Backend,
+    webhook_secret: Option<&str>,
+    safety: Option<qunfa_server::safety::SafetyConfig>,
+) -> TestApp {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -68,7 +81,10 @@ pub async fn spawn_app_with(backend: Backend, webhook_secret: Option<&str>) -> T
         public_url,
         link_key,
         server_webhook: transports.default_webhook.is_some(),
-        safety: Some(std::sync::Arc::new(qunfa_server::safety::SafetyState::defaults(&no_sampling()))),
+        safety: Some(std::sync::Arc::new(match safety {
+            Some(config) => qunfa_server::safety::SafetyState::load(config, &no_sampling()).unwrap(),
+            None => qunfa_server::safety::SafetyState::defaults(&no_sampling()),
+        })),
     };
     let engine = qunfa_engine::Engine::start_with(store.clone(), config, transports);
     let state = qunfa_server::AppState::with_options(

@@ -1,0 +1,170 @@
+//! Content safety through the API: the check, preflight and send, the review
+//! queue, reload with broken files.
+
+use serde_json::{json, Value};
+
+use crate::support::{spawn_app_safety, Backend, TestApp, ADMIN_TOKEN};
+
+pub async fn safety_check_api(app: TestApp) {
+    let (_, key) = app.workspace("enterprise").await;
+    // Evasion is seen through, positions are characters of the original text.
+    let v =
+        app.post("/v1/safety/check", &key, json!({"text": "招聘兼职，刷*單日结，加微信 abc12345"})).await.expect(200);
+    assert_eq!(v["action"], "block", "{v}");
+    let hit = v["hits"].as_array().unwrap().iter().find(|h| h["rule"] == "刷单").expect("刷单 found");
+    assert_eq!((hit["gate"].as_str(), hit["category"].as_str()), (Some("lexicon"), Some("fraud")));
+    assert_eq!(
+        (hit["start"].as_u64(), hit["end"].as_u64(), hit["original"].as_str()),
+        (Some(5), Some(8), Some("刷*單"))
+    );
+    assert!(v["masked"].as_str().unwrap().contains("***"), "{v}");
+    assert!(v["lexicon_version"].as_str().is_some_and(|s| s.len() == 12));
+    assert!(v["model_version"].is_string());
+    // Ordinary text passes, an allowlisted phrase does not match.
+    let v = app
+        .post("/v1/safety/check", &key, json!({"text": "明天上午九点在三楼会议室开周会，请准时参加。"}))
+        .await
+        .expect(200);
+    assert_eq!(v["action"], "allow", "{v}");
+    assert_eq!(v["hits"], json!([]));
+    // A rule with its reason in both languages.
+    let v = app.post("/v1/safety/check", &key, json!({"text": "转发此消息到朋友圈，即可领取红包"})).await.expect(200);
+    let rule = v["hits"].as_array().unwrap().iter().find(|h| h["gate"] == "rules").expect("a rule");
+    assert_eq!(rule["rule"], "inducement.share_for_reward");
+    assert!(rule["message_zh"].as_str().unwrap().contains("诱导"));
+    // Links: a blocked look-alike domain, an obfuscated one.
+    let v = app.post("/v1/safety/check", &key, json!({"text": "领奖请访问 www点lucky-prize点top"})).await.expect(200);
+    assert_eq!(v["links"][0]["obfuscated"], true, "{v}");
+    // Bad input: clear errors.
+    app.post("/v1/safety/check", &key, json!({"text": "  "})).await.expect_error(400, "QF-SAFETY-TEXT");
+    app.post("/v1/safety/check", &key, json!({"text": "字".repeat(100_000)})).await.expect_error(400, "QF-SAFETY-TEXT");
+    app.post("/v1/safety/check", &key, json!({"txt": "x"})).await.expect_error(400, "QF-BAD-JSON");
+    // What it is made of.
+    let info = app.get("/v1/safety", &key).await.expect(200);
+    let categories: Vec<&str> =
+        info["categories"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(categories, ["absolute", "fraud", "inducement"]);
+    assert!(info["model_precision"].as_f64().unwrap() > 0.8, "{info}");
+}
+
+pub async fn content_in_preflight_send_and_review_queue(app: TestApp) {
+    let (_, owner) = app.workspace("enterprise").await;
+    let (_, sender) = app.member(&owner, "sender").await;
+    let (_, reviewer) = app.member(&owner, "reviewer").await;
+    app.contacts(&owner, 3, &["客户"]).await;
+
+    // A blocked word: preflight explains it, send refuses, nothing changes.
+    let bad = app.draft(&sender, "高价收ＵＳＤＴ，当天结算，稳赚不赔", json!({"tag": "客户"})).await;
+    let pf = app.post(&format!("/v1/broadcasts/{bad}/preflight"), &sender, json!({})).await.expect(200);
+    assert_eq!(pf["ok"], false);
+    let v = pf["verdicts"].as_array().unwrap().iter().find(|v| v["code"] == "QF-CONTENT-BLOCKED").expect("blocked");
+    assert!(v["message"].as_str().unwrap().contains("(fraud)"), "{v}");
+    assert!(v["message_zh"].as_str().unwrap().contains("内容被禁止发送"), "{v}");
+    app.post(&format!("/v1/broadcasts/{bad}/send"), &sender, json!({})).await.expect_error(422, "QF-CONTENT-BLOCKED");
+    assert_eq!(app.get(&format!("/v1/broadcasts/{bad}"), &sender).await.expect(200)["state"], "draft");
+
+    // A review word: the send is held and a review opens in the queue.
+    let held = app.draft(&sender, "本店开业大酬宾，全网最低价，欢迎选购", json!({"tag": "客户"})).await;
+    let b = app.post(&format!("/v1/broadcasts/{held}/send"), &sender, json!({})).await.expect(202);
+    assert_eq!(b["state"], "pending_approval");
+    let queue = app.get("/v1/safety/reviews?state=pending", &reviewer).await.expect(200);
+    let reviews = queue["reviews"].as_array().unwrap();
+    assert_eq!(reviews.len(), 1, "{queue}");
+    let review = &reviews[0];
+    assert_eq!(review["broadcast_id"].as_str(), Some(held.as_str()));
+    assert!(review["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h["rule"] == "全网最低价" || h["rule"] == "absolute.strong"));
+    let rid = review["id"].as_str().unwrap().to_owned();
+    // The sender cannot decide; a rejection needs a reason; then it is decided once.
+    app.post(&format!("/v1/safety/reviews/{rid}/approve"), &sender, json!({}))
+        .await
+        .expect_error(403, "QF-AUTH-FORBIDDEN");
+    app.post(&format!("/v1/safety/reviews/{rid}/reject"), &reviewer, json!({}))
+        .await
+        .expect_error(400, "QF-BAD-REQUEST");
+    let r = app
+        .post(&format!("/v1/safety/reviews/{rid}/reject"), &reviewer, json!({"reason": "极限用语"}))
+        .await
+        .expect(200);
+    assert_eq!((r["state"].as_str(), r["reason"].as_str()), (Some("rejected"), Some("极限用语")));
+    assert_eq!(app.get(&format!("/v1/broadcasts/{held}"), &sender).await.expect(200)["state"], "cancelled");
+    app.post(&format!("/v1/safety/reviews/{rid}/approve"), &reviewer, json!({}))
+        .await
+        .expect_error(409, "QF-STATE-CONFLICT");
+
+    // Another held send, approved from the queue: dispatched and delivered.
+    let ok = app.draft(&sender, "新品上市，行业第一品牌，欢迎到店体验", json!({"tag": "客户"})).await;
+    app.post(&format!("/v1/broadcasts/{ok}/send"), &sender, json!({})).await.expect(202);
+    let queue = app.get("/v1/safety/reviews?state=pending", &reviewer).await.expect(200);
+    let rid = queue["reviews"][0]["id"].as_str().unwrap().to_owned();
+    let r = app
+        .post(&format!("/v1/safety/reviews/{rid}/approve"), &reviewer, json!({"reason": "品牌方授权"}))
+        .await
+        .expect(200);
+    assert_eq!(r["state"], "approved");
+    assert_eq!(app.wait_completed(&sender, &ok).await["counts"]["delivered"], 3);
+
+    // The decisions are training examples.
+    let examples = app.get("/v1/safety/reviews/examples", &reviewer).await.expect(200);
+    let examples = examples.as_str().unwrap();
+    let labels: Vec<String> = examples
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["label"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(labels, ["spam", "ham"]);
+    app.get("/v1/safety/reviews?state=maybe", &reviewer).await.expect_error(400, "QF-BAD-REQUEST");
+    app.get("/v1/safety/reviews/999999", &reviewer).await.expect_error(404, "QF-NOT-FOUND");
+}
+
+/// Reload: a new word is used at once; a broken file is a clear error and the
+/// previous library keeps serving.
+pub async fn reload_keeps_serving_on_errors(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("custom.txt"), "奇怪词\n").unwrap();
+    let config = qunfa_server::safety::SafetyConfig { lexicon_dir: Some(dir.path().to_owned()), ..Default::default() };
+    let app = spawn_app_safety(backend, config).await;
+    let (_, key) = app.workspace("enterprise").await;
+    let check = |text: &'static str| {
+        let app = &app;
+        let key = key.clone();
+        async move { app.post("/v1/safety/check", &key, json!({ "text": text })).await.expect(200) }
+    };
+    assert_eq!(check("有个奇怪词").await["action"], "block");
+    let before = check("有个新词语").await;
+    assert_eq!(before["action"], "allow");
+
+    std::fs::write(dir.path().join("custom.txt"), "奇怪词\n新词语\n").unwrap();
+    let info = app.post("/v1/safety/reload", ADMIN_TOKEN, json!({})).await.expect(200);
+    assert_ne!(info["lexicon_version"], before["lexicon_version"]);
+    assert_eq!(check("有个新词语").await["action"], "block");
+    let version = info["lexicon_version"].clone();
+
+    // Broken files: each is a clear error, and the last good library serves on.
+    let long = "长".repeat(10_000);
+    for (bytes, expected) in [
+        (b"ok\n\xff\xfe".to_vec(), "not valid UTF-8"),
+        (format!("ok\n{long}\n").into_bytes(), "custom.txt:2: an entry of 10000 characters"),
+        (b"ok\tsometimes\n".to_vec(), "unknown severity"),
+    ] {
+        std::fs::write(dir.path().join("custom.txt"), bytes).unwrap();
+        let e = app.post("/v1/safety/reload", ADMIN_TOKEN, json!({})).await.expect_error(422, "QF-SAFETY-SOURCES");
+        assert!(e["error"]["message"].as_str().unwrap().contains(expected), "{e}");
+        let v = check("有个新词语").await;
+        assert_eq!((v["action"].as_str(), &v["lexicon_version"]), (Some("block"), &version));
+    }
+    // Blank lines and duplicates are fine.
+    std::fs::write(dir.path().join("custom.txt"), "\n奇怪词\n\n奇怪词\n").unwrap();
+    app.post("/v1/safety/reload", ADMIN_TOKEN, json!({})).await.expect(200);
+    assert_eq!(check("有个新词语").await["action"], "allow");
+    // A broken model file refuses to load, with the file named.
+    let model = dir.path().join("model.qfrm");
+    std::fs::write(&model, b"QFRM garbage").unwrap();
+    let config = qunfa_server::safety::SafetyConfig { model_file: Some(model), ..Default::default() };
+    let err = qunfa_server::safety::SafetyState::load(config, &crate::support::no_sampling()).unwrap_err();
+    assert!(err.starts_with("model ") && err.contains("model.qfrm"), "{err}");
+    // Only the admin reloads.
+    app.post("/v1/safety/reload", &key, json!({})).await.expect_error(401, "QF-AUTH-REQUIRED");
+}

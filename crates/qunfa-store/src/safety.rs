@@ -1,0 +1,149 @@
+//! The human review queue of the content check.
+//!
+//! A review is opened in the transaction that holds a send for review and
+//! decided in the transaction that approves (dispatches) or rejects the
+//! broadcast, whichever way that happens — from the queue or from the
+//! broadcast's own approve/reject. Decided reviews are the risk model's new
+//! training examples (approved → ham, rejected → spam).
+
+use crate::{db::Conn, params, Store, StoreError};
+
+/// A review to open with a held send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSafetyReview {
+    pub text: String,
+    /// The verdict's hits as JSON (what the reviewer sees).
+    pub hits_json: String,
+    pub risk: f64,
+    pub sampled: bool,
+    pub lexicon_version: String,
+}
+
+/// A review as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SafetyReview {
+    pub id: i64,
+    pub workspace_id: i64,
+    pub broadcast_id: i64,
+    pub text: String,
+    pub hits_json: String,
+    pub risk: f64,
+    pub sampled: bool,
+    pub lexicon_version: String,
+    /// `pending`, `approved` or `rejected`.
+    pub state: String,
+    pub reason: String,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<i64>,
+    pub created_at: i64,
+}
+
+const COLUMNS: &str = "id, workspace_id, broadcast_id, text, hits, risk, sampled, lexicon_version, state, reason, decided_by, decided_at, created_at";
+
+fn review_of(r: &crate::db::Row) -> SafetyReview {
+    SafetyReview {
+        id: r.i64(0),
+        workspace_id: r.i64(1),
+        broadcast_id: r.i64(2),
+        text: r.string(3),
+        hits_json: r.string(4),
+        risk: r.f64(5),
+        sampled: r.i64(6) != 0,
+        lexicon_version: r.string(7),
+        state: r.string(8),
+        reason: r.string(9),
+        decided_by: r.opt_string(10),
+        decided_at: r.opt_i64(11),
+        created_at: r.i64(12),
+    }
+}
+
+/// Opens a review (in the caller's transaction).
+pub(crate) fn open(
+    c: &mut Conn,
+    workspace_id: i64,
+    broadcast_id: i64,
+    review: &NewSafetyReview,
+    now: i64,
+) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO safety_reviews (workspace_id, broadcast_id, text, hits, risk, sampled, lexicon_version, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        params![workspace_id, broadcast_id, review.text.as_str(), review.hits_json.as_str(), review.risk, i64::from(review.sampled), review.lexicon_version.as_str(), now],
+    )?;
+    Ok(())
+}
+
+/// Decides the pending reviews of a broadcast (in the caller's transaction).
+pub(crate) fn decide(
+    c: &mut Conn,
+    workspace_id: i64,
+    broadcast_id: i64,
+    approved: bool,
+    reason: &str,
+    actor: &str,
+    now: i64,
+) -> Result<u64, StoreError> {
+    c.execute(
+        "UPDATE safety_reviews SET state = ?, reason = ?, decided_by = ?, decided_at = ? WHERE workspace_id = ? AND broadcast_id = ? AND state = 'pending'",
+        params![if approved { "approved" } else { "rejected" }, reason, actor, now, workspace_id, broadcast_id],
+    )
+}
+
+/// Blanks the texts of a broadcast's reviews when its content is purged.
+pub(crate) fn purge(c: &mut Conn, broadcast_id: i64) -> Result<(), StoreError> {
+    c.execute("UPDATE safety_reviews SET text = '' WHERE broadcast_id = ? AND text <> ''", params![broadcast_id])?;
+    Ok(())
+}
+
+impl Store {
+    /// Reviews of a workspace, newest first, optionally in one state, after `before` (an id).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn safety_reviews(
+        &self,
+        workspace_id: i64,
+        state: Option<&str>,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<SafetyReview>, StoreError> {
+        self.db.read(|c| {
+            let rows = c.query(
+                &format!(
+                    "SELECT {COLUMNS} FROM safety_reviews WHERE workspace_id = ? AND (? = '' OR state = ?) AND id < ? ORDER BY id DESC LIMIT ?"
+                ),
+                params![workspace_id, state.unwrap_or(""), state.unwrap_or(""), before.unwrap_or(i64::MAX), limit as i64],
+            )?;
+            Ok(rows.iter().map(review_of).collect())
+        })
+    }
+
+    /// One review.
+    ///
+    /// # Errors
+    /// `NotFound`, or database errors.
+    pub fn safety_review(&self, workspace_id: i64, id: i64) -> Result<SafetyReview, StoreError> {
+        self.db.read(|c| {
+            c.query_opt(
+                &format!("SELECT {COLUMNS} FROM safety_reviews WHERE workspace_id = ? AND id = ?"),
+                params![workspace_id, id],
+            )?
+            .map(|r| review_of(&r))
+            .ok_or(StoreError::NotFound)
+        })
+    }
+
+    /// Decided reviews with their text, oldest first: the training examples.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn decided_safety_reviews(&self, workspace_id: i64) -> Result<Vec<SafetyReview>, StoreError> {
+        self.db.read(|c| {
+            let rows = c.query(
+                &format!("SELECT {COLUMNS} FROM safety_reviews WHERE workspace_id = ? AND state <> 'pending' AND text <> '' ORDER BY id"),
+                params![workspace_id],
+            )?;
+            Ok(rows.iter().map(review_of).collect())
+        })
+    }
+}
