@@ -30,6 +30,26 @@ pub enum SafetyCommand {
     },
     /// What the server's check is made of: versions, categories, counts.
     Info,
+    /// The review queue: sends held by the content check.
+    Reviews {
+        /// pending (default), approved or rejected.
+        #[arg(long, default_value = "pending")]
+        state: String,
+    },
+    /// Approve a held send (it is dispatched at once).
+    Approve {
+        review_id: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Reject a held send with a reason.
+    Reject {
+        review_id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Decided reviews as labelled JSONL (approved → ham, rejected → spam), for `train --data`.
+    Examples,
     /// Reload the server's word library, rules and model from their files
     /// (needs the admin token). On an error the previous version keeps serving.
     Reload,
@@ -106,6 +126,71 @@ pub fn run(config: &Config, cmd: SafetyCommand) -> anyhow::Result<ExitCode> {
             let client = crate::api_client(config)?;
             let v = crate::runtime()?.block_on(client.get("/v1/safety"))?;
             print_info(&v);
+            Ok(ExitCode::SUCCESS)
+        }
+        SafetyCommand::Reviews { state } => {
+            let client = crate::api_client(config)?;
+            let v = crate::runtime()?.block_on(client.get(&format!("/v1/safety/reviews?state={state}")))?;
+            let reviews = v["reviews"].as_array().cloned().unwrap_or_default();
+            if reviews.is_empty() {
+                println!("no {state} reviews");
+            }
+            for r in reviews {
+                let hits: Vec<String> = r["hits"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|h| format!("{} {}", h["rule"].as_str().unwrap_or(""), h["original"].as_str().unwrap_or("")))
+                    .collect();
+                println!(
+                    "review {}  broadcast {}  {}  risk {:.2}{}  {}\n  {}\n  hits: {}",
+                    r["id"].as_str().unwrap_or("?"),
+                    r["broadcast_id"].as_str().unwrap_or("?"),
+                    r["state"].as_str().unwrap_or("?"),
+                    r["risk"].as_f64().unwrap_or(0.0),
+                    if r["sampled"] == true { " (random review)" } else { "" },
+                    r["created_at"].as_str().unwrap_or(""),
+                    r["text"].as_str().unwrap_or(""),
+                    hits.join("; ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SafetyCommand::Approve { review_id, comment } => {
+            let client = crate::api_client(config)?;
+            let body = json!({ "reason": comment });
+            let v =
+                crate::runtime()?.block_on(client.post(&format!("/v1/safety/reviews/{review_id}/approve"), body))?;
+            println!(
+                "review {review_id} {}; broadcast {} is on its way",
+                v["state"].as_str().unwrap_or("?"),
+                v["broadcast_id"].as_str().unwrap_or("?")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        SafetyCommand::Reject { review_id, reason } => {
+            let client = crate::api_client(config)?;
+            let v = crate::runtime()?.block_on(
+                client.post(&format!("/v1/safety/reviews/{review_id}/reject"), json!({ "reason": reason })),
+            )?;
+            println!(
+                "review {review_id} {}; broadcast {} is cancelled",
+                v["state"].as_str().unwrap_or("?"),
+                v["broadcast_id"].as_str().unwrap_or("?")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        SafetyCommand::Examples => {
+            let client = crate::api_client(config)?;
+            let (status, v) =
+                crate::runtime()?.block_on(client.send(reqwest::Method::GET, "/v1/safety/reviews/examples", None))?;
+            if status != 200 {
+                bail!("{}", crate::client::describe_error(status, &v));
+            }
+            match v {
+                Value::String(text) => print!("{text}"),
+                other => println!("{other}"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         SafetyCommand::Reload => {

@@ -184,6 +184,18 @@ fn serve_import_send_explain_audit() {
     ]);
     assert!(o.status.success() && text(&o).contains("completed — delivered 1"), "{}", text(&o));
 
+    // Content safety: the check names the word and its place; a blocked
+    // text exits with 3; a held send shows up in the review queue.
+    let o = c(&["safety", "check", "招聘兼职刷*單，日结"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("block") && text(&o).contains("刷单") && text(&o).contains("刷*單"), "{}", text(&o));
+    let o = c(&["safety", "info"]);
+    assert!(o.status.success() && text(&o).contains("fraud"), "{}", text(&o));
+    let o = c(&["safety", "reviews"]);
+    assert!(o.status.success() && text(&o).contains("no pending reviews"), "{}", text(&o));
+    let o = run(d, &["safety", "reload", "--server", &url, "--admin-token", ADMIN]);
+    assert!(o.status.success() && text(&o).contains("reloaded"), "{}", text(&o));
+
     // SIGTERM stops the server cleanly.
     let pid = server.0.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
@@ -209,4 +221,27 @@ fn bad_config_is_refused() {
     let o = run(dir.path(), &["audit", "verify"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("invalid configuration"), "{}", text(&o));
+}
+
+#[test]
+fn safety_lint_and_train_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("words")).unwrap();
+    std::fs::write(d.join("words/spam.txt"), "出\n新闻\n刷单返利\n").unwrap();
+    std::fs::write(d.join("reference.txt"), "今日新闻\n新闻联播\n普通的一句话\n").unwrap();
+    let o = run(d, &["safety", "lint", "--lexicon", "words", "--reference", "reference.txt", "--apply"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let lint = std::fs::read_to_string(d.join("words/lint.tsv")).unwrap();
+    assert!(lint.contains("出\tdrop\t") && lint.contains("新闻\tdrop\t") && !lint.contains("刷单返利"), "{lint}");
+    let o = run(d, &["safety", "lint", "--lexicon", "nowhere", "--reference", "reference.txt"]);
+    assert!(!o.status.success() && text(&o).contains("nowhere"), "{}", text(&o));
+
+    // Training on the shipped examples prints the held-out evaluation and writes a model.
+    let o = run(d, &["safety", "train", "--out", "model.qfrm"]);
+    assert!(o.status.success() && text(&o).contains("held out: precision"), "{}", text(&o));
+    assert!(std::fs::read(d.join("model.qfrm")).unwrap().starts_with(b"QFRM"));
+    std::fs::write(d.join("bad.jsonl"), "{\"text\": \"x\", \"label\": \"maybe\"}\n").unwrap();
+    let o = run(d, &["safety", "train", "--data", "bad.jsonl"]);
+    assert!(!o.status.success() && text(&o).contains("line 1"), "{}", text(&o));
 }

@@ -220,6 +220,16 @@ impl DispatchCache {
     }
 }
 
+/// What a hold for approval records.
+#[derive(Debug, Clone, Copy)]
+pub struct HoldRules<'a> {
+    /// The daily send quota and the day's start, counted when held.
+    pub daily_limit: Option<(u32, i64)>,
+    pub verdicts_json: &'a str,
+    /// The content check's review to open for the queue.
+    pub review: Option<&'a crate::safety::NewSafetyReview>,
+}
+
 /// How a dispatch is allowed to start, and what it records.
 #[derive(Debug, Clone, Copy)]
 pub struct DispatchRules<'a> {
@@ -427,12 +437,11 @@ impl Store {
         &self,
         workspace_id: i64,
         id: i64,
-        daily_limit: Option<(u32, i64)>,
-        verdicts_json: &str,
-        review: Option<&crate::safety::NewSafetyReview>,
+        hold: HoldRules<'_>,
         actor: &str,
         now: i64,
     ) -> Result<(), StoreError> {
+        let HoldRules { daily_limit, verdicts_json, review } = hold;
         self.db.write(|c| {
             if let Some((limit, day_start)) = daily_limit {
                 let member = c.query_one("SELECT member_id FROM broadcasts WHERE id = ? AND workspace_id = ?", params![id, workspace_id])?;

@@ -19,7 +19,7 @@ use qunfa_core::{
     Code,
 };
 use qunfa_store::{
-    broadcasts::{BroadcastRecord, DispatchRules, NewBroadcast},
+    broadcasts::{BroadcastRecord, DispatchRules, HoldRules, NewBroadcast},
     json::{audience_from_json, audience_to_json, content_to_json},
     now_millis, StoreError,
 };
@@ -530,7 +530,8 @@ pub async fn send(
                 // Held by the content check: a review for the queue, opened with the hold.
                 let review =
                     if verdicts.iter().any(|v| v.code == Code::ContentReview) { content_review(s, &b)? } else { None };
-                s.store.hold_for_approval(ws, b.id, daily_limit, &recorded, review.as_ref(), &actor, now)?;
+                let hold = HoldRules { daily_limit, verdicts_json: &recorded, review: review.as_ref() };
+                s.store.hold_for_approval(ws, b.id, hold, &actor, now)?;
             } else {
                 let rules = DispatchRules {
                     from: BroadcastState::Draft,
