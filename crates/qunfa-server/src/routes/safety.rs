@@ -438,9 +438,9 @@ async fn decide(
     let body = axum::body::Bytes::from(serde_json::json!({ "comment": reason }).to_string());
     let broadcast = axum::extract::Path(review.broadcast_id.to_string());
     if approve {
-        super::broadcasts::approve(State(state.clone()), auth, broadcast, body).await?;
+        let _dispatched = super::broadcasts::approve(State(state.clone()), auth, broadcast, body).await?;
     } else {
-        super::broadcasts::reject(State(state.clone()), auth, broadcast, body).await?;
+        let _cancelled = super::broadcasts::reject(State(state.clone()), auth, broadcast, body).await?;
     }
     let review = state.blocking(move |s| Ok(s.store.safety_review(ws, id)?)).await?;
     Ok(Json(review_wire(review)))
