@@ -60,8 +60,13 @@ fn urgent_message(
         b.id
     };
     let audience = store.resolve_audience(ws, &AudienceSpec::Contacts(vec![idx]))?;
-    let rules =
-        DispatchRules { from: BroadcastState::Draft, daily_limit: None, approved_by: None, verdicts_json: "[]" };
+    let rules = DispatchRules {
+        from: BroadcastState::Draft,
+        daily_limit: None,
+        approved_by: None,
+        verdicts_json: "[]",
+        fingerprint: None,
+    };
     {
         let _urgent = store.db.urgent();
         store.dispatch(ws, id, &audience, rules, "bench", now_millis())?;
@@ -126,8 +131,13 @@ pub fn priority(database_url: Option<&str>, n: usize, runs: usize, baseline_mess
         )?;
         let t = Instant::now();
         let audience = store.resolve_audience(w.id, &AudienceSpec::All)?;
-        let rules =
-            DispatchRules { from: BroadcastState::Draft, daily_limit: None, approved_by: None, verdicts_json: "[]" };
+        let rules = DispatchRules {
+            from: BroadcastState::Draft,
+            daily_limit: None,
+            approved_by: None,
+            verdicts_json: "[]",
+            fingerprint: None,
+        };
         store.dispatch(w.id, b.id, &audience, rules, "bench", now_millis())?;
         engine.wake();
         let mut samples = Vec::new();

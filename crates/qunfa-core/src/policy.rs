@@ -77,6 +77,13 @@ pub struct SafetyPolicy {
     /// `review_sample_base + review_sample_per_risk × risk`.
     pub review_sample_base: f64,
     pub review_sample_per_risk: f64,
+    /// Same or near-same content (text SimHash or image hash) sent to more
+    /// than this many recipients by one sender within the window needs
+    /// secondary verification (0: off).
+    pub duplicate_max_recipients: u64,
+    pub duplicate_window_minutes: u32,
+    /// How long a verification code an admin issues stays valid.
+    pub verification_code_minutes: u32,
 }
 
 /// How the delivery engine paces, retries and forgets.

@@ -36,8 +36,13 @@ fn broadcast(store: &Store, ws: i64, text: &str) -> i64 {
     };
     let (b, _) = store.create_broadcast(ws, 1, &new, "t", NOW).unwrap();
     let audience = store.resolve_audience(ws, &AudienceSpec::All).unwrap();
-    let rules =
-        DispatchRules { from: BroadcastState::Draft, daily_limit: None, approved_by: None, verdicts_json: "[]" };
+    let rules = DispatchRules {
+        from: BroadcastState::Draft,
+        daily_limit: None,
+        approved_by: None,
+        verdicts_json: "[]",
+        fingerprint: None,
+    };
     store.dispatch(ws, b.id, &audience, rules, "t", NOW).unwrap();
     b.id
 }

@@ -87,7 +87,8 @@ pub fn status_of(code: Code) -> StatusCode {
         | AudienceUnknownSegment
         | ChannelSettings
         | InvalidFallback
-        | SafetyText => StatusCode::BAD_REQUEST,
+        | SafetyText
+        | VerificationCode => StatusCode::BAD_REQUEST,
         Unauthenticated => StatusCode::UNAUTHORIZED,
         Forbidden | SelfApproval => StatusCode::FORBIDDEN,
         NotFound | MediaNotFound | UnsubscribeLink => StatusCode::NOT_FOUND,

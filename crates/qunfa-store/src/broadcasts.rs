@@ -241,6 +241,8 @@ pub struct DispatchRules<'a> {
     pub approved_by: Option<i64>,
     /// The verdicts (JSON) recorded with the broadcast.
     pub verdicts_json: &'a str,
+    /// The content's fingerprint, counted for near-duplicate sends.
+    pub fingerprint: Option<crate::safety::Fingerprint>,
 }
 
 /// Completes a sending broadcast whose every batch is done (delivered or dead
@@ -559,6 +561,9 @@ impl Store {
             }
             if rules.from == BroadcastState::PendingApproval {
                 crate::safety::decide(c, workspace_id, id, true, "", actor, now)?;
+            }
+            if let Some(f) = rules.fingerprint {
+                crate::safety::record_fingerprint(c, workspace_id, b.i64(0), id, f, n_recipients, now)?;
             }
             let mut jobs = Vec::with_capacity(n_batches * plan.len());
             for (channel, condition, run_at) in &plan {

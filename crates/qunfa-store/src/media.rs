@@ -5,6 +5,21 @@ use qunfa_core::message::MediaId;
 use crate::{audit, params, Store, StoreError};
 
 impl Store {
+    /// The perceptual hash of an uploaded image (for repetition counting).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn media_image_hash(&self, workspace_id: i64, id: &str) -> Result<Option<u64>, StoreError> {
+        self.db.read(|c| {
+            Ok(c.query_opt(
+                "SELECT image_hash FROM media WHERE workspace_id = ? AND id = ?",
+                params![workspace_id, id],
+            )?
+            .and_then(|r| r.opt_i64(0))
+            .map(|h| h as u64))
+        })
+    }
+
     /// Stores bytes under their SHA-256; uploading the same bytes twice is a no-op.
     ///
     /// # Errors
@@ -15,15 +30,16 @@ impl Store {
         bytes: &[u8],
         content_type: &str,
         filename: Option<&str>,
+        image_hash: Option<u64>,
         actor: &str,
         now: i64,
     ) -> Result<MediaId, StoreError> {
         let id = MediaId::of(bytes);
         self.db.write(|c| {
             let n = c.execute(
-                "INSERT INTO media (workspace_id, id, content_type, filename, size, bytes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+                "INSERT INTO media (workspace_id, id, content_type, filename, size, bytes, created_at, image_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                  ON CONFLICT DO NOTHING",
-                params![workspace_id, id.as_str(), content_type, filename, bytes.len(), bytes.to_vec(), now],
+                params![workspace_id, id.as_str(), content_type, filename, bytes.len(), bytes.to_vec(), now, image_hash.map(|h| h as i64)],
             )?;
             if n == 1 {
                 audit::append(c, workspace_id, actor, "media.uploaded", &format!("media:{}", id.as_str()), &serde_json::json!({"size": bytes.len(), "content_type": content_type}).to_string(), now)?;

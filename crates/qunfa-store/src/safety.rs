@@ -89,6 +89,40 @@ pub(crate) fn decide(
     )
 }
 
+/// What near-duplicate counting keeps of a broadcast's content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// SimHash of the normalised text.
+    pub simhash: Option<u64>,
+    /// Perceptual hash of the image.
+    pub image_hash: Option<u64>,
+}
+
+/// A sender's recent send, for near-duplicate counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecentSend {
+    pub broadcast_id: i64,
+    pub fingerprint: Fingerprint,
+    pub n_recipients: u64,
+    pub at: i64,
+}
+
+pub(crate) fn record_fingerprint(
+    c: &mut Conn,
+    workspace_id: i64,
+    member_id: i64,
+    broadcast_id: i64,
+    f: Fingerprint,
+    n_recipients: u64,
+    now: i64,
+) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO content_fingerprints (workspace_id, member_id, broadcast_id, simhash, image_hash, n_recipients, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        params![workspace_id, member_id, broadcast_id, f.simhash.map(|h| h as i64), f.image_hash.map(|h| h as i64), n_recipients, now],
+    )?;
+    Ok(())
+}
+
 /// Blanks the texts of a broadcast's reviews when its content is purged.
 pub(crate) fn purge(c: &mut Conn, broadcast_id: i64) -> Result<(), StoreError> {
     c.execute("UPDATE safety_reviews SET text = '' WHERE broadcast_id = ? AND text <> ''", params![broadcast_id])?;
@@ -96,6 +130,89 @@ pub(crate) fn purge(c: &mut Conn, broadcast_id: i64) -> Result<(), StoreError> {
 }
 
 impl Store {
+    /// The sends of a member since `since` (for near-duplicate counting).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn recent_sends(&self, workspace_id: i64, member_id: i64, since: i64) -> Result<Vec<RecentSend>, StoreError> {
+        self.db.read(|c| {
+            let rows = c.query(
+                "SELECT broadcast_id, simhash, image_hash, n_recipients, created_at FROM content_fingerprints WHERE workspace_id = ? AND member_id = ? AND created_at >= ?",
+                params![workspace_id, member_id, since],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| RecentSend {
+                    broadcast_id: r.i64(0),
+                    fingerprint: Fingerprint { simhash: r.opt_i64(1).map(|h| h as u64), image_hash: r.opt_i64(2).map(|h| h as u64) },
+                    n_recipients: r.i64(3) as u64,
+                    at: r.i64(4),
+                })
+                .collect())
+        })
+    }
+
+    /// Stores a verification code (its hash) for a broadcast, valid until `expires_at`.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn issue_verification_code(
+        &self,
+        workspace_id: i64,
+        broadcast_id: i64,
+        code_hash: &str,
+        actor: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.db.write(|c| {
+            c.execute(
+                "INSERT INTO verification_codes (workspace_id, broadcast_id, code_hash, issued_by, expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                params![workspace_id, broadcast_id, code_hash, actor, expires_at, now],
+            )?;
+            crate::audit::append(c, workspace_id, actor, "broadcast.verification_code_issued", &format!("broadcast:{broadcast_id}"), &serde_json::json!({"expires_at": expires_at}).to_string(), now)?;
+            Ok(())
+        })
+    }
+
+    /// Uses a code: true when it was issued for this broadcast, is unused and has not expired.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn use_verification_code(
+        &self,
+        workspace_id: i64,
+        broadcast_id: i64,
+        code_hash: &str,
+        actor: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.db.write(|c| {
+            let n = c.execute(
+                "UPDATE verification_codes SET used_at = ? WHERE workspace_id = ? AND broadcast_id = ? AND code_hash = ? AND used_at IS NULL AND expires_at > ?",
+                params![now, workspace_id, broadcast_id, code_hash, now],
+            )?;
+            if n > 0 {
+                crate::audit::append(c, workspace_id, actor, "broadcast.verified", &format!("broadcast:{broadcast_id}"), "{}", now)?;
+            }
+            Ok(n > 0)
+        })
+    }
+
+    /// Whether a code was used for the broadcast (its sender confirmed it).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn broadcast_verified(&self, workspace_id: i64, broadcast_id: i64) -> Result<bool, StoreError> {
+        self.db.read(|c| {
+            Ok(c.query_opt(
+                "SELECT 1 FROM verification_codes WHERE workspace_id = ? AND broadcast_id = ? AND used_at IS NOT NULL",
+                params![workspace_id, broadcast_id],
+            )?
+            .is_some())
+        })
+    }
+
     /// Reviews of a workspace, newest first, optionally in one state, after `before` (an id).
     ///
     /// # Errors

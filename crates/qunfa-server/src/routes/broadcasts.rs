@@ -21,7 +21,9 @@ use qunfa_core::{
 use qunfa_store::{
     broadcasts::{BroadcastRecord, DispatchRules, HoldRules, NewBroadcast},
     json::{audience_from_json, audience_to_json, content_to_json},
-    now_millis, StoreError,
+    now_millis,
+    safety::Fingerprint,
+    StoreError,
 };
 use sha2::Digest;
 
@@ -377,7 +379,7 @@ pub fn evaluate(
     plan: Option<&str>,
     b: &BroadcastRecord,
     already_counted: bool,
-) -> Result<(Vec<Verdict>, Bitmap), ApiError> {
+) -> Result<(Vec<Verdict>, Bitmap, Fingerprint), ApiError> {
     let now = now_millis();
     let spec = audience_from_json(&b.audience_json)?;
     let mut verdicts = Vec::new();
@@ -453,12 +455,131 @@ pub fn evaluate(
     // Content safety, on every text a recipient will see; the broadcast id
     // decides random review, so checking again gives the same answer.
     let text = safety_text(&content);
+    let mut fingerprint = Fingerprint { simhash: None, image_hash: None };
     if !text.trim().is_empty() {
         let verdict = s.safety.check(&text, b.id as u64).map_err(super::safety::check_error)?;
         verdicts.extend(super::safety::verdicts(&text, &verdict));
+        fingerprint.simhash = Some(verdict.simhash);
     }
+    if let Some(media) = content.media().first() {
+        fingerprint.image_hash = s.store.media_image_hash(b.workspace_id, media.as_str())?;
+    }
+    verdicts.extend(duplicate_verdict(s, b, fingerprint, audience.cardinality(), now)?);
     verdicts.sort_by_key(|v| v.severity);
-    Ok((verdicts, audience))
+    Ok((verdicts, audience, fingerprint))
+}
+
+/// Secondary verification: the sender's earlier sends of the same or
+/// near-same text (SimHash) or image (perceptual hash) in the window, with
+/// this one, reach more recipients than the policy allows. A single send is
+/// never held by itself; a code an admin issued and the sender used clears it.
+fn duplicate_verdict(
+    s: &Inner,
+    b: &BroadcastRecord,
+    f: Fingerprint,
+    n_recipients: u64,
+    now: i64,
+) -> Result<Option<Verdict>, ApiError> {
+    use qunfa_safety::dedup::{hamming, IMAGE_NEAR, SIMHASH_NEAR};
+    let p = &s.policy.safety;
+    if p.duplicate_max_recipients == 0 || (f.simhash.is_none() && f.image_hash.is_none()) {
+        return Ok(None);
+    }
+    let window = i64::from(p.duplicate_window_minutes) * 60_000;
+    let recent = s.store.recent_sends(b.workspace_id, b.member_id, now - window)?;
+    let near = |a: Option<u64>, b: Option<u64>, d: u32| matches!((a, b), (Some(x), Some(y)) if hamming(x, y) <= d);
+    let earlier: Vec<_> = recent
+        .iter()
+        .filter(|r| r.broadcast_id != b.id)
+        .filter(|r| {
+            near(f.simhash, r.fingerprint.simhash, SIMHASH_NEAR)
+                || near(f.image_hash, r.fingerprint.image_hash, IMAGE_NEAR)
+        })
+        .collect();
+    let reached: u64 = earlier.iter().map(|r| r.n_recipients).sum();
+    let total = reached + n_recipients;
+    if earlier.is_empty() || total <= p.duplicate_max_recipients || s.store.broadcast_verified(b.workspace_id, b.id)? {
+        return Ok(None);
+    }
+    let mut v = Verdict {
+        code: Code::ContentDuplicate,
+        severity: Severity::Block,
+        message: format!(
+            "{} earlier send(s) of the same or near-same content reached {reached} recipients in the last {} minutes; with this one {total}, above {}: confirm with a code.",
+            earlier.len(),
+            p.duplicate_window_minutes,
+            p.duplicate_max_recipients
+        ),
+        message_zh: format!(
+            "近 {} 分钟内已有 {} 次相同或相似内容的群发，共 {reached} 人；加上本次为 {total} 人，超过 {} 人，需二次验证。",
+            p.duplicate_window_minutes,
+            earlier.len(),
+            p.duplicate_max_recipients
+        ),
+        hint: Code::ContentDuplicate.hint().to_owned(),
+        clears_at: None,
+        limit: Some(p.duplicate_max_recipients),
+        actual: Some(total),
+    };
+    // Clears when enough earlier sends leave the window, oldest first.
+    let mut left = total;
+    let mut by_age: Vec<_> = earlier.iter().map(|r| (r.at, r.n_recipients)).collect();
+    by_age.sort_unstable();
+    for (at, n) in by_age {
+        left -= n;
+        if left <= p.duplicate_max_recipients {
+            v.clears_at = Some(at + window);
+            break;
+        }
+    }
+    Ok(Some(v))
+}
+
+/// The optional body of a send.
+#[derive(serde::Deserialize, utoipa::ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    /// The code an admin issued when the send needs secondary verification
+    /// (QF-CONTENT-DUPLICATE).
+    pub verification_code: Option<String>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct VerificationCodeResponse {
+    /// Six digits; shown once. The sender sends the broadcast with it.
+    pub code: String,
+    pub expires_at: String,
+}
+
+/// Issue a one-time code for a send that needs secondary verification
+/// (reviewer, admin or owner; not the broadcast's own sender).
+#[utoipa::path(post, path = "/v1/broadcasts/{id}/verification-code", tag = "broadcasts", params(("id" = String, Path)),
+    responses((status = 201, body = VerificationCodeResponse), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn verification_code(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<VerificationCodeResponse>)> {
+    auth.require(Action::Approve)?;
+    let ws = auth.workspace_id();
+    let b = load(&state, ws, &id).await?;
+    if b.member_id == auth.0.member_id {
+        return Err(ApiError::new(Code::SelfApproval, "the code must come from someone other than the sender"));
+    }
+    if !b.state.may_submit() {
+        return Err(ApiError::new(Code::Conflict, format!("the broadcast is {}, not a draft", b.state.as_str())));
+    }
+    let actor = auth.0.actor();
+    let (code, expires_at) = state
+        .blocking(move |s| {
+            let code = format!("{:06}", rand::Rng::gen_range(&mut rand::thread_rng(), 0..1_000_000u32));
+            let now = now_millis();
+            let expires_at = now + i64::from(s.policy.safety.verification_code_minutes) * 60_000;
+            s.store.issue_verification_code(ws, b.id, &qunfa_store::secret_hash(&code), &actor, expires_at, now)?;
+            Ok((code, expires_at))
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(VerificationCodeResponse { code, expires_at: crate::wire::ts(expires_at) })))
 }
 
 /// An optional JSON body: empty means the defaults.
@@ -492,7 +613,7 @@ pub async fn preflight(
     }
     let (kind, plan) = (auth.0.workspace.kind, auth.0.workspace.plan.clone());
     let pending = b.state == BroadcastState::PendingApproval;
-    let (verdicts, audience) = state.blocking(move |s| evaluate(s, kind, plan.as_deref(), &b, pending)).await?;
+    let (verdicts, audience, _) = state.blocking(move |s| evaluate(s, kind, plan.as_deref(), &b, pending)).await?;
     Ok(Json(PreflightResponse {
         ok: !preflight::blocks(&verdicts),
         recipients: audience.cardinality(),
@@ -503,14 +624,16 @@ pub async fn preflight(
 /// Send: freezes the audience and queues delivery (202), holds the broadcast
 /// for approval when a verdict says `review` (202, state `pending_approval`),
 /// or refuses with every verdict (422).
-#[utoipa::path(post, path = "/v1/broadcasts/{id}/send", tag = "broadcasts", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/broadcasts/{id}/send", tag = "broadcasts", params(("id" = String, Path)), request_body = SendRequest,
     responses((status = 202, body = BroadcastResponse), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn send(
     State(state): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
+    body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<BroadcastResponse>)> {
     auth.require(Action::Send)?;
+    let send_request: SendRequest = optional_body(&body)?;
     let ws = auth.workspace_id();
     let b = load(&state, ws, &id).await?;
     if !b.state.may_submit() {
@@ -519,7 +642,13 @@ pub async fn send(
     let (kind, plan, actor) = (auth.0.workspace.kind, auth.0.workspace.plan.clone(), auth.0.actor());
     let b = state
         .blocking(move |s| {
-            let (verdicts, audience) = evaluate(s, kind, plan.as_deref(), &b, false)?;
+            if let Some(code) = &send_request.verification_code {
+                let hash = qunfa_store::secret_hash(code.trim());
+                if !s.store.use_verification_code(ws, b.id, &hash, &actor, now_millis())? {
+                    return Err(ApiError::code(Code::VerificationCode));
+                }
+            }
+            let (verdicts, audience, fingerprint) = evaluate(s, kind, plan.as_deref(), &b, false)?;
             if preflight::blocks(&verdicts) {
                 return Err(ApiError::from_verdicts(&verdicts));
             }
@@ -538,6 +667,7 @@ pub async fn send(
                     daily_limit,
                     approved_by: None,
                     verdicts_json: &recorded,
+                    fingerprint: Some(fingerprint),
                 };
                 // Transactional and chat messages go ahead of a running broadcast.
                 let _urgent = (b.priority != Priority::Broadcast).then(|| s.store.db.urgent());
@@ -576,7 +706,7 @@ pub async fn approve(
         (auth.0.workspace.kind, auth.0.workspace.plan.clone(), auth.0.actor(), auth.0.member_id);
     let b = state
         .blocking(move |s| {
-            let (verdicts, audience) = evaluate(s, kind, plan.as_deref(), &b, true)?;
+            let (verdicts, audience, fingerprint) = evaluate(s, kind, plan.as_deref(), &b, true)?;
             if preflight::blocks(&verdicts) {
                 return Err(ApiError::from_verdicts(&verdicts));
             }
@@ -591,6 +721,7 @@ pub async fn approve(
                 daily_limit: None,
                 approved_by: Some(approver),
                 verdicts_json: &recorded_json,
+                fingerprint: Some(fingerprint),
             };
             s.store.dispatch(ws, b.id, &audience, rules, &actor, now)?;
             s.engine.wake();

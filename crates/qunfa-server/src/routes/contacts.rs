@@ -317,7 +317,11 @@ pub async fn upload_media(
     let size = body.len() as u64;
     let ct = content_type.clone();
     let id = state
-        .blocking(move |s| Ok(s.store.put_media(ws, &body, &ct, q.filename.as_deref(), &actor, now_millis())?))
+        .blocking(move |s| {
+            // Images get a perceptual hash, for counting repeated images.
+            let image_hash = ct.starts_with("image/").then(|| qunfa_safety::dedup::image_hash(&body).ok()).flatten();
+            Ok(s.store.put_media(ws, &body, &ct, q.filename.as_deref(), image_hash, &actor, now_millis())?)
+        })
         .await?;
     Ok((StatusCode::CREATED, Json(MediaResponse { media_id: id.as_str().to_owned(), content_type, size })))
 }

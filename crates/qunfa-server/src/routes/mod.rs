@@ -63,6 +63,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(broadcasts::get_broadcast))
         .routes(routes!(broadcasts::preflight))
         .routes(routes!(broadcasts::send))
+        .routes(routes!(broadcasts::verification_code))
         .routes(routes!(broadcasts::approve))
         .routes(routes!(broadcasts::reject))
         .routes(routes!(broadcasts::pause))

@@ -9,7 +9,7 @@ use channels::{
     channel_settings, consent_and_unsubscribe, event_webhooks, external_channels_end_to_end, fallback_order_checked,
 };
 
-use safety::{content_in_preflight_send_and_review_queue, safety_check_api};
+use safety::{content_in_preflight_send_and_review_queue, near_duplicates_need_a_code, safety_check_api};
 
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -51,6 +51,7 @@ both_backends!(
     external_channels_end_to_end,
     safety_check_api,
     content_in_preflight_send_and_review_queue,
+    near_duplicates_need_a_code,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -168,3 +168,72 @@ pub async fn reload_keeps_serving_on_errors(backend: Backend) {
     // Only the admin reloads.
     app.post("/v1/safety/reload", &key, json!({})).await.expect_error(401, "QF-AUTH-REQUIRED");
 }
+
+/// A PNG of a gradient with a square (what a campaign picture could be).
+fn picture(size: u32, shade: u8) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(size, size, |x, y| {
+        let inside = x > size / 4 && x < size * 3 / 4 && y > size / 4 && y < size * 3 / 4;
+        if inside {
+            image::Rgb([shade, 40, 40])
+        } else {
+            image::Rgb([(x * 255 / size) as u8, (y * 255 / size) as u8, 128])
+        }
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+pub async fn near_duplicates_need_a_code(app: TestApp) {
+    let (_, owner) = app.workspace("enterprise").await;
+    let (_, sender) = app.member(&owner, "sender").await;
+    let (_, admin) = app.member(&owner, "admin").await;
+    app.contacts(&owner, 30, &["客户"]).await;
+    let audience = json!({"tag": "客户"});
+    let text = "【会员日】本周六全场八折，凭会员卡到店还可领取精美礼品一份，详询门店。";
+    let first = app.draft(&sender, text, audience.clone()).await;
+    app.post(&format!("/v1/broadcasts/{first}/send"), &sender, json!({})).await.expect(202);
+    // Another text is not a duplicate.
+    let other = app.draft(&sender, "下周二上午十点召开季度总结会，请各部门负责人准时参加。", audience.clone()).await;
+    app.post(&format!("/v1/broadcasts/{other}/send"), &sender, json!({})).await.expect(202);
+
+    // The same text with a small change: 30 + 30 recipients is above 50.
+    let again = app.draft(&sender, &text.replace("八折", "八五折"), audience.clone()).await;
+    let pf = app.post(&format!("/v1/broadcasts/{again}/preflight"), &sender, json!({})).await.expect(200);
+    let v = pf["verdicts"].as_array().unwrap().iter().find(|v| v["code"] == "QF-CONTENT-DUPLICATE").expect("duplicate");
+    assert_eq!((v["limit"].as_u64(), v["actual"].as_u64()), (Some(50), Some(60)), "{v}");
+    assert!(v["clears_at"].is_string(), "{v}");
+    app.post(&format!("/v1/broadcasts/{again}/send"), &sender, json!({}))
+        .await
+        .expect_error(422, "QF-CONTENT-DUPLICATE");
+    // The sender cannot issue the code; an admin can. Wrong, then right, then reused.
+    app.post(&format!("/v1/broadcasts/{again}/verification-code"), &sender, json!({}))
+        .await
+        .expect_error(403, "QF-AUTH-FORBIDDEN");
+    let code = app.post(&format!("/v1/broadcasts/{again}/verification-code"), &admin, json!({})).await.expect(201);
+    let code = code["code"].as_str().unwrap().to_owned();
+    assert_eq!(code.len(), 6);
+    let wrong = if code == "000000" { "000001" } else { "000000" };
+    app.post(&format!("/v1/broadcasts/{again}/send"), &sender, json!({"verification_code": wrong}))
+        .await
+        .expect_error(400, "QF-VERIFICATION-CODE");
+    assert_eq!(app.get(&format!("/v1/broadcasts/{again}"), &sender).await.expect(200)["state"], "draft");
+    app.post(&format!("/v1/broadcasts/{again}/send"), &sender, json!({"verification_code": code})).await.expect(202);
+    // A code is for one broadcast, once.
+    let third = app.draft(&sender, &text.replace("八折", "七折"), audience.clone()).await;
+    app.post(&format!("/v1/broadcasts/{third}/send"), &sender, json!({"verification_code": code}))
+        .await
+        .expect_error(400, "QF-VERIFICATION-CODE");
+
+    // The same picture with another caption counts too.
+    let png = picture(96, 200);
+    let m = app.raw("/v1/media", &owner, "image/png", png).await.expect(201);
+    let media = m["media_id"].as_str().unwrap().to_owned();
+    let image = |caption: &str| json!({"content": {"type": "image", "media_id": media, "caption": caption}, "audience": {"tag": "客户"}});
+    let a = app.post("/v1/broadcasts", &sender, image("周末特惠")).await.expect(201);
+    app.post(&format!("/v1/broadcasts/{}/send", a["id"].as_str().unwrap()), &sender, json!({})).await.expect(202);
+    let b = app.post("/v1/broadcasts", &sender, image("新品到店，欢迎品鉴")).await.expect(201);
+    app.post(&format!("/v1/broadcasts/{}/send", b["id"].as_str().unwrap()), &sender, json!({}))
+        .await
+        .expect_error(422, "QF-CONTENT-DUPLICATE");
+}

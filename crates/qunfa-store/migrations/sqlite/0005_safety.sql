@@ -19,3 +19,34 @@ CREATE TABLE safety_reviews (
 );
 CREATE INDEX safety_reviews_queue ON safety_reviews(workspace_id, state, id);
 CREATE INDEX safety_reviews_broadcast ON safety_reviews(broadcast_id);
+
+-- Near-duplicate counting: one row per dispatched broadcast (written in the
+-- dispatch transaction) with the SimHash of its text and the perceptual hash
+-- of its image, read back over a sliding window per sender.
+CREATE TABLE content_fingerprints (
+    id INTEGER PRIMARY KEY,
+    workspace_id INTEGER NOT NULL,
+    member_id INTEGER NOT NULL,
+    broadcast_id INTEGER NOT NULL,
+    simhash INTEGER,
+    image_hash INTEGER,
+    n_recipients INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX content_fingerprints_sender ON content_fingerprints(workspace_id, member_id, created_at);
+
+-- Secondary verification: a one-time code an admin issues for one broadcast;
+-- only its SHA-256 is stored.
+CREATE TABLE verification_codes (
+    id INTEGER PRIMARY KEY,
+    workspace_id INTEGER NOT NULL,
+    broadcast_id INTEGER NOT NULL,
+    code_hash TEXT NOT NULL,
+    issued_by TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX verification_codes_broadcast ON verification_codes(broadcast_id);
+
+ALTER TABLE media ADD COLUMN image_hash INTEGER;

@@ -22,8 +22,13 @@ use super::{contacts, step, text_broadcast, ws, Fixture, NOW};
 fn send_to_all(f: &Fixture, w: i64, new: &NewBroadcast) -> qunfa_store::broadcasts::BroadcastRecord {
     let (b, _) = f.store.create_broadcast(w, 1, new, "t", NOW).unwrap();
     let audience = f.store.resolve_audience(w, &AudienceSpec::All).unwrap();
-    let rules =
-        DispatchRules { from: BroadcastState::Draft, daily_limit: None, approved_by: None, verdicts_json: "[]" };
+    let rules = DispatchRules {
+        from: BroadcastState::Draft,
+        daily_limit: None,
+        approved_by: None,
+        verdicts_json: "[]",
+        fingerprint: None,
+    };
     f.store.dispatch(w, b.id, &audience, rules, "t", NOW).unwrap();
     b
 }
