@@ -4,6 +4,16 @@ use qunfa_core::message::MediaId;
 
 use crate::{audit, params, Store, StoreError};
 
+/// An upload to store.
+#[derive(Debug, Clone, Copy)]
+pub struct MediaUpload<'a> {
+    pub bytes: &'a [u8],
+    pub content_type: &'a str,
+    pub filename: Option<&'a str>,
+    /// Perceptual hash, for images (counted for repeated images).
+    pub image_hash: Option<u64>,
+}
+
 impl Store {
     /// The perceptual hash of an uploaded image (for repetition counting).
     ///
@@ -24,16 +34,8 @@ impl Store {
     ///
     /// # Errors
     /// Database errors.
-    pub fn put_media(
-        &self,
-        workspace_id: i64,
-        bytes: &[u8],
-        content_type: &str,
-        filename: Option<&str>,
-        image_hash: Option<u64>,
-        actor: &str,
-        now: i64,
-    ) -> Result<MediaId, StoreError> {
+    pub fn put_media(&self, workspace_id: i64, upload: MediaUpload<'_>, actor: &str, now: i64) -> Result<MediaId, StoreError> {
+        let MediaUpload { bytes, content_type, filename, image_hash } = upload;
         let id = MediaId::of(bytes);
         self.db.write(|c| {
             let n = c.execute(
