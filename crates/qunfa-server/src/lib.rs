@@ -151,7 +151,23 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let engine = state.engine.clone();
+    // Words added through the API on any node reach this one within seconds.
+    let follower = state.clone();
+    let follow = tokio::spawn(async move {
+        loop {
+            let s = follower.clone();
+            let outcome = tokio::task::spawn_blocking(move || s.safety.follow_words(&s.store)).await;
+            match outcome {
+                Ok(Ok(true)) => tracing::info!("content-safety words changed: library rebuilt"),
+                Ok(Ok(false)) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "content-safety words could not be followed"),
+                Err(error) => tracing::warn!(%error, "content-safety follower panicked"),
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        }
+    });
     let result = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await;
+    follow.abort();
     engine.shutdown().await;
     result
 }

@@ -36,6 +36,8 @@ pub struct SafetyState {
     config: SafetyConfig,
     thresholds: Thresholds,
     current: ArcSwap<Safety>,
+    /// The signature of the API words the version in use was built with.
+    words_signature: std::sync::Mutex<String>,
 }
 
 impl std::fmt::Debug for SafetyState {
@@ -62,8 +64,9 @@ impl SafetyState {
     /// A file that cannot be read or does not parse, named in the message.
     pub fn load(config: SafetyConfig, policy: &SafetyPolicy) -> Result<SafetyState, String> {
         let thresholds = thresholds(policy);
-        let safety = build(&config, &thresholds)?;
-        Ok(SafetyState { config, thresholds, current: ArcSwap::from_pointee(safety) })
+        let safety = build(&config, &thresholds, &[])?;
+        let words_signature = std::sync::Mutex::new(String::new());
+        Ok(SafetyState { config, thresholds, current: ArcSwap::from_pointee(safety), words_signature })
     }
 
     /// The defaults only (tests, and servers without configuration).
@@ -71,7 +74,13 @@ impl SafetyState {
         let mut safety = Safety::defaults();
         let thresholds = thresholds(policy);
         safety.thresholds = thresholds.clone();
-        SafetyState { config: SafetyConfig::default(), thresholds, current: ArcSwap::from_pointee(safety) }
+        let words_signature = std::sync::Mutex::new(String::new());
+        SafetyState {
+            config: SafetyConfig::default(),
+            thresholds,
+            current: ArcSwap::from_pointee(safety),
+            words_signature,
+        }
     }
 
     /// The version in use.
@@ -88,10 +97,27 @@ impl SafetyState {
     ///
     /// # Errors
     /// As for `load`.
-    pub fn reload(&self) -> Result<Arc<Safety>, String> {
-        let safety = Arc::new(build(&self.config, &self.thresholds)?);
+    pub fn reload(&self, store: &qunfa_store::Store) -> Result<Arc<Safety>, String> {
+        let signature = store.safety_words_signature().map_err(|e| format!("words added through the API: {e}"))?;
+        let words = store.safety_words().map_err(|e| format!("words added through the API: {e}"))?;
+        let safety = Arc::new(build(&self.config, &self.thresholds, &words)?);
         self.current.store(safety.clone());
+        *self.words_signature.lock().unwrap_or_else(|e| e.into_inner()) = signature;
         Ok(safety)
+    }
+
+    /// Reloads when words were added or removed through the API (on any
+    /// node) since the version in use was built; true when it reloaded.
+    ///
+    /// # Errors
+    /// As for `reload`.
+    pub fn follow_words(&self, store: &qunfa_store::Store) -> Result<bool, String> {
+        let signature = store.safety_words_signature().map_err(|e| format!("words added through the API: {e}"))?;
+        if *self.words_signature.lock().unwrap_or_else(|e| e.into_inner()) == signature {
+            return Ok(false);
+        }
+        self.reload(store)?;
+        Ok(true)
     }
 
     /// Checks a text with the version in use.
@@ -107,18 +133,40 @@ impl SafetyState {
     }
 }
 
-fn build(config: &SafetyConfig, thresholds: &Thresholds) -> Result<Safety, String> {
+fn build(
+    config: &SafetyConfig,
+    thresholds: &Thresholds,
+    words: &[qunfa_store::safety::SafetyWord],
+) -> Result<Safety, String> {
+    let mut extra_words = Vec::new();
+    let mut extra_allow = Vec::new();
+    for w in words {
+        if w.kind == "allow" {
+            extra_allow.push(w.word.clone());
+        } else {
+            let severity = qunfa_safety::lexicon::Severity::parse(&w.severity)
+                .ok_or_else(|| format!("word {:?}: unknown severity {:?}", w.word, w.severity))?;
+            extra_words.push(qunfa_safety::sources::ExtraWord {
+                category: w.category.clone(),
+                word: w.word.clone(),
+                severity,
+            });
+        }
+    }
     let folder = match &config.lexicon_dir {
         Some(dir) => read_folder(dir)?,
         None => Vec::new(),
     };
-    let built =
-        sources::build(&Sources { defaults: !config.no_defaults, folder, ..Sources::default() }).map_err(|e| {
-            match &config.lexicon_dir {
-                Some(dir) => format!("word library {}: {e}", dir.display()),
-                None => format!("word library: {e}"),
-            }
-        })?;
+    let built = sources::build(&Sources {
+        defaults: !config.no_defaults,
+        folder,
+        extra_words: &extra_words,
+        extra_allow: &extra_allow,
+    })
+    .map_err(|e| match &config.lexicon_dir {
+        Some(dir) => format!("word library {}: {e}", dir.display()),
+        None => format!("word library: {e}"),
+    })?;
     let rules = match &config.rules_file {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| format!("rules {}: {e}", path.display()))?;

@@ -34,7 +34,13 @@ impl Store {
     ///
     /// # Errors
     /// Database errors.
-    pub fn put_media(&self, workspace_id: i64, upload: MediaUpload<'_>, actor: &str, now: i64) -> Result<MediaId, StoreError> {
+    pub fn put_media(
+        &self,
+        workspace_id: i64,
+        upload: MediaUpload<'_>,
+        actor: &str,
+        now: i64,
+    ) -> Result<MediaId, StoreError> {
         let MediaUpload { bytes, content_type, filename, image_hash } = upload;
         let id = MediaId::of(bytes);
         self.db.write(|c| {

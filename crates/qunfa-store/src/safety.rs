@@ -264,3 +264,85 @@ impl Store {
         })
     }
 }
+
+/// A word or allow phrase added through the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SafetyWord {
+    /// `word` or `allow`.
+    pub kind: String,
+    pub category: String,
+    pub word: String,
+    pub severity: String,
+}
+
+impl Store {
+    /// Every word and allow phrase added through the API.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn safety_words(&self) -> Result<Vec<SafetyWord>, StoreError> {
+        self.db.read(|c| {
+            let rows = c.query("SELECT kind, category, word, severity FROM safety_words ORDER BY id", params![])?;
+            Ok(rows
+                .iter()
+                .map(|r| SafetyWord {
+                    kind: r.string(0),
+                    category: r.string(1),
+                    word: r.string(2),
+                    severity: r.string(3),
+                })
+                .collect())
+        })
+    }
+
+    /// Changes whenever a word is added, re-graded or removed (any node).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn safety_words_signature(&self) -> Result<String, StoreError> {
+        self.db.read(|c| {
+            let r = c.query_one("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM safety_words", params![])?;
+            Ok(format!("{}:{}", r.i64(0), r.i64(1)))
+        })
+    }
+
+    /// Adds words (or re-grades them); returns how many were written.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn add_safety_words(&self, words: &[SafetyWord], actor: &str, now: i64) -> Result<u64, StoreError> {
+        self.db.write(|c| {
+            let mut n = 0;
+            for w in words {
+                // A re-graded word gets a new row (and id), so the signature changes.
+                c.execute(
+                    "DELETE FROM safety_words WHERE kind = ? AND category = ? AND word = ?",
+                    params![w.kind.as_str(), w.category.as_str(), w.word.as_str()],
+                )?;
+                n += c.execute(
+                    "INSERT INTO safety_words (kind, category, word, severity, created_at) VALUES (?, ?, ?, ?, ?)",
+                    params![w.kind.as_str(), w.category.as_str(), w.word.as_str(), w.severity.as_str(), now],
+                )?;
+            }
+            tracing::info!(actor, n, "content-safety words added");
+            Ok(n)
+        })
+    }
+
+    /// Removes words; returns how many were there.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn remove_safety_words(&self, words: &[SafetyWord]) -> Result<u64, StoreError> {
+        self.db.write(|c| {
+            let mut n = 0;
+            for w in words {
+                n += c.execute(
+                    "DELETE FROM safety_words WHERE kind = ? AND category = ? AND word = ?",
+                    params![w.kind.as_str(), w.category.as_str(), w.word.as_str()],
+                )?;
+            }
+            Ok(n)
+        })
+    }
+}

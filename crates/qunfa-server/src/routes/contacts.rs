@@ -320,8 +320,12 @@ pub async fn upload_media(
         .blocking(move |s| {
             // Images get a perceptual hash, for counting repeated images.
             let image_hash = ct.starts_with("image/").then(|| qunfa_safety::dedup::image_hash(&body).ok()).flatten();
-            let upload =
-                qunfa_store::media::MediaUpload { bytes: &body, content_type: &ct, filename: q.filename.as_deref(), image_hash };
+            let upload = qunfa_store::media::MediaUpload {
+                bytes: &body,
+                content_type: &ct,
+                filename: q.filename.as_deref(),
+                image_hash,
+            };
             Ok(s.store.put_media(ws, upload, &actor, now_millis())?)
         })
         .await?;

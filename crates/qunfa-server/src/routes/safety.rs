@@ -230,7 +230,7 @@ pub async fn get_safety(State(state): State<AppState>, auth: Auth) -> ApiResult<
 pub async fn reload(State(state): State<AppState>, _admin: Admin) -> ApiResult<Json<SafetyInfoResponse>> {
     state
         .blocking(|s| {
-            let safety = s.safety.reload().map_err(|e| ApiError::new(Code::SafetySources, e))?;
+            let safety = s.safety.reload(&s.store).map_err(|e| ApiError::new(Code::SafetySources, e))?;
             tracing::info!(lexicon = safety.lexicon.version(), "content safety reloaded");
             Ok(Json(info(s, &safety)))
         })
@@ -464,4 +464,125 @@ pub async fn review_examples(State(state): State<AppState>, auth: Auth) -> ApiRe
         [(axum::http::header::CONTENT_TYPE, "application/x-ndjson; charset=utf-8")],
         out,
     )))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SafetyWordsRequest {
+    /// `word` (default) or `allow` (a phrase that cancels a match it covers).
+    pub kind: Option<String>,
+    /// The category (a new one is created); ignored for allow phrases.
+    pub category: Option<String>,
+    /// `block` (default), `review` or `derank`.
+    pub severity: Option<String>,
+    pub words: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SafetyWordWire {
+    pub kind: String,
+    pub category: String,
+    pub word: String,
+    pub severity: String,
+}
+
+fn words_of(req: SafetyWordsRequest) -> Result<Vec<qunfa_store::safety::SafetyWord>, ApiError> {
+    let kind = req.kind.unwrap_or_else(|| "word".into());
+    if !matches!(kind.as_str(), "word" | "allow") {
+        return Err(ApiError::new(Code::BadRequest, "kind is word or allow"));
+    }
+    let category =
+        if kind == "allow" { "allow".to_owned() } else { req.category.unwrap_or_default().trim().to_owned() };
+    let valid_category =
+        |c: &str| !c.is_empty() && c.chars().count() <= 64 && !c.chars().any(|ch| ch.is_control() || ch == '@');
+    if !valid_category(&category) {
+        return Err(ApiError::new(Code::BadRequest, "category: 1 to 64 characters, no control characters or @"));
+    }
+    let severity = req.severity.unwrap_or_else(|| "block".into());
+    if qunfa_safety::lexicon::Severity::parse(&severity).is_none() {
+        return Err(ApiError::new(Code::BadRequest, "severity is block, review or derank"));
+    }
+    if req.words.is_empty() || req.words.len() > 10_000 {
+        return Err(ApiError::new(Code::BadRequest, "words: 1 to 10,000 of them"));
+    }
+    let mut bad = Vec::new();
+    let mut out = Vec::new();
+    for w in &req.words {
+        let word = w.trim();
+        let chars = word.chars().count();
+        if word.is_empty() || chars > qunfa_safety::lexicon::MAX_ENTRY_CHARS || word.chars().any(char::is_control) {
+            bad.push(serde_json::Value::String(format!(
+                "{:?}: 1 to {} characters, no control characters",
+                word.chars().take(20).collect::<String>(),
+                qunfa_safety::lexicon::MAX_ENTRY_CHARS
+            )));
+        } else if qunfa_safety::normalize::normalize_entry(word).is_none() {
+            bad.push(serde_json::Value::String(format!("{word:?}: nothing to match (only symbols or spaces)")));
+        } else {
+            out.push(qunfa_store::safety::SafetyWord {
+                kind: kind.clone(),
+                category: category.clone(),
+                word: word.to_owned(),
+                severity: severity.clone(),
+            });
+        }
+    }
+    if !bad.is_empty() {
+        return Err(ApiError::new(Code::BadRequest, "some words cannot be used; nothing was changed").with_details(bad));
+    }
+    Ok(out)
+}
+
+/// Words and allow phrases added through the API (server admin).
+#[utoipa::path(get, path = "/v1/safety/words", tag = "safety", responses((status = 200, body = [SafetyWordWire])))]
+pub async fn list_words(State(state): State<AppState>, _admin: Admin) -> ApiResult<Json<Vec<SafetyWordWire>>> {
+    let words = state.blocking(|s| Ok(s.store.safety_words()?)).await?;
+    Ok(Json(
+        words
+            .into_iter()
+            .map(|w| SafetyWordWire { kind: w.kind, category: w.category, word: w.word, severity: w.severity })
+            .collect(),
+    ))
+}
+
+/// Add words (or allow phrases) to the word library, or re-grade them (server admin); the library is rebuilt and swapped in at once, on other nodes within seconds.
+#[utoipa::path(post, path = "/v1/safety/words", tag = "safety", request_body = SafetyWordsRequest,
+    responses((status = 200, body = SafetyInfoResponse), (status = 400, body = ErrorBody)))]
+pub async fn add_words(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiJson(req): ApiJson<SafetyWordsRequest>,
+) -> ApiResult<Json<SafetyInfoResponse>> {
+    let words = words_of(req)?;
+    change_words(state, words, true).await
+}
+
+/// Remove words (or allow phrases) added through the API (server admin).
+#[utoipa::path(delete, path = "/v1/safety/words", tag = "safety", request_body = SafetyWordsRequest,
+    responses((status = 200, body = SafetyInfoResponse), (status = 400, body = ErrorBody)))]
+pub async fn remove_words(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiJson(req): ApiJson<SafetyWordsRequest>,
+) -> ApiResult<Json<SafetyInfoResponse>> {
+    let words = words_of(req)?;
+    change_words(state, words, false).await
+}
+
+async fn change_words(
+    state: AppState,
+    words: Vec<qunfa_store::safety::SafetyWord>,
+    add: bool,
+) -> ApiResult<Json<SafetyInfoResponse>> {
+    state
+        .blocking(move |s| {
+            if add {
+                s.store.add_safety_words(&words, "admin", qunfa_store::now_millis())?;
+            } else {
+                s.store.remove_safety_words(&words)?;
+            }
+            let safety = s.safety.reload(&s.store).map_err(|e| ApiError::new(Code::SafetySources, e))?;
+            Ok(Json(info(s, &safety)))
+        })
+        .await
 }

@@ -165,6 +165,25 @@ pub async fn reload_keeps_serving_on_errors(backend: Backend) {
     let config = qunfa_server::safety::SafetyConfig { model_file: Some(model), ..Default::default() };
     let err = qunfa_server::safety::SafetyState::load(config, &crate::support::no_sampling()).unwrap_err();
     assert!(err.starts_with("model ") && err.contains("model.qfrm"), "{err}");
+    // Words managed through the API: used at once, checked, removable.
+    let body = json!({"category": "品牌", "severity": "review", "words": ["竞品甲", "竞品乙"]});
+    app.post("/v1/safety/words", &key, body.clone()).await.expect_error(401, "QF-AUTH-REQUIRED");
+    let info = app.post("/v1/safety/words", ADMIN_TOKEN, body).await.expect(200);
+    assert!(info["categories"].as_array().unwrap().iter().any(|c| c["id"] == "品牌"), "{info}");
+    let v = check("推荐竞 品 甲的用户").await;
+    assert_eq!(v["action"], "review", "{v}");
+    let bad = json!({"category": "品牌", "words": ["好词", "***", "长".repeat(300)]});
+    let e = app.post("/v1/safety/words", ADMIN_TOKEN, bad).await.expect_error(400, "QF-BAD-REQUEST");
+    assert_eq!(e["error"]["details"].as_array().unwrap().len(), 2, "{e}");
+    let allow = json!({"kind": "allow", "words": ["竞品甲乙丙"]});
+    app.post("/v1/safety/words", ADMIN_TOKEN, allow).await.expect(200);
+    assert_eq!(check("关于竞品甲乙丙的报告").await["action"], "allow");
+    let listed = app.get("/v1/safety/words", ADMIN_TOKEN).await.expect(200);
+    assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
+    let remove = json!({"category": "品牌", "words": ["竞品甲"]});
+    app.call(reqwest::Method::DELETE, "/v1/safety/words", Some(ADMIN_TOKEN), Some(remove)).await.expect(200);
+    assert_eq!(check("推荐竞品甲的用户").await["action"], "allow");
+
     // Only the admin reloads.
     app.post("/v1/safety/reload", &key, json!({})).await.expect_error(401, "QF-AUTH-REQUIRED");
 }

@@ -50,3 +50,16 @@ CREATE TABLE verification_codes (
 CREATE INDEX verification_codes_broadcast ON verification_codes(broadcast_id);
 
 ALTER TABLE media ADD COLUMN image_hash BIGINT;
+
+-- Words and allow phrases added to the word library through the API (server
+-- admin), on top of the files. Every change bumps the server setting
+-- safety_words_version, which every node follows to rebuild its library.
+CREATE TABLE safety_words (
+    id BIGSERIAL PRIMARY KEY,
+    kind TEXT NOT NULL,
+    category TEXT NOT NULL,
+    word TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    UNIQUE (kind, category, word)
+);
