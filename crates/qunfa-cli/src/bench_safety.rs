@@ -94,8 +94,13 @@ pub fn safety(o: &Options) -> anyhow::Result<()> {
 
     // The lint, from the reference half only.
     let report = lint(&before.lexicon, reference.iter().copied(), &o.lint);
+    // As `qunfa safety lint --apply` leaves the folder: the lint's decisions
+    // and a sample of the reference for the automaton's layout.
     let mut folder_after = folder.clone();
     folder_after.push((LINT_FILE.to_owned(), report.to_tsv().into_bytes()));
+    let step = (reference.len() / sources::LAYOUT_LINES).max(1);
+    let layout: Vec<&str> = reference.iter().step_by(step).take(sources::LAYOUT_LINES).copied().collect();
+    folder_after.push((sources::LAYOUT_FILE.to_owned(), (layout.join("\n") + "\n").into_bytes()));
     let after = sources::build(&Sources { folder: folder_after, ..Sources::default() })?;
     let drops = report.proposals.iter().filter(|p| p.decision.is_none()).count();
     let categories: Vec<String> =

@@ -250,7 +250,14 @@ pub fn run(config: &Config, cmd: SafetyCommand) -> anyhow::Result<ExitCode> {
             if apply {
                 let path = lexicon.join(LINT_FILE);
                 std::fs::write(&path, report.to_tsv()).with_context(|| format!("cannot write {}", path.display()))?;
-                println!("wrote {} (reload the server to apply it)", path.display());
+                // A sample of the reference lays the automaton out for such text.
+                let step = (lines.len() / sources::LAYOUT_LINES).max(1);
+                let sample: Vec<&str> =
+                    lines.iter().step_by(step).take(sources::LAYOUT_LINES).map(String::as_str).collect();
+                let layout = lexicon.join(sources::LAYOUT_FILE);
+                std::fs::write(&layout, sample.join("\n") + "\n")
+                    .with_context(|| format!("cannot write {}", layout.display()))?;
+                println!("wrote {} and {} (reload the server to apply them)", path.display(), layout.display());
             }
             Ok(ExitCode::SUCCESS)
         }

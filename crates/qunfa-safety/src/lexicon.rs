@@ -146,6 +146,8 @@ pub struct LexiconBuilder {
     overrides: FxHashMap<String, Override>,
     /// Categories whose `block` entries become this severity.
     category_overrides: FxHashMap<String, Severity>,
+    /// Sample text for the automaton's profile-guided layout.
+    layout_sample: Vec<String>,
     stats: BuildStats,
 }
 
@@ -223,6 +225,13 @@ impl LexiconBuilder {
     /// own override still wins).
     pub fn override_category(&mut self, category: &str, severity: Severity) {
         self.category_overrides.insert(category.to_owned(), severity);
+    }
+
+    /// Text like what will be scanned (ordinary messages): the automaton puts
+    /// the states such text visits next to each other, so a scan misses the
+    /// cache less. Changes speed only, never what is found.
+    pub fn layout_sample(&mut self, lines: Vec<String>) {
+        self.layout_sample = lines;
     }
 
     /// Drops or re-grades words (in every category), e.g. from a lint.
@@ -363,8 +372,18 @@ impl LexiconBuilder {
         // The value of a pattern in the automaton says what to do with a match
         // without touching `patterns` in the common case (a match costs a cache
         // miss otherwise, and the big lists produce hundreds of thousands).
+        let sample: Vec<String> = self
+            .layout_sample
+            .iter()
+            .map(|line| {
+                let mut n = Normalized::new();
+                crate::normalize::normalize_into(line, &mut n);
+                n.text().to_owned()
+            })
+            .collect();
         let automaton: CharwiseDoubleArrayAhoCorasick<u32> = CharwiseDoubleArrayAhoCorasickBuilder::new()
             .match_kind(MatchKind::Standard)
+            .corpus(&sample)
             .build_with_values(patterns.iter().enumerate().map(|(i, p)| (p.text.as_str(), p.value(i as u32))))
             .map_err(|e| LexiconError::Automaton(e.to_string()))?;
 

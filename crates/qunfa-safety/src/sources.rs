@@ -29,6 +29,13 @@ pub const DEFAULT_FILES: &[(&str, &[u8])] = &[
 /// The name of the lint's decisions in a word folder.
 pub const LINT_FILE: &str = "lint.tsv";
 
+/// Sample messages in a word folder (one per line), for the automaton's
+/// layout (see `LexiconBuilder::layout_sample`); written by `lint --apply`.
+pub const LAYOUT_FILE: &str = "layout.txt";
+
+/// Most sample lines used for the layout.
+pub const LAYOUT_LINES: usize = 5_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error(transparent)]
@@ -113,6 +120,19 @@ pub fn build(sources: &Sources<'_>) -> Result<Built, SourceError> {
     if !sources.extra_allow.is_empty() {
         builder.add_allow("api", sources.extra_allow.join("\n").as_bytes())?;
     }
+    // The automaton's layout follows ordinary messages: the operator's
+    // sample when there is one, else the shipped labelled examples.
+    let mut sample: Vec<String> = Vec::new();
+    if let Some((_, bytes)) = sources.folder.iter().find(|(n, _)| n == LAYOUT_FILE) {
+        let text = String::from_utf8_lossy(bytes);
+        sample.extend(text.lines().filter(|l| !l.trim().is_empty()).take(LAYOUT_LINES).map(str::to_owned));
+    }
+    if sample.is_empty() {
+        if let Ok(examples) = crate::model::parse_jsonl(crate::check::DEFAULT_EXAMPLES) {
+            sample.extend(examples.into_iter().map(|e| e.text));
+        }
+    }
+    builder.layout_sample(sample);
     let lexicon = builder.build()?;
     Ok(Built { lexicon, domains: DomainList::parse(&domain_text) })
 }
@@ -162,7 +182,7 @@ fn add_folder(
         }
     } else {
         for (name, bytes) in files {
-            let Some(stem) = name.strip_suffix(".txt") else {
+            let Some(stem) = name.strip_suffix(".txt").filter(|_| name != LAYOUT_FILE) else {
                 continue;
             };
             let text = utf8(name, bytes)?;
