@@ -346,6 +346,7 @@ fn fanout_once(database_url: Option<&str>, n: usize) -> anyhow::Result<(f64, f64
         approved_by: None,
         verdicts_json: "[]",
         fingerprint: None,
+        link_domains: &[],
     };
     store.dispatch(w.id, b.id, &audience, rules, "bench", now_millis())?;
     let accepted = t.elapsed().as_secs_f64();

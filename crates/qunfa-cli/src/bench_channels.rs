@@ -69,6 +69,7 @@ async fn broadcast(store: &Store, workspace: i64, channel: Channel, n: usize) ->
             approved_by: None,
             verdicts_json: "[]",
             fingerprint: None,
+            link_domains: &[],
         };
         s.dispatch(workspace, b.id, &audience, rules, "bench", now_millis())?;
         Ok(b.id)

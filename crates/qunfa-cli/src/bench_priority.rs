@@ -66,6 +66,7 @@ fn urgent_message(
         approved_by: None,
         verdicts_json: "[]",
         fingerprint: None,
+        link_domains: &[],
     };
     {
         let _urgent = store.db.urgent();
@@ -137,6 +138,7 @@ pub fn priority(database_url: Option<&str>, n: usize, runs: usize, baseline_mess
             approved_by: None,
             verdicts_json: "[]",
             fingerprint: None,
+            link_domains: &[],
         };
         store.dispatch(w.id, b.id, &audience, rules, "bench", now_millis())?;
         engine.wake();

@@ -42,6 +42,7 @@ fn broadcast(store: &Store, ws: i64, text: &str) -> i64 {
         approved_by: None,
         verdicts_json: "[]",
         fingerprint: None,
+        link_domains: &[],
     };
     store.dispatch(ws, b.id, &audience, rules, "t", NOW).unwrap();
     b.id

@@ -243,6 +243,8 @@ pub struct DispatchRules<'a> {
     pub verdicts_json: &'a str,
     /// The content's fingerprint, counted for near-duplicate sends.
     pub fingerprint: Option<crate::safety::Fingerprint>,
+    /// Registrable domains of the content's links, remembered as seen.
+    pub link_domains: &'a [String],
 }
 
 /// Completes a sending broadcast whose every batch is done (delivered or dead
@@ -562,6 +564,7 @@ impl Store {
             if rules.from == BroadcastState::PendingApproval {
                 crate::safety::decide(c, workspace_id, id, true, "", actor, now)?;
             }
+            crate::safety::record_domains(c, workspace_id, rules.link_domains, now)?;
             if let Some(f) = rules.fingerprint {
                 crate::safety::record_fingerprint(c, workspace_id, b.i64(0), id, f, n_recipients, now)?;
             }

@@ -123,6 +123,16 @@ pub(crate) fn record_fingerprint(
     Ok(())
 }
 
+pub(crate) fn record_domains(c: &mut Conn, workspace_id: i64, domains: &[String], now: i64) -> Result<(), StoreError> {
+    for domain in domains {
+        c.execute(
+            "INSERT INTO seen_domains (workspace_id, domain, first_seen_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            params![workspace_id, domain.as_str(), now],
+        )?;
+    }
+    Ok(())
+}
+
 /// Blanks the texts of a broadcast's reviews when its content is purged.
 pub(crate) fn purge(c: &mut Conn, broadcast_id: i64) -> Result<(), StoreError> {
     c.execute("UPDATE safety_reviews SET text = '' WHERE broadcast_id = ? AND text <> ''", params![broadcast_id])?;
@@ -130,6 +140,30 @@ pub(crate) fn purge(c: &mut Conn, broadcast_id: i64) -> Result<(), StoreError> {
 }
 
 impl Store {
+    /// The domains of `domains` this workspace has never sent a link to.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn unseen_domains(&self, workspace_id: i64, domains: &[String]) -> Result<Vec<String>, StoreError> {
+        if domains.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.db.read(|c| {
+            let mut unseen = Vec::new();
+            for d in domains {
+                if c.query_opt(
+                    "SELECT 1 FROM seen_domains WHERE workspace_id = ? AND domain = ?",
+                    params![workspace_id, d.as_str()],
+                )?
+                .is_none()
+                {
+                    unseen.push(d.clone());
+                }
+            }
+            Ok(unseen)
+        })
+    }
+
     /// The sends of a member since `since` (for near-duplicate counting).
     ///
     /// # Errors

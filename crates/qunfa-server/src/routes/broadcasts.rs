@@ -379,7 +379,7 @@ pub fn evaluate(
     plan: Option<&str>,
     b: &BroadcastRecord,
     already_counted: bool,
-) -> Result<(Vec<Verdict>, Bitmap, Fingerprint), ApiError> {
+) -> Result<Evaluated, ApiError> {
     let now = now_millis();
     let spec = audience_from_json(&b.audience_json)?;
     let mut verdicts = Vec::new();
@@ -456,17 +456,43 @@ pub fn evaluate(
     // decides random review, so checking again gives the same answer.
     let text = safety_text(&content);
     let mut fingerprint = Fingerprint { simhash: None, image_hash: None };
+    let mut domains: Vec<String> = Vec::new();
     if !text.trim().is_empty() {
         let verdict = s.safety.check(&text, b.id as u64).map_err(super::safety::check_error)?;
         verdicts.extend(super::safety::verdicts(&text, &verdict));
         fingerprint.simhash = Some(verdict.simhash);
+        domains = verdict.links.iter().map(|l| l.registrable.clone()).collect();
+        domains.sort();
+        domains.dedup();
+        let unseen = s.store.unseen_domains(b.workspace_id, &domains)?;
+        if !unseen.is_empty() {
+            verdicts.push(Verdict {
+                code: Code::ContentNewDomain,
+                severity: Severity::Warn,
+                message: format!("This workspace has never sent a link to {}.", unseen.join(", ")),
+                message_zh: format!("本账号从未发送过指向 {} 的链接。", unseen.join("、")),
+                hint: Code::ContentNewDomain.hint().to_owned(),
+                clears_at: None,
+                limit: None,
+                actual: Some(unseen.len() as u64),
+            });
+        }
     }
     if let Some(media) = content.media().first() {
         fingerprint.image_hash = s.store.media_image_hash(b.workspace_id, media.as_str())?;
     }
     verdicts.extend(duplicate_verdict(s, b, fingerprint, audience.cardinality(), now)?);
     verdicts.sort_by_key(|v| v.severity);
-    Ok((verdicts, audience, fingerprint))
+    Ok(Evaluated { verdicts, audience, fingerprint, domains })
+}
+
+/// What `evaluate` found.
+pub struct Evaluated {
+    pub verdicts: Vec<Verdict>,
+    pub audience: Bitmap,
+    pub fingerprint: Fingerprint,
+    /// Registrable domains of the content's links.
+    pub domains: Vec<String>,
 }
 
 /// Secondary verification: the sender's earlier sends of the same or
@@ -613,7 +639,8 @@ pub async fn preflight(
     }
     let (kind, plan) = (auth.0.workspace.kind, auth.0.workspace.plan.clone());
     let pending = b.state == BroadcastState::PendingApproval;
-    let (verdicts, audience, _) = state.blocking(move |s| evaluate(s, kind, plan.as_deref(), &b, pending)).await?;
+    let Evaluated { verdicts, audience, .. } =
+        state.blocking(move |s| evaluate(s, kind, plan.as_deref(), &b, pending)).await?;
     Ok(Json(PreflightResponse {
         ok: !preflight::blocks(&verdicts),
         recipients: audience.cardinality(),
@@ -648,7 +675,7 @@ pub async fn send(
                     return Err(ApiError::code(Code::VerificationCode));
                 }
             }
-            let (verdicts, audience, fingerprint) = evaluate(s, kind, plan.as_deref(), &b, false)?;
+            let Evaluated { verdicts, audience, fingerprint, domains } = evaluate(s, kind, plan.as_deref(), &b, false)?;
             if preflight::blocks(&verdicts) {
                 return Err(ApiError::from_verdicts(&verdicts));
             }
@@ -668,6 +695,7 @@ pub async fn send(
                     approved_by: None,
                     verdicts_json: &recorded,
                     fingerprint: Some(fingerprint),
+                    link_domains: &domains,
                 };
                 // Transactional and chat messages go ahead of a running broadcast.
                 let _urgent = (b.priority != Priority::Broadcast).then(|| s.store.db.urgent());
@@ -706,7 +734,7 @@ pub async fn approve(
         (auth.0.workspace.kind, auth.0.workspace.plan.clone(), auth.0.actor(), auth.0.member_id);
     let b = state
         .blocking(move |s| {
-            let (verdicts, audience, fingerprint) = evaluate(s, kind, plan.as_deref(), &b, true)?;
+            let Evaluated { verdicts, audience, fingerprint, domains } = evaluate(s, kind, plan.as_deref(), &b, true)?;
             if preflight::blocks(&verdicts) {
                 return Err(ApiError::from_verdicts(&verdicts));
             }
@@ -722,6 +750,7 @@ pub async fn approve(
                 approved_by: Some(approver),
                 verdicts_json: &recorded_json,
                 fingerprint: Some(fingerprint),
+                link_domains: &domains,
             };
             s.store.dispatch(ws, b.id, &audience, rules, &actor, now)?;
             s.engine.wake();

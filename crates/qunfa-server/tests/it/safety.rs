@@ -116,6 +116,20 @@ pub async fn content_in_preflight_send_and_review_queue(app: TestApp) {
         .collect();
     assert_eq!(labels, ["spam", "ham"]);
     app.get("/v1/safety/reviews?state=maybe", &reviewer).await.expect_error(400, "QF-BAD-REQUEST");
+
+    // A link to a domain the workspace never sent is pointed out (a warning), once.
+    let codes = |pf: &Value| -> Vec<String> {
+        pf["verdicts"].as_array().unwrap().iter().map(|v| v["code"].as_str().unwrap().to_owned()).collect()
+    };
+    let linked =
+        app.draft(&sender, "订单查询请访问 https://shop.example-store.cn/orders 谢谢", json!({"tag": "客户"})).await;
+    let pf = app.post(&format!("/v1/broadcasts/{linked}/preflight"), &sender, json!({})).await.expect(200);
+    assert!(codes(&pf).contains(&"QF-CONTENT-NEW-DOMAIN".to_owned()), "{pf}");
+    assert_eq!(pf["ok"], true);
+    app.post(&format!("/v1/broadcasts/{linked}/send"), &sender, json!({})).await.expect(202);
+    let again = app.draft(&sender, "退货请访问 https://www.example-store.cn/returns", json!({"tag": "客户"})).await;
+    let pf = app.post(&format!("/v1/broadcasts/{again}/preflight"), &sender, json!({})).await.expect(200);
+    assert!(!codes(&pf).contains(&"QF-CONTENT-NEW-DOMAIN".to_owned()), "{pf}");
     app.get("/v1/safety/reviews/999999", &reviewer).await.expect_error(404, "QF-NOT-FOUND");
 }
 

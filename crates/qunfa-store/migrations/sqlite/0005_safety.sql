@@ -63,3 +63,12 @@ CREATE TABLE safety_words (
     created_at INTEGER NOT NULL,
     UNIQUE (kind, category, word)
 );
+
+-- Link domains a workspace has sent before (registrable domains, written in
+-- the dispatch transaction); a domain not in here is "first seen".
+CREATE TABLE seen_domains (
+    workspace_id INTEGER NOT NULL,
+    domain TEXT NOT NULL,
+    first_seen_at INTEGER NOT NULL,
+    PRIMARY KEY (workspace_id, domain)
+);

@@ -28,6 +28,7 @@ fn send_to_all(f: &Fixture, w: i64, new: &NewBroadcast) -> qunfa_store::broadcas
         approved_by: None,
         verdicts_json: "[]",
         fingerprint: None,
+        link_domains: &[],
     };
     f.store.dispatch(w, b.id, &audience, rules, "t", NOW).unwrap();
     b

@@ -244,6 +244,7 @@ fn dispatch_delivers_exactly_once(f: Fixture) {
         approved_by: None,
         verdicts_json: "[]",
         fingerprint: None,
+        link_domains: &[],
     };
     f.store.dispatch(w, b.id, &audience, rules, "t", NOW).unwrap();
     // A second dispatch of the same broadcast is a state conflict.
@@ -291,6 +292,7 @@ fn personalised_bodies_and_inbox(f: Fixture) {
         approved_by: None,
         verdicts_json: "[]",
         fingerprint: None,
+        link_domains: &[],
     };
     f.store.dispatch(w, b.id, &audience, rules, "t", NOW).unwrap();
     run_until_idle(&f.store);
@@ -372,6 +374,7 @@ fn racing_dispatches_send_once(f: Fixture) {
                         approved_by: None,
                         verdicts_json: "[]",
                         fingerprint: None,
+                        link_domains: &[],
                     };
                     f.store.dispatch(w, b.id, &audience, rules, "t", NOW)
                 })
@@ -406,6 +409,7 @@ fn racing_sends_respect_the_daily_quota(f: Fixture) {
                         approved_by: None,
                         verdicts_json: "[]",
                         fingerprint: None,
+                        link_domains: &[],
                     };
                     store.dispatch(w, *id, audience, rules, "t", NOW)
                 })
@@ -432,6 +436,7 @@ fn deleting_a_contact_erases_what_was_rendered_and_written(f: Fixture) {
         approved_by: None,
         verdicts_json: "[]",
         fingerprint: None,
+        link_domains: &[],
     };
     f.store.dispatch(w, b.id, &audience, rules, "t", NOW).unwrap();
     run_until_idle(&f.store);
@@ -597,6 +602,7 @@ fn queue_fixture(f: &Fixture, n: usize) -> (i64, impl Fn(&str, Priority, i64) ->
             approved_by: None,
             verdicts_json: "[]",
             fingerprint: None,
+            link_domains: &[],
         };
         f.store.dispatch(w, b.id, &audience, rules, "t", at).unwrap();
         b.id
@@ -695,6 +701,7 @@ fn retention_purges_content_and_keeps_records(f: Fixture) {
             approved_by: None,
             verdicts_json: "[]",
             fingerprint: None,
+            link_domains: &[],
         };
         f.store.dispatch(w, b.id, &audience, rules, "t", NOW).unwrap();
         b.id
@@ -741,6 +748,7 @@ fn external_batches_are_leased_and_taken_over(f: Fixture) {
         approved_by: None,
         verdicts_json: "[]",
         fingerprint: None,
+        link_domains: &[],
     };
     f.store.dispatch(w, b.id, &audience, rules, "t", NOW).unwrap();
     let mut policy = Policy::builtin().delivery;
