@@ -91,6 +91,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(safety::get_safety))
         .routes(routes!(safety::reload))
         .routes(routes!(safety::list_words, safety::add_words, safety::remove_words))
+        .routes(routes!(safety::upload_words))
         .routes(routes!(safety::list_reviews))
         .routes(routes!(safety::review_examples))
         .routes(routes!(safety::get_review))

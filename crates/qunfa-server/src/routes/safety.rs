@@ -586,3 +586,66 @@ async fn change_words(
         })
         .await
 }
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    /// `block` (default), `review` or `derank`; a line `word<TAB>review` sets its own.
+    pub severity: Option<String>,
+}
+
+/// Upload a word file into a category (server admin): UTF-8 text, one word a
+/// line, in the format of the common lists (blank lines, `#` comments and
+/// duplicates are skipped). Any bad line refuses the whole file with its line
+/// number; nothing changes.
+#[utoipa::path(put, path = "/v1/safety/words/{category}", tag = "safety", params(("category" = String, Path), UploadQuery),
+    request_body(content = String, content_type = "text/plain"),
+    responses((status = 200, body = SafetyInfoResponse), (status = 400, body = ErrorBody)))]
+pub async fn upload_words(
+    State(state): State<AppState>,
+    _admin: Admin,
+    axum::extract::Path(category): axum::extract::Path<String>,
+    axum::extract::Query(q): axum::extract::Query<UploadQuery>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<SafetyInfoResponse>> {
+    use qunfa_safety::lexicon::{LexiconBuilder, Severity};
+    let severity = q.severity.unwrap_or_else(|| "block".into());
+    let default = Severity::parse(&severity)
+        .ok_or_else(|| ApiError::new(Code::BadRequest, "severity is block, review or derank"))?;
+    // The library's own parser checks the file: encoding, lengths, severities.
+    let mut check = LexiconBuilder::new();
+    check.category(&category, default, "", "");
+    check
+        .add_words(&category, &format!("{category} (upload)"), &body)
+        .map_err(|e| ApiError::new(Code::BadRequest, format!("{e}; nothing was changed")))?;
+    let category = category.trim().to_owned();
+    if category.is_empty() || category.chars().count() > 64 || category.chars().any(|c| c.is_control() || c == '@') {
+        return Err(ApiError::new(Code::BadRequest, "category: 1 to 64 characters, no control characters or @"));
+    }
+    // Valid UTF-8 and valid lines: checked above.
+    let text = String::from_utf8_lossy(&body);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut all = Vec::new();
+    for line in text.lines() {
+        let line = line.trim_matches(|c: char| c.is_whitespace() || c == '\u{feff}');
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (word, own) = match line.split_once('\t') {
+            Some((w, s)) => (w.trim(), s.trim()),
+            None => (line, severity.as_str()),
+        };
+        if seen.insert(word.to_owned()) {
+            all.push(qunfa_store::safety::SafetyWord {
+                kind: "word".into(),
+                category: category.clone(),
+                word: word.to_owned(),
+                severity: own.to_owned(),
+            });
+        }
+    }
+    if all.is_empty() {
+        return Err(ApiError::new(Code::BadRequest, "the file has no words"));
+    }
+    change_words(state, all, true).await
+}

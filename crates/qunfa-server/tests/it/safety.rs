@@ -198,6 +198,26 @@ pub async fn reload_keeps_serving_on_errors(backend: Backend) {
     app.call(reqwest::Method::DELETE, "/v1/safety/words", Some(ADMIN_TOKEN), Some(remove)).await.expect(200);
     assert_eq!(check("推荐竞品甲的用户").await["action"], "allow");
 
+    // A word file uploaded into a category: blank lines and duplicates are
+    // fine; invalid UTF-8 or a 10,000-character entry refuses the whole file.
+    let path = "/v1/safety/words/%E4%B8%8A%E4%BC%A0?severity=review";
+    let file = "# 上传\n\n上传词甲\n上传词甲\n上传词乙\tblock\n";
+    app.put_raw(path, &key, "text/plain", file).await.expect_error(401, "QF-AUTH-REQUIRED");
+    app.put_raw(path, ADMIN_TOKEN, "text/plain", file).await.expect(200);
+    assert_eq!(check("有上传词甲").await["action"], "review");
+    assert_eq!(check("有上传词乙").await["action"], "block");
+    let e = app
+        .put_raw(path, ADMIN_TOKEN, "text/plain", b"ok\n\xff\xfe".to_vec())
+        .await
+        .expect_error(400, "QF-BAD-REQUEST");
+    assert!(e["error"]["message"].as_str().unwrap().contains("not valid UTF-8"), "{e}");
+    let e = app
+        .put_raw(path, ADMIN_TOKEN, "text/plain", format!("新词丙\n{long}\n"))
+        .await
+        .expect_error(400, "QF-BAD-REQUEST");
+    assert!(e["error"]["message"].as_str().unwrap().contains(":2: an entry of 10000 characters"), "{e}");
+    assert_eq!(check("有新词丙").await["action"], "allow");
+
     // Only the admin reloads.
     app.post("/v1/safety/reload", &key, json!({})).await.expect_error(401, "QF-AUTH-REQUIRED");
 }

@@ -139,6 +139,17 @@ impl TestApp {
         self.finish(r).await
     }
 
+    /// A PUT with a raw body.
+    pub async fn put_raw(&self, path: &str, token: &str, content_type: &str, body: impl Into<reqwest::Body>) -> Resp {
+        let r = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .body(body);
+        self.finish(r).await
+    }
+
     pub async fn raw(&self, path: &str, token: &str, content_type: &str, body: impl Into<reqwest::Body>) -> Resp {
         let r = self
             .http
