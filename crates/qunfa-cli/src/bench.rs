@@ -340,14 +340,7 @@ fn fanout_once(database_url: Option<&str>, n: usize) -> anyhow::Result<(f64, f64
     store.with_audience(w.id, |_| ())?;
     let t = Instant::now();
     let audience = store.resolve_audience(w.id, &AudienceSpec::All)?;
-    let rules = DispatchRules {
-        from: BroadcastState::Draft,
-        daily_limit: None,
-        approved_by: None,
-        verdicts_json: "[]",
-        fingerprint: None,
-        link_domains: &[],
-    };
+    let rules = DispatchRules::draft();
     store.dispatch(w.id, b.id, &audience, rules, "bench", now_millis())?;
     let accepted = t.elapsed().as_secs_f64();
     let stop = std::sync::atomic::AtomicBool::new(false);

@@ -63,14 +63,7 @@ async fn broadcast(store: &Store, workspace: i64, channel: Channel, n: usize) ->
     let id = tokio::task::spawn_blocking(move || -> anyhow::Result<i64> {
         let (b, _) = s.create_broadcast(workspace, 1, &new, "bench", now_millis())?;
         let audience = s.resolve_audience(workspace, &AudienceSpec::All)?;
-        let rules = DispatchRules {
-            from: BroadcastState::Draft,
-            daily_limit: None,
-            approved_by: None,
-            verdicts_json: "[]",
-            fingerprint: None,
-            link_domains: &[],
-        };
+        let rules = DispatchRules::draft();
         s.dispatch(workspace, b.id, &audience, rules, "bench", now_millis())?;
         Ok(b.id)
     })

@@ -60,14 +60,7 @@ fn urgent_message(
         b.id
     };
     let audience = store.resolve_audience(ws, &AudienceSpec::Contacts(vec![idx]))?;
-    let rules = DispatchRules {
-        from: BroadcastState::Draft,
-        daily_limit: None,
-        approved_by: None,
-        verdicts_json: "[]",
-        fingerprint: None,
-        link_domains: &[],
-    };
+    let rules = DispatchRules::draft();
     {
         let _urgent = store.db.urgent();
         store.dispatch(ws, id, &audience, rules, "bench", now_millis())?;
@@ -132,14 +125,7 @@ pub fn priority(database_url: Option<&str>, n: usize, runs: usize, baseline_mess
         )?;
         let t = Instant::now();
         let audience = store.resolve_audience(w.id, &AudienceSpec::All)?;
-        let rules = DispatchRules {
-            from: BroadcastState::Draft,
-            daily_limit: None,
-            approved_by: None,
-            verdicts_json: "[]",
-            fingerprint: None,
-            link_domains: &[],
-        };
+        let rules = DispatchRules::draft();
         store.dispatch(w.id, b.id, &audience, rules, "bench", now_millis())?;
         engine.wake();
         let mut samples = Vec::new();

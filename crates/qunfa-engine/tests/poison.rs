@@ -36,14 +36,7 @@ fn broadcast(store: &Store, ws: i64, text: &str) -> i64 {
     };
     let (b, _) = store.create_broadcast(ws, 1, &new, "t", NOW).unwrap();
     let audience = store.resolve_audience(ws, &AudienceSpec::All).unwrap();
-    let rules = DispatchRules {
-        from: BroadcastState::Draft,
-        daily_limit: None,
-        approved_by: None,
-        verdicts_json: "[]",
-        fingerprint: None,
-        link_domains: &[],
-    };
+    let rules = DispatchRules::draft();
     store.dispatch(ws, b.id, &audience, rules, "t", NOW).unwrap();
     b.id
 }

@@ -1105,67 +1105,10 @@ fn is_ipv4(s: &str) -> bool {
 // ---------------------------------------------------------------------------
 // Look-alikes
 
-/// Letters of other scripts that look like ASCII letters in lower case (a
-/// subset of Unicode's confusables: the ones used in look-alike domains).
-/// Letters of living Latin alphabets (`ø`, `ł`, `ß`) are not here: a name
-/// written with them is a word of its language, not an imitation.
+/// Letters of other scripts that look like ASCII letters: the normaliser's
+/// table (digits it maps to, like `з` → `3`, imitate nothing in a host name).
 fn confusable(c: char) -> Option<char> {
-    Some(match c {
-        // Cyrillic
-        'а' => 'a',
-        'ь' => 'b',
-        'с' => 'c',
-        'ԁ' => 'd',
-        'е' => 'e',
-        'һ' => 'h',
-        'і' => 'i',
-        'ј' => 'j',
-        'к' => 'k',
-        'ӏ' => 'l',
-        'о' => 'o',
-        'р' => 'p',
-        'ԛ' => 'q',
-        'ѕ' => 's',
-        'ѵ' => 'v',
-        'ԝ' => 'w',
-        'х' => 'x',
-        'у' | 'ү' => 'y',
-        // Greek
-        'α' => 'a',
-        'η' => 'n',
-        'ι' => 'i',
-        'κ' => 'k',
-        'ν' => 'v',
-        'ο' => 'o',
-        'ρ' => 'p',
-        'υ' => 'u',
-        'χ' => 'x',
-        'γ' => 'y',
-        'ω' => 'w',
-        // Armenian
-        'ա' => 'w',
-        'ց' => 'g',
-        'հ' => 'h',
-        'ո' => 'n',
-        'ս' => 'u',
-        'օ' => 'o',
-        'զ' => 'q',
-        // Latin letters of phonetic notation, and small capitals
-        'ɑ' => 'a',
-        'ƅ' => 'b',
-        'ɡ' => 'g',
-        'ı' | 'ɩ' => 'i',
-        'ȷ' => 'j',
-        'ɴ' => 'n',
-        'ʀ' => 'r',
-        'ʏ' => 'y',
-        'ᴄ' => 'c',
-        'ᴏ' => 'o',
-        'ᴠ' => 'v',
-        'ᴡ' => 'w',
-        'ᴢ' => 'z',
-        _ => return None,
-    })
+    crate::normalize::homoglyph(c).filter(char::is_ascii_alphabetic)
 }
 
 /// The ASCII host a Unicode host imitates: confusable letters mapped, accents

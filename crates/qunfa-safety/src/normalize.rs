@@ -212,24 +212,26 @@ fn push_mapped(c: char, t2s: &FxHashMap<char, char>, out: &mut String) {
     }
 }
 
-/// Cyrillic and Greek letters (lower case, as they arrive here) that look like
-/// Latin letters. Written for this project from the glyph shapes.
-fn homoglyph(c: char) -> Option<char> {
+/// Letters of other scripts (lower case, as they arrive here) that look like
+/// Latin letters: Cyrillic, Greek, Armenian, phonetic letters and small
+/// capitals. Written for this project from the glyph shapes; the link check
+/// uses the same table for look-alike domains. Letters of living Latin
+/// alphabets (`ø`, `ł`, `ß`) are not here.
+pub(crate) fn homoglyph(c: char) -> Option<char> {
     Some(match c {
         // Cyrillic
         'а' => 'a',
-        'в' => 'b',
+        'в' | 'ь' => 'b',
         'с' => 'c',
         'ԁ' => 'd',
         'е' => 'e',
         'ѕ' => 's',
-        'һ' => 'h',
+        'һ' | 'н' => 'h',
         'і' => 'i',
         'ј' => 'j',
         'к' => 'k',
         'ӏ' => 'l',
         'м' => 'm',
-        'н' => 'h',
         'о' => 'o',
         'р' => 'p',
         'ԛ' => 'q',
@@ -239,9 +241,8 @@ fn homoglyph(c: char) -> Option<char> {
         'ѵ' => 'v',
         'ԝ' => 'w',
         'х' => 'x',
-        'у' => 'y',
+        'у' | 'ү' => 'y',
         'з' => '3',
-        'ь' => 'b',
         // Greek
         'α' => 'a',
         'β' => 'b',
@@ -256,16 +257,32 @@ fn homoglyph(c: char) -> Option<char> {
         'υ' => 'u',
         'χ' => 'x',
         'γ' => 'y',
+        'ω' => 'w',
         'ϲ' => 'c',
         'ϳ' => 'j',
-        // Latin letters that are easily mistaken for others
-        'ı' => 'i',
+        // Armenian
+        'ա' => 'w',
+        'ց' => 'g',
+        'հ' => 'h',
+        'ո' => 'n',
+        'ս' => 'u',
+        'օ' => 'o',
+        'զ' => 'q',
+        // Phonetic letters and small capitals
+        'ı' | 'ɩ' | 'ɪ' => 'i',
         'ȷ' => 'j',
         'ɑ' => 'a',
+        'ƅ' => 'b',
         'ɡ' => 'g',
         'ʟ' => 'l',
-        'ɪ' => 'i',
+        'ɴ' => 'n',
+        'ʀ' => 'r',
+        'ʏ' => 'y',
+        'ᴄ' => 'c',
         'ᴏ' => 'o',
+        'ᴠ' => 'v',
+        'ᴡ' => 'w',
+        'ᴢ' => 'z',
         _ => return None,
     })
 }

@@ -247,6 +247,21 @@ pub struct DispatchRules<'a> {
     pub link_domains: &'a [String],
 }
 
+impl DispatchRules<'static> {
+    /// A draft sent at once: no quota, no approval, no verdicts, no fingerprint
+    /// (benchmarks and tests).
+    pub fn draft() -> DispatchRules<'static> {
+        DispatchRules {
+            from: BroadcastState::Draft,
+            daily_limit: None,
+            approved_by: None,
+            verdicts_json: "[]",
+            fingerprint: None,
+            link_domains: &[],
+        }
+    }
+}
+
 /// Completes a sending broadcast whose every batch is done (delivered or dead
 /// letter) and audits it; returns whether it completed now.
 pub(crate) fn complete_if_done(c: &mut Conn, broadcast_id: i64, now: i64) -> Result<bool, StoreError> {

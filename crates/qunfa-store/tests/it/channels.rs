@@ -22,14 +22,7 @@ use super::{contacts, step, text_broadcast, ws, Fixture, NOW};
 fn send_to_all(f: &Fixture, w: i64, new: &NewBroadcast) -> qunfa_store::broadcasts::BroadcastRecord {
     let (b, _) = f.store.create_broadcast(w, 1, new, "t", NOW).unwrap();
     let audience = f.store.resolve_audience(w, &AudienceSpec::All).unwrap();
-    let rules = DispatchRules {
-        from: BroadcastState::Draft,
-        daily_limit: None,
-        approved_by: None,
-        verdicts_json: "[]",
-        fingerprint: None,
-        link_domains: &[],
-    };
+    let rules = DispatchRules::draft();
     f.store.dispatch(w, b.id, &audience, rules, "t", NOW).unwrap();
     b
 }

@@ -238,14 +238,7 @@ fn dispatch_delivers_exactly_once(f: Fixture) {
     f.store.import_contacts(w, &tier, &many(4_500, "全员"), "t", NOW).unwrap();
     let (b, _) = f.store.create_broadcast(w, 1, &text_broadcast("通知", None), "t", NOW).unwrap();
     let audience = f.store.resolve_audience(w, &AudienceSpec::All).unwrap();
-    let rules = DispatchRules {
-        from: BroadcastState::Draft,
-        daily_limit: None,
-        approved_by: None,
-        verdicts_json: "[]",
-        fingerprint: None,
-        link_domains: &[],
-    };
+    let rules = DispatchRules::draft();
     f.store.dispatch(w, b.id, &audience, rules, "t", NOW).unwrap();
     // A second dispatch of the same broadcast is a state conflict.
     assert_eq!(rejected_code(f.store.dispatch(w, b.id, &audience, rules, "t", NOW)), Code::Conflict);
@@ -368,14 +361,7 @@ fn racing_dispatches_send_once(f: Fixture) {
         let handles: Vec<_> = (0..6)
             .map(|_| {
                 s.spawn(|| {
-                    let rules = DispatchRules {
-                        from: BroadcastState::Draft,
-                        daily_limit: None,
-                        approved_by: None,
-                        verdicts_json: "[]",
-                        fingerprint: None,
-                        link_domains: &[],
-                    };
+                    let rules = DispatchRules::draft();
                     f.store.dispatch(w, b.id, &audience, rules, "t", NOW)
                 })
             })
@@ -430,14 +416,7 @@ fn deleting_a_contact_erases_what_was_rendered_and_written(f: Fixture) {
     f.store.import_contacts(w, &tier, &contacts(r#"{"external_id":"a","name":"张三"}"#), "t", NOW).unwrap();
     let (b, _) = f.store.create_broadcast(w, 1, &text_broadcast("{{name}}您好", None), "t", NOW).unwrap();
     let audience = f.store.resolve_audience(w, &AudienceSpec::All).unwrap();
-    let rules = DispatchRules {
-        from: BroadcastState::Draft,
-        daily_limit: None,
-        approved_by: None,
-        verdicts_json: "[]",
-        fingerprint: None,
-        link_domains: &[],
-    };
+    let rules = DispatchRules::draft();
     f.store.dispatch(w, b.id, &audience, rules, "t", NOW).unwrap();
     run_until_idle(&f.store);
     f.store.reply(w, 0, b.id, "我的手机号是 13800000000", NOW).unwrap();
@@ -596,14 +575,7 @@ fn queue_fixture(f: &Fixture, n: usize) -> (i64, impl Fn(&str, Priority, i64) ->
         // Urgent messages go to one person; broadcasts to everyone.
         let spec = if priority == Priority::Broadcast { AudienceSpec::All } else { AudienceSpec::Contacts(vec![7]) };
         let audience = f.store.resolve_audience(w, &spec).unwrap();
-        let rules = DispatchRules {
-            from: BroadcastState::Draft,
-            daily_limit: None,
-            approved_by: None,
-            verdicts_json: "[]",
-            fingerprint: None,
-            link_domains: &[],
-        };
+        let rules = DispatchRules::draft();
         f.store.dispatch(w, b.id, &audience, rules, "t", at).unwrap();
         b.id
     };
@@ -695,14 +667,7 @@ fn retention_purges_content_and_keeps_records(f: Fixture) {
         let new = NewBroadcast { ttl_ms: Some(60_000), ..text_broadcast("阅后即焚", None) };
         let (b, _) = f.store.create_broadcast(w, 1, &new, "t", NOW).unwrap();
         let audience = f.store.resolve_audience(w, &AudienceSpec::All).unwrap();
-        let rules = DispatchRules {
-            from: BroadcastState::Draft,
-            daily_limit: None,
-            approved_by: None,
-            verdicts_json: "[]",
-            fingerprint: None,
-            link_domains: &[],
-        };
+        let rules = DispatchRules::draft();
         f.store.dispatch(w, b.id, &audience, rules, "t", NOW).unwrap();
         b.id
     };
@@ -742,14 +707,7 @@ fn external_batches_are_leased_and_taken_over(f: Fixture) {
     let new = NewBroadcast { channels: vec![Channel::Webhook], ..text_broadcast("你好", None) };
     let (b, _) = f.store.create_broadcast(w, 1, &new, "t", NOW).unwrap();
     let audience = f.store.resolve_audience(w, &AudienceSpec::All).unwrap();
-    let rules = DispatchRules {
-        from: BroadcastState::Draft,
-        daily_limit: None,
-        approved_by: None,
-        verdicts_json: "[]",
-        fingerprint: None,
-        link_domains: &[],
-    };
+    let rules = DispatchRules::draft();
     f.store.dispatch(w, b.id, &audience, rules, "t", NOW).unwrap();
     let mut policy = Policy::builtin().delivery;
     policy.retry_base_ms = 10_000; // a retry comes 5–10 s later
