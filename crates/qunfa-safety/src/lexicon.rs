@@ -612,21 +612,34 @@ impl Lexicon {
     }
 }
 
+/// An entry that starts (ends) with a Latin letter or digit must start (end)
+/// a word of the text: the neighbouring character is no Latin letter or digit,
+/// or something was dropped in between. Digits written as Chinese numerals
+/// belong to the Chinese text around them, so they neither need nor break a
+/// boundary (`2024六合彩` holds 六合彩).
 fn at_word_boundaries(value: u32, text: &Normalized, start: usize, end: usize) -> bool {
     let haystack = text.text();
+    let latin_at = |at: usize, c: char| c.is_ascii_alphanumeric() && !text.info(at).hanzi;
     if value & VALUE_WORD_START != 0 && start > 0 {
         let first = text.info(start);
-        let before = haystack[..start].chars().next_back();
-        if before.is_some_and(|c| c.is_ascii_alphanumeric()) && !first.gap_before && !first.gap_inside {
-            return false;
+        if !first.hanzi && !first.gap_before && !first.gap_inside {
+            if let Some((at, before)) = haystack[..start].char_indices().next_back() {
+                if latin_at(at, before) {
+                    return false;
+                }
+            }
         }
     }
     if value & VALUE_WORD_END != 0 && end < haystack.len() {
         let last_at = haystack[..end].char_indices().next_back().map_or(start, |(i, _)| i);
+        let last = text.info(last_at);
         let next = text.info(end);
-        let after = haystack[end..].chars().next();
-        if after.is_some_and(|c| c.is_ascii_alphanumeric()) && !next.gap_before && !text.info(last_at).gap_inside {
-            return false;
+        if !last.hanzi && !last.gap_inside && !next.gap_before {
+            if let Some(after) = haystack[end..].chars().next() {
+                if latin_at(end, after) {
+                    return false;
+                }
+            }
         }
     }
     true
@@ -678,6 +691,7 @@ mod tests {
                 ("ads", "qq"),
                 ("ads", "谢谢"),
                 ("covid", "肺炎+病毒"),
+                ("gambling", "6合彩"),
             ],
             &["路口交通"],
         );
@@ -699,6 +713,10 @@ mod tests {
             ("谢谢你", &["谢谢=谢谢"]),
             ("感谢你", &[]),
             ("肺炎", &[]),
+            // Chinese numerals are Chinese text: no word boundary needed or broken.
+            ("2024六合彩开奖", &["6合彩=六合彩"]),
+            ("x六合彩", &["6合彩=六合彩"]),
+            ("20246合彩", &[]),
             ("病毒性肺炎", &["肺炎+病毒=肺炎", "肺炎+病毒=病毒"]),
         ];
         for (text, expected) in cases {

@@ -44,6 +44,9 @@ pub struct CharInfo {
     pub gap_before: bool,
     /// Something was dropped between two characters of the run.
     pub gap_inside: bool,
+    /// A digit (of the run) was written as a Chinese numeral (一, 壹, 〇):
+    /// it is part of Chinese text, not of a Latin word, for word boundaries.
+    pub hanzi: bool,
 }
 
 /// A normalised text. Reused between scans to avoid allocating.
@@ -96,13 +99,14 @@ impl Normalized {
     /// Appends `c`, or lengthens the run of the last character; true when
     /// `c` was appended.
     #[inline]
-    fn push(&mut self, c: char, start: u32, end: u32, gap: bool) -> bool {
+    fn push(&mut self, c: char, start: u32, end: u32, gap: bool, hanzi: bool) -> bool {
         if let Some(last) = self.last {
             if self.last_char == c {
                 let info = &mut self.info[last];
                 info.run = info.run.saturating_add(1);
                 info.end = end;
                 info.gap_inside |= gap;
+                info.hanzi |= hanzi;
                 return false;
             }
         }
@@ -111,7 +115,7 @@ impl Normalized {
         if self.info.len() < self.text.len() {
             self.info.resize(self.text.len(), CharInfo::default());
         }
-        self.info[at] = CharInfo { start, end, run: 1, gap_before: gap, gap_inside: false };
+        self.info[at] = CharInfo { start, end, run: 1, gap_before: gap, gap_inside: false, hanzi };
         self.last = Some(at);
         self.last_char = c;
         true
@@ -140,14 +144,16 @@ pub fn normalize_with(text: &str, out: &mut Normalized, mut on_char: impl FnMut(
         match table.lookup(c) {
             Mapped::Drop => gap = true,
             Mapped::One(m) => {
-                if out.push(m, start, end, gap) {
+                // Chinese numerals (一, 壹, 〇) are ideographs; full-width and circled digits are not.
+                let hanzi = m.is_ascii_digit() && (c == '〇' || ('\u{3400}'..='\u{9fff}').contains(&c));
+                if out.push(m, start, end, gap, hanzi) {
                     on_char(m);
                 }
                 gap = false;
             }
             Mapped::Many(s) => {
                 for m in s.chars() {
-                    if out.push(m, start, end, gap) {
+                    if out.push(m, start, end, gap, false) {
                         on_char(m);
                     }
                     gap = false;
