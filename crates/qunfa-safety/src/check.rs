@@ -6,8 +6,8 @@
 //! version it started with and names that version in its verdict.
 //!
 //! The action is the strongest of the hits: a `block` word blocks, a `review`
-//! rule holds the message for a person, a `derank` category lowers its
-//! priority. The model adds a hit when its risk score passes a threshold. A
+//! rule holds the message for a person, a `derank` category marks it as
+//! risky. The model adds a hit when its risk score passes a threshold. A
 //! message that nothing holds may still be picked for random human review,
 //! with a probability that grows with the risk score; the pick is a hash of
 //! the caller's key, so asking again gives the same answer.
@@ -29,6 +29,10 @@ pub const MAX_TEXT_BYTES: usize = 256 * 1024;
 /// The model judges texts of at least this many (normalised) characters: a
 /// shorter one carries too little evidence for it to hold a message alone.
 pub const MODEL_MIN_CHARS: u32 = 8;
+
+/// Texts shorter than this (normalised characters) get no SimHash: `🎉` and
+/// `!!!` are not the same content.
+pub const SIMHASH_MIN_CHARS: usize = 5;
 
 /// The labelled examples shipped with qunfa, written for this project.
 pub const DEFAULT_EXAMPLES: &str = include_str!("../data/labelled.jsonl");
@@ -118,8 +122,9 @@ pub struct Verdict {
     pub sampled: bool,
     pub links: Vec<Link>,
     pub contacts: Contacts,
-    /// SimHash of the normalised text, for near-duplicate counting.
-    pub simhash: u64,
+    /// SimHash of the normalised text, for near-duplicate counting; `None`
+    /// when too little text is left to compare (an emoji caption).
+    pub simhash: Option<u64>,
     pub lexicon_version: String,
     pub rules_version: String,
     pub model_version: Option<String>,
@@ -338,7 +343,7 @@ impl Safety {
             sampled,
             links,
             contacts,
-            simhash: simhash(normalized.text()),
+            simhash: (normalized.char_count() >= SIMHASH_MIN_CHARS).then(|| simhash(normalized.text())),
             lexicon_version: self.lexicon.version().to_owned(),
             rules_version: self.rules.version().to_owned(),
             model_version: self.model.as_ref().map(|m| m.version()),

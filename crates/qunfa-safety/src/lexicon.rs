@@ -39,7 +39,7 @@ pub const MAX_ENTRY_CHARS: usize = 200;
 /// What a match of an entry does to a message, weakest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Severity {
-    /// Sent, but with lower priority and counted for the risk model.
+    /// Sent, but marked as risky (a warning verdict, a signal for the model).
     Derank,
     /// Held for a human reviewer.
     Review,
@@ -154,6 +154,11 @@ pub struct LexiconBuilder {
 impl LexiconBuilder {
     pub fn new() -> LexiconBuilder {
         LexiconBuilder::default()
+    }
+
+    /// Whether a category of that id was declared.
+    pub fn has_category(&self, id: &str) -> bool {
+        self.categories.iter().any(|c| c.id == id)
     }
 
     /// Declares a category (again: updates its severity and texts).
@@ -586,9 +591,21 @@ impl Lexicon {
                 }
             }
         }
-        let allow = &scratch.allow;
-        let covered = |start: usize, end: usize| allow.iter().any(|&(s, e)| s <= start && end <= e);
-        if !allow.is_empty() {
+        if !scratch.allow.is_empty() {
+            // Allow spans by start with the furthest end so far: a hit is
+            // covered when a span starting at or before it ends at or after
+            // it (O(n log n) for texts that repeat a phrase thousands of times).
+            scratch.allow.sort_unstable();
+            let mut max_end = 0;
+            for span in scratch.allow.iter_mut() {
+                max_end = max_end.max(span.1);
+                span.1 = max_end;
+            }
+            let allow = &scratch.allow;
+            let covered = |start: usize, end: usize| {
+                let n = allow.partition_point(|&(s, _)| s <= start);
+                n > 0 && allow[n - 1].1 >= end
+            };
             scratch.hits.retain(|h| !covered(h.start, h.end));
             scratch.parts.retain(|&(_, _, s, e)| !covered(s, e));
         }

@@ -99,10 +99,10 @@ impl LintReport {
     /// The proposals as a `lint.tsv` file.
     pub fn to_tsv(&self) -> String {
         let mut out = String::from(
-            "# word\tdecision\treason (written by qunfa safety lint); @category lines re-grade a whole category\n",
+            "# word\tdecision\treason (written by qunfa safety lint); category:NAME lines re-grade a whole category\n",
         );
         for c in &self.categories {
-            out.push_str(&format!("@{}\t{}\t{}\n", c.category, c.decision, c.reason));
+            out.push_str(&format!("{}{}\t{}\t{}\n", crate::sources::CATEGORY_PREFIX, c.category, c.decision, c.reason));
         }
         for p in &self.proposals {
             out.push_str(&format!("{}\t{}\t{}\n", p.word, p.decision_str(), p.reason));
@@ -116,6 +116,9 @@ pub fn lint<'a>(lexicon: &Lexicon, reference: impl IntoIterator<Item = &'a str>,
     let mut normalized = Normalized::new();
     let mut scratch = Scratch::new();
     let mut model = Bigrams::default();
+    // The bigram models of the even and the odd lines, for cross-validation
+    // (a fold's model must not have seen its held-out lines).
+    let mut fold_models = [Bigrams::default(), Bigrams::default()];
     // The distinct entries found in each reference line.
     let mut found: Vec<Vec<u32>> = Vec::new();
     for line in reference {
@@ -124,6 +127,7 @@ pub fn lint<'a>(lexicon: &Lexicon, reference: impl IntoIterator<Item = &'a str>,
         }
         normalize_into(line, &mut normalized);
         model.add(normalized.text());
+        fold_models[found.len() % 2].add(normalized.text());
         lexicon.scan(&normalized, &mut scratch);
         let mut seen: Vec<u32> = scratch.hits().iter().map(|h| h.entry).collect();
         seen.sort_unstable();
@@ -172,8 +176,8 @@ pub fn lint<'a>(lexicon: &Lexicon, reference: impl IntoIterator<Item = &'a str>,
             (even, odd)
         };
         let mut held_out_blocks = vec![0usize; lexicon.categories().len()];
-        for (train, test) in [(&even, &odd), (&odd, &even)] {
-            let decisions = word_decisions(lexicon, train, &model, options);
+        for (train, test, fold_model) in [(&even, &odd, &fold_models[0]), (&odd, &even, &fold_models[1])] {
+            let decisions = word_decisions(lexicon, train, fold_model, options);
             for seen in test.iter() {
                 let mut hit: Vec<u16> = seen
                     .iter()
@@ -317,7 +321,7 @@ mod tests {
         let categories: Vec<&str> = report.categories.iter().map(|c| c.category.as_str()).collect();
         assert_eq!(categories, ["names"]);
         assert!(report.to_tsv().starts_with("# word"));
-        assert!(report.to_tsv().contains("\n@names\treview\t"));
+        assert!(report.to_tsv().contains("\ncategory:names\treview\t"));
     }
 
     #[test]

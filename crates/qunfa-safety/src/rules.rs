@@ -312,8 +312,21 @@ impl RuleSet {
 
 impl Rule {
     fn fires(&self, idx: u32, found: &[(u32, Slot, usize, usize)], contacts: &Contacts, links: u32) -> Option<RuleHit> {
+        // Except spans by start, with the furthest end reached so far: a span
+        // (s, e) is covered when an except span starting at or before s ends
+        // at or after e. O(n log n) however many terms a text repeats.
+        let mut excepts: Vec<(usize, usize)> =
+            found.iter().filter(|f| f.1 == Slot::Except).map(|&(_, _, s, e)| (s, e)).collect();
+        excepts.sort_unstable();
+        let mut furthest = Vec::with_capacity(excepts.len());
+        let mut max_end = 0;
+        for &(_, e) in &excepts {
+            max_end = max_end.max(e);
+            furthest.push(max_end);
+        }
         let excepted = |start: usize, end: usize| {
-            found.iter().any(|&(_, slot, s, e)| slot == Slot::Except && s <= start && end <= e)
+            let n = excepts.partition_point(|&(s, _)| s <= start);
+            n > 0 && furthest[n - 1] >= end
         };
         if found.iter().any(|&(_, slot, s, e)| slot == Slot::None && !excepted(s, e)) {
             return None;

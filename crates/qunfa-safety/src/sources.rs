@@ -26,6 +26,9 @@ pub const DEFAULT_FILES: &[(&str, &[u8])] = &[
     ("allow.txt", include_bytes!("../lexicon/allow.txt")),
 ];
 
+/// A lint line about a whole category starts with this (`category:名称<TAB>review`).
+pub const CATEGORY_PREFIX: &str = "category:";
+
 /// The name of the lint's decisions in a word folder.
 pub const LINT_FILE: &str = "lint.tsv";
 
@@ -109,7 +112,10 @@ pub fn build(sources: &Sources<'_>) -> Result<Built, SourceError> {
         add_folder(&mut builder, &sources.folder, &mut domain_text, "")?;
     }
     for extra in sources.extra_words {
-        builder.category(&extra.category, Severity::Block, "", "");
+        // A category the files declared keeps its severity and descriptions.
+        if !builder.has_category(&extra.category) {
+            builder.category(&extra.category, Severity::Block, "", "");
+        }
     }
     // Categories declared by files keep their descriptions; an API word names
     // its own severity.
@@ -185,6 +191,10 @@ fn add_folder(
             let Some(stem) = name.strip_suffix(".txt").filter(|_| name != LAYOUT_FILE) else {
                 continue;
             };
+            if stem == "allow" {
+                builder.add_allow(&named(name), bytes)?;
+                continue;
+            }
             let text = utf8(name, bytes)?;
             if looks_like_domains(&text) {
                 domain_text.push_str(&text);
@@ -198,7 +208,7 @@ fn add_folder(
     if let Some((_, lint)) = files.iter().find(|(n, _)| n == LINT_FILE) {
         let text = utf8(LINT_FILE, lint)?;
         for (word, decision) in parse_lint(&named(LINT_FILE), &text)? {
-            match (word.strip_prefix('@'), decision) {
+            match (word.strip_prefix(CATEGORY_PREFIX), decision) {
                 (Some(category), Override::Severity(severity)) => builder.override_category(category, severity),
                 (Some(_), Override::Drop) => {
                     return Err(SourceError::Lint {

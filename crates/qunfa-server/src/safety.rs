@@ -36,7 +36,8 @@ pub struct SafetyState {
     config: SafetyConfig,
     thresholds: Thresholds,
     current: ArcSwap<Safety>,
-    /// The signature of the API words the version in use was built with.
+    /// The version of the API words the library in use was built with; held
+    /// for a whole reload, so two reloads never swap out of order.
     words_signature: std::sync::Mutex<String>,
 }
 
@@ -98,11 +99,13 @@ impl SafetyState {
     /// # Errors
     /// As for `load`.
     pub fn reload(&self, store: &qunfa_store::Store) -> Result<Arc<Safety>, String> {
+        let mut in_use = self.words_signature.lock().unwrap_or_else(|e| e.into_inner());
+        // The version first: a change committed after it is seen next time.
         let signature = store.safety_words_signature().map_err(|e| format!("words added through the API: {e}"))?;
         let words = store.safety_words().map_err(|e| format!("words added through the API: {e}"))?;
         let safety = Arc::new(build(&self.config, &self.thresholds, &words)?);
         self.current.store(safety.clone());
-        *self.words_signature.lock().unwrap_or_else(|e| e.into_inner()) = signature;
+        *in_use = signature;
         Ok(safety)
     }
 

@@ -245,6 +245,8 @@ pub struct DispatchRules<'a> {
     pub fingerprint: Option<crate::safety::Fingerprint>,
     /// Registrable domains of the content's links, remembered as seen.
     pub link_domains: &'a [String],
+    /// The approver's comment, kept with the broadcast's content review.
+    pub review_reason: &'a str,
 }
 
 impl DispatchRules<'static> {
@@ -258,6 +260,7 @@ impl DispatchRules<'static> {
             verdicts_json: "[]",
             fingerprint: None,
             link_domains: &[],
+            review_reason: "",
         }
     }
 }
@@ -491,6 +494,7 @@ impl Store {
         workspace_id: i64,
         id: i64,
         comment: &str,
+        withdrawn: bool,
         actor: &str,
         now: i64,
     ) -> Result<(), StoreError> {
@@ -502,7 +506,8 @@ impl Store {
             if n == 0 {
                 return Err(StoreError::rejected(Code::Conflict, "only a broadcast waiting for approval can be rejected"));
             }
-            crate::safety::decide(c, workspace_id, id, false, comment, actor, now)?;
+            let decision = if withdrawn { crate::safety::Decision::Withdrawn } else { crate::safety::Decision::Rejected };
+            crate::safety::decide(c, workspace_id, id, decision, comment, actor, now)?;
             audit::append(c, workspace_id, actor, "broadcast.rejected", &format!("broadcast:{id}"), &serde_json::json!({"comment": comment}).to_string(), now)?;
             crate::events::broadcast_state(c, workspace_id, id, "rejected", now)?;
             Ok(())
@@ -577,7 +582,7 @@ impl Store {
                 return Err(StoreError::rejected(Code::Conflict, format!("the broadcast is no longer {}", rules.from.as_str())));
             }
             if rules.from == BroadcastState::PendingApproval {
-                crate::safety::decide(c, workspace_id, id, true, "", actor, now)?;
+                crate::safety::decide(c, workspace_id, id, crate::safety::Decision::Approved, rules.review_reason, actor, now)?;
             }
             crate::safety::record_domains(c, workspace_id, rules.link_domains, now)?;
             if let Some(f) = rules.fingerprint {

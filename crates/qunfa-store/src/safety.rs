@@ -30,7 +30,7 @@ pub struct SafetyReview {
     pub risk: f64,
     pub sampled: bool,
     pub lexicon_version: String,
-    /// `pending`, `approved` or `rejected`.
+    /// `pending`, `approved`, `rejected` or `withdrawn` (the sender cancelled).
     pub state: String,
     pub reason: String,
     pub decided_by: Option<String>,
@@ -73,19 +73,33 @@ pub(crate) fn open(
     Ok(())
 }
 
+/// How a review ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Approved,
+    Rejected,
+    /// The sender cancelled the send: not a judgement of the content.
+    Withdrawn,
+}
+
 /// Decides the pending reviews of a broadcast (in the caller's transaction).
 pub(crate) fn decide(
     c: &mut Conn,
     workspace_id: i64,
     broadcast_id: i64,
-    approved: bool,
+    decision: Decision,
     reason: &str,
     actor: &str,
     now: i64,
 ) -> Result<u64, StoreError> {
+    let state = match decision {
+        Decision::Approved => "approved",
+        Decision::Rejected => "rejected",
+        Decision::Withdrawn => "withdrawn",
+    };
     c.execute(
         "UPDATE safety_reviews SET state = ?, reason = ?, decided_by = ?, decided_at = ? WHERE workspace_id = ? AND broadcast_id = ? AND state = 'pending'",
-        params![if approved { "approved" } else { "rejected" }, reason, actor, now, workspace_id, broadcast_id],
+        params![state, reason, actor, now, workspace_id, broadcast_id],
     )
 }
 
@@ -135,7 +149,11 @@ pub(crate) fn record_domains(c: &mut Conn, workspace_id: i64, domains: &[String]
 
 /// Blanks the texts of a broadcast's reviews when its content is purged.
 pub(crate) fn purge(c: &mut Conn, broadcast_id: i64) -> Result<(), StoreError> {
-    c.execute("UPDATE safety_reviews SET text = '' WHERE broadcast_id = ? AND text <> ''", params![broadcast_id])?;
+    // The hits quote the text too.
+    c.execute(
+        "UPDATE safety_reviews SET text = '', hits = '[]' WHERE broadcast_id = ? AND text <> ''",
+        params![broadcast_id],
+    )?;
     Ok(())
 }
 
@@ -291,12 +309,28 @@ impl Store {
     pub fn decided_safety_reviews(&self, workspace_id: i64) -> Result<Vec<SafetyReview>, StoreError> {
         self.db.read(|c| {
             let rows = c.query(
-                &format!("SELECT {COLUMNS} FROM safety_reviews WHERE workspace_id = ? AND state <> 'pending' AND text <> '' ORDER BY id"),
+                &format!("SELECT {COLUMNS} FROM safety_reviews WHERE workspace_id = ? AND state IN ('approved', 'rejected') AND text <> '' ORDER BY id"),
                 params![workspace_id],
             )?;
             Ok(rows.iter().map(review_of).collect())
         })
     }
+}
+
+/// The server setting that counts changes of the API words (every node
+/// compares it with the version its library was built from).
+const WORDS_VERSION: &str = "safety_words_version";
+
+fn bump_words_version(c: &mut Conn) -> Result<(), StoreError> {
+    let current = c
+        .query_opt("SELECT value FROM server_settings WHERE key = ?", params![WORDS_VERSION])?
+        .and_then(|r| r.str(0).parse::<i64>().ok())
+        .unwrap_or(0);
+    c.execute(
+        "INSERT INTO server_settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![WORDS_VERSION, (current + 1).to_string()],
+    )?;
+    Ok(())
 }
 
 /// A word or allow phrase added through the API.
@@ -334,10 +368,7 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub fn safety_words_signature(&self) -> Result<String, StoreError> {
-        self.db.read(|c| {
-            let r = c.query_one("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM safety_words", params![])?;
-            Ok(format!("{}:{}", r.i64(0), r.i64(1)))
-        })
+        Ok(self.setting(WORDS_VERSION)?.unwrap_or_else(|| "0".into()))
     }
 
     /// Adds words (or re-grades them); returns how many were written.
@@ -358,6 +389,7 @@ impl Store {
                     params![w.kind.as_str(), w.category.as_str(), w.word.as_str(), w.severity.as_str(), now],
                 )?;
             }
+            bump_words_version(c)?;
             tracing::info!(actor, n, "content-safety words added");
             Ok(n)
         })
@@ -376,6 +408,7 @@ impl Store {
                     params![w.kind.as_str(), w.category.as_str(), w.word.as_str()],
                 )?;
             }
+            bump_words_version(c)?;
             Ok(n)
         })
     }

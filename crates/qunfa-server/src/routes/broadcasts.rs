@@ -460,7 +460,7 @@ pub fn evaluate(
     if !text.trim().is_empty() {
         let verdict = s.safety.check(&text, b.id as u64).map_err(super::safety::check_error)?;
         verdicts.extend(super::safety::verdicts(&text, &verdict));
-        fingerprint.simhash = Some(verdict.simhash);
+        fingerprint.simhash = verdict.simhash;
         domains = verdict.links.iter().map(|l| l.registrable.clone()).collect();
         domains.sort();
         domains.dedup();
@@ -547,15 +547,19 @@ fn duplicate_verdict(
         limit: Some(p.duplicate_max_recipients),
         actual: Some(total),
     };
-    // Clears when enough earlier sends leave the window, oldest first.
+    // Clears when enough earlier sends leave the window, oldest first (all of
+    // them, when this send alone is above the limit: a single send is never
+    // held by itself).
     let mut left = total;
     let mut by_age: Vec<_> = earlier.iter().map(|r| (r.at, r.n_recipients)).collect();
     by_age.sort_unstable();
-    for (at, n) in by_age {
+    for (at, n) in &by_age {
         left -= n;
-        if left <= p.duplicate_max_recipients {
+        if left <= p.duplicate_max_recipients || left == n_recipients {
             v.clears_at = Some(at + window);
-            break;
+            if left <= p.duplicate_max_recipients {
+                break;
+            }
         }
     }
     Ok(Some(v))
@@ -592,8 +596,11 @@ pub async fn verification_code(
     if b.member_id == auth.0.member_id {
         return Err(ApiError::new(Code::SelfApproval, "the code must come from someone other than the sender"));
     }
-    if !b.state.may_submit() {
-        return Err(ApiError::new(Code::Conflict, format!("the broadcast is {}, not a draft", b.state.as_str())));
+    if !b.state.may_submit() && b.state != BroadcastState::PendingApproval {
+        return Err(ApiError::new(
+            Code::Conflict,
+            format!("the broadcast is {}, not a draft or waiting for approval", b.state.as_str()),
+        ));
     }
     let actor = auth.0.actor();
     let (code, expires_at) = state
@@ -696,6 +703,7 @@ pub async fn send(
                     verdicts_json: &recorded,
                     fingerprint: Some(fingerprint),
                     link_domains: &domains,
+                    review_reason: "",
                 };
                 // Transactional and chat messages go ahead of a running broadcast.
                 let _urgent = (b.priority != Priority::Broadcast).then(|| s.store.db.urgent());
@@ -751,6 +759,7 @@ pub async fn approve(
                 verdicts_json: &recorded_json,
                 fingerprint: Some(fingerprint),
                 link_domains: &domains,
+                review_reason: &comment,
             };
             s.store.dispatch(ws, b.id, &audience, rules, &actor, now)?;
             s.engine.wake();
@@ -773,11 +782,14 @@ pub async fn reject(
     let comment = optional_body::<ApprovalRequest>(&body)?.comment.unwrap_or_default();
     let ws = auth.workspace_id();
     let id = parse_id(&id)?;
-    let actor = auth.0.actor();
+    let (actor, member) = (auth.0.actor(), auth.0.member_id);
     let b = state
         .blocking(move |s| {
-            s.store.broadcast(ws, id)?;
-            s.store.reject_broadcast(ws, id, &comment, &actor, now_millis())?;
+            let b = s.store.broadcast(ws, id)?;
+            // A sender cancelling their own held send withdraws it: its content
+            // review is not a judgement (and no spam example).
+            let withdrawn = b.member_id == member;
+            s.store.reject_broadcast(ws, id, &comment, withdrawn, &actor, now_millis())?;
             Ok(s.store.broadcast(ws, id)?)
         })
         .await?;

@@ -57,7 +57,10 @@ pub struct SafetyLinkWire {
 pub struct SafetyCheckResponse {
     /// `allow`, `derank`, `review` or `block`.
     pub action: String,
+    /// The hits, at most 500 (the first ones in the order found).
     pub hits: Vec<SafetyHitWire>,
+    /// How many hits there were in all.
+    pub hits_total: usize,
     /// The text with every word and rule hit replaced by `*`.
     pub masked: String,
     /// The risk model's probability of spam.
@@ -66,8 +69,8 @@ pub struct SafetyCheckResponse {
     pub sampled: bool,
     pub links: Vec<SafetyLinkWire>,
     pub contacts: u32,
-    /// SimHash of the normalised text (hex), for near-duplicate counting.
-    pub simhash: String,
+    /// SimHash of the normalised text (hex), for near-duplicate counting; null for very short texts.
+    pub simhash: Option<String>,
     pub lexicon_version: String,
     pub rules_version: String,
     pub model_version: Option<String>,
@@ -78,7 +81,18 @@ impl SafetyCheckResponse {
     pub fn new(text: &str, v: &Verdict, took_us: u64) -> SafetyCheckResponse {
         SafetyCheckResponse {
             action: v.action.as_str().into(),
-            hits: v.hits.iter().map(|h| hit_wire(text, h)).collect(),
+            hits: {
+                // Character offsets from one pass over the text, not one per hit.
+                let mut char_at = vec![0u32; text.len() + 1];
+                let mut n = 0u32;
+                for (i, c) in text.char_indices() {
+                    char_at[i..i + c.len_utf8()].fill(n);
+                    n += 1;
+                }
+                char_at[text.len()] = n;
+                v.hits.iter().take(MAX_HITS).map(|h| hit_wire(&char_at, h)).collect()
+            },
+            hits_total: v.hits.len(),
             masked: v.masked.clone(),
             risk: v.risk,
             sampled: v.sampled,
@@ -96,7 +110,7 @@ impl SafetyCheckResponse {
                 })
                 .collect(),
             contacts: v.contacts.total(),
-            simhash: format!("{:016x}", v.simhash),
+            simhash: v.simhash.map(|h| format!("{h:016x}")),
             lexicon_version: v.lexicon_version.clone(),
             rules_version: v.rules_version.clone(),
             model_version: v.model_version.clone(),
@@ -105,9 +119,11 @@ impl SafetyCheckResponse {
     }
 }
 
-fn hit_wire(text: &str, h: &Hit) -> SafetyHitWire {
-    let start = text[..h.start].chars().count();
-    let end = start + text[h.start..h.end].chars().count();
+/// Most hits an answer lists.
+pub const MAX_HITS: usize = 500;
+
+fn hit_wire(char_at: &[u32], h: &Hit) -> SafetyHitWire {
+    let (start, end) = (char_at[h.start] as usize, char_at[h.end] as usize);
     let (message, message_zh) = if h.en.is_empty() {
         (
             format!("The word {:?} of the word list {:?} ({}).", h.rule, h.category, h.action.as_str()),
@@ -176,13 +192,13 @@ pub struct SafetyInfoResponse {
     /// The model's evaluation on its held-out examples.
     pub model_precision: Option<f64>,
     pub model_recall: Option<f64>,
-    /// The configured sources.
+    /// The configured sources (server admin answers only).
     pub lexicon_dir: Option<String>,
     pub rules_file: Option<String>,
     pub model_file: Option<String>,
 }
 
-fn info(s: &crate::Inner, safety: &Safety) -> SafetyInfoResponse {
+fn info(s: &crate::Inner, safety: &Safety, admin: bool) -> SafetyInfoResponse {
     let lexicon = &safety.lexicon;
     let mut counts = vec![0usize; lexicon.categories().len()];
     for e in lexicon.entries() {
@@ -211,9 +227,10 @@ fn info(s: &crate::Inner, safety: &Safety) -> SafetyInfoResponse {
         rules: safety.rules.rules().len(),
         model_precision: safety.model.as_ref().map(|m| m.evaluation().precision),
         model_recall: safety.model.as_ref().map(|m| m.evaluation().recall),
-        lexicon_dir: config.lexicon_dir.as_ref().map(|p| p.display().to_string()),
-        rules_file: config.rules_file.as_ref().map(|p| p.display().to_string()),
-        model_file: config.model_file.as_ref().map(|p| p.display().to_string()),
+        // Server paths are for the server admin only.
+        lexicon_dir: config.lexicon_dir.as_ref().filter(|_| admin).map(|p| p.display().to_string()),
+        rules_file: config.rules_file.as_ref().filter(|_| admin).map(|p| p.display().to_string()),
+        model_file: config.model_file.as_ref().filter(|_| admin).map(|p| p.display().to_string()),
     }
 }
 
@@ -221,7 +238,7 @@ fn info(s: &crate::Inner, safety: &Safety) -> SafetyInfoResponse {
 #[utoipa::path(get, path = "/v1/safety", tag = "safety", responses((status = 200, body = SafetyInfoResponse)))]
 pub async fn get_safety(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<SafetyInfoResponse>> {
     auth.require(MemberAction::Read)?;
-    Ok(Json(info(&state, &state.safety.current())))
+    Ok(Json(info(&state, &state.safety.current(), false)))
 }
 
 /// Reload the word library, rules and model from their files (server admin). On an error the previous version keeps serving.
@@ -232,7 +249,7 @@ pub async fn reload(State(state): State<AppState>, _admin: Admin) -> ApiResult<J
         .blocking(|s| {
             let safety = s.safety.reload(&s.store).map_err(|e| ApiError::new(Code::SafetySources, e))?;
             tracing::info!(lexicon = safety.lexicon.version(), "content safety reloaded");
-            Ok(Json(info(s, &safety)))
+            Ok(Json(info(s, &safety, true)))
         })
         .await
 }
@@ -276,8 +293,8 @@ pub fn verdicts(text: &str, v: &Verdict) -> Vec<qunfa_core::preflight::Verdict> 
             (format!("The content needs a human review: {}.", list(false)), format!("内容需人工审核：{}。", list(true)))
         }
         _ => (
-            format!("The content is sent with lower priority: {}.", list(false)),
-            format!("内容将降低发送优先级：{}。", list(true)),
+            format!("The content is sent but marked as risky: {}.", list(false)),
+            format!("内容将被标记为有风险：{}。", list(true)),
         ),
     };
     vec![Pre {
@@ -430,7 +447,16 @@ async fn decide(
         return Err(ApiError::new(Code::BadRequest, "a rejection needs a reason"));
     }
     let (ws, id) = (auth.workspace_id(), super::parse_id(&id)?);
-    let review = state.blocking(move |s| Ok(s.store.safety_review(ws, id)?)).await?;
+    let member = auth.0.member_id;
+    let review = state
+        .blocking(move |s| {
+            let review = s.store.safety_review(ws, id)?;
+            if s.store.broadcast(ws, review.broadcast_id)?.member_id == member {
+                return Err(ApiError::new(Code::SelfApproval, "the sender of a held send cannot decide its review"));
+            }
+            Ok(review)
+        })
+        .await?;
     if review.state != "pending" {
         return Err(ApiError::new(Code::Conflict, format!("the review is already {}", review.state)));
     }
@@ -516,6 +542,10 @@ fn words_of(req: SafetyWordsRequest) -> Result<Vec<qunfa_store::safety::SafetyWo
                 word.chars().take(20).collect::<String>(),
                 qunfa_safety::lexicon::MAX_ENTRY_CHARS
             )));
+        } else if word.starts_with('#') {
+            bad.push(serde_json::Value::String(format!(
+                "{word:?}: a word cannot start with # (word files read it as a comment)"
+            )));
         } else if qunfa_safety::normalize::normalize_entry(word).is_none() {
             bad.push(serde_json::Value::String(format!("{word:?}: nothing to match (only symbols or spaces)")));
         } else {
@@ -582,7 +612,7 @@ async fn change_words(
                 s.store.remove_safety_words(&words)?;
             }
             let safety = s.safety.reload(&s.store).map_err(|e| ApiError::new(Code::SafetySources, e))?;
-            Ok(Json(info(s, &safety)))
+            Ok(Json(info(s, &safety, true)))
         })
         .await
 }
@@ -635,6 +665,9 @@ pub async fn upload_words(
             Some((w, s)) => (w.trim(), s.trim()),
             None => (line, severity.as_str()),
         };
+        if word.chars().any(char::is_control) {
+            return Err(ApiError::new(Code::BadRequest, format!("{word:?}: control characters; nothing was changed")));
+        }
         if seen.insert(word.to_owned()) {
             all.push(qunfa_store::safety::SafetyWord {
                 kind: "word".into(),

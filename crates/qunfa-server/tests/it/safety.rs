@@ -104,8 +104,22 @@ pub async fn content_in_preflight_send_and_review_queue(app: TestApp) {
         .post(&format!("/v1/safety/reviews/{rid}/approve"), &reviewer, json!({"reason": "品牌方授权"}))
         .await
         .expect(200);
-    assert_eq!(r["state"], "approved");
+    assert_eq!((r["state"].as_str(), r["reason"].as_str()), (Some("approved"), Some("品牌方授权")));
     assert_eq!(app.wait_completed(&sender, &ok).await["counts"]["delivered"], 3);
+
+    // An admin's own held send: the admin cannot decide its review in the
+    // queue; cancelling it withdraws the review (no training example).
+    let (_, admin) = app.member(&owner, "admin").await;
+    let own = app.draft(&admin, "本店开业，全网最低价，欢迎选购", json!({"tag": "客户"})).await;
+    app.post(&format!("/v1/broadcasts/{own}/send"), &admin, json!({})).await.expect(202);
+    let queue = app.get("/v1/safety/reviews?state=pending", &admin).await.expect(200);
+    let rid = queue["reviews"][0]["id"].as_str().unwrap().to_owned();
+    app.post(&format!("/v1/safety/reviews/{rid}/reject"), &admin, json!({"reason": "x"}))
+        .await
+        .expect_error(403, "QF-APPROVAL-SELF");
+    app.post(&format!("/v1/broadcasts/{own}/reject"), &admin, json!({"comment": "不发了"})).await.expect(200);
+    let r = app.get(&format!("/v1/safety/reviews/{rid}"), &admin).await.expect(200);
+    assert_eq!(r["state"], "withdrawn");
 
     // The decisions are training examples.
     let examples = app.get("/v1/safety/reviews/examples", &reviewer).await.expect(200);

@@ -286,6 +286,7 @@ fn personalised_bodies_and_inbox(f: Fixture) {
         verdicts_json: "[]",
         fingerprint: None,
         link_domains: &[],
+        review_reason: "",
     };
     f.store.dispatch(w, b.id, &audience, rules, "t", NOW).unwrap();
     run_until_idle(&f.store);
@@ -396,6 +397,7 @@ fn racing_sends_respect_the_daily_quota(f: Fixture) {
                         verdicts_json: "[]",
                         fingerprint: None,
                         link_domains: &[],
+                        review_reason: "",
                     };
                     store.dispatch(w, *id, audience, rules, "t", NOW)
                 })
