@@ -334,7 +334,10 @@ impl LexiconBuilder {
         let mut kept = Vec::with_capacity(entries.len());
         let mut conjunctions: Vec<Conjunction> = Vec::new();
         for entry in entries {
-            let parts: Vec<&str> = entry.word.split('+').filter(|p| !p.trim().is_empty()).collect();
+            let mut parts: Vec<&str> = entry.word.split('+').filter(|p| !p.trim().is_empty()).collect();
+            // `甲+甲` is `甲`: a part named twice is one part.
+            let mut seen_parts = std::collections::HashSet::new();
+            parts.retain(|p| normalize_entry(p).is_none_or(|n| seen_parts.insert(n.text)));
             if parts.len() > 1 {
                 let normalized: Vec<_> = parts.iter().filter_map(|p| normalize_entry(p)).collect();
                 if normalized.len() != parts.len() || parts.len() > 64 {
@@ -350,7 +353,7 @@ impl LexiconBuilder {
                 kept.push(entry);
                 continue;
             }
-            let Some(normalized) = normalize_entry(&entry.word) else {
+            let Some(normalized) = normalize_entry(parts.first().copied().unwrap_or(&entry.word)) else {
                 stats.unmatchable += 1;
                 continue;
             };
@@ -709,6 +712,7 @@ mod tests {
                 ("ads", "谢谢"),
                 ("covid", "肺炎+病毒"),
                 ("gambling", "6合彩"),
+                ("twice", "甲+甲"),
             ],
             &["路口交通"],
         );
@@ -730,6 +734,7 @@ mod tests {
             ("谢谢你", &["谢谢=谢谢"]),
             ("感谢你", &[]),
             ("肺炎", &[]),
+            ("一个甲字", &["甲+甲=甲"]),
             // Chinese numerals are Chinese text: no word boundary needed or broken.
             ("2024六合彩开奖", &["6合彩=六合彩"]),
             ("x六合彩", &["6合彩=六合彩"]),

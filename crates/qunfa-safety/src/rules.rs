@@ -223,7 +223,14 @@ impl RuleSet {
                     refs.push(Vec::new());
                     texts.len() - 1
                 });
-                refs[p].push((rule_idx, slot));
+                // `any` counts distinct patterns: two spellings of one term are one term.
+                let slot = match slot {
+                    Slot::Any(_) => Slot::Any(p as u32),
+                    other => other,
+                };
+                if !refs[p].contains(&(rule_idx, slot)) {
+                    refs[p].push((rule_idx, slot));
+                }
                 Ok(())
             };
             for (i, term) in r.any.iter().enumerate() {
@@ -490,7 +497,7 @@ mod tests {
             action = "derank"
             en = "e"
             zh = "z"
-            any = ["股票", "基金", "理财"]
+            any = ["股票", "股 票", "基金", "理财"]
             min_distinct = 2
 
             [[rule]]
@@ -514,6 +521,7 @@ mod tests {
             ("股票", &[]),
             ("股票和基金", &["finance"]),
             ("股票股票", &[]),
+            ("股 票", &[]),
             ("有事联系13800138000", &["harvest"]),
             ("有事联系①③⑧ 0013 8000", &["harvest"]),
             ("有事联系 1380013800", &[]),
