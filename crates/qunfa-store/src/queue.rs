@@ -1215,6 +1215,9 @@ impl Store {
                 crate::safety::purge(c, id)?;
                 audit::append(c, workspace_id, "engine", "broadcast.purged", &format!("broadcast:{id}"), "{}", now)?;
             }
+            // Near-duplicate fingerprints and verification codes matter for a
+            // window of minutes to hours; past retention they go too.
+            crate::safety::forget(c, now - retention_ms)?;
             Ok(due.len() as u64)
         })
     }

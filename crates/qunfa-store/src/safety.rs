@@ -147,6 +147,13 @@ pub(crate) fn record_domains(c: &mut Conn, workspace_id: i64, domains: &[String]
     Ok(())
 }
 
+/// Deletes fingerprints and verification codes older than `before`.
+pub(crate) fn forget(c: &mut Conn, before: i64) -> Result<(), StoreError> {
+    c.execute("DELETE FROM content_fingerprints WHERE created_at <= ?", params![before])?;
+    c.execute("DELETE FROM verification_codes WHERE expires_at <= ?", params![before])?;
+    Ok(())
+}
+
 /// Blanks the texts of a broadcast's reviews when its content is purged.
 pub(crate) fn purge(c: &mut Conn, broadcast_id: i64) -> Result<(), StoreError> {
     // The hits quote the text too.
