@@ -1,7 +1,7 @@
 //! `qunfa safety …`: check a text (through the API), reload the server's word
 //! library, and two local tools — the lexicon lint and risk-model training.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc};
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
@@ -9,7 +9,7 @@ use qunfa_safety::{
     lint::{lint, LintOptions},
     model::{parse_jsonl, Model, TrainOptions},
     sources::{self, Sources, LINT_FILE},
-    Safety, Thresholds,
+    Safety,
 };
 use serde_json::{json, Value};
 
@@ -317,13 +317,7 @@ fn local_safety(config: &Config) -> anyhow::Result<Safety> {
         Some(path) => qunfa_safety::rules::RuleSet::parse(&std::fs::read_to_string(path)?)?,
         None => qunfa_safety::rules::RuleSet::default_rules(),
     };
-    Ok(Safety {
-        lexicon: Arc::new(built.lexicon),
-        domains: Arc::new(built.domains),
-        rules: Arc::new(rules),
-        model: None,
-        thresholds: Thresholds::default(),
-    })
+    Ok(Safety::without_model(built.lexicon, built.domains, rules))
 }
 
 fn print_check(v: &Value) {

@@ -189,16 +189,26 @@ impl Safety {
     /// # Panics
     /// Never: the defaults are checked by tests.
     pub fn defaults() -> Safety {
-        let built = sources::build(&Sources { defaults: true, ..Sources::default() }).expect("the default lists build");
-        let mut safety = Safety {
-            lexicon: Arc::new(built.lexicon),
-            domains: Arc::new(built.domains),
-            rules: Arc::new(RuleSet::default_rules()),
-            model: None,
-            thresholds: Thresholds::default(),
-        };
+        let mut safety = Safety::defaults_without_model();
         safety.model = Some(default_model());
         safety
+    }
+
+    /// The shipped lists and rules, no model.
+    fn defaults_without_model() -> Safety {
+        let built = sources::build(&Sources { defaults: true, ..Sources::default() }).expect("the default lists build");
+        Safety::without_model(built.lexicon, built.domains, RuleSet::default_rules())
+    }
+
+    /// A check of gates 1 and 2 and the links, with default thresholds.
+    pub fn without_model(lexicon: Lexicon, domains: DomainList, rules: RuleSet) -> Safety {
+        Safety {
+            lexicon: Arc::new(lexicon),
+            domains: Arc::new(domains),
+            rules: Arc::new(rules),
+            model: None,
+            thresholds: Thresholds::default(),
+        }
     }
 
     /// Checks a text. `sample_key` decides random review (use the broadcast
@@ -502,15 +512,7 @@ pub fn default_model() -> Arc<Model> {
     static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
     MODEL
         .get_or_init(|| {
-            let built =
-                sources::build(&Sources { defaults: true, ..Sources::default() }).expect("the default lists build");
-            let safety = Safety {
-                lexicon: Arc::new(built.lexicon),
-                domains: Arc::new(built.domains),
-                rules: Arc::new(RuleSet::default_rules()),
-                model: None,
-                thresholds: Thresholds::default(),
-            };
+            let safety = Safety::defaults_without_model();
             let examples = parse_jsonl(DEFAULT_EXAMPLES).expect("the shipped examples parse");
             let (model, _) = Model::train(&featurize(&safety, &examples), &TrainOptions::default())
                 .expect("the shipped examples train");

@@ -136,6 +136,45 @@ pub struct BuildStats {
     pub changed: usize,
 }
 
+/// One line of a word file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Line<'a> {
+    Blank,
+    Comment,
+    /// A word, with the severity the line names after a tab.
+    Word(&'a str, Option<Severity>),
+}
+
+/// Parses one line of a word file (`source` and `line_no` name it in errors):
+/// surrounding spaces and a byte-order mark are ignored, `#` starts a comment,
+/// `word<TAB>severity` sets the word's own severity.
+///
+/// # Errors
+/// An unknown severity, or an entry longer than `MAX_ENTRY_CHARS`.
+pub fn parse_line<'a>(source: &str, line_no: usize, line: &'a str) -> Result<Line<'a>, LexiconError> {
+    let line = line.trim_matches(|c: char| c.is_whitespace() || c == '\u{feff}');
+    if line.is_empty() {
+        return Ok(Line::Blank);
+    }
+    if line.starts_with('#') {
+        return Ok(Line::Comment);
+    }
+    let fail = |reason: String| LexiconError::Line(LineError { source: source.to_owned(), line: line_no, reason });
+    let (word, severity) = match line.split_once('\t') {
+        Some((word, severity)) => {
+            let parsed = Severity::parse(severity)
+                .ok_or_else(|| fail(format!("unknown severity {:?}: use block, review or derank", severity.trim())))?;
+            (word.trim(), Some(parsed))
+        }
+        None => (line, None),
+    };
+    let chars = word.chars().count();
+    if chars > MAX_ENTRY_CHARS {
+        return Err(fail(format!("an entry of {chars} characters; entries are at most {MAX_ENTRY_CHARS}")));
+    }
+    Ok(Line::Word(word, severity))
+}
+
 /// Collects sources; `build` turns them into a `Lexicon`.
 #[derive(Default)]
 pub struct LexiconBuilder {
@@ -250,37 +289,17 @@ impl LexiconBuilder {
         line_no: usize,
         line: &'a str,
     ) -> Result<Option<(&'a str, Option<Severity>)>, LexiconError> {
-        let line = line.trim_matches(|c: char| c.is_whitespace() || c == '\u{feff}');
-        if line.is_empty() {
-            self.stats.blank_lines += 1;
-            return Ok(None);
-        }
-        if line.starts_with('#') {
-            self.stats.comments += 1;
-            return Ok(None);
-        }
-        let (word, severity) = match line.split_once('\t') {
-            Some((word, severity)) => {
-                let severity = Severity::parse(severity).ok_or_else(|| {
-                    LexiconError::Line(LineError {
-                        source: source.to_owned(),
-                        line: line_no,
-                        reason: format!("unknown severity {:?}: use block, review or derank", severity.trim()),
-                    })
-                })?;
-                (word.trim(), Some(severity))
+        match parse_line(source, line_no, line)? {
+            Line::Blank => {
+                self.stats.blank_lines += 1;
+                Ok(None)
             }
-            None => (line, None),
-        };
-        let chars = word.chars().count();
-        if chars > MAX_ENTRY_CHARS {
-            return Err(LexiconError::Line(LineError {
-                source: source.to_owned(),
-                line: line_no,
-                reason: format!("an entry of {chars} characters; entries are at most {MAX_ENTRY_CHARS}"),
-            }));
+            Line::Comment => {
+                self.stats.comments += 1;
+                Ok(None)
+            }
+            Line::Word(word, severity) => Ok(Some((word, severity))),
         }
-        Ok(Some((word, severity)))
     }
 
     /// Builds the automaton.

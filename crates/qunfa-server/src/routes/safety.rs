@@ -638,42 +638,35 @@ pub async fn upload_words(
     axum::extract::Query(q): axum::extract::Query<UploadQuery>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<SafetyInfoResponse>> {
-    use qunfa_safety::lexicon::{LexiconBuilder, Severity};
+    use qunfa_safety::lexicon::{parse_line, Line, Severity};
     let severity = q.severity.unwrap_or_else(|| "block".into());
-    let default = Severity::parse(&severity)
-        .ok_or_else(|| ApiError::new(Code::BadRequest, "severity is block, review or derank"))?;
-    // The library's own parser checks the file: encoding, lengths, severities.
-    let mut check = LexiconBuilder::new();
-    check.category(&category, default, "", "");
-    check
-        .add_words(&category, &format!("{category} (upload)"), &body)
-        .map_err(|e| ApiError::new(Code::BadRequest, format!("{e}; nothing was changed")))?;
+    if Severity::parse(&severity).is_none() {
+        return Err(ApiError::new(Code::BadRequest, "severity is block, review or derank"));
+    }
     let category = category.trim().to_owned();
     if category.is_empty() || category.chars().count() > 64 || category.chars().any(|c| c.is_control() || c == '@') {
         return Err(ApiError::new(Code::BadRequest, "category: 1 to 64 characters, no control characters or @"));
     }
-    // Valid UTF-8 and valid lines: checked above.
-    let text = String::from_utf8_lossy(&body);
+    let source = format!("{category} (upload)");
+    let refused = |reason: String| ApiError::new(Code::BadRequest, format!("{reason}; nothing was changed"));
+    let text = std::str::from_utf8(&body)
+        .map_err(|e| refused(format!("{source} is not valid UTF-8 (first bad byte at offset {})", e.valid_up_to())))?;
+    // The word files' own line format: the same parser as the library's.
     let mut seen = std::collections::BTreeSet::new();
     let mut all = Vec::new();
-    for line in text.lines() {
-        let line = line.trim_matches(|c: char| c.is_whitespace() || c == '\u{feff}');
-        if line.is_empty() || line.starts_with('#') {
+    for (i, line) in text.lines().enumerate() {
+        let Line::Word(word, own) = parse_line(&source, i + 1, line).map_err(|e| refused(e.to_string()))? else {
             continue;
-        }
-        let (word, own) = match line.split_once('\t') {
-            Some((w, s)) => (w.trim(), s.trim()),
-            None => (line, severity.as_str()),
         };
         if word.chars().any(char::is_control) {
-            return Err(ApiError::new(Code::BadRequest, format!("{word:?}: control characters; nothing was changed")));
+            return Err(refused(format!("{source}:{}: control characters", i + 1)));
         }
         if seen.insert(word.to_owned()) {
             all.push(qunfa_store::safety::SafetyWord {
                 kind: "word".into(),
                 category: category.clone(),
                 word: word.to_owned(),
-                severity: own.to_owned(),
+                severity: own.map_or_else(|| severity.clone(), |s| s.as_str().to_owned()),
             });
         }
     }
