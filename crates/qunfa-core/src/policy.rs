@@ -16,8 +16,23 @@ pub const DEFAULT_POLICY_TOML: &str = include_str!("../policy/default.toml");
 pub struct TierPolicy {
     /// Most recipients of one send; `None` is unlimited.
     pub max_recipients: Option<u64>,
-    /// Sends with more recipients than this wait for approval.
-    pub approval_above: Option<u64>,
+    /// Approval levels: a send with more recipients than a level's `above`
+    /// needs that level's number of approvers (the highest level that applies).
+    #[serde(default)]
+    pub approval: Vec<ApprovalLevel>,
+    /// No mass send while the sender's account is younger than this (0: none).
+    pub new_account_days: u32,
+    /// Mass messages one contact may receive from the workspace per local
+    /// day, 7 days and 30 days (unset: no cap). Recipients over a cap are
+    /// filtered and counted.
+    #[serde(default)]
+    pub contact_caps: ContactCaps,
+    /// Whether broadcasts may be scheduled (by an admin or owner).
+    pub scheduling: bool,
+    /// How long after dispatch the sender may recall a send (unset: no recall).
+    pub recall_seconds: Option<u32>,
+    /// Text appended to every message, `{name}` being the workspace's name.
+    pub signature: Option<String>,
     /// Mass sends per sender per local day; `None` is unlimited.
     pub sends_per_day: Option<u32>,
     pub text_max_chars: usize,
@@ -34,7 +49,44 @@ pub struct TierPolicy {
     pub default_plan: Option<String>,
 }
 
+/// One approval level of a tier.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalLevel {
+    pub above: u64,
+    pub approvers: u32,
+}
+
+/// Per-recipient frequency caps.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ContactCaps {
+    pub day: Option<u32>,
+    pub week: Option<u32>,
+    pub month: Option<u32>,
+}
+
+impl ContactCaps {
+    /// Each cap in force with its window in days: (cap, days, name).
+    pub fn windows(&self) -> Vec<(u32, u32, &'static str)> {
+        [(self.day, 1, "day"), (self.week, 7, "week"), (self.month, 30, "month")]
+            .into_iter()
+            .filter_map(|(cap, days, name)| cap.map(|c| (c, days, name)))
+            .collect()
+    }
+}
+
 impl TierPolicy {
+    /// The number of approvers a send to `n` recipients needs (0: none).
+    pub fn approvers_needed(&self, n: u64) -> u32 {
+        self.approval.iter().filter(|l| n > l.above).map(|l| l.approvers).max().unwrap_or(0)
+    }
+
+    /// The lowest recipient count that needs approval.
+    pub fn approval_above(&self) -> Option<u64> {
+        self.approval.iter().map(|l| l.above).min()
+    }
+
     pub fn allows_type(&self, t: ContentType) -> bool {
         self.content_types.iter().any(|s| s == t.as_str())
     }
@@ -63,6 +115,62 @@ pub struct Policy {
     pub tiers: Tiers,
     pub delivery: DeliveryPolicy,
     pub safety: SafetyPolicy,
+    pub security: SecurityPolicy,
+    pub health: HealthPolicy,
+}
+
+/// Sender security: abnormal logins, "operation too frequent", fast growth.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityPolicy {
+    /// A request from a device or network the member never used disables
+    /// mass send until verified.
+    pub abnormal_login: bool,
+    /// Addresses in one IPv4 / IPv6 prefix of this length are one network.
+    pub network_prefix_v4: u8,
+    pub network_prefix_v6: u8,
+    /// How long a one-time login code stays valid.
+    pub login_code_minutes: u32,
+    /// More than this many send attempts within the window → cooldown (0: off).
+    pub attempts_max: u32,
+    pub attempts_window_minutes: u32,
+    pub cooldown_hours: u32,
+    /// More than this share of the audience added within the window → the
+    /// send goes out in waves.
+    pub growth_share: f64,
+    pub growth_window_hours: u32,
+    pub growth_waves: u32,
+    pub growth_wave_minutes: u32,
+}
+
+/// Account health: six dimensions scored into healthy / watch / sandbox / suspended.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthPolicy {
+    pub window_days: u32,
+    /// Score (100 = perfect) below which the account is in watch, sandbox, suspended.
+    pub watch_below: f64,
+    pub sandbox_below: f64,
+    pub suspend_below: f64,
+    /// Rates are judged only once the sender reached this many recipients in the window.
+    pub min_recipients: u64,
+    pub devices_max: u32,
+    pub device_penalty: f64,
+    pub network_changes_max: u32,
+    pub network_change_penalty: f64,
+    pub forward_ratio_max: f64,
+    pub forward_penalty: f64,
+    pub deletion_rate_max: f64,
+    pub deletion_penalty: f64,
+    pub report_rate_max: f64,
+    pub report_penalty: f64,
+    /// A payment signal of risk r (0–1) costs r × this.
+    pub payment_penalty: f64,
+    /// Each violation (a refused content block, a rejected review) in the window.
+    pub violation_penalty: f64,
+    /// Limits in sandbox.
+    pub sandbox_sends_per_day: u32,
+    pub sandbox_max_recipients: u64,
 }
 
 /// The numbers of the content-safety check.
@@ -185,6 +293,17 @@ impl Policy {
                 }
             }
         }
+        let h = &self.health;
+        if !(h.suspend_below <= h.sandbox_below && h.sandbox_below <= h.watch_below && h.watch_below <= 100.0) {
+            return Err(PolicyError::Invalid("health: suspend_below ≤ sandbox_below ≤ watch_below ≤ 100".into()));
+        }
+        let sec = &self.security;
+        if sec.network_prefix_v4 > 32 || sec.network_prefix_v6 > 128 {
+            return Err(PolicyError::Invalid("security: network prefixes are at most 32 (IPv4) and 128 (IPv6)".into()));
+        }
+        if !(0.0..=1.0).contains(&sec.growth_share) || sec.growth_waves == 0 {
+            return Err(PolicyError::Invalid("security: growth_share is 0–1 and growth_waves positive".into()));
+        }
         let d = &self.delivery;
         if d.speed_levels_per_minute.len() != 5 || d.speed_levels_per_minute.contains(&0) {
             return Err(PolicyError::Invalid(
@@ -248,7 +367,15 @@ mod tests {
         assert_eq!(p.tiers.personal.max_recipients, Some(200));
         assert_eq!(p.tiers.personal.sends_per_day, Some(5));
         assert_eq!(p.tiers.enterprise.max_recipients, None);
-        assert_eq!(p.tiers.enterprise.approval_above, Some(500));
+        assert_eq!(p.tiers.enterprise.approval_above(), Some(500));
+        assert_eq!(p.tiers.enterprise.approvers_needed(500), 0);
+        assert_eq!(p.tiers.enterprise.approvers_needed(501), 1);
+        assert_eq!(p.tiers.enterprise.approvers_needed(5_001), 2);
+        assert_eq!(p.tiers.personal.new_account_days, 15);
+        assert_eq!(p.tiers.personal.recall_seconds, Some(120));
+        assert_eq!(p.tiers.enterprise.signature.as_deref(), Some("来自{name}"));
+        assert_eq!(p.tiers.api.contact_caps.windows(), [(4, 30, "month")]);
+        assert_eq!(p.security.cooldown_hours, 4);
         assert_eq!(p.tiers.api.recipient_limit(None), Some(500));
         assert_eq!(p.tiers.api.recipient_limit(Some("pro")), Some(10_000));
         assert!(!p.tiers.personal.allows_type(ContentType::File));

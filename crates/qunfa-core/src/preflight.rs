@@ -245,7 +245,7 @@ pub fn preflight(policy: &Policy, p: &SendProposal<'_>) -> Vec<Verdict> {
     }
 
     // Approval.
-    if let Some(above) = tier.approval_above {
+    if let Some(above) = tier.approval_above() {
         if p.n_recipients > above {
             out.push(
                 Verdict::new(

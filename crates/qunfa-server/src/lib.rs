@@ -49,6 +49,19 @@ pub struct ServerOptions {
     pub server_webhook: bool,
     /// The content-safety check; `None`: the lists, rules and model shipped with qunfa.
     pub safety: Option<Arc<safety::SafetyState>>,
+    /// The clock every rule reads; `None`: the wall clock. Tests inject one.
+    pub clock: Option<Clock>,
+}
+
+/// A clock in Unix milliseconds, injectable so rules with windows and
+/// lockouts can be tested deterministically.
+#[derive(Clone)]
+pub struct Clock(pub Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock({})", (self.0)())
+    }
 }
 
 /// Request counters by status class.
@@ -61,6 +74,16 @@ impl HttpMetrics {
     fn record(&self, status: u16) {
         let class = usize::from(status / 100).min(5);
         self.by_class[class].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Inner {
+    /// Now, in Unix milliseconds, by the server's clock.
+    pub fn now(&self) -> i64 {
+        match &self.options.clock {
+            Some(clock) => (clock.0)(),
+            None => qunfa_store::now_millis(),
+        }
     }
 }
 

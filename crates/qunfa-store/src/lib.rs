@@ -110,6 +110,7 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
     (3, include_str!("../migrations/sqlite/0003_delivery.sql"), None),
     (4, include_str!("../migrations/sqlite/0004_channels.sql"), None),
     (5, include_str!("../migrations/sqlite/0005_safety.sql"), None),
+    (6, include_str!("../migrations/sqlite/0006_workflow.sql"), None),
 ];
 const POSTGRES_MIGRATIONS: &[Migration] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql"), None),
@@ -117,6 +118,7 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
     (3, include_str!("../migrations/postgres/0003_delivery.sql"), None),
     (4, include_str!("../migrations/postgres/0004_channels.sql"), None),
     (5, include_str!("../migrations/postgres/0005_safety.sql"), None),
+    (6, include_str!("../migrations/postgres/0006_workflow.sql"), None),
 ];
 
 /// Version 2: memberships move from one row per contact to bitmaps.

@@ -100,7 +100,7 @@ pub fn shape_of(e: &Expr) -> AudienceShape {
 
 fn segment_response(s: &Inner, ws: i64, r: qunfa_store::segments::SegmentRecord) -> Result<SegmentResponse, ApiError> {
     let count = match compile(s, ws, &r.expr) {
-        Ok(e) => s.store.with_audience(ws, |i| i.count(&e, qunfa_store::now_millis()))?.unwrap_or(0),
+        Ok(e) => s.store.with_audience(ws, |i| i.count(&e, s.now()))?.unwrap_or(0),
         Err(_) => 0, // a name it uses is gone; sending to it is refused with the reason
     };
     Ok(SegmentResponse {
@@ -130,7 +130,7 @@ pub async fn create_segment(
     let out = state
         .blocking(move |s| {
             compile(s, ws, &req.expr)?;
-            let r = s.store.create_segment(ws, &name, &req.expr, &actor, qunfa_store::now_millis())?;
+            let r = s.store.create_segment(ws, &name, &req.expr, &actor, s.now())?;
             segment_response(s, ws, r)
         })
         .await?;
@@ -171,7 +171,7 @@ pub async fn delete_segment(
 ) -> ApiResult<StatusCode> {
     auth.require(Action::ManageContacts)?;
     let (ws, id, actor) = (auth.workspace_id(), super::parse_id(&id)?, auth.0.actor());
-    state.blocking(move |s| Ok(s.store.delete_segment(ws, id, &actor, qunfa_store::now_millis())?)).await?;
+    state.blocking(move |s| Ok(s.store.delete_segment(ws, id, &actor, s.now())?)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -196,7 +196,7 @@ pub async fn count(
             }
             let e = compile(s, ws, &req.expr)?;
             let t = std::time::Instant::now();
-            let now = qunfa_store::now_millis();
+            let now = s.now();
             let matched = s.store.with_audience(ws, |index| index.evaluate(&e, now))?.map_err(resolve_error)?;
             let took_ms = t.elapsed().as_secs_f64() * 1000.0;
             let count = matched.cardinality();

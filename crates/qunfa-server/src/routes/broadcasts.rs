@@ -21,7 +21,6 @@ use qunfa_core::{
 use qunfa_store::{
     broadcasts::{BroadcastRecord, DispatchRules, HoldRules, NewBroadcast},
     json::{audience_from_json, audience_to_json, content_to_json},
-    now_millis,
     safety::Fingerprint,
     StoreError,
 };
@@ -298,7 +297,7 @@ pub async fn create_broadcast(
             };
             // Transactional and chat messages go ahead of a running broadcast.
             let _urgent = (priority != Priority::Broadcast).then(|| s.store.db.urgent());
-            Ok(s.store.create_broadcast(ws, member, &new, &actor, now_millis())?)
+            Ok(s.store.create_broadcast(ws, member, &new, &actor, s.now())?)
         })
         .await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
@@ -380,7 +379,7 @@ pub fn evaluate(
     b: &BroadcastRecord,
     already_counted: bool,
 ) -> Result<Evaluated, ApiError> {
-    let now = now_millis();
+    let now = s.now();
     let spec = audience_from_json(&b.audience_json)?;
     let mut verdicts = Vec::new();
     let audience = match s.store.resolve_audience(b.workspace_id, &spec) {
@@ -606,7 +605,7 @@ pub async fn verification_code(
     let (code, expires_at) = state
         .blocking(move |s| {
             let code = format!("{:06}", rand::Rng::gen_range(&mut rand::thread_rng(), 0..1_000_000u32));
-            let now = now_millis();
+            let now = s.now();
             let expires_at = now + i64::from(s.policy.safety.verification_code_minutes) * 60_000;
             s.store.issue_verification_code(ws, b.id, &qunfa_store::secret_hash(&code), &actor, expires_at, now)?;
             Ok((code, expires_at))
@@ -678,7 +677,7 @@ pub async fn send(
         .blocking(move |s| {
             if let Some(code) = &send_request.verification_code {
                 let hash = qunfa_store::secret_hash(code.trim());
-                if !s.store.use_verification_code(ws, b.id, &hash, &actor, now_millis())? {
+                if !s.store.use_verification_code(ws, b.id, &hash, &actor, s.now())? {
                     return Err(ApiError::code(Code::VerificationCode));
                 }
             }
@@ -686,7 +685,7 @@ pub async fn send(
             if preflight::blocks(&verdicts) {
                 return Err(ApiError::from_verdicts(&verdicts));
             }
-            let now = now_millis();
+            let now = s.now();
             let recorded = verdicts_json(&verdicts);
             let daily_limit = s.policy.tier(kind).sends_per_day.map(|l| (l, s.policy.day_bounds(now).0));
             if preflight::needs_review(&verdicts) {
@@ -746,7 +745,7 @@ pub async fn approve(
             if preflight::blocks(&verdicts) {
                 return Err(ApiError::from_verdicts(&verdicts));
             }
-            let now = now_millis();
+            let now = s.now();
             let mut recorded: serde_json::Value = serde_json::from_str(&verdicts_json(&verdicts)).unwrap_or_default();
             if let Some(list) = recorded.as_array_mut() {
                 list.push(serde_json::json!({"approved_by": approver.to_string(), "comment": comment}));
@@ -789,7 +788,7 @@ pub async fn reject(
             // A sender cancelling their own held send withdraws it: its content
             // review is not a judgement (and no spam example).
             let withdrawn = b.member_id == member;
-            s.store.reject_broadcast(ws, id, &comment, withdrawn, &actor, now_millis())?;
+            s.store.reject_broadcast(ws, id, &comment, withdrawn, &actor, s.now())?;
             Ok(s.store.broadcast(ws, id)?)
         })
         .await?;
@@ -805,7 +804,7 @@ pub async fn pause(
     auth: Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<BroadcastResponse>> {
-    control(&state, &auth, &id, |s, ws, id, actor| s.store.pause_broadcast(ws, id, actor, now_millis())).await
+    control(&state, &auth, &id, |s, ws, id, actor| s.store.pause_broadcast(ws, id, actor, s.now())).await
 }
 
 /// Runs a state change of a broadcast in flight for a sender, wakes the
@@ -836,7 +835,7 @@ pub async fn resume(
     auth: Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<BroadcastResponse>> {
-    control(&state, &auth, &id, |s, ws, id, actor| s.store.resume_broadcast(ws, id, actor, now_millis())).await
+    control(&state, &auth, &id, |s, ws, id, actor| s.store.resume_broadcast(ws, id, actor, s.now())).await
 }
 
 /// Re-drive the failed deliveries of a completed broadcast (compensation):
@@ -853,7 +852,7 @@ pub async fn retry_failed(
     let (ws, id, actor) = (auth.workspace_id(), parse_id(&id)?, auth.0.actor());
     let (redriven, b) = state
         .blocking(move |s| {
-            let n = s.store.redrive_failed(ws, id, &actor, now_millis())?;
+            let n = s.store.redrive_failed(ws, id, &actor, s.now())?;
             s.engine.wake();
             Ok((n, s.store.broadcast(ws, id)?))
         })

@@ -18,7 +18,6 @@ use qunfa_core::{
 use qunfa_store::{
     channels::{BounceTarget, Receipt},
     events::{EventDelivery, EventEndpoint},
-    now_millis,
 };
 
 use super::{contact_id, parse_id, PageQuery};
@@ -108,7 +107,7 @@ pub async fn put_channel(
             if let Some(why) = private_target(&settings) {
                 return Err(ApiError::new(Code::AddressPrivate, why));
             }
-            let now = now_millis();
+            let now = s.now();
             s.store.set_channel_settings(ws, &settings, &actor, now)?;
             Ok((settings, generated, now))
         })
@@ -177,7 +176,7 @@ pub async fn delete_channel(
     auth.require(Action::ManageMembers)?;
     let channel = external_channel(&channel)?;
     let (ws, actor) = (auth.workspace_id(), auth.0.actor());
-    state.blocking(move |s| Ok(s.store.delete_channel_settings(ws, channel, &actor, now_millis())?)).await?;
+    state.blocking(move |s| Ok(s.store.delete_channel_settings(ws, channel, &actor, s.now())?)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -217,7 +216,7 @@ pub async fn bounce(
                 (None, Some(broadcast_id), Some(email)) => BounceTarget::Address { broadcast_id, email },
                 _ => unreachable!("checked above"),
             };
-            Ok(s.store.record_bounce(ws, target, hard, &diagnostic, now_millis())?)
+            Ok(s.store.record_bounce(ws, target, hard, &diagnostic, s.now())?)
         })
         .await?;
     Ok(Json(BounceResponse { broadcast_id: b.to_string(), contact_id: contact_id(ws, idx), opted_out: hard }))
@@ -258,7 +257,7 @@ pub async fn receipts(
         };
         receipts.push(Receipt { provider_id: r.message_id, out_id: r.out_id, delivered, error: r.err_code });
     }
-    let report = state.blocking(move |s| Ok(s.store.record_receipts(ws, channel, &receipts, now_millis())?)).await?;
+    let report = state.blocking(move |s| Ok(s.store.record_receipts(ws, channel, &receipts, s.now())?)).await?;
     Ok(Json(ReceiptsResponse { received, delivered: report.delivered, failed: report.failed, ignored: report.ignored }))
 }
 
@@ -325,7 +324,7 @@ pub async fn unsubscribe(
     Path((ws, idx, channel, token)): Path<(String, String, String, String)>,
 ) -> Response {
     let Some((ws, idx, channel)) = unsubscribe_target(&state, &ws, &idx, &channel, &token) else { return bad_link() };
-    let done = state.blocking(move |s| Ok(s.store.unsubscribe(ws, idx, channel, now_millis())?)).await;
+    let done = state.blocking(move |s| Ok(s.store.unsubscribe(ws, idx, channel, s.now())?)).await;
     match done {
         Ok(_) => page(
             StatusCode::OK,
@@ -397,7 +396,7 @@ pub async fn create_event_endpoint(
     let secret2 = secret.clone();
     let e = state
         .blocking(move |s| {
-            Ok(s.store.create_event_endpoint(ws, &url, &secret2, &events, allow_private, &actor, now_millis())?)
+            Ok(s.store.create_event_endpoint(ws, &url, &secret2, &events, allow_private, &actor, s.now())?)
         })
         .await?;
     Ok((StatusCode::CREATED, Json(endpoint_wire(e, Some(secret)))))
@@ -425,7 +424,7 @@ pub async fn delete_event_endpoint(
 ) -> ApiResult<StatusCode> {
     auth.require(Action::ManageMembers)?;
     let (ws, id, actor) = (auth.workspace_id(), parse_id(&id)?, auth.0.actor());
-    state.blocking(move |s| Ok(s.store.delete_event_endpoint(ws, id, &actor, now_millis())?)).await?;
+    state.blocking(move |s| Ok(s.store.delete_event_endpoint(ws, id, &actor, s.now())?)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -456,7 +455,7 @@ pub async fn redeliver_event(
 ) -> ApiResult<(StatusCode, Json<EventDeliveryWire>)> {
     auth.require(Action::ManageMembers)?;
     let (ws, id, actor) = (auth.workspace_id(), parse_id(&id)?, auth.0.actor());
-    let d = state.blocking(move |s| Ok(s.store.redeliver_event(ws, id, &actor, now_millis())?)).await?;
+    let d = state.blocking(move |s| Ok(s.store.redeliver_event(ws, id, &actor, s.now())?)).await?;
     state.engine.wake_events();
     Ok((StatusCode::CREATED, Json(delivery_wire(d))))
 }

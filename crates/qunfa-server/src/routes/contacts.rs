@@ -14,7 +14,7 @@ use qunfa_core::{
     workspace::Action,
     Code,
 };
-use qunfa_store::{contacts::ContactRecord, now_millis};
+use qunfa_store::contacts::ContactRecord;
 use serde::Deserialize;
 
 use super::{contact_id, parse_contact_id, PageQuery};
@@ -71,9 +71,8 @@ pub async fn create_contact(
     };
     let input = ContactInput::parse(raw).map_err(contact_error)?;
     let (ws, kind, actor) = (auth.workspace_id(), auth.0.workspace.kind, auth.0.actor());
-    let rec = state
-        .blocking(move |s| Ok(s.store.create_contact(ws, s.policy.tier(kind), &input, &actor, now_millis())?))
-        .await?;
+    let rec =
+        state.blocking(move |s| Ok(s.store.create_contact(ws, s.policy.tier(kind), &input, &actor, s.now())?)).await?;
     Ok((StatusCode::CREATED, Json(contact_response(ws, rec))))
 }
 
@@ -178,7 +177,7 @@ pub async fn patch_contact(
                 tags: Vec::new(),
             };
             let input = ContactInput::parse(raw).map_err(contact_error)?;
-            Ok(s.store.update_contact(ws, idx, &input, &actor, now_millis())?)
+            Ok(s.store.update_contact(ws, idx, &input, &actor, s.now())?)
         })
         .await?;
     Ok(Json(contact_response(ws, rec)))
@@ -196,7 +195,7 @@ pub async fn delete_contact(
     let ws = auth.workspace_id();
     let idx = parse_contact_id(ws, &id)?;
     let actor = auth.0.actor();
-    state.blocking(move |s| Ok(s.store.delete_contact(ws, idx, &actor, now_millis())?)).await?;
+    state.blocking(move |s| Ok(s.store.delete_contact(ws, idx, &actor, s.now())?)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -234,7 +233,7 @@ pub async fn import_contacts(
     let partial = q.partial.unwrap_or(false);
     state
         .blocking(move |s| {
-            let report = s.store.import_file(ws, s.policy.tier(kind), format, &body, partial, &actor, now_millis())?;
+            let report = s.store.import_file(ws, s.policy.tier(kind), format, &body, partial, &actor, s.now())?;
             let rejected: Vec<RejectedLine> = report
                 .rejected
                 .iter()
@@ -274,7 +273,7 @@ pub async fn inbox_token(
     let ws = auth.workspace_id();
     let idx = parse_contact_id(ws, &id)?;
     let actor = auth.0.actor();
-    let token = state.blocking(move |s| Ok(s.store.create_inbox_token(ws, idx, &actor, now_millis())?)).await?;
+    let token = state.blocking(move |s| Ok(s.store.create_inbox_token(ws, idx, &actor, s.now())?)).await?;
     Ok((StatusCode::CREATED, Json(TokenResponse { token })))
 }
 
@@ -326,7 +325,7 @@ pub async fn upload_media(
                 filename: q.filename.as_deref(),
                 image_hash,
             };
-            Ok(s.store.put_media(ws, upload, &actor, now_millis())?)
+            Ok(s.store.put_media(ws, upload, &actor, s.now())?)
         })
         .await?;
     Ok((StatusCode::CREATED, Json(MediaResponse { media_id: id.as_str().to_owned(), content_type, size })))

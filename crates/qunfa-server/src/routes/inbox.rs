@@ -13,7 +13,7 @@ use axum::{
     Json,
 };
 use qunfa_core::message::RawContent;
-use qunfa_store::{inbox::InboxItem, now_millis, Backend};
+use qunfa_store::{inbox::InboxItem, Backend};
 use serde::ser::{Serialize, SerializeSeq, SerializeStruct, Serializer};
 
 use super::{contact_id, parse_id, PageQuery};
@@ -180,7 +180,7 @@ pub async fn read_message(
     let first_read = state
         .blocking(move |s| {
             let (ws, idx) = auth.recipient(&s.store)?;
-            Ok(s.store.mark_read(ws, idx, id, now_millis())?)
+            Ok(s.store.mark_read(ws, idx, id, s.now())?)
         })
         .await?;
     Ok(Json(ReadResponse { first_read }))
@@ -199,7 +199,7 @@ pub async fn reply_message(
     let (ws, r) = state
         .blocking(move |s| {
             let (ws, idx) = auth.recipient(&s.store)?;
-            Ok((ws, s.store.reply(ws, idx, id, &req.text, now_millis())?))
+            Ok((ws, s.store.reply(ws, idx, id, &req.text, s.now())?))
         })
         .await?;
     Ok((
@@ -227,7 +227,7 @@ pub async fn report_message(
     let first_report = state
         .blocking(move |s| {
             let (ws, idx) = auth.recipient(&s.store)?;
-            Ok(s.store.report(ws, idx, id, &req.reason, now_millis())?)
+            Ok(s.store.report(ws, idx, id, &req.reason, s.now())?)
         })
         .await?;
     Ok(Json(ReportResponse { first_report }))
@@ -247,7 +247,7 @@ pub async fn unsubscribe(
     let changed = state
         .blocking(move |s| {
             let (ws, idx) = auth.recipient(&s.store)?;
-            Ok(s.store.unsubscribe(ws, idx, channel, now_millis())?)
+            Ok(s.store.unsubscribe(ws, idx, channel, s.now())?)
         })
         .await?;
     Ok(Json(UnsubscribeResponse { channel: channel.as_str().into(), changed }))

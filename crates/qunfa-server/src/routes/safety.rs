@@ -607,7 +607,7 @@ async fn change_words(
     state
         .blocking(move |s| {
             if add {
-                s.store.add_safety_words(&words, "admin", qunfa_store::now_millis())?;
+                s.store.add_safety_words(&words, "admin", s.now())?;
             } else {
                 s.store.remove_safety_words(&words)?;
             }

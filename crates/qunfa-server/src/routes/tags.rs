@@ -10,7 +10,7 @@ use qunfa_core::{
     workspace::{Action, Name, WorkspaceKind},
     Code,
 };
-use qunfa_store::{now_millis, tags::TagRecord};
+use qunfa_store::tags::TagRecord;
 
 use super::{parse_contact_ids, parse_id};
 use crate::{
@@ -43,8 +43,7 @@ pub async fn create_tag(
     let path = TagPath::parse(&req.path)
         .map_err(|code| ApiError::new(code, format!("{:?}: {}", req.path, code.message_en())))?;
     let (ws, kind, actor) = (auth.workspace_id(), auth.0.workspace.kind, auth.0.actor());
-    let tag =
-        state.blocking(move |s| Ok(s.store.create_tag(ws, s.policy.tier(kind), &path, &actor, now_millis())?)).await?;
+    let tag = state.blocking(move |s| Ok(s.store.create_tag(ws, s.policy.tier(kind), &path, &actor, s.now())?)).await?;
     Ok((StatusCode::CREATED, Json(tag_response(tag))))
 }
 
@@ -75,7 +74,7 @@ async fn tag_members(
             let changed = state
                 .blocking(move |s| {
                     let e = super::audiences::compile(s, ws, &src)?;
-                    let now = now_millis();
+                    let now = s.now();
                     let ids =
                         s.store.with_audience(ws, |i| i.evaluate(&e, now))?.map_err(super::audiences::resolve_error)?;
                     Ok(s.store.tag_members_matching(ws, s.policy.tier(kind), tag_id, &ids, add, &src, &actor, now)?)
@@ -102,7 +101,7 @@ async fn tag_members(
                 } else {
                     qunfa_store::tags::MembershipChange::Remove(&idxs)
                 };
-                s.store.tag_members(ws, s.policy.tier(kind), tag_id, change, &actor, now_millis())
+                s.store.tag_members(ws, s.policy.tier(kind), tag_id, change, &actor, s.now())
             }?)
         })
         .await?;
@@ -143,7 +142,7 @@ pub async fn tag_report(
     auth.require(Action::Read)?;
     let ws = auth.workspace_id();
     let days = q.dormant_days.unwrap_or(90).clamp(1, 36_500);
-    let lines = state.blocking(move |s| Ok(s.store.tag_report(ws, now_millis(), days)?)).await?;
+    let lines = state.blocking(move |s| Ok(s.store.tag_report(ws, s.now(), days)?)).await?;
     let items: Vec<TagReportItem> = lines
         .into_iter()
         .map(|l| TagReportItem {
@@ -181,7 +180,7 @@ pub async fn create_department(
             })?),
         };
     let (ws, actor) = (auth.workspace_id(), auth.0.actor());
-    let d = state.blocking(move |s| Ok(s.store.create_department(ws, &name, parent, &actor, now_millis())?)).await?;
+    let d = state.blocking(move |s| Ok(s.store.create_department(ws, &name, parent, &actor, s.now())?)).await?;
     Ok((
         StatusCode::CREATED,
         Json(DepartmentResponse {
@@ -238,7 +237,6 @@ pub async fn add_department_members(
     }
     let idxs = parse_contact_ids(ws, &req.contact_ids)?;
     let actor = auth.0.actor();
-    let changed =
-        state.blocking(move |s| Ok(s.store.department_members(ws, dept, &idxs, &actor, now_millis())?)).await?;
+    let changed = state.blocking(move |s| Ok(s.store.department_members(ws, dept, &idxs, &actor, s.now())?)).await?;
     Ok(Json(ChangedResponse { changed }))
 }

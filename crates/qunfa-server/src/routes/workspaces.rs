@@ -2,7 +2,6 @@
 
 use axum::{extract::State, http::StatusCode, Json};
 use qunfa_core::workspace::{Action, Name, Role, WorkspaceKind};
-use qunfa_store::now_millis;
 
 use crate::{
     error::{ApiError, ApiResult, ErrorBody},
@@ -25,7 +24,7 @@ pub async fn create_workspace(
     let (w, key) = state
         .blocking(move |s| {
             qunfa_store::Store::check_plan(s.policy.tier(kind), plan.as_deref())?;
-            Ok(s.store.create_workspace(&name, kind, plan.as_deref(), "admin", now_millis())?)
+            Ok(s.store.create_workspace(&name, kind, plan.as_deref(), "admin", s.now())?)
         })
         .await?;
     Ok((
@@ -73,7 +72,7 @@ pub async fn create_member(
             format!("a {} may not create a {}", auth.0.role.as_str(), role.as_str()),
         ));
     }
-    let now = now_millis();
+    let now = state.now();
     let created_at = match req.account_created_at.as_deref() {
         None => now,
         Some(s) => parse_ts(s).filter(|t| *t <= now).ok_or_else(|| {
@@ -143,7 +142,7 @@ pub async fn set_speed(
         })?),
     };
     let (ws, actor, level) = (auth.workspace_id(), auth.0.actor(), req.level);
-    state.blocking(move |s| Ok(s.store.set_speed_level(ws, level, &actor, now_millis())?)).await?;
+    state.blocking(move |s| Ok(s.store.set_speed_level(ws, level, &actor, s.now())?)).await?;
     state.engine.wake();
     Ok(Json(SpeedLevel { level, per_minute }))
 }

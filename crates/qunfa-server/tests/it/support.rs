@@ -10,8 +10,29 @@ pub struct TestApp {
     pub base: String,
     pub http: reqwest::Client,
     pub store: Store,
+    /// How far the server's clock runs ahead of the wall clock (ms).
+    pub clock_offset: std::sync::Arc<std::sync::atomic::AtomicI64>,
     _db: test_support::TestDb,
 }
+
+/// What a test server differs in.
+#[derive(Default)]
+pub struct Setup<'a> {
+    pub webhook_secret: Option<&'a str>,
+    pub safety: Option<qunfa_server::safety::SafetyConfig>,
+    /// Policy overrides (TOML) on top of the test policy.
+    pub policy: &'a str,
+}
+
+/// The policy of test servers: the built-in one without the rules that
+/// would get in the way of tests about something else (new-account
+/// lockout, send-attempt cooldown); tests of those rules turn them on.
+pub const TEST_POLICY: &str = "
+[tiers.personal]
+new_account_days = 0
+[security]
+attempts_max = 0
+";
 
 #[derive(Clone, Copy)]
 pub enum Backend {
@@ -26,19 +47,40 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 /// A server with the webhook channel, signing with `secret`; retries come
 /// fast (50 ms, doubling to 200 ms, 4 attempts) and answers time out after 300 ms.
 pub async fn spawn_app_with(backend: Backend, webhook_secret: Option<&str>) -> TestApp {
-    spawn(backend, webhook_secret, None).await
+    spawn(backend, Setup { webhook_secret, ..Setup::default() }).await
 }
 
 /// A server whose content check comes from `safety` (files the test controls).
 pub async fn spawn_app_safety(backend: Backend, safety: qunfa_server::safety::SafetyConfig) -> TestApp {
-    spawn(backend, None, Some(safety)).await
+    spawn(backend, Setup { safety: Some(safety), ..Setup::default() }).await
 }
 
-async fn spawn(
-    backend: Backend,
-    webhook_secret: Option<&str>,
-    safety: Option<qunfa_server::safety::SafetyConfig>,
-) -> TestApp {
+/// A server with policy overrides (TOML over [`TEST_POLICY`]).
+pub async fn spawn_app_policy(backend: Backend, policy: &str) -> TestApp {
+    spawn(backend, Setup { policy, ..Setup::default() }).await
+}
+
+pub async fn spawn(backend: Backend, setup: Setup<'_>) -> TestApp {
+    let Setup { webhook_secret, safety, policy } = setup;
+    let mut policy_toml: toml::Table = toml::from_str(TEST_POLICY).unwrap();
+    for (k, v) in toml::from_str::<toml::Table>(policy).expect("policy overrides parse") {
+        match (policy_toml.get_mut(&k), v) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(over)) => {
+                for (k2, v2) in over {
+                    base.insert(k2, v2);
+                }
+            }
+            (_, v) => {
+                policy_toml.insert(k, v);
+            }
+        }
+    }
+    let policy = qunfa_core::Policy::from_toml_str(&toml::to_string(&policy_toml).unwrap()).expect("test policy");
+    let clock_offset = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let offset = clock_offset.clone();
+    let clock = qunfa_server::Clock(std::sync::Arc::new(move || {
+        qunfa_store::now_millis() + offset.load(std::sync::atomic::Ordering::SeqCst)
+    }));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -85,17 +127,18 @@ async fn spawn(
             Some(config) => qunfa_server::safety::SafetyState::load(config, &no_sampling()).unwrap(),
             None => qunfa_server::safety::SafetyState::defaults(&no_sampling()),
         })),
+        clock: Some(clock),
     };
     let engine = qunfa_engine::Engine::start_with(store.clone(), config, transports);
     let state = qunfa_server::AppState::with_options(
         store.clone(),
-        qunfa_core::Policy::builtin(),
+        policy,
         engine,
         qunfa_store::secret_hash(ADMIN_TOKEN),
         options,
     );
     tokio::spawn(qunfa_server::serve(listener, state, std::future::pending()));
-    TestApp { base: format!("http://{addr}"), http: reqwest::Client::new(), store, _db: db }
+    TestApp { base: format!("http://{addr}"), http: reqwest::Client::new(), store, clock_offset, _db: db }
 }
 
 /// A response: status and JSON body (or the text as a JSON string).
@@ -128,6 +171,11 @@ impl Resp {
 }
 
 impl TestApp {
+    /// Moves the server's clock `ms` ahead (the engine keeps the wall clock).
+    pub fn advance(&self, ms: i64) {
+        self.clock_offset.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Resp {
         let mut r = self.http.request(method, format!("{}{path}", self.base));
         if let Some(t) = token {
