@@ -672,47 +672,74 @@ pub async fn send(
     if !b.state.may_submit() {
         return Err(ApiError::new(Code::Conflict, format!("the broadcast is {}, not a draft", b.state.as_str())));
     }
-    let (kind, plan, actor) = (auth.0.workspace.kind, auth.0.workspace.plan.clone(), auth.0.actor());
-    let b = state
-        .blocking(move |s| {
-            if let Some(code) = &send_request.verification_code {
-                let hash = qunfa_store::secret_hash(code.trim());
-                if !s.store.use_verification_code(ws, b.id, &hash, &actor, s.now())? {
-                    return Err(ApiError::code(Code::VerificationCode));
-                }
-            }
-            let Evaluated { verdicts, audience, fingerprint, domains } = evaluate(s, kind, plan.as_deref(), &b, false)?;
-            if preflight::blocks(&verdicts) {
-                return Err(ApiError::from_verdicts(&verdicts));
-            }
-            let now = s.now();
-            let recorded = verdicts_json(&verdicts);
-            let daily_limit = s.policy.tier(kind).sends_per_day.map(|l| (l, s.policy.day_bounds(now).0));
-            if preflight::needs_review(&verdicts) {
-                // Held by the content check: a review for the queue, opened with the hold.
-                let review =
-                    if verdicts.iter().any(|v| v.code == Code::ContentReview) { content_review(s, &b)? } else { None };
-                let hold = HoldRules { daily_limit, verdicts_json: &recorded, review: review.as_ref() };
-                s.store.hold_for_approval(ws, b.id, hold, &actor, now)?;
-            } else {
-                let rules = DispatchRules {
-                    from: BroadcastState::Draft,
-                    daily_limit,
-                    approved_by: None,
-                    verdicts_json: &recorded,
-                    fingerprint: Some(fingerprint),
-                    link_domains: &domains,
-                    review_reason: "",
-                };
-                // Transactional and chat messages go ahead of a running broadcast.
-                let _urgent = (b.priority != Priority::Broadcast).then(|| s.store.db.urgent());
-                s.store.dispatch(ws, b.id, &audience, rules, &actor, now)?;
-                s.engine.wake();
-            }
-            Ok(s.store.broadcast(ws, b.id)?)
-        })
-        .await?;
+    let ctx = SendContext {
+        kind: auth.0.workspace.kind,
+        plan: auth.0.workspace.plan.clone(),
+        actor: auth.0.actor(),
+        member_id: auth.0.member_id,
+    };
+    let b = state.blocking(move |s| submit(s, &ctx, &b, send_request.verification_code.as_deref())).await?;
     Ok((StatusCode::ACCEPTED, Json(broadcast_response(b))))
+}
+
+/// Who submits a send, and for which workspace.
+#[derive(Debug, Clone)]
+pub struct SendContext {
+    pub kind: WorkspaceKind,
+    pub plan: Option<String>,
+    /// The audit actor (`member:ID`, or the scheduler acting for one).
+    pub actor: String,
+    /// The member submitting (the sender for a send; the scheduler passes the sender).
+    pub member_id: i64,
+}
+
+/// Submits a draft: evaluates every rule, then dispatches it, holds it for
+/// approval, or refuses with every verdict (`QF-…` 422). The one path of
+/// `POST …/send` and of a schedule that comes due.
+///
+/// # Errors
+/// The verdicts that block, a wrong verification code, a state conflict.
+pub fn submit(
+    s: &Inner,
+    ctx: &SendContext,
+    b: &BroadcastRecord,
+    verification_code: Option<&str>,
+) -> Result<BroadcastRecord, ApiError> {
+    let (ws, kind, actor) = (b.workspace_id, ctx.kind, &ctx.actor);
+    if let Some(code) = verification_code {
+        let hash = qunfa_store::secret_hash(code.trim());
+        if !s.store.use_verification_code(ws, b.id, &hash, actor, s.now())? {
+            return Err(ApiError::code(Code::VerificationCode));
+        }
+    }
+    let Evaluated { verdicts, audience, fingerprint, domains } = evaluate(s, kind, ctx.plan.as_deref(), b, false)?;
+    if preflight::blocks(&verdicts) {
+        return Err(ApiError::from_verdicts(&verdicts));
+    }
+    let now = s.now();
+    let recorded = verdicts_json(&verdicts);
+    let daily_limit = s.policy.tier(kind).sends_per_day.map(|l| (l, s.policy.day_bounds(now).0));
+    if preflight::needs_review(&verdicts) {
+        // Held by the content check: a review for the queue, opened with the hold.
+        let review = if verdicts.iter().any(|v| v.code == Code::ContentReview) { content_review(s, b)? } else { None };
+        let hold = HoldRules { daily_limit, verdicts_json: &recorded, review: review.as_ref() };
+        s.store.hold_for_approval(ws, b.id, hold, actor, now)?;
+    } else {
+        let rules = DispatchRules {
+            from: b.state,
+            daily_limit,
+            approved_by: None,
+            verdicts_json: &recorded,
+            fingerprint: Some(fingerprint),
+            link_domains: &domains,
+            review_reason: "",
+        };
+        // Transactional and chat messages go ahead of a running broadcast.
+        let _urgent = (b.priority != Priority::Broadcast).then(|| s.store.db.urgent());
+        s.store.dispatch(ws, b.id, &audience, rules, actor, now)?;
+        s.engine.wake();
+    }
+    Ok(s.store.broadcast(ws, b.id)?)
 }
 
 /// Approve a broadcast waiting for approval (reviewer, admin or owner; not its own sender). It is dispatched at once.
