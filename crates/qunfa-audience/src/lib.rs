@@ -100,6 +100,7 @@ pub const BATCH_SIZE: usize = 2000;
 #[derive(Debug, Clone)]
 pub struct FrozenAudience {
     members: Vec<u32>,
+    batch_size: usize,
 }
 
 /// A stored audience that does not decode.
@@ -109,7 +110,19 @@ pub struct CorruptAudience(String);
 
 impl FrozenAudience {
     pub fn from_bitmap(bitmap: &Bitmap) -> Self {
-        Self { members: bitmap.to_vec() }
+        Self { members: bitmap.to_vec(), batch_size: BATCH_SIZE }
+    }
+
+    /// Slices into batches of `size` (1 to [`BATCH_SIZE`]) instead: a send
+    /// that goes out in waves has smaller batches.
+    pub fn with_batch_size(mut self, size: Option<usize>) -> Self {
+        self.batch_size = size.unwrap_or(BATCH_SIZE).clamp(1, BATCH_SIZE);
+        self
+    }
+
+    /// The batch size in use.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
     }
 
     /// Serializes a bitmap in the portable roaring format.
@@ -134,21 +147,21 @@ impl FrozenAudience {
         self.members.is_empty()
     }
 
-    /// Number of batches of at most [`BATCH_SIZE`].
+    /// Number of batches (of at most [`BATCH_SIZE`], or the size set).
     pub fn n_batches(&self) -> usize {
-        self.members.len().div_ceil(BATCH_SIZE)
+        self.members.len().div_ceil(self.batch_size)
     }
 
     /// The members of batch `batch_no` (empty past the end).
     pub fn batch(&self, batch_no: usize) -> &[u32] {
-        let start = (batch_no * BATCH_SIZE).min(self.members.len());
-        let end = (start + BATCH_SIZE).min(self.members.len());
+        let start = (batch_no * self.batch_size).min(self.members.len());
+        let end = (start + self.batch_size).min(self.members.len());
         &self.members[start..end]
     }
 
     /// The batch that holds contact `idx`, if it is a member.
     pub fn batch_of(&self, idx: u32) -> Option<usize> {
-        self.members.binary_search(&idx).ok().map(|rank| rank / BATCH_SIZE)
+        self.members.binary_search(&idx).ok().map(|rank| rank / self.batch_size)
     }
 
     pub fn members(&self) -> &[u32] {

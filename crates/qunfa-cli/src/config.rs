@@ -69,6 +69,9 @@ pub struct Config {
     pub safety_model: Option<PathBuf>,
     /// Leave the word lists shipped with qunfa out.
     pub safety_no_defaults: bool,
+    /// Take client addresses (for abnormal-login detection) from
+    /// `X-Forwarded-For`: only behind a proxy that sets it.
+    pub trust_forwarded_for: bool,
 }
 
 impl Default for Config {
@@ -90,11 +93,12 @@ impl Default for Config {
             safety_rules: None,
             safety_model: None,
             safety_no_defaults: false,
+            trust_forwarded_for: false,
         }
     }
 }
 
-const KEYS: [&str; 17] = [
+const KEYS: [&str; 18] = [
     "listen",
     "data_dir",
     "database_url",
@@ -111,6 +115,7 @@ const KEYS: [&str; 17] = [
     "safety_rules",
     "safety_model",
     "safety_no_defaults",
+    "trust_forwarded_for",
     "config",
 ];
 

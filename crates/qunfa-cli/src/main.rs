@@ -503,6 +503,7 @@ fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
             server_webhook: transports.default_webhook.is_some(),
             safety: Some(std::sync::Arc::new(safety)),
             clock: None,
+            trust_forwarded_for: config.trust_forwarded_for,
         };
         let engine = qunfa_engine::Engine::start_with(store.clone(), engine_config, transports);
         // Audience indexes are built in the background; a query that comes

@@ -56,8 +56,11 @@ fn serve_import_send_explain_audit() {
     let listen = format!("127.0.0.1:{port}");
     let url = format!("http://{listen}");
     // Random human review is off: the sends below must not be held by chance.
-    std::fs::write(d.join("policy.toml"), "[safety]\nreview_sample_base = 0.0\nreview_sample_per_risk = 0.0\n")
-        .unwrap();
+    std::fs::write(
+        d.join("policy.toml"),
+        "[safety]\nreview_sample_base = 0.0\nreview_sample_per_risk = 0.0\n[tiers.personal]\nnew_account_days = 0\n",
+    )
+    .unwrap();
     let mut server = Server(
         qunfa(
             d,

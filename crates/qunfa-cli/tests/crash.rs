@@ -36,7 +36,9 @@ const BATCH_SIZE: u32 = qunfa_audience::BATCH_SIZE as u32;
 /// bucket of one second (two batches), so a round of at most a second or two
 /// delivers a small part of the broadcast.
 // Random human review is off: these broadcasts must be held only by the approval they need.
-const POLICY: &str = "[safety]\nreview_sample_base = 0.0\nreview_sample_per_risk = 0.0\n\n[delivery]\nspeed_levels_per_minute = [600000, 300000, 120000, 60000, 30000]\n";
+/// One approver for any size (the approval levels have their own tests), no
+/// sampling; the delivery table last, since a test appends to it.
+const POLICY: &str = "[safety]\nreview_sample_base = 0.0\nreview_sample_per_risk = 0.0\n\n[[tiers.enterprise.approval]]\nabove = 500\napprovers = 1\n\n[delivery]\nspeed_levels_per_minute = [600000, 300000, 120000, 60000, 30000]\n";
 const THROTTLED_LEVEL: u8 = 1;
 /// The first kill comes this long (random, in milliseconds) after the approval.
 const FIRST_KILL_MS: (u64, u64) = (20, 150);

@@ -116,6 +116,19 @@ codes! {
     VerificationCode = "QF-VERIFICATION-CODE", "The verification code is wrong, used or expired.", "验证码错误、已使用或已过期。", "Ask an admin or the owner for a new code; a code is valid once, for one broadcast, for the policy's verification_code_minutes.";
     SafetyText = "QF-SAFETY-TEXT", "The text to check is empty or too long.", "待检查文本为空或过长。", "Send between 1 character and 256 KiB of UTF-8 text.";
     SafetySources = "QF-SAFETY-SOURCES", "The word library, rules or model could not be loaded; the previous version keeps serving.", "词库、规则或模型加载失败，继续使用原版本。", "Fix the file and line named in the message, then reload (POST /v1/safety/reload or qunfa safety reload).";
+    // Sender security and account health.
+    AccountNew = "QF-ACCOUNT-NEW", "The sender's account is too new to mass-send.", "新注册账号暂不能使用群发功能。", "Wait until clears_at (the policy's new_account_days after the account was opened); send to contacts one by one meanwhile.";
+    LoginAbnormal = "QF-LOGIN-ABNORMAL", "Mass send is disabled: the account was used from a new device or network.", "检测到异常登录（新设备或 IP 变动），群发功能已暂停。", "If it was you, ask an admin for a one-time code (POST /v1/members/{id}/login-code) and confirm it with POST /v1/security/verify, or ask an admin to unlock (POST /v1/members/{id}/unlock). If not, revoke your keys.";
+    LoginCode = "QF-LOGIN-CODE", "The login code is wrong, used or expired.", "登录验证码错误、已使用或已过期。", "Ask an admin for a new code; a code is valid once, for the policy's login_code_minutes.";
+    TooFrequent = "QF-OPERATION-TOO-FREQUENT", "Too many send attempts in a short time: sending is paused.", "操作过于频繁，群发已暂停。", "Wait until clears_at (the policy's cooldown_hours); use preflight, which does not count, to check a send before sending it.";
+    SendInWaves = "QF-SEND-IN-WAVES", "Many recipients are new contacts: the send goes out in waves.", "发送对象中新增联系人比例较高，将分批发送。", "Nothing to do: the waves go out by themselves; the details give their number and spacing.";
+    HealthWatch = "QF-HEALTH-WATCH", "The account's health is under watch.", "账号健康度处于观察状态。", "Nothing blocks yet; GET /v1/members/{id}/health lists what lowered the score and how to recover.";
+    HealthSandbox = "QF-HEALTH-SANDBOX", "The account is in sandbox: every send is reviewed, with tighter limits.", "账号处于沙盒监控：每次群发都需审核，限额收紧。", "GET /v1/members/{id}/health lists the reasons; the score recovers as they leave the window.";
+    HealthSuspended = "QF-HEALTH-SUSPENDED", "The account is suspended from mass sending.", "账号已被暂停群发。", "GET /v1/members/{id}/health gives the reasons; a platform admin can review and lift the suspension.";
+    LimitContactFrequency = "QF-LIMIT-CONTACT-FREQUENCY", "Some recipients already received as many mass messages as the frequency cap allows.", "部分接收者本周期内收到的群发已达上限。", "Nothing blocks: those recipients get a `filtered` record with this code and the rest are sent; the details give the count per cap.";
+    ApprovalDuplicate = "QF-APPROVAL-DUPLICATE", "You already decided on this send.", "您已审批过此群发。", "Each stage needs a different approver; ask another reviewer.";
+    ApprovalStage = "QF-APPROVAL-STAGE", "You are not a reviewer of the stage this send waits for.", "您不是当前审批阶段的审核人。", "GET /v1/broadcasts/{id}/approvals shows the stage; an admin assigns stages with PUT /v1/members/{id}/review-stages.";
+    InvalidReviewChain = "QF-INVALID-REVIEW-CHAIN", "The review chain is not valid.", "审批链无效。", "Give at most 5 distinct stage names of 1 to 32 characters, e.g. [\"business\", \"legal\", \"technical\"].";
     DuplicateClientMsgId = "QF-CLIENT-MSG-ID-REUSED", "This client_msg_id was used for different content.", "client_msg_id 已用于不同内容。", "Use a new client_msg_id for new content; resend the same body to get the original broadcast.";
 }
 

@@ -12,6 +12,7 @@ pub mod broadcast;
 pub mod channel;
 pub mod codes;
 pub mod contact;
+pub mod health;
 pub mod import;
 pub mod message;
 pub mod policy;

@@ -138,6 +138,8 @@ pub struct SecurityPolicy {
     /// More than this share of the audience added within the window → the
     /// send goes out in waves.
     pub growth_share: f64,
+    /// The tiers the growth rule applies to (friend growth of personal accounts).
+    pub growth_tiers: Vec<String>,
     pub growth_window_hours: u32,
     pub growth_waves: u32,
     pub growth_wave_minutes: u32,

@@ -143,3 +143,32 @@ impl FromRequestParts<AppState> for Admin {
         }
     }
 }
+
+/// Where a request came from: the device fingerprint (`X-Qunfa-Device`, else
+/// a hash of the User-Agent) and the client address (the connection's, or
+/// the first `X-Forwarded-For` entry when the server trusts its proxy).
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub device: String,
+    pub ip: Option<std::net::IpAddr>,
+}
+
+impl FromRequestParts<AppState> for ClientInfo {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header_str = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+        let device = match (header_str("x-qunfa-device"), header_str("user-agent")) {
+            (Some(d), _) if !d.is_empty() => d.chars().take(128).collect(),
+            (_, Some(ua)) if !ua.is_empty() => format!("ua:{}", &qunfa_store::secret_hash(ua)[..16]),
+            _ => "unknown".to_owned(),
+        };
+        let forwarded = if state.options.trust_forwarded_for {
+            header_str("x-forwarded-for").and_then(|v| v.split(',').next()).and_then(|v| v.trim().parse().ok())
+        } else {
+            None
+        };
+        let peer = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+        Ok(ClientInfo { device, ip: forwarded.or(peer) })
+    }
+}

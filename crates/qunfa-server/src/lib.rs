@@ -51,6 +51,8 @@ pub struct ServerOptions {
     pub safety: Option<Arc<safety::SafetyState>>,
     /// The clock every rule reads; `None`: the wall clock. Tests inject one.
     pub clock: Option<Clock>,
+    /// Take the client address from `X-Forwarded-For` (behind a trusted proxy).
+    pub trust_forwarded_for: bool,
 }
 
 /// A clock in Unix milliseconds, injectable so rules with windows and
@@ -189,7 +191,9 @@ pub async fn serve(
             tokio::time::sleep(std::time::Duration::from_secs(3)).await;
         }
     });
-    let result = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await;
+    let result = axum::serve(listener, app(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await;
     follow.abort();
     engine.shutdown().await;
     result

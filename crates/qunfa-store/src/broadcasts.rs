@@ -178,10 +178,12 @@ impl DispatchCache {
             return Ok(hit.clone());
         }
         let r = c.query_one(
-            "SELECT workspace_id, frozen_audience, content FROM broadcasts WHERE id = ?",
+            "SELECT workspace_id, frozen_audience, content, batch_size FROM broadcasts WHERE id = ?",
             params![broadcast_id],
         )?;
-        let frozen = FrozenAudience::deserialize(r.blob(1)).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let frozen = FrozenAudience::deserialize(r.blob(1))
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?
+            .with_batch_size(r.opt_i64(3).map(|n| n as usize));
         let raw = content_from_json(r.str(2))?;
         // The content was validated when the draft was made; the limit here only
         // guards against a corrupt row.
@@ -228,6 +230,8 @@ pub struct HoldRules<'a> {
     pub verdicts_json: &'a str,
     /// The content check's review to open for the queue.
     pub review: Option<&'a crate::safety::NewSafetyReview>,
+    /// The approval stages the send needs (JSON list).
+    pub stages_json: &'a str,
 }
 
 /// How a dispatch is allowed to start, and what it records.
@@ -247,6 +251,13 @@ pub struct DispatchRules<'a> {
     pub link_domains: &'a [String],
     /// The approver's comment, kept with the broadcast's content review.
     pub review_reason: &'a str,
+    /// The last approval stage, decided in the dispatch transaction: (stage, approver, comment).
+    pub final_approval: Option<(&'a str, i64, &'a str)>,
+    /// Fast contact growth: batches of this many recipients, this far apart (ms).
+    pub waves: Option<(usize, i64)>,
+    /// Recipients over a frequency cap: they get a `filtered` record on every
+    /// channel at once (`QF-LIMIT-CONTACT-FREQUENCY`), so no batch sends to them.
+    pub capped: Option<&'a Bitmap>,
 }
 
 impl DispatchRules<'static> {
@@ -261,6 +272,9 @@ impl DispatchRules<'static> {
             fingerprint: None,
             link_domains: &[],
             review_reason: "",
+            final_approval: None,
+            waves: None,
+            capped: None,
         }
     }
 }
@@ -463,15 +477,15 @@ impl Store {
         actor: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        let HoldRules { daily_limit, verdicts_json, review } = hold;
+        let HoldRules { daily_limit, verdicts_json, review, stages_json } = hold;
         self.db.write(|c| {
             if let Some((limit, day_start)) = daily_limit {
                 let member = c.query_one("SELECT member_id FROM broadcasts WHERE id = ? AND workspace_id = ?", params![id, workspace_id])?;
                 check_daily_quota(c, member.i64(0), limit, day_start)?;
             }
             let n = c.execute(
-                "UPDATE broadcasts SET state = 'pending_approval', submitted_at = ?, verdicts = ? WHERE id = ? AND workspace_id = ? AND state = 'draft'",
-                params![now, verdicts_json, id, workspace_id],
+                "UPDATE broadcasts SET state = 'pending_approval', submitted_at = ?, verdicts = ?, approval_stages = ? WHERE id = ? AND workspace_id = ? AND state = 'draft'",
+                params![now, verdicts_json, stages_json, id, workspace_id],
             )?;
             if n == 0 {
                 return Err(StoreError::rejected(Code::Conflict, "only a draft can be submitted"));
@@ -531,7 +545,10 @@ impl Store {
     ) -> Result<(), StoreError> {
         let frozen_bytes = FrozenAudience::serialize(audience);
         let n_recipients = audience.cardinality();
-        let n_batches = (n_recipients as usize).div_ceil(qunfa_audience::BATCH_SIZE);
+        let batch_size =
+            rules.waves.map_or(qunfa_audience::BATCH_SIZE, |(size, _)| size.clamp(1, qunfa_audience::BATCH_SIZE));
+        let wave_gap = rules.waves.map_or(0, |(_, gap)| gap);
+        let n_batches = (n_recipients as usize).div_ceil(batch_size);
         let urgent = self.db.write(|c| {
             let b = c.query_one(
                 "SELECT member_id, state, channels, priority, audience, fallback FROM broadcasts WHERE id = ? AND workspace_id = ?",
@@ -545,6 +562,10 @@ impl Store {
                 if rules.from == BroadcastState::Draft {
                     check_daily_quota(c, b.i64(0), limit, day_start)?;
                 }
+            }
+            if let Some((stage, approver, comment)) = rules.final_approval {
+                // Checked against the row while it still waits (locked first).
+                crate::approvals::insert_decision(c, workspace_id, id, stage, approver, "approve", comment, actor, now)?;
             }
             let channels = channels_from_json(b.str(2))?;
             let fallback = crate::json::fallback_from_json(b.opt_str(5).unwrap_or("[]"))?;
@@ -581,6 +602,40 @@ impl Store {
             if changed == 0 {
                 return Err(StoreError::rejected(Code::Conflict, format!("the broadcast is no longer {}", rules.from.as_str())));
             }
+            if let Some(waves) = rules.waves {
+                c.execute(
+                    "UPDATE broadcasts SET batch_size = ?, wave_interval_ms = ? WHERE id = ?",
+                    params![batch_size as i64, waves.1, id],
+                )?;
+            }
+            if let Some(capped) = rules.capped.filter(|b| !b.is_empty()) {
+                let n = capped.cardinality();
+                c.execute(
+                    "UPDATE broadcasts SET capped = ?, n_capped = ?, n_filtered = n_filtered + ? WHERE id = ?",
+                    params![FrozenAudience::serialize(capped), n, n * plan.len() as u64, id],
+                )?;
+                let mut rows = Vec::with_capacity(capped.cardinality() as usize * plan.len());
+                for (channel, _, _) in &plan {
+                    for idx in capped.iter() {
+                        rows.push(vec![
+                            Value::Int(id),
+                            Value::Text(channel.as_str().to_owned()),
+                            Value::Int(i64::from(idx)),
+                            Value::Int(workspace_id),
+                            Value::Text("filtered".into()),
+                            Value::Int(0),
+                            Value::Int(now),
+                            Value::Text(Code::LimitContactFrequency.as_str().into()),
+                        ]);
+                    }
+                }
+                c.bulk_insert(
+                    "deliveries",
+                    &["broadcast_id", "channel", "contact_idx", "workspace_id", "state", "attempts", "queued_at", "error_code"],
+                    "",
+                    &mut rows.into_iter(),
+                )?;
+            }
             if rules.from == BroadcastState::PendingApproval {
                 crate::safety::decide(c, workspace_id, id, crate::safety::Decision::Approved, rules.review_reason, actor, now)?;
             }
@@ -597,12 +652,12 @@ impl Store {
                         Value::Int(batch_no as i64),
                         Value::Text(channel.as_str().to_owned()),
                         Value::Int(priority),
-                        Value::Int(*run_at),
+                        Value::Int(*run_at + batch_no as i64 * wave_gap),
                         Value::Text("ready".into()),
                         Value::Int(now),
                         Value::Int(b.i64(0)),
                         condition.clone().map_or(Value::Null, Value::Text),
-                        Value::Int(*run_at),
+                        Value::Int(*run_at + batch_no as i64 * wave_gap),
                     ]);
                 }
             }

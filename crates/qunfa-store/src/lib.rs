@@ -7,6 +7,7 @@
 //! blocking thread. Every state change appends to the audit chain in the same
 //! transaction.
 
+pub mod approvals;
 pub mod audience;
 pub mod audit;
 pub mod broadcasts;
@@ -20,6 +21,7 @@ pub mod media;
 pub mod members;
 pub mod queue;
 pub mod safety;
+pub mod security;
 pub mod segments;
 pub mod tags;
 pub mod workspaces;

@@ -978,12 +978,13 @@ impl Store {
                 params![attempts, error.clone(), now, job_id],
             )?;
             let b = c.query_one(
-                "SELECT workspace_id, frozen_audience FROM broadcasts WHERE id = ?",
+                "SELECT workspace_id, frozen_audience, batch_size FROM broadcasts WHERE id = ?",
                 params![broadcast_id],
             )?;
             let workspace_id = b.i64(0);
             let failed = match FrozenAudience::deserialize(b.blob(1)) {
                 Ok(frozen) => {
+                    let frozen = frozen.with_batch_size(b.opt_i64(2).map(|n| n as usize));
                     let rows: Vec<Vec<Value>> = frozen
                         .batch(batch_no as usize)
                         .iter()
@@ -1110,13 +1111,15 @@ impl Store {
     pub fn redrive_failed(&self, workspace_id: i64, id: i64, actor: &str, now: i64) -> Result<u64, StoreError> {
         self.db.write(|c| {
             let b = c.query_one(
-                "SELECT state, frozen_audience, n_failed FROM broadcasts WHERE id = ? AND workspace_id = ?",
+                "SELECT state, frozen_audience, n_failed, batch_size FROM broadcasts WHERE id = ? AND workspace_id = ?",
                 params![id, workspace_id],
             )?;
             if b.str(0) != "completed" {
                 return Err(StoreError::rejected(Code::Conflict, format!("the broadcast is {}: only a completed broadcast can be re-driven", b.str(0))));
             }
-            let frozen = FrozenAudience::deserialize(b.blob(1)).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let frozen = FrozenAudience::deserialize(b.blob(1))
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?
+                .with_batch_size(b.opt_i64(3).map(|n| n as usize));
             let failed = c.query(
                 "SELECT channel, contact_idx FROM deliveries WHERE broadcast_id = ? AND state = 'failed'",
                 params![id],

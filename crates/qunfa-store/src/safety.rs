@@ -309,6 +309,20 @@ impl Store {
         })
     }
 
+    /// The latest content review of a broadcast, if it had one.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn safety_review_of(&self, workspace_id: i64, broadcast_id: i64) -> Result<Option<SafetyReview>, StoreError> {
+        self.db.read(|c| {
+            Ok(c.query_opt(
+                &format!("SELECT {COLUMNS} FROM safety_reviews WHERE workspace_id = ? AND broadcast_id = ? ORDER BY id DESC LIMIT 1"),
+                params![workspace_id, broadcast_id],
+            )?
+            .map(|r| review_of(&r)))
+        })
+    }
+
     /// Decided reviews with their text, oldest first: the training examples.
     ///
     /// # Errors

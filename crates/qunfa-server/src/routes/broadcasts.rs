@@ -29,7 +29,7 @@ use sha2::Digest;
 use super::{contact_id, parse_contact_ids, parse_id, PageQuery};
 use crate::{
     error::{ApiError, ApiResult, ErrorBody},
-    extract::{ApiJson, Auth},
+    extract::{ApiJson, Auth, ClientInfo},
     wire::*,
     AppState, Inner,
 };
@@ -451,6 +451,12 @@ pub fn evaluate(
         now,
     };
     verdicts.extend(preflight::preflight(&s.policy, &proposal));
+    let n_recipients = audience.cardinality();
+    verdicts.extend(super::security::account_verdicts(s, kind, b.member_id, n_recipients, sends_today)?);
+    let (capped, cap_verdict) = frequency_caps(s, kind, b, &audience, now)?;
+    verdicts.extend(cap_verdict);
+    let (waves, wave_verdict) = growth_waves(s, kind, b, &audience, now)?;
+    verdicts.extend(wave_verdict);
     // Content safety, on every text a recipient will see; the broadcast id
     // decides random review, so checking again gives the same answer.
     let text = safety_text(&content);
@@ -482,7 +488,123 @@ pub fn evaluate(
     }
     verdicts.extend(duplicate_verdict(s, b, fingerprint, audience.cardinality(), now)?);
     verdicts.sort_by_key(|v| v.severity);
-    Ok(Evaluated { verdicts, audience, fingerprint, domains })
+    Ok(Evaluated { verdicts, audience, fingerprint, domains, capped, waves })
+}
+
+/// Per-recipient frequency caps: the contacts who already received as many
+/// mass messages as a cap allows get a `filtered` record instead (counted,
+/// never dropped silently). Only broadcast-class sends count and are capped.
+fn frequency_caps(
+    s: &Inner,
+    kind: WorkspaceKind,
+    b: &BroadcastRecord,
+    audience: &Bitmap,
+    now: i64,
+) -> Result<(Bitmap, Option<Verdict>), ApiError> {
+    let windows = s.policy.tier(kind).contact_caps.windows();
+    if windows.is_empty() || b.priority != Priority::Broadcast || audience.is_empty() {
+        return Ok((Bitmap::new(), None));
+    }
+    let day_start = s.policy.day_bounds(now).0;
+    let caps: Vec<(u32, i64, &'static str)> = windows
+        .iter()
+        .map(|&(cap, days, name)| {
+            let since = if days == 1 { day_start } else { now - i64::from(days) * 86_400_000 };
+            (cap, since, name)
+        })
+        .collect();
+    let reached = s.store.contacts_at_cap(b.workspace_id, audience, &caps)?;
+    let mut capped = Bitmap::new();
+    for r in &reached {
+        capped.or_inplace(&r.contacts);
+    }
+    if capped.is_empty() {
+        return Ok((capped, None));
+    }
+    let parts: Vec<String> =
+        reached.iter().map(|r| format!("{} at {} per {}", r.contacts.cardinality(), r.cap, r.window)).collect();
+    let parts_zh: Vec<String> = reached
+        .iter()
+        .map(|r| {
+            let w = match r.window {
+                "day" => "日",
+                "week" => "周",
+                _ => "月",
+            };
+            format!("{} 人已达每{w} {} 次", r.contacts.cardinality(), r.cap)
+        })
+        .collect();
+    let n = capped.cardinality();
+    let v = Verdict {
+        code: Code::LimitContactFrequency,
+        severity: Severity::Warn,
+        message: format!(
+            "{n} of {} recipients reached a frequency cap ({}): they are filtered, the rest are sent.",
+            audience.cardinality(),
+            parts.join(", ")
+        ),
+        message_zh: format!("{} 名接收者已达频次上限（{}），将被过滤，其余正常发送。", n, parts_zh.join("，")),
+        hint: Code::LimitContactFrequency.hint().to_owned(),
+        clears_at: None,
+        limit: None,
+        actual: Some(n),
+    };
+    Ok((capped, Some(v)))
+}
+
+/// Waves of a send: (batch size, gap between batches in ms).
+type Waves = (usize, i64);
+
+/// Fast contact growth: when more than the policy's share of the audience
+/// became contacts within the window, the send goes out in waves.
+fn growth_waves(
+    s: &Inner,
+    kind: WorkspaceKind,
+    b: &BroadcastRecord,
+    audience: &Bitmap,
+    now: i64,
+) -> Result<(Option<Waves>, Option<Verdict>), ApiError> {
+    let p = &s.policy.security;
+    let n = audience.cardinality();
+    if p.growth_waves <= 1
+        || n < u64::from(p.growth_waves)
+        || b.priority != Priority::Broadcast
+        || !p.growth_tiers.iter().any(|t| t == kind.as_str())
+    {
+        return Ok((None, None));
+    }
+    let since = now - i64::from(p.growth_window_hours) * 3_600_000;
+    let new = s.store.new_contacts_in(b.workspace_id, audience, since)?;
+    let share = new as f64 / n as f64;
+    if share <= p.growth_share {
+        return Ok((None, None));
+    }
+    let size = (n as usize).div_ceil(p.growth_waves as usize).min(qunfa_audience::BATCH_SIZE);
+    let gap = i64::from(p.growth_wave_minutes) * 60_000;
+    let waves = (n as usize).div_ceil(size);
+    let v = Verdict {
+        code: Code::SendInWaves,
+        severity: Severity::Delay,
+        message: format!(
+            "{new} of {n} recipients ({:.0}%) became contacts within {} hours (above {:.0}%): the send goes out in {waves} waves of up to {size}, {} minutes apart.",
+            share * 100.0,
+            p.growth_window_hours,
+            p.growth_share * 100.0,
+            p.growth_wave_minutes
+        ),
+        message_zh: format!(
+            "{} 小时内新增联系人 {new} 人，占发送对象 {:.0}%（超过 {:.0}%）：将分 {waves} 批发送，每批最多 {size} 人，间隔 {} 分钟。",
+            p.growth_window_hours,
+            share * 100.0,
+            p.growth_share * 100.0,
+            p.growth_wave_minutes
+        ),
+        hint: Code::SendInWaves.hint().to_owned(),
+        clears_at: Some(now + gap * (waves as i64 - 1)),
+        limit: Some((p.growth_share * 100.0) as u64),
+        actual: Some((share * 100.0) as u64),
+    };
+    Ok((Some((size, gap)), Some(v)))
 }
 
 /// What `evaluate` found.
@@ -492,6 +614,10 @@ pub struct Evaluated {
     pub fingerprint: Fingerprint,
     /// Registrable domains of the content's links.
     pub domains: Vec<String>,
+    /// Recipients over a frequency cap (filtered at dispatch).
+    pub capped: Bitmap,
+    /// Fast contact growth: (batch size, gap ms) of the waves.
+    pub waves: Option<(usize, i64)>,
 }
 
 /// Secondary verification: the sender's earlier sends of the same or
@@ -633,6 +759,7 @@ fn verdicts_json(verdicts: &[Verdict]) -> String {
 pub async fn preflight(
     State(state): State<AppState>,
     auth: Auth,
+    client: ClientInfo,
     Path(id): Path<String>,
 ) -> ApiResult<Json<PreflightResponse>> {
     auth.require(Action::Read)?;
@@ -645,8 +772,13 @@ pub async fn preflight(
     }
     let (kind, plan) = (auth.0.workspace.kind, auth.0.workspace.plan.clone());
     let pending = b.state == BroadcastState::PendingApproval;
-    let Evaluated { verdicts, audience, .. } =
-        state.blocking(move |s| evaluate(s, kind, plan.as_deref(), &b, pending)).await?;
+    let member = auth.0.member_id;
+    let Evaluated { verdicts, audience, .. } = state
+        .blocking(move |s| {
+            super::security::observe(s, b.workspace_id, member, &client)?;
+            evaluate(s, kind, plan.as_deref(), &b, pending)
+        })
+        .await?;
     Ok(Json(PreflightResponse {
         ok: !preflight::blocks(&verdicts),
         recipients: audience.cardinality(),
@@ -662,6 +794,7 @@ pub async fn preflight(
 pub async fn send(
     State(state): State<AppState>,
     auth: Auth,
+    client: ClientInfo,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<BroadcastResponse>)> {
@@ -678,7 +811,13 @@ pub async fn send(
         actor: auth.0.actor(),
         member_id: auth.0.member_id,
     };
-    let b = state.blocking(move |s| submit(s, &ctx, &b, send_request.verification_code.as_deref())).await?;
+    let b = state
+        .blocking(move |s| {
+            // A send from a new device or network is an abnormal login.
+            super::security::observe(s, b.workspace_id, ctx.member_id, &client)?;
+            submit(s, &ctx, &b, send_request.verification_code.as_deref())
+        })
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(broadcast_response(b))))
 }
 
@@ -712,8 +851,16 @@ pub fn submit(
             return Err(ApiError::code(Code::VerificationCode));
         }
     }
-    let Evaluated { verdicts, audience, fingerprint, domains } = evaluate(s, kind, ctx.plan.as_deref(), b, false)?;
+    // Every attempt counts towards "operation too frequent", refused ones too.
+    super::security::count_attempt(s, ws, b.member_id, b.id)?;
+    let Evaluated { verdicts, audience, fingerprint, domains, capped, waves } =
+        evaluate(s, kind, ctx.plan.as_deref(), b, false)?;
     if preflight::blocks(&verdicts) {
+        if verdicts.iter().any(|v| v.code == Code::ContentBlocked) {
+            // Trying to send blocked content is a violation of the account.
+            let note = format!("broadcast {} refused: blocked content", b.id);
+            s.store.add_health_signal(b.member_id, "violation", 1.0, &note, actor, s.now())?;
+        }
         return Err(ApiError::from_verdicts(&verdicts));
     }
     let now = s.now();
@@ -722,7 +869,10 @@ pub fn submit(
     if preflight::needs_review(&verdicts) {
         // Held by the content check: a review for the queue, opened with the hold.
         let review = if verdicts.iter().any(|v| v.code == Code::ContentReview) { content_review(s, b)? } else { None };
-        let hold = HoldRules { daily_limit, verdicts_json: &recorded, review: review.as_ref() };
+        let stages = super::security::approval_stages(s, kind, ws, audience.cardinality())?;
+        let stages_json = serde_json::to_string(&stages).unwrap_or_else(|_| "[]".into());
+        let hold =
+            HoldRules { daily_limit, verdicts_json: &recorded, review: review.as_ref(), stages_json: &stages_json };
         s.store.hold_for_approval(ws, b.id, hold, actor, now)?;
     } else {
         let rules = DispatchRules {
@@ -733,6 +883,9 @@ pub fn submit(
             fingerprint: Some(fingerprint),
             link_domains: &domains,
             review_reason: "",
+            final_approval: None,
+            waves,
+            capped: Some(&capped),
         };
         // Transactional and chat messages go ahead of a running broadcast.
         let _urgent = (b.priority != Priority::Broadcast).then(|| s.store.db.urgent());
@@ -768,11 +921,36 @@ pub async fn approve(
         (auth.0.workspace.kind, auth.0.workspace.plan.clone(), auth.0.actor(), auth.0.member_id);
     let b = state
         .blocking(move |s| {
-            let Evaluated { verdicts, audience, fingerprint, domains } = evaluate(s, kind, plan.as_deref(), &b, true)?;
+            let approvals = s.store.approvals(ws, b.id)?;
+            // Held before stages existed: one approval.
+            let stages =
+                if approvals.stages.is_empty() { vec!["level-1".to_owned()] } else { approvals.stages.clone() };
+            if approvals.decided_by(approver) {
+                return Err(ApiError::new(Code::ApprovalDuplicate, "each stage needs a different approver"));
+            }
+            let next = stages
+                .iter()
+                .find(|st| !approvals.decisions.iter().any(|d| &d.stage == *st && d.decision == "approve"))
+                .cloned()
+                .ok_or_else(|| ApiError::new(Code::Conflict, "every stage is approved already"))?;
+            let allowed = s.store.review_stages(ws, approver)?;
+            if !allowed.is_empty() && !allowed.contains(&next) {
+                return Err(ApiError::new(
+                    Code::ApprovalStage,
+                    format!("the send waits for stage {next:?}; you review {}", allowed.join(", ")),
+                ));
+            }
+            let now = s.now();
+            if stages.last() != Some(&next) {
+                // Not the last stage: recorded; the send waits for the next one.
+                s.store.record_approval(ws, b.id, &next, approver, &comment, &actor, now)?;
+                return Ok(s.store.broadcast(ws, b.id)?);
+            }
+            let Evaluated { verdicts, audience, fingerprint, domains, capped, waves } =
+                evaluate(s, kind, plan.as_deref(), &b, true)?;
             if preflight::blocks(&verdicts) {
                 return Err(ApiError::from_verdicts(&verdicts));
             }
-            let now = s.now();
             let mut recorded: serde_json::Value = serde_json::from_str(&verdicts_json(&verdicts)).unwrap_or_default();
             if let Some(list) = recorded.as_array_mut() {
                 list.push(serde_json::json!({"approved_by": approver.to_string(), "comment": comment}));
@@ -786,6 +964,9 @@ pub async fn approve(
                 fingerprint: Some(fingerprint),
                 link_domains: &domains,
                 review_reason: &comment,
+                final_approval: Some((&next, approver, &comment)),
+                waves,
+                capped: Some(&capped),
             };
             s.store.dispatch(ws, b.id, &audience, rules, &actor, now)?;
             s.engine.wake();
@@ -815,7 +996,22 @@ pub async fn reject(
             // A sender cancelling their own held send withdraws it: its content
             // review is not a judgement (and no spam example).
             let withdrawn = b.member_id == member;
+            if !withdrawn {
+                let approvals = s.store.approvals(ws, id)?;
+                if approvals.decided_by(member) {
+                    return Err(ApiError::new(Code::ApprovalDuplicate, "you already decided on this send"));
+                }
+            }
             s.store.reject_broadcast(ws, id, &comment, withdrawn, &actor, s.now())?;
+            if !withdrawn {
+                let stage = s.store.approvals(ws, id)?.next_stage().unwrap_or("level-1").to_owned();
+                s.store.record_rejection(ws, id, &stage, member, &comment, s.now())?;
+                // A rejected content review is a violation of the sender's account.
+                if s.store.safety_review_of(ws, id)?.is_some_and(|r| r.state == "rejected") {
+                    let note = format!("broadcast {id}: content review rejected");
+                    s.store.add_health_signal(b.member_id, "violation", 1.0, &note, &actor, s.now())?;
+                }
+            }
             Ok(s.store.broadcast(ws, id)?)
         })
         .await?;

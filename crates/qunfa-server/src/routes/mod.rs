@@ -7,6 +7,7 @@ pub mod contacts;
 pub mod inbox;
 pub mod ops;
 pub mod safety;
+pub mod security;
 pub mod tags;
 pub mod workspaces;
 
@@ -65,6 +66,16 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(broadcasts::send))
         .routes(routes!(broadcasts::verification_code))
         .routes(routes!(broadcasts::approve))
+        .routes(routes!(security::approvals))
+        .routes(routes!(security::login))
+        .routes(routes!(security::verify))
+        .routes(routes!(security::login_code))
+        .routes(routes!(security::unlock))
+        .routes(routes!(security::get_health))
+        .routes(routes!(security::post_signal))
+        .routes(routes!(security::put_override))
+        .routes(routes!(security::get_review_chain, security::put_review_chain))
+        .routes(routes!(security::put_review_stages))
         .routes(routes!(broadcasts::reject))
         .routes(routes!(broadcasts::pause))
         .routes(routes!(broadcasts::resume))

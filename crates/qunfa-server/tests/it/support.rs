@@ -32,6 +32,7 @@ pub const TEST_POLICY: &str = "
 new_account_days = 0
 [security]
 attempts_max = 0
+growth_tiers = []
 ";
 
 #[derive(Clone, Copy)]
@@ -128,6 +129,7 @@ pub async fn spawn(backend: Backend, setup: Setup<'_>) -> TestApp {
             None => qunfa_server::safety::SafetyState::defaults(&no_sampling()),
         })),
         clock: Some(clock),
+        trust_forwarded_for: true,
     };
     let engine = qunfa_engine::Engine::start_with(store.clone(), config, transports);
     let state = qunfa_server::AppState::with_options(

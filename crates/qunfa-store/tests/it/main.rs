@@ -287,6 +287,7 @@ fn personalised_bodies_and_inbox(f: Fixture) {
         fingerprint: None,
         link_domains: &[],
         review_reason: "",
+        ..DispatchRules::draft()
     };
     f.store.dispatch(w, b.id, &audience, rules, "t", NOW).unwrap();
     run_until_idle(&f.store);
@@ -398,6 +399,7 @@ fn racing_sends_respect_the_daily_quota(f: Fixture) {
                         fingerprint: None,
                         link_domains: &[],
                         review_reason: "",
+                        ..DispatchRules::draft()
                     };
                     store.dispatch(w, *id, audience, rules, "t", NOW)
                 })
