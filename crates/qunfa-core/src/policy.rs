@@ -112,6 +112,8 @@ pub struct Tiers {
 pub struct Policy {
     pub day_utc_offset_hours: i32,
     pub api_batch_max: usize,
+    /// A `client_msg_id` returns the original broadcast for this long.
+    pub client_msg_id_hours: u32,
     pub tiers: Tiers,
     pub delivery: DeliveryPolicy,
     pub safety: SafetyPolicy,

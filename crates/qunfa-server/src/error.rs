@@ -88,11 +88,13 @@ pub fn status_of(code: Code) -> StatusCode {
         | ChannelSettings
         | InvalidFallback
         | SafetyText
-        | VerificationCode => StatusCode::BAD_REQUEST,
+        | VerificationCode
+        | LoginCode
+        | InvalidReviewChain => StatusCode::BAD_REQUEST,
         Unauthenticated => StatusCode::UNAUTHORIZED,
-        Forbidden | SelfApproval => StatusCode::FORBIDDEN,
+        Forbidden | SelfApproval | ApprovalStage => StatusCode::FORBIDDEN,
         NotFound | MediaNotFound | UnsubscribeLink => StatusCode::NOT_FOUND,
-        Conflict | Duplicate | DuplicateClientMsgId => StatusCode::CONFLICT,
+        Conflict | Duplicate | DuplicateClientMsgId | ApprovalDuplicate => StatusCode::CONFLICT,
         PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         Internal => StatusCode::INTERNAL_SERVER_ERROR,
         Unavailable => StatusCode::SERVICE_UNAVAILABLE,

@@ -315,6 +315,20 @@ fn sends_today_in(c: &mut Conn, member_id: i64, day_start: i64) -> Result<u32, S
 }
 
 impl Store {
+    /// Lets a `client_msg_id` used before `before` be used again: the old
+    /// broadcast keeps everything but the id (idempotency has a window).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn expire_client_msg_id(&self, workspace_id: i64, client_msg_id: &str, before: i64) -> Result<u64, StoreError> {
+        self.db.write(|c| {
+            c.execute(
+                "UPDATE broadcasts SET client_msg_id = NULL WHERE workspace_id = ? AND client_msg_id = ? AND created_at < ?",
+                params![workspace_id, client_msg_id, before],
+            )
+        })
+    }
+
     /// Creates a draft. A `client_msg_id` already used in the workspace returns
     /// the original broadcast (`false`) when the request is the same, and is
     /// refused when it differs.

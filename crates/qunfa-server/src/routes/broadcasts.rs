@@ -297,6 +297,11 @@ pub async fn create_broadcast(
             };
             // Transactional and chat messages go ahead of a running broadcast.
             let _urgent = (priority != Priority::Broadcast).then(|| s.store.db.urgent());
+            if let Some(cid) = &new.client_msg_id {
+                // Idempotency lasts the policy's window; then the id may name new content.
+                let window = i64::from(s.policy.client_msg_id_hours) * 3_600_000;
+                s.store.expire_client_msg_id(ws, cid, s.now() - window)?;
+            }
             Ok(s.store.create_broadcast(ws, member, &new, &actor, s.now())?)
         })
         .await?;

@@ -2,6 +2,7 @@
 //! PostgreSQL, each with a fresh database and a server on port 0.
 
 mod channels;
+mod rules;
 mod safety;
 mod support;
 
@@ -52,6 +53,30 @@ both_backends!(
     safety_check_api,
     content_in_preflight_send_and_review_queue,
     near_duplicates_need_a_code,
+);
+
+macro_rules! rules_tests {
+    ($($name:ident),* $(,)?) => {
+        mod rules_sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { crate::rules::$name(crate::Backend::Sqlite).await; } )*
+        }
+        mod rules_postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { crate::rules::$name(crate::Backend::Postgres).await; } )*
+        }
+    };
+}
+
+rules_tests!(
+    new_account_lockout,
+    abnormal_login_until_verified,
+    too_frequent_cooldown,
+    health_states,
+    approval_levels_and_chain,
+    frequency_caps,
+    growth_waves,
+    client_msg_id_window,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -189,6 +189,23 @@ impl TestApp {
         self.finish(r).await
     }
 
+    /// A POST from a given device and address (`X-Qunfa-Device`, `X-Forwarded-For`).
+    pub async fn post_from(&self, path: &str, token: &str, body: Value, device: &str, ip: &str) -> Resp {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header("x-qunfa-device", device)
+            .header("x-forwarded-for", ip)
+            .json(&body);
+        self.finish(r).await
+    }
+
+    /// A PUT with a JSON body.
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> Resp {
+        self.call(Method::PUT, path, Some(token), Some(body)).await
+    }
+
     /// A PUT with a raw body.
     pub async fn put_raw(&self, path: &str, token: &str, content_type: &str, body: impl Into<reqwest::Body>) -> Resp {
         let r = self
