@@ -19,6 +19,8 @@ pub struct DemoKeys {
     pub enterprise_reviewer: String,
     pub personal_id: i64,
     pub personal_owner: String,
+    /// A personal draft that preflight refuses, to see it explain itself.
+    pub blocked_draft: i64,
 }
 
 const SETTING: &str = "demo_workspaces";
@@ -48,6 +50,14 @@ pub fn seed(store: &Store, policy: &Policy) -> anyhow::Result<DemoKeys> {
     let ids: Vec<i64> = ids.split(',').filter_map(|s| s.parse().ok()).collect();
     anyhow::ensure!(ids.len() == 5, "demo setting is corrupt");
     let (ent, personal) = (ids[0], ids[3]);
+    let blocked_draft = match store.setting(BLOCKED_SETTING)?.and_then(|v| v.parse().ok()) {
+        Some(id) => id,
+        None => {
+            let id = blocked_draft(store, personal, now)?;
+            store.setting_set(BLOCKED_SETTING, &id.to_string())?;
+            id
+        }
+    };
     Ok(DemoKeys {
         enterprise_id: ent,
         enterprise_owner: store.issue_key(ent, ids[1], "demo", now)?.secret,
@@ -58,7 +68,35 @@ pub fn seed(store: &Store, policy: &Policy) -> anyhow::Result<DemoKeys> {
             let owner = store.members(personal)?.first().map(|m| m.id).context("personal owner")?;
             store.issue_key(personal, owner, "demo", now)?.secret
         },
+        blocked_draft,
     })
+}
+
+const BLOCKED_SETTING: &str = "demo_blocked_draft";
+
+/// A draft of the personal account that breaks two rules at once: four tags
+/// combined and a fraud phrase (`qunfa explain ID` prints why, and how to fix each).
+fn blocked_draft(store: &Store, personal: i64, now: i64) -> anyhow::Result<i64> {
+    use qunfa_core::{broadcast::Priority, contact::Channel, message::RawContent, tag::TagPath};
+    let tag = |p: &str| -> anyhow::Result<i64> { Ok(store.tag_by_path(personal, &TagPath::parse(p)?)?) };
+    let ids = vec![tag("同事")?, tag("家人")?, tag("客户")?, tag("同学")?];
+    let owner = store.members(personal)?.first().map(|m| m.id).context("personal owner")?;
+    let raw = RawContent {
+        content_type: "text".into(),
+        text: Some("兼职刷单，日结三百，轻松赚钱！转发给好友即可领取红包。".into()),
+        ..Default::default()
+    };
+    let new = qunfa_store::broadcasts::NewBroadcast {
+        content_json: qunfa_store::json::content_to_json(&raw),
+        audience_json: qunfa_store::json::audience_to_json(&qunfa_audience::AudienceSpec::Tags(ids)),
+        channels: vec![Channel::Inbox],
+        priority: Priority::Broadcast,
+        client_msg_id: None,
+        request_hash: "demo-blocked-draft".into(),
+        ttl_ms: None,
+        fallback: Vec::new(),
+    };
+    Ok(store.create_broadcast(personal, owner, &new, "demo", now)?.0.id)
 }
 
 fn create(store: &Store, policy: &Policy, now: i64) -> anyhow::Result<String> {

@@ -536,6 +536,8 @@ fn print_demo(addr: &str, k: &demo::DemoKeys) {
          \n  enterprise workspace {} 星辰零售 — 10,000 contacts, departments, nested tags\n    \
          owner key:    {}\n    sender key:   {}\n    reviewer key: {}\n\
          \n  personal workspace {} 张三的个人号 — 150 friends, flat tags\n    owner key:    {}\n\
+         \n  a blocked send that explains itself (four tags combined, a fraud phrase):\n    \
+         QUNFA_API_KEY={} qunfa explain {}   (or POST /v1/broadcasts/{}/preflight)\n\
          \nTry:  curl -s -H 'Authorization: Bearer {}' http://{addr}/v1/tags\n\
          (these keys are new at every start; the data stays in the data directory)\n",
         k.enterprise_id,
@@ -544,6 +546,9 @@ fn print_demo(addr: &str, k: &demo::DemoKeys) {
         k.enterprise_reviewer,
         k.personal_id,
         k.personal_owner,
+        k.personal_owner,
+        k.blocked_draft,
+        k.blocked_draft,
         k.enterprise_sender
     );
 }
