@@ -91,6 +91,10 @@ pub enum AudienceSpec {
     /// An audience expression (see [`expr`]), evaluated when the send is
     /// checked and again when it is dispatched.
     Expression(String),
+    /// Exactly the audience broadcast N was dispatched to (its frozen
+    /// bitmap), never resolved again: a correction notice goes to the very
+    /// recipients of the message it corrects.
+    Frozen(i64),
 }
 
 /// Most recipients in one delivery batch (WeChat's API batch size).

@@ -10,6 +10,7 @@ mod channels;
 mod client;
 mod config;
 mod demo;
+mod recall;
 mod safety;
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
@@ -167,6 +168,21 @@ enum BroadcastCommand {
     },
     /// Follow a broadcast's progress until it completes.
     Watch { broadcast_id: String },
+    /// Recall a sent message (personal workspaces, within 2 minutes of the send).
+    Recall { broadcast_id: String },
+    /// Send a correction notice to exactly the recipients of a sent broadcast.
+    Correct {
+        broadcast_id: String,
+        /// The corrected text.
+        #[arg(long, conflicts_with = "content")]
+        text: Option<String>,
+        /// A JSON file with the corrected content object ({"type": "link", …}).
+        #[arg(long)]
+        content: Option<PathBuf>,
+        /// Wait until every recipient has a delivery record.
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Args)]
@@ -862,6 +878,14 @@ async fn broadcast_control(config: &Config, cmd: BroadcastCommand) -> anyhow::Re
         BroadcastCommand::Resume { broadcast_id } => (broadcast_id, Some("resume"), false),
         BroadcastCommand::RetryFailed { broadcast_id, wait } => (broadcast_id, Some("retry-failed"), *wait),
         BroadcastCommand::Watch { broadcast_id } => (broadcast_id, None, true),
+        BroadcastCommand::Recall { broadcast_id } => return recall::recall(&client, broadcast_id).await,
+        BroadcastCommand::Correct { broadcast_id, text, content, wait: wait_after } => {
+            let id = recall::correct(&client, broadcast_id, text.as_deref(), content.as_deref()).await?;
+            if *wait_after {
+                wait(&client, &id).await?;
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
     };
     if let Some(action) = action {
         let r = client.post(&format!("/v1/broadcasts/{id}/{action}"), json!({})).await?;

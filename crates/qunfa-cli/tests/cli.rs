@@ -56,9 +56,10 @@ fn serve_import_send_explain_audit() {
     let listen = format!("127.0.0.1:{port}");
     let url = format!("http://{listen}");
     // Random human review is off: the sends below must not be held by chance.
+    // A recall window of a day: the recall below must not depend on timing.
     std::fs::write(
         d.join("policy.toml"),
-        "[safety]\nreview_sample_base = 0.0\nreview_sample_per_risk = 0.0\n[tiers.personal]\nnew_account_days = 0\n",
+        "[safety]\nreview_sample_base = 0.0\nreview_sample_per_risk = 0.0\n[tiers.personal]\nnew_account_days = 0\nrecall_seconds = 86400\n",
     )
     .unwrap();
     let mut server = Server(
@@ -163,6 +164,14 @@ fn serve_import_send_explain_audit() {
     assert!(text(&o).contains("only a sending broadcast can be paused; it is completed"), "{}", text(&o));
     let o = c(&["broadcast", "watch", &id]);
     assert!(o.status.success() && text(&o).contains("completed — delivered 3"), "{}", text(&o));
+    // A correction notice to the same recipients, then a recall (once).
+    let o = c(&["broadcast", "correct", &id, "--text", "更正：改到周日聚餐", "--wait"]);
+    assert!(o.status.success() && text(&o).contains(&format!("of broadcast {id}")), "{}", text(&o));
+    assert!(text(&o).contains("3 recipients") && text(&o).contains("completed — delivered 3"), "{}", text(&o));
+    let o = c(&["broadcast", "recall", &id]);
+    assert!(o.status.success() && text(&o).contains("3 inbox message(s) now show as recalled"), "{}", text(&o));
+    let o = c(&["broadcast", "recall", &id]);
+    assert!(!o.status.success() && text(&o).contains("QF-STATE-CONFLICT"), "{}", text(&o));
     // Speed levels.
     let o = c(&["speed"]);
     assert!(o.status.success() && text(&o).contains("unthrottled"), "{}", text(&o));

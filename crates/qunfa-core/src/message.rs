@@ -251,6 +251,34 @@ impl Content {
         }
         raw
     }
+
+    /// The raw form with `signature` at the end of what recipients read:
+    /// after the text (a blank line between), after an image's caption or a
+    /// link's description (or as the caption or description when there is
+    /// none), and as the last paragraph of rich text (HTML-escaped). A
+    /// mini-program card and a file carry no text and are unchanged.
+    /// The signature is literal: a `{{` in it is written as `{{{{`, so it is
+    /// never a template variable. The result is not checked against a text
+    /// limit: parse it again to know whether it still fits.
+    pub fn signed(&self, signature: &str) -> RawContent {
+        let literal = signature.replace("{{", "{{{{");
+        let after = |text: Option<String>| match text {
+            Some(t) => Some(format!("{t}\n\n{literal}")),
+            None => Some(literal.clone()),
+        };
+        let mut raw = self.to_raw();
+        match self {
+            Content::Text { .. } => raw.text = after(raw.text.take()),
+            Content::Image { .. } => raw.caption = after(raw.caption.take()),
+            Content::Link { .. } => raw.description = after(raw.description.take()),
+            Content::RichText { html } => {
+                let escaped = literal.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+                raw.html = Some(format!("{}<p>{escaped}</p>", html.as_str()));
+            }
+            Content::MiniProgram { .. } | Content::File { .. } => {}
+        }
+        raw
+    }
 }
 
 #[cfg(test)]
@@ -284,6 +312,30 @@ mod tests {
         assert_eq!(Content::parse(&image, 2048), Err(Code::MediaNotFound));
         let bogus = RawContent { content_type: "video".into(), ..Default::default() };
         assert_eq!(Content::parse(&bogus, 2048), Err(Code::InvalidContent));
+    }
+
+    #[test]
+    fn signatures_end_what_recipients_read() {
+        let signed = |raw: RawContent| Content::parse(&raw, 2048).unwrap().signed("来自{{华东}}<科技>");
+        let t = signed(text("{{name}}，您好"));
+        assert_eq!(t.text.as_deref(), Some("{{name}}，您好\n\n来自{{{{华东}}<科技>"));
+        // The signature stays literal: only the recipient's variable is one.
+        let parsed = Content::parse(&t, 2048).unwrap();
+        assert_eq!(parsed.texts()[0].template().variables(), ["name"]);
+        assert_eq!(parsed.texts()[0].template().render(&|_| Some("张三".into())), "张三，您好\n\n来自{{华东}}<科技>");
+        let media = "a".repeat(64);
+        let image = RawContent { content_type: "image".into(), media_id: Some(media.clone()), ..Default::default() };
+        assert_eq!(signed(image).caption.as_deref(), Some("来自{{{{华东}}<科技>"));
+        let rich =
+            RawContent { content_type: "richtext".into(), html: Some("<b>通知</b>".into()), ..Default::default() };
+        assert_eq!(signed(rich).html.as_deref(), Some("<b>通知</b><p>来自{{{{华东}}&lt;科技&gt;</p>"));
+        let file = RawContent {
+            content_type: "file".into(),
+            media_id: Some(media),
+            filename: Some("a.pdf".into()),
+            ..Default::default()
+        };
+        assert_eq!(signed(file.clone()).filename, file.filename);
     }
 
     #[test]

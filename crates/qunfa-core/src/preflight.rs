@@ -79,6 +79,9 @@ pub enum AudienceShape {
     /// An expression combining `n_terms` conditions (tags, departments,
     /// attributes, ids).
     Expression { n_terms: usize },
+    /// The frozen audience of an earlier send (a correction notice): its
+    /// shape was judged when that send was checked.
+    Frozen,
 }
 
 /// Everything the rules need to know about a proposed send.

@@ -501,6 +501,12 @@ pub struct Counts {
     pub skipped: u64,
     /// Taken by a provider (SMS), waiting for its delivery receipt.
     pub awaiting_receipt: u64,
+    /// Deliveries a recall stopped before they were made (records `recalled`).
+    pub recalled: u64,
+    /// Recipients who forwarded the message (each counted once).
+    pub forwarded: u64,
+    /// Recipients who blocked the sender from this message.
+    pub blocked: u64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -536,6 +542,10 @@ pub struct BroadcastResponse {
     pub verdicts: Option<Vec<serde_json::Value>>,
     /// The fallback order (empty: none).
     pub fallback: Vec<FallbackWire>,
+    /// When the sender recalled it (inbox copies show as recalled since).
+    pub recalled_at: Option<String>,
+    /// The broadcast this one is a correction notice of.
+    pub correction_of: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema, Default)]
@@ -573,6 +583,9 @@ pub struct InboxItemWire {
     pub delivered_at: Option<String>,
     pub read_at: Option<String>,
     pub replied_at: Option<String>,
+    /// The sender recalled the message: `content` is `{"type": "recalled"}`
+    /// and there is no `text`, whether it had been read or not.
+    pub recalled: bool,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -743,6 +756,30 @@ pub struct ReportRequest {
 pub struct ReportResponse {
     /// False when this recipient had reported the message already.
     pub first_report: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BlockResponse {
+    /// Whether the recipient blocks the message's sender now.
+    pub blocked: bool,
+    /// True when this call changed it (a second block, or an unblock without
+    /// a block, changes nothing).
+    pub changed: bool,
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardRequest {
+    /// Where to: chat, group, moments, email or other (default other).
+    pub to: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ForwardResponse {
+    /// This forward's record.
+    pub share_id: String,
+    /// False when this recipient had forwarded the message before (only the first counts).
+    pub first_forward: bool,
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -72,13 +72,24 @@ pub struct BroadcastRecord {
     /// Fallback recipients for whom the step's condition did not hold.
     pub n_skipped: u64,
     pub fallback: Vec<FallbackStep>,
+    /// When the sender recalled it (see `recall.rs`).
+    pub recalled_at: Option<i64>,
+    /// The broadcast this one is a correction notice of.
+    pub correction_of: Option<i64>,
+    /// Recipients who forwarded it (first forward each).
+    pub n_forwarded: u64,
+    /// Recipients who blocked its sender from it.
+    pub n_blocked: u64,
+    /// Deliveries a recall stopped before they were made (`recalled` records).
+    pub n_recalled: u64,
 }
 
 const BROADCAST_COLUMNS: &str =
     "id, workspace_id, member_id, state, content, audience, channels, priority, client_msg_id, request_hash,
     n_recipients, verdicts, created_at, submitted_at, approved_by, approved_at, dispatched_at, completed_at,
     n_batches, n_batches_done, n_delivered, n_failed, n_read, n_replied, ttl_ms, expires_at, purged_at, paused_at, n_redriven,
-    n_filtered, n_sent, n_skipped, fallback";
+    n_filtered, n_sent, n_skipped, fallback,
+    recalled_at, correction_of, n_forwarded, n_blocked, n_recalled";
 
 fn broadcast_from(r: &Row) -> Result<BroadcastRecord, StoreError> {
     Ok(BroadcastRecord {
@@ -115,6 +126,11 @@ fn broadcast_from(r: &Row) -> Result<BroadcastRecord, StoreError> {
         n_sent: r.i64(30) as u64,
         n_skipped: r.i64(31) as u64,
         fallback: crate::json::fallback_from_json(r.opt_str(32).unwrap_or("[]"))?,
+        recalled_at: r.opt_i64(33),
+        correction_of: r.opt_i64(34),
+        n_forwarded: r.i64(35) as u64,
+        n_blocked: r.i64(36) as u64,
+        n_recalled: r.i64(37) as u64,
     })
 }
 
@@ -453,6 +469,14 @@ impl Store {
             self.expand_segments(workspace_id, &mut e)?.map_err(|_| StoreError::NotFound)?;
             expr = Some(e);
         }
+        // A correction notice: the bitmap its original was dispatched to.
+        let frozen = match spec {
+            AudienceSpec::Frozen(id) => Some(
+                qunfa_audience::decode(&self.frozen_audience(workspace_id, *id)?)
+                    .ok_or_else(|| StoreError::Corrupt(format!("the frozen audience of broadcast {id}")))?,
+            ),
+            _ => None,
+        };
         let now = crate::now_millis();
         self.with_audience(workspace_id, |index| {
             let subtrees = |sets: &qunfa_audience::index::TreeSets, roots: &[i64]| {
@@ -475,6 +499,8 @@ impl Store {
                     let e = expr.as_ref().expect("parsed above");
                     index.evaluate(e, now).map_err(|_| StoreError::NotFound)
                 }
+                // Contacts deleted since are left out: they have nothing left to send to.
+                AudienceSpec::Frozen(_) => Ok(frozen.as_ref().expect("read above") & index.live()),
             }
         })?
     }

@@ -17,6 +17,8 @@ pub struct InboxItem {
     pub delivered_at: Option<i64>,
     pub read_at: Option<i64>,
     pub replied_at: Option<i64>,
+    /// The sender recalled the message: its content is not shown (`recalled`).
+    pub recalled: bool,
 }
 
 /// A reply from a recipient.
@@ -29,7 +31,7 @@ pub struct ReplyRecord {
 }
 
 const INBOX_SELECT: &str =
-    "SELECT d.broadcast_id, b.content, d.body, w.name, d.delivered_at, d.read_at, d.replied_at, b.expires_at
+    "SELECT d.broadcast_id, b.content, d.body, w.name, d.delivered_at, d.read_at, d.replied_at, b.expires_at, b.recalled_at
      FROM deliveries d JOIN broadcasts b ON b.id = d.broadcast_id JOIN workspaces w ON w.id = d.workspace_id";
 
 /// One page of the inbox of the recipient a token stands for, the token
@@ -41,7 +43,7 @@ const INBOX_SELECT: &str =
 /// one row without a message (the outer join's): a known token, empty page.
 /// The placeholders are, in order: the cursor, the token's hash, the limit.
 const TOKEN_INBOX_PAGE: &str =
-    "SELECT d.broadcast_id, b.content, d.body, w.name, d.delivered_at, d.read_at, d.replied_at, b.expires_at
+    "SELECT d.broadcast_id, b.content, d.body, w.name, d.delivered_at, d.read_at, d.replied_at, b.expires_at, b.recalled_at
      FROM inbox_tokens t
      JOIN workspaces w ON w.id = t.workspace_id
      LEFT JOIN deliveries d ON d.workspace_id = t.workspace_id AND d.contact_idx = t.contact_idx
@@ -90,17 +92,30 @@ fn parsed_content(broadcast_id: i64, text: &str) -> Result<RawContent, StoreErro
 /// its stored content.
 const EXPIRED: &str = r#"{"type":"purged"}"#;
 
+/// What a recipient sees of a message its sender recalled, whether they had
+/// read it or not (the stored content stays until retention, as evidence).
+const RECALLED: &str = r#"{"type":"recalled"}"#;
+
 fn item_from(r: &crate::Row) -> Result<InboxItem, StoreError> {
     let broadcast_id = r.i64(0);
+    let recalled = r.opt_i64(8).is_some();
     let expired = r.opt_i64(7).is_some_and(|at| at <= crate::now_millis());
+    let shown = if recalled {
+        RECALLED
+    } else if expired {
+        EXPIRED
+    } else {
+        r.str(1)
+    };
     Ok(InboxItem {
         broadcast_id,
-        content: parsed_content(broadcast_id, if expired { EXPIRED } else { r.str(1) })?,
-        body: if expired { None } else { r.opt_string(2) },
+        content: parsed_content(broadcast_id, shown)?,
+        body: if recalled || expired { None } else { r.opt_string(2) },
         sender_name: r.string(3),
         delivered_at: r.opt_i64(4),
         read_at: r.opt_i64(5),
         replied_at: r.opt_i64(6),
+        recalled,
     })
 }
 

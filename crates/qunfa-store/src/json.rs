@@ -146,6 +146,7 @@ pub fn audience_to_json(spec: &AudienceSpec) -> String {
         AudienceSpec::Tags(ids) => json!({"tags": ids}),
         AudienceSpec::Department(id) => json!({"department": id}),
         AudienceSpec::Expression(src) => json!({"expr": src}),
+        AudienceSpec::Frozen(id) => json!({"frozen_of": id}),
     }
     .to_string()
 }
@@ -171,6 +172,9 @@ pub fn audience_from_json(text: &str) -> Result<AudienceSpec, StoreError> {
     }
     if let Some(src) = m.get("expr").and_then(Json::as_str) {
         return Ok(AudienceSpec::Expression(src.to_owned()));
+    }
+    if let Some(id) = m.get("frozen_of").and_then(Json::as_i64) {
+        return Ok(AudienceSpec::Frozen(id));
     }
     Err(corrupt())
 }

@@ -20,6 +20,7 @@ pub mod json;
 pub mod media;
 pub mod members;
 pub mod queue;
+pub mod recall;
 pub mod safety;
 pub mod security;
 pub mod segments;
@@ -113,6 +114,7 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
     (4, include_str!("../migrations/sqlite/0004_channels.sql"), None),
     (5, include_str!("../migrations/sqlite/0005_safety.sql"), None),
     (6, include_str!("../migrations/sqlite/0006_workflow.sql"), None),
+    (8, include_str!("../migrations/sqlite/0008_recall.sql"), None),
 ];
 const POSTGRES_MIGRATIONS: &[Migration] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql"), None),
@@ -121,6 +123,7 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
     (4, include_str!("../migrations/postgres/0004_channels.sql"), None),
     (5, include_str!("../migrations/postgres/0005_safety.sql"), None),
     (6, include_str!("../migrations/postgres/0006_workflow.sql"), None),
+    (8, include_str!("../migrations/postgres/0008_recall.sql"), None),
 ];
 
 /// Version 2: memberships move from one row per contact to bitmaps.

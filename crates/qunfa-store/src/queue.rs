@@ -406,9 +406,15 @@ fn deliver_inbox_batch(
     let b = cache.get(c, broadcast_id)?;
     let members = b.frozen.batch(batch_no);
     let (Some(&lo), Some(&hi)) = (members.first(), members.last()) else { return Ok((0, 0)) };
-    // Contacts who refused the inbox get a `filtered` record instead; those
-    // that have no record yet are the ones this step filters.
-    let mut opted = channels::opted_out(c, b.workspace_id, Channel::Inbox, lo, hi)?;
+    // Contacts who refused the inbox (or blocked the sender) get a `filtered`
+    // record instead; those that have no record yet are the ones this step filters.
+    let mut opted: HashMap<u32, Code> = channels::opted_out(c, b.workspace_id, Channel::Inbox, lo, hi)?
+        .into_iter()
+        .map(|(idx, reason)| (idx, reason.code()))
+        .collect();
+    for idx in crate::recall::blocked(c, broadcast_id, lo, hi)? {
+        opted.entry(idx).or_insert(Code::BlockedSender);
+    }
     opted.retain(|idx, _| members.binary_search(idx).is_ok());
     let mut new_filtered = opted.len() as u64;
     if !opted.is_empty() {
@@ -484,7 +490,7 @@ fn deliver_inbox_batch(
                 Value::Int(now),
                 Value::Null,
             ],
-            Some(reason) => vec![
+            Some(code) => vec![
                 Value::Int(broadcast_id),
                 Value::Text("inbox".into()),
                 Value::Int(i64::from(*idx)),
@@ -495,7 +501,7 @@ fn deliver_inbox_batch(
                 Value::Int(queued_at),
                 Value::Null,
                 Value::Null,
-                Value::Text(reason.code().as_str().into()),
+                Value::Text(code.as_str().into()),
             ],
         }),
     )?;
@@ -622,6 +628,10 @@ impl Store {
                 let priority = Priority::from_i64(job.i64(5));
                 let (workspace_id, member_id) = (job.i64(6), job.i64(7));
                 let channel = Channel::parse(job.str(3)).map_err(|_| StoreError::Corrupt(format!("channel {}", job.str(3))))?;
+                // A batch of a broadcast recalled since it was queued is not sent.
+                if crate::recall::cancel_if_recalled(c, (job_id, broadcast_id, batch_no), channel.as_str(), queued_at, now)? {
+                    continue;
+                }
                 // A fallback step waits until the channel before it finished
                 // this batch, and then its own wait (before any rate token is taken).
                 let condition = job.opt_string(10).and_then(|s| parse_condition(&s));
@@ -1111,15 +1121,18 @@ impl Store {
     pub fn redrive_failed(&self, workspace_id: i64, id: i64, actor: &str, now: i64) -> Result<u64, StoreError> {
         self.db.write(|c| {
             let b = c.query_one(
-                "SELECT state, frozen_audience, n_failed, batch_size FROM broadcasts WHERE id = ? AND workspace_id = ?",
+                "SELECT state, frozen_audience, n_failed, recalled_at, batch_size FROM broadcasts WHERE id = ? AND workspace_id = ?",
                 params![id, workspace_id],
             )?;
             if b.str(0) != "completed" {
                 return Err(StoreError::rejected(Code::Conflict, format!("the broadcast is {}: only a completed broadcast can be re-driven", b.str(0))));
             }
+            if b.opt_i64(3).is_some() {
+                return Err(StoreError::rejected(Code::Recalled, "the broadcast was recalled: nothing of it is sent again"));
+            }
             let frozen = FrozenAudience::deserialize(b.blob(1))
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?
-                .with_batch_size(b.opt_i64(3).map(|n| n as usize));
+                .with_batch_size(b.opt_i64(4).map(|n| n as usize));
             let failed = c.query(
                 "SELECT channel, contact_idx FROM deliveries WHERE broadcast_id = ? AND state = 'failed'",
                 params![id],
@@ -1316,11 +1329,13 @@ fn leave_out(
         });
     }
     let opted = channels::opted_out(c, workspace_id, channel, lo, hi)?;
+    let blocked = crate::recall::blocked(c, broadcast_id, lo, hi)?;
     let consenting =
         if policy.needs_opt_in(channel) { Some(channels::consenting(c, workspace_id, channel, lo, hi)?) } else { None };
     pending.retain(|idx| {
         let code = match (opted.get(idx), &consenting) {
             (Some(reason), _) => Some(reason.code()),
+            (None, _) if blocked.contains(idx) => Some(Code::BlockedSender),
             (None, Some(yes)) if !yes.contains(idx) => Some(Code::ConsentMissing),
             _ => None,
         };

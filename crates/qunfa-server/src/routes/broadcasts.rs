@@ -36,7 +36,7 @@ use crate::{
 
 pub fn broadcast_response(b: BroadcastRecord) -> BroadcastResponse {
     let total = b.n_recipients * (b.channels.len() + b.fallback.len()) as u64;
-    let finished = b.n_delivered + b.n_failed + b.n_filtered + b.n_skipped + b.n_sent;
+    let finished = b.n_delivered + b.n_failed + b.n_filtered + b.n_skipped + b.n_sent + b.n_recalled;
     let audience = match audience_from_json(&b.audience_json) {
         Ok(AudienceSpec::All) => serde_json::json!({"all": true}),
         Ok(AudienceSpec::Contacts(ids)) => {
@@ -46,6 +46,7 @@ pub fn broadcast_response(b: BroadcastRecord) -> BroadcastResponse {
         Ok(AudienceSpec::Tags(t)) => serde_json::json!({"tags": t.iter().map(ToString::to_string).collect::<Vec<_>>()}),
         Ok(AudienceSpec::Department(d)) => serde_json::json!({"department": d.to_string()}),
         Ok(AudienceSpec::Expression(src)) => serde_json::json!({"expr": src}),
+        Ok(AudienceSpec::Frozen(id)) => serde_json::json!({"frozen_of": id.to_string()}),
         Err(_) => serde_json::Value::Null,
     };
     BroadcastResponse {
@@ -70,6 +71,9 @@ pub fn broadcast_response(b: BroadcastRecord) -> BroadcastResponse {
             filtered: b.n_filtered,
             skipped: b.n_skipped,
             awaiting_receipt: b.n_sent,
+            recalled: b.n_recalled,
+            forwarded: b.n_forwarded,
+            blocked: b.n_blocked,
         },
         fallback: b
             .fallback
@@ -91,6 +95,8 @@ pub fn broadcast_response(b: BroadcastRecord) -> BroadcastResponse {
         expires_at: ts_opt(b.expires_at),
         purged_at: ts_opt(b.purged_at),
         verdicts: b.verdicts_json.and_then(|v| serde_json::from_str(&v).ok()),
+        recalled_at: ts_opt(b.recalled_at),
+        correction_of: b.correction_of.map(|id| id.to_string()),
     }
 }
 
@@ -192,7 +198,7 @@ fn parse_audience(s: &Inner, ws: i64, w: &AudienceWire) -> Result<AudienceSpec, 
     Ok(AudienceSpec::Department(id))
 }
 
-fn content_error(code: Code, raw: &RawContent, limit: usize) -> ApiError {
+pub(crate) fn content_error(code: Code, raw: &RawContent, limit: usize) -> ApiError {
     if code == Code::TextTooLong {
         let longest = [&raw.text, &raw.caption, &raw.description, &raw.html]
             .iter()
@@ -222,6 +228,8 @@ pub async fn create_broadcast(
     let raw: RawContent = req.content.into();
     let content =
         Content::parse(&raw, tier.text_max_chars).map_err(|code| content_error(code, &raw, tier.text_max_chars))?;
+    // Enterprise messages end with the workspace's signature (docs/recall.md).
+    let signed = super::recall::signed_content(&state, &auth.0.workspace, &content)?;
     let mut channels = Vec::new();
     for c in req.channels.unwrap_or_else(|| vec!["inbox".into()]) {
         let ch = Channel::parse(&c).map_err(|code| ApiError::new(code, format!("unknown channel {c:?}")))?;
@@ -274,6 +282,7 @@ pub async fn create_broadcast(
                 }
             }
             let spec = parse_audience(s, ws, &audience)?;
+            // The request as given (without the signature) identifies a retry.
             let content_json = content_to_json(&content.to_raw());
             let audience_json = audience_to_json(&spec);
             let request_hash = hex::encode(sha2::Sha256::digest(
@@ -286,7 +295,7 @@ pub async fn create_broadcast(
                 .as_bytes(),
             ));
             let new = NewBroadcast {
-                content_json,
+                content_json: content_to_json(&signed),
                 audience_json,
                 channels,
                 priority,
@@ -421,6 +430,7 @@ pub fn evaluate(
         AudienceSpec::Tag(_) => AudienceShape::Tag,
         AudienceSpec::Tags(t) => AudienceShape::Tags { n_tags: t.len() },
         AudienceSpec::Department(_) => AudienceShape::Department,
+        AudienceSpec::Frozen(_) => AudienceShape::Frozen,
         AudienceSpec::Expression(src) => match qunfa_audience::expr::parse(src) {
             // A saved segment counts as what it contains.
             Ok(mut e) => match s.store.expand_segments(b.workspace_id, &mut e)? {

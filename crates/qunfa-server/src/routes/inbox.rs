@@ -37,6 +37,7 @@ fn item_wire(i: InboxItem) -> InboxItemWire {
         delivered_at: ts_opt(i.delivered_at),
         read_at: ts_opt(i.read_at),
         replied_at: ts_opt(i.replied_at),
+        recalled: i.recalled,
     }
 }
 
@@ -82,7 +83,7 @@ impl Serialize for ItemJson<'_> {
             .or(c.caption.as_deref())
             .or(c.description.as_deref())
             .or(c.html.as_deref());
-        let mut item = serializer.serialize_struct("InboxItemWire", 7)?;
+        let mut item = serializer.serialize_struct("InboxItemWire", 8)?;
         item.serialize_field("message_id", &i.broadcast_id.to_string())?;
         item.serialize_field("from", &i.sender_name)?;
         item.serialize_field("content", &ContentJson(c))?;
@@ -90,6 +91,7 @@ impl Serialize for ItemJson<'_> {
         item.serialize_field("delivered_at", &ts_opt(i.delivered_at))?;
         item.serialize_field("read_at", &ts_opt(i.read_at))?;
         item.serialize_field("replied_at", &ts_opt(i.replied_at))?;
+        item.serialize_field("recalled", &i.recalled)?;
         item.end()
     }
 }
@@ -231,6 +233,73 @@ pub async fn report_message(
         })
         .await?;
     Ok(Json(ReportResponse { first_report }))
+}
+
+/// Block the sender of a message: nothing more from that member reaches
+/// this recipient, on any channel (their later sends give a `filtered`
+/// record, `QF-BLOCKED-SENDER`). A second block changes nothing.
+#[utoipa::path(post, path = "/v1/inbox/{message_id}/block", tag = "inbox", params(("message_id" = String, Path)),
+    responses((status = 200, body = BlockResponse), (status = 404, body = ErrorBody)))]
+pub async fn block_sender(
+    State(state): State<AppState>,
+    auth: InboxAuth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<BlockResponse>> {
+    let id = parse_id(&id)?;
+    let changed = state
+        .blocking(move |s| {
+            let (ws, idx) = auth.recipient(&s.store)?;
+            Ok(s.store.block_sender(ws, idx, id, s.now())?)
+        })
+        .await?;
+    Ok(Json(BlockResponse { blocked: true, changed }))
+}
+
+/// Lift the block of a message's sender (only the recipient can).
+#[utoipa::path(delete, path = "/v1/inbox/{message_id}/block", tag = "inbox", params(("message_id" = String, Path)),
+    responses((status = 200, body = BlockResponse), (status = 404, body = ErrorBody)))]
+pub async fn unblock_sender(
+    State(state): State<AppState>,
+    auth: InboxAuth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<BlockResponse>> {
+    let id = parse_id(&id)?;
+    let changed = state
+        .blocking(move |s| {
+            let (ws, idx) = auth.recipient(&s.store)?;
+            Ok(s.store.unblock_sender(ws, idx, id, s.now())?)
+        })
+        .await?;
+    Ok(Json(BlockResponse { blocked: false, changed }))
+}
+
+/// Forward a message (also counts as reading it): each forward gets a share
+/// record; a recipient's first forward counts in the broadcast's `forwarded`.
+/// A recalled message cannot be forwarded (`QF-RECALLED`).
+#[utoipa::path(post, path = "/v1/inbox/{message_id}/forward", tag = "inbox", params(("message_id" = String, Path)), request_body = ForwardRequest,
+    responses((status = 201, body = ForwardResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn forward_message(
+    State(state): State<AppState>,
+    auth: InboxAuth,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<ForwardResponse>)> {
+    let id = parse_id(&id)?;
+    let req: ForwardRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ForwardRequest::default()
+    } else {
+        crate::extract::parse_json(&body)?
+    };
+    let share = state
+        .blocking(move |s| {
+            let (ws, idx) = auth.recipient(&s.store)?;
+            Ok(s.store.forward(ws, idx, id, req.to.as_deref().unwrap_or("other"), s.now())?)
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ForwardResponse { share_id: share.share_id.to_string(), first_forward: share.first_forward }),
+    ))
 }
 
 /// Stop mass messages on a channel (the recipient's own choice: only the
@@ -381,6 +450,7 @@ mod tests {
             delivered_at: times,
             read_at: times.map(|t| t + 1),
             replied_at: times.map(|t| t + 2),
+            recalled: false,
         }
     }
 
@@ -414,6 +484,7 @@ mod tests {
             item(5, only("richtext", |c| c.html = Some("<b>富</b>".into())), None, None),
             item(4, only("file", |c| c.filename = Some("f.pdf".into())), None, None),
             item(3, only("purged", |_| {}), None, None),
+            InboxItem { recalled: true, ..item(2, only("recalled", |_| {}), None, Some(5)) },
         ];
         for (items, next_cursor) in [(&items[..], Some(3)), (&items[..1], None), (&items[..0], None)] {
             let wire = Page {

@@ -6,6 +6,7 @@ pub mod channels;
 pub mod contacts;
 pub mod inbox;
 pub mod ops;
+pub mod recall;
 pub mod safety;
 pub mod security;
 pub mod tags;
@@ -80,6 +81,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(broadcasts::pause))
         .routes(routes!(broadcasts::resume))
         .routes(routes!(broadcasts::retry_failed))
+        .routes(routes!(recall::recall))
+        .routes(routes!(recall::correction))
         .routes(routes!(workspaces::get_speed, workspaces::set_speed))
         .routes(routes!(broadcasts::deliveries))
         .routes(routes!(broadcasts::replies))
@@ -89,6 +92,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(inbox::read_message))
         .routes(routes!(inbox::reply_message))
         .routes(routes!(inbox::report_message))
+        .routes(routes!(inbox::block_sender, inbox::unblock_sender))
+        .routes(routes!(inbox::forward_message))
         .routes(routes!(inbox::unsubscribe))
         .routes(routes!(channels::list_channels))
         .routes(routes!(channels::get_channel, channels::put_channel, channels::delete_channel))

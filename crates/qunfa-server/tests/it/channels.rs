@@ -501,14 +501,15 @@ pub async fn external_channels_end_to_end(app: TestApp) {
     let sent = sms.sent();
     assert_eq!(sent.len(), 1);
     assert_eq!((sent[0].phone.as_str(), sent[0].template_id.as_str()), ("+8613800000001", "SMS_001"));
-    assert_eq!(sent[0].params["text"], "张三，双十一活动开始了");
+    // Enterprise messages end with the workspace's signature (docs/recall.md).
+    assert_eq!(sent[0].params["text"], "张三，双十一活动开始了\n\n来自enterprise ws");
     let mut got = wecom.delivered();
     got.sort();
     assert_eq!(
         got,
         [
-            ("lisi".to_owned(), "李四，双十一活动开始了".to_owned()),
-            ("zhangsan".to_owned(), "张三，双十一活动开始了".to_owned())
+            ("lisi".to_owned(), "李四，双十一活动开始了\n\n来自enterprise ws".to_owned()),
+            ("zhangsan".to_owned(), "张三，双十一活动开始了\n\n来自enterprise ws".to_owned())
         ]
     );
 

@@ -2,6 +2,7 @@
 //! PostgreSQL, each with a fresh database and a server on port 0.
 
 mod channels;
+mod recall;
 mod rules;
 mod safety;
 mod support;
@@ -11,6 +12,8 @@ use channels::{
 };
 
 use safety::{content_in_preflight_send_and_review_queue, near_duplicates_need_a_code, safety_check_api};
+
+use recall::{block_and_forward, enterprise_signature_and_correction, personal_recall, recall_refused};
 
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -53,6 +56,10 @@ both_backends!(
     safety_check_api,
     content_in_preflight_send_and_review_queue,
     near_duplicates_need_a_code,
+    personal_recall,
+    recall_refused,
+    enterprise_signature_and_correction,
+    block_and_forward,
 );
 
 macro_rules! rules_tests {
@@ -78,6 +85,16 @@ rules_tests!(
     growth_waves,
     client_msg_id_window,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recall_policy_sqlite() {
+    recall::recall_and_signature_follow_the_policy(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recall_policy_postgres() {
+    recall::recall_and_signature_follow_the_policy(Backend::Postgres).await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn safety_reload_sqlite() {
@@ -132,7 +149,8 @@ async fn first_mass_send_end_to_end(app: TestApp) {
         .to_owned();
     let inbox = app.get("/v1/inbox", &token).await.expect(200);
     let msg = &inbox["items"][0];
-    assert_eq!(msg["text"], "张三您好：上海门店 VIP 专场");
+    // Enterprise messages end with the workspace's signature (docs/recall.md).
+    assert_eq!(msg["text"], "张三您好：上海门店 VIP 专场\n\n来自enterprise ws");
     assert!(msg["read_at"].is_null());
     let mid = msg["message_id"].as_str().unwrap().to_owned();
     assert_eq!(app.post(&format!("/v1/inbox/{mid}/read"), &token, json!({})).await.expect(200)["first_read"], true);
@@ -981,7 +999,10 @@ async fn webhook_channel(app: TestApp) {
         let all: std::collections::HashSet<&str> = r.requests.iter().map(|x| x.1.as_str()).collect();
         assert_eq!(all.len(), 6);
         let ok1 = &r.requests.iter().find(|x| x.0 == "ok1").unwrap().3;
-        assert_eq!((ok1["text"].as_str(), ok1["external_id"].as_str()), (Some("用户ok1，您好"), Some("ok1")));
+        assert_eq!(
+            (ok1["text"].as_str(), ok1["external_id"].as_str()),
+            (Some("用户ok1，您好\n\n来自enterprise ws"), Some("ok1"))
+        );
         assert_eq!(ok1["broadcast_id"], id.as_str());
     }
     // The endpoints are fixed: retry-failed sends exactly the failed ones again.

@@ -1,0 +1,18 @@
+-- Recall, correction notices, forwards (issue 5; the columns of
+-- 0006_workflow.sql and these).
+
+-- Deliveries a recall stopped before they were made: their records are
+-- `recalled` (QF-RECALLED), so counts still equal records.
+ALTER TABLE broadcasts ADD COLUMN n_recalled BIGINT NOT NULL DEFAULT 0;
+-- A recipient forwarded a message: one row per forward (the first one counts
+-- in `broadcasts.n_forwarded`). `target` is a kind of destination, never text
+-- the recipient wrote.
+CREATE TABLE shares (
+    id BIGSERIAL PRIMARY KEY,
+    workspace_id BIGINT NOT NULL,
+    broadcast_id BIGINT NOT NULL,
+    contact_idx BIGINT NOT NULL,
+    target TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX shares_broadcast ON shares(broadcast_id, id);
