@@ -10,6 +10,7 @@ mod channels;
 mod client;
 mod config;
 mod demo;
+mod evidence;
 mod safety;
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
@@ -112,6 +113,8 @@ enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// A broadcast's evidence bundle: download it, or verify a file offline.
+    Evidence(evidence::EvidenceArgs),
     /// Content safety: check a text, lint a word list, train the risk model, reload.
     #[command(subcommand)]
     Safety(safety::SafetyCommand),
@@ -390,6 +393,7 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(channels::bounce(&api_client(&config)?, message_id, !soft, diagnostic))
         }
         Command::Audit(AuditCommand::Verify) => audit_verify(&config),
+        Command::Evidence(args) => evidence::run(&config, args),
         Command::Safety(cmd) => safety::run(&config, cmd),
         Command::Audience(cmd) => runtime()?.block_on(audience(&config, cmd)),
         Command::Tags(TagsCommand::Report { dormant_days }) => {
