@@ -72,6 +72,20 @@ impl Client {
     pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         Ok(self.send(reqwest::Method::POST, path, Some(body)).await?.1)
     }
+
+    /// A GET whose answer is a file: its bytes (an error answer is shown as usual).
+    pub async fn download(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let resp = self
+            .request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        if !resp.status().is_success() {
+            decode(resp).await?;
+            bail!("unexpected answer");
+        }
+        Ok(resp.bytes().await.context("the download was cut short")?.to_vec())
+    }
 }
 
 async fn decode(resp: reqwest::Response) -> anyhow::Result<(u16, Value)> {

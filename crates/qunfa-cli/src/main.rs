@@ -10,6 +10,7 @@ mod channels;
 mod client;
 mod config;
 mod demo;
+mod evidence;
 mod recall;
 mod safety;
 
@@ -113,6 +114,8 @@ enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// A broadcast's evidence bundle: download it, or verify a file offline.
+    Evidence(evidence::EvidenceArgs),
     /// Content safety: check a text, lint a word list, train the risk model, reload.
     #[command(subcommand)]
     Safety(safety::SafetyCommand),
@@ -406,6 +409,7 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(channels::bounce(&api_client(&config)?, message_id, !soft, diagnostic))
         }
         Command::Audit(AuditCommand::Verify) => audit_verify(&config),
+        Command::Evidence(args) => evidence::run(&config, args),
         Command::Safety(cmd) => safety::run(&config, cmd),
         Command::Audience(cmd) => runtime()?.block_on(audience(&config, cmd)),
         Command::Tags(TagsCommand::Report { dormant_days }) => {

@@ -15,6 +15,7 @@ pub mod channels;
 pub mod contacts;
 pub mod db;
 pub mod events;
+pub mod evidence;
 pub mod inbox;
 pub mod json;
 pub mod media;

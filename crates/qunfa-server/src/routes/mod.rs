@@ -4,6 +4,7 @@ pub mod audiences;
 pub mod broadcasts;
 pub mod channels;
 pub mod contacts;
+pub mod evidence;
 pub mod inbox;
 pub mod ops;
 pub mod recall;
@@ -87,6 +88,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(broadcasts::deliveries))
         .routes(routes!(broadcasts::replies))
         .routes(routes!(broadcasts::events))
+        .routes(routes!(evidence::evidence))
         .routes(routes!(inbox::list_inbox))
         .routes(routes!(inbox::get_message))
         .routes(routes!(inbox::read_message))

@@ -32,6 +32,9 @@ macro_rules! both_backends {
     };
 }
 
+// After the macro, which it uses to run its tests on both backends.
+mod evidence;
+
 both_backends!(
     first_mass_send_end_to_end,
     bad_input_changes_nothing,

@@ -1,0 +1,115 @@
+//! `qunfa evidence` end to end: a real server process, a delivered send, the
+//! bundle downloaded by the client command and verified offline, then changed.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+const ADMIN: &str = "qfa_cli_evidence_token";
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_qunfa"));
+    c.args(args).current_dir(dir).env("QUNFA_LOG", "warn");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("QUNFA_") && k != "QUNFA_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c.output().expect("run qunfa")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn export_and_verify_evidence() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("http://{listen}");
+    std::fs::write(d.join("policy.toml"), "[safety]\nreview_sample_base = 0.0\nreview_sample_per_risk = 0.0\n")
+        .unwrap();
+    let _server = Server(
+        Command::new(env!("CARGO_BIN_EXE_qunfa"))
+            .args([
+                "serve",
+                "--listen",
+                &listen,
+                "--data-dir",
+                "data",
+                "--admin-token",
+                ADMIN,
+                "--policy",
+                "policy.toml",
+            ])
+            .current_dir(d)
+            .env("QUNFA_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    while std::net::TcpStream::connect(&listen).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(30), "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = run(
+        d,
+        &["workspace", "create", "--name", "证据", "--kind", "personal", "--server", &url, "--admin-token", ADMIN],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let key = text(&o).split_whitespace().find(|w| w.starts_with("qf_")).expect("a key").to_owned();
+    let c = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--server", &url, "--api-key", &key]);
+        run(d, &all)
+    };
+    std::fs::write(d.join("c.csv"), "external_id,name,tags\na,甲,同事\nb,乙,同事\n").unwrap();
+    assert!(c(&["contacts", "import", "c.csv"]).status.success());
+    let o = c(&["send", "--text", "周五下午三点开会", "--tag", "同事", "--wait"]);
+    assert!(o.status.success() && text(&o).contains("delivered 2"), "{}", text(&o));
+    let id = text(&o).split_whitespace().nth(1).unwrap().trim_end_matches(':').to_owned();
+
+    // Download (the owner may): written under the default name, checked at once.
+    let o = c(&["evidence", &id]);
+    assert!(o.status.success(), "{}", text(&o));
+    let file = format!("qunfa-evidence-{id}.json");
+    assert!(text(&o).contains(&format!("wrote {file}")), "{}", text(&o));
+    assert!(text(&o).contains("2 recipients") && text(&o).contains("2 records"), "{}", text(&o));
+    let o = c(&["evidence", &id, "--out", "copy.json"]);
+    assert!(o.status.success() && d.join("copy.json").exists(), "{}", text(&o));
+
+    // Offline: no server, no key.
+    let o = run(d, &["evidence", "verify", &file]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).starts_with(&format!("OK {file}")) && text(&o).contains("every hash and link verified"),
+        "{}",
+        text(&o)
+    );
+    let bundle = std::fs::read_to_string(d.join(&file)).unwrap();
+    std::fs::write(d.join("changed.json"), bundle.replace("周五下午三点开会", "周六下午三点开会")).unwrap();
+    let o = run(d, &["evidence", "verify", "changed.json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("FAILED changed.json: the content was changed"), "{}", text(&o));
+    let o = run(d, &["evidence", "verify", "missing.json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("cannot read missing.json"), "{}", text(&o));
+    // A key of another workspace finds nothing.
+    let o = c(&["evidence", "999999"]);
+    assert!(!o.status.success() && text(&o).contains("QF-NOT-FOUND"), "{}", text(&o));
+}
