@@ -68,12 +68,12 @@ async fn evidence_bundle_proves_itself(app: TestApp) {
     let bundle: Value = serde_json::from_slice(&bytes).unwrap();
     assert!(matches!(v.content, ContentCheck::Matches { .. }), "{v:?}");
     assert!(matches!(v.audience, AudienceCheck::Matches { count: 3, .. }), "{v:?}");
-    assert_eq!((v.n_deliveries, v.n_reviews, v.n_reports, v.n_approvals), (3, 1, 1, 0));
+    assert_eq!((v.n_deliveries, v.n_reviews, v.n_reports, v.n_approvals), (3, 1, 1, 1));
     assert_eq!(v.broadcast_id.to_string(), id);
     assert_eq!(v.workspace_id.to_string(), ws);
     // What is in it.
     assert_eq!(bundle["format"], "qunfa-evidence/1");
-    assert_eq!(bundle["content"]["text"], "新品上市，行业第一品牌，欢迎到店体验");
+    assert_eq!(bundle["content"]["text"], "新品上市，行业第一品牌，欢迎到店体验\n\n来自enterprise ws", "with the enterprise signature");
     assert_eq!(bundle["broadcast"]["state"], "completed");
     assert_eq!(bundle["broadcast"]["counts"]["delivered"], 3);
     assert_eq!(bundle["audience"]["contact_ids"], json!(ids));
