@@ -1068,14 +1068,15 @@ pub fn verify_bundle(bytes: &[u8]) -> Result<Verified, Problem> {
     let mut canon = Canon::new(bytes, Some(HASH_KEY)).map_err(Problem::Malformed)?;
     let mut canonical = Vec::with_capacity(bytes.len());
     canon.document(&mut canonical).map_err(Problem::Malformed)?;
-    let malformed = |e: serde_json::Error| Problem::Malformed(e.to_string());
-    let format: FormatView = serde_json::from_slice(bytes).map_err(malformed)?;
-    match format.format {
-        Some(f) if f == FORMAT => {}
-        Some(f) => return Err(Problem::Format(f)),
-        None => return Err(Problem::Malformed("no format".into())),
+    // Another format may not parse as this one: its name is the better message.
+    let format_problem = |e: serde_json::Error| match serde_json::from_slice::<FormatView>(bytes) {
+        Ok(FormatView { format: Some(f) }) if f != FORMAT => Problem::Format(f),
+        _ => Problem::Malformed(e.to_string()),
+    };
+    let b: BundleView = serde_json::from_slice(bytes).map_err(format_problem)?;
+    if b.format != FORMAT {
+        return Err(Problem::Format(b.format));
     }
-    let b: BundleView = serde_json::from_slice(bytes).map_err(malformed)?;
     let workspace_id = parse_id(&b.workspace.id, "workspace.id")?;
     let broadcast_id = parse_id(&b.broadcast.id, "broadcast.id")?;
     let subject = format!("broadcast:{broadcast_id}");
@@ -1284,6 +1285,7 @@ struct FormatView {
 /// The parts of a bundle the verifier reads (the rest is covered by the hash).
 #[derive(Deserialize)]
 struct BundleView {
+    format: String,
     exported_at: i64,
     workspace: IdView,
     broadcast: IdView,

@@ -62,9 +62,10 @@ pub struct EvidenceBundle {
     pub bundle_sha256: String,
 }
 
-/// Export a broadcast's evidence bundle (auditors, admins, owners). Read in
-/// one snapshot; the export is then audited (`broadcast.evidence_exported`
-/// with the bundle's hash), after the snapshot, so that entry is in the next
+/// A broadcast's evidence bundle, as a file (auditors, admins, owners).
+///
+/// Read in one snapshot. The export is then audited (`broadcast.evidence_exported`
+/// with the bundle's hash) after the snapshot, so that entry is in the next
 /// export, not this one. Verify a file offline with `qunfa evidence verify`.
 #[utoipa::path(get, path = "/v1/broadcasts/{id}/evidence", tag = "broadcasts", params(("id" = String, Path)),
     responses((status = 200, description = "The bundle, as an attachment `qunfa-evidence-{id}.json`; header `x-qunfa-bundle-sha256` repeats its hash",

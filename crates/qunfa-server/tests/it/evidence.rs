@@ -191,7 +191,8 @@ async fn evidence_bundle_proves_itself(app: TestApp) {
 
 async fn evidence_of_drafts_and_purged_content(app: TestApp) {
     let (_, owner) = app.workspace("enterprise").await;
-    app.contacts(&owner, 2, &[]).await;
+    let mut ids = app.contacts(&owner, 2, &[]).await;
+    ids.sort();
     // A draft: content and its chain entries, no audience.
     let draft = app.draft(&owner, "还没发出的草稿", json!({"all": true})).await;
     let v: Verified = verify_bundle(&export(&app, &owner, &draft).await).unwrap();
@@ -202,6 +203,8 @@ async fn evidence_of_drafts_and_purged_content(app: TestApp) {
     let id = app.draft(&owner, "会过期的内容", json!({"all": true})).await;
     app.post(&format!("/v1/broadcasts/{id}/send"), &owner, json!({})).await.expect(202);
     app.wait_completed(&owner, &id).await;
+    // A contact deleted since keeps its id in the bundle, not its external id.
+    app.call(reqwest::Method::DELETE, &format!("/v1/contacts/{}", ids[1]), Some(&owner), None).await.expect(204);
     let store = app.store.clone();
     let purged = tokio::task::spawn_blocking(move || store.purge_content(0, qunfa_store::now_millis() + 1))
         .await
@@ -214,6 +217,8 @@ async fn evidence_of_drafts_and_purged_content(app: TestApp) {
     assert!(matches!(v.audience, AudienceCheck::Matches { count: 2, .. }), "{v:?}");
     let bundle: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(bundle["content"], json!({"type": "purged"}));
+    assert_eq!(bundle["audience"]["contact_ids"], json!(ids));
+    assert_eq!(bundle["audience"]["external_ids"], json!(["u0", null]));
     // Purged content cannot be replaced by other content.
     let p = tampered(&bundle, |b| {
         b["content_json"] = json!(r#"{"type":"text","text":"别的"}"#);
