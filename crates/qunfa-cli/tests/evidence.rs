@@ -40,8 +40,11 @@ fn export_and_verify_evidence() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let listen = format!("127.0.0.1:{port}");
     let url = format!("http://{listen}");
-    std::fs::write(d.join("policy.toml"), "[safety]\nreview_sample_base = 0.0\nreview_sample_per_risk = 0.0\n[tiers.personal]\nnew_account_days = 0\n")
-        .unwrap();
+    std::fs::write(
+        d.join("policy.toml"),
+        "[safety]\nreview_sample_base = 0.0\nreview_sample_per_risk = 0.0\n[tiers.personal]\nnew_account_days = 0\n",
+    )
+    .unwrap();
     let _server = Server(
         Command::new(env!("CARGO_BIN_EXE_qunfa"))
             .args([

@@ -73,7 +73,10 @@ async fn evidence_bundle_proves_itself(app: TestApp) {
     assert_eq!(v.workspace_id.to_string(), ws);
     // What is in it.
     assert_eq!(bundle["format"], "qunfa-evidence/1");
-    assert_eq!(bundle["content"]["text"], "新品上市，行业第一品牌，欢迎到店体验\n\n来自enterprise ws", "with the enterprise signature");
+    assert_eq!(
+        bundle["content"]["text"], "新品上市，行业第一品牌，欢迎到店体验\n\n来自enterprise ws",
+        "with the enterprise signature"
+    );
     assert_eq!(bundle["broadcast"]["state"], "completed");
     assert_eq!(bundle["broadcast"]["counts"]["delivered"], 3);
     assert_eq!(bundle["audience"]["contact_ids"], json!(ids));
