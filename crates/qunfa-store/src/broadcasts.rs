@@ -74,13 +74,13 @@ pub struct BroadcastRecord {
     pub fallback: Vec<FallbackStep>,
 }
 
-const BROADCAST_COLUMNS: &str =
+pub(crate) const BROADCAST_COLUMNS: &str =
     "id, workspace_id, member_id, state, content, audience, channels, priority, client_msg_id, request_hash,
     n_recipients, verdicts, created_at, submitted_at, approved_by, approved_at, dispatched_at, completed_at,
     n_batches, n_batches_done, n_delivered, n_failed, n_read, n_replied, ttl_ms, expires_at, purged_at, paused_at, n_redriven,
     n_filtered, n_sent, n_skipped, fallback";
 
-fn broadcast_from(r: &Row) -> Result<BroadcastRecord, StoreError> {
+pub(crate) fn broadcast_from(r: &Row) -> Result<BroadcastRecord, StoreError> {
     Ok(BroadcastRecord {
         id: r.i64(0),
         workspace_id: r.i64(1),
@@ -451,10 +451,10 @@ impl Store {
         })?
     }
 
-    /// Holds a draft for approval.
+    /// Holds a draft (or a scheduled run that came due) for approval.
     ///
     /// # Errors
-    /// `QF-STATE-CONFLICT` unless it is a draft, or database errors.
+    /// `QF-STATE-CONFLICT` unless it is a draft or scheduled, or database errors.
     pub fn hold_for_approval(
         &self,
         workspace_id: i64,
@@ -470,7 +470,7 @@ impl Store {
                 check_daily_quota(c, member.i64(0), limit, day_start)?;
             }
             let n = c.execute(
-                "UPDATE broadcasts SET state = 'pending_approval', submitted_at = ?, verdicts = ? WHERE id = ? AND workspace_id = ? AND state = 'draft'",
+                "UPDATE broadcasts SET state = 'pending_approval', submitted_at = ?, verdicts = ? WHERE id = ? AND workspace_id = ? AND state IN ('draft', 'scheduled')",
                 params![now, verdicts_json, id, workspace_id],
             )?;
             if n == 0 {
@@ -542,7 +542,7 @@ impl Store {
             }
             if let Some((limit, day_start)) = rules.daily_limit {
                 // A send held for approval counted when it was submitted.
-                if rules.from == BroadcastState::Draft {
+                if matches!(rules.from, BroadcastState::Draft | BroadcastState::Scheduled) {
                     check_daily_quota(c, b.i64(0), limit, day_start)?;
                 }
             }

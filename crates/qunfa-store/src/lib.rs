@@ -20,6 +20,7 @@ pub mod media;
 pub mod members;
 pub mod queue;
 pub mod safety;
+pub mod schedule;
 pub mod segments;
 pub mod tags;
 pub mod workspaces;
@@ -111,6 +112,7 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
     (4, include_str!("../migrations/sqlite/0004_channels.sql"), None),
     (5, include_str!("../migrations/sqlite/0005_safety.sql"), None),
     (6, include_str!("../migrations/sqlite/0006_workflow.sql"), None),
+    (7, include_str!("../migrations/sqlite/0007_schedule.sql"), None),
 ];
 const POSTGRES_MIGRATIONS: &[Migration] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql"), None),
@@ -119,6 +121,7 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
     (4, include_str!("../migrations/postgres/0004_channels.sql"), None),
     (5, include_str!("../migrations/postgres/0005_safety.sql"), None),
     (6, include_str!("../migrations/postgres/0006_workflow.sql"), None),
+    (7, include_str!("../migrations/postgres/0007_schedule.sql"), None),
 ];
 
 /// Version 2: memberships move from one row per contact to bitmaps.

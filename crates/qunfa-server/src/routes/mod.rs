@@ -7,6 +7,7 @@ pub mod contacts;
 pub mod inbox;
 pub mod ops;
 pub mod safety;
+pub mod schedule;
 pub mod tags;
 pub mod workspaces;
 
@@ -73,6 +74,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(broadcasts::deliveries))
         .routes(routes!(broadcasts::replies))
         .routes(routes!(broadcasts::events))
+        .routes(routes!(schedule::schedule_broadcast, schedule::get_schedule, schedule::cancel_schedule))
+        .routes(routes!(schedule::get_settings, schedule::put_settings))
         .routes(routes!(inbox::list_inbox))
         .routes(routes!(inbox::get_message))
         .routes(routes!(inbox::read_message))

@@ -3,6 +3,7 @@
 
 mod channels;
 mod safety;
+mod schedule;
 mod support;
 
 use channels::{
