@@ -74,13 +74,13 @@ pub struct BroadcastRecord {
     pub fallback: Vec<FallbackStep>,
 }
 
-pub(crate) const BROADCAST_COLUMNS: &str =
+const BROADCAST_COLUMNS: &str =
     "id, workspace_id, member_id, state, content, audience, channels, priority, client_msg_id, request_hash,
     n_recipients, verdicts, created_at, submitted_at, approved_by, approved_at, dispatched_at, completed_at,
     n_batches, n_batches_done, n_delivered, n_failed, n_read, n_replied, ttl_ms, expires_at, purged_at, paused_at, n_redriven,
     n_filtered, n_sent, n_skipped, fallback";
 
-pub(crate) fn broadcast_from(r: &Row) -> Result<BroadcastRecord, StoreError> {
+fn broadcast_from(r: &Row) -> Result<BroadcastRecord, StoreError> {
     Ok(BroadcastRecord {
         id: r.i64(0),
         workspace_id: r.i64(1),

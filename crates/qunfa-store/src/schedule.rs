@@ -14,11 +14,7 @@
 
 use qunfa_core::broadcast::BroadcastState;
 
-use crate::{
-    audit,
-    broadcasts::{broadcast_from, BroadcastRecord, BROADCAST_COLUMNS},
-    params, Code, Conn, Row, Store, StoreError,
-};
+use crate::{audit, params, Code, Conn, Row, Store, StoreError};
 
 /// A broadcast's schedule as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +83,17 @@ pub enum Claim {
     Defer { until: i64 },
 }
 
+/// One run of a recurring schedule: the broadcast it made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleRun {
+    pub broadcast_id: i64,
+    pub state: BroadcastState,
+    /// When the run was due.
+    pub due_at: Option<i64>,
+    pub submitted_at: Option<i64>,
+    pub n_recipients: u64,
+}
+
 /// A workspace's scheduling settings as stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScheduleSettingsRecord {
@@ -96,20 +103,19 @@ pub struct ScheduleSettingsRecord {
     pub time_zone: Option<String>,
 }
 
+/// Why a schedule change found nothing to change.
 fn conflict(c: &mut Conn, workspace_id: i64, id: i64, now: i64, doing: &str) -> StoreError {
-    let state = c
-        .query_opt(
-            "SELECT state, schedule_claimed_until FROM broadcasts WHERE id = ? AND workspace_id = ?",
-            params![id, workspace_id],
-        )
-        .ok()
-        .flatten();
-    match state {
-        None => StoreError::NotFound,
-        Some(r) if r.str(0) == "scheduled" && r.opt_i64(1).is_some_and(|t| t > now) => {
+    let row = c.query_opt(
+        "SELECT state, schedule_claimed_until FROM broadcasts WHERE id = ? AND workspace_id = ?",
+        params![id, workspace_id],
+    );
+    match row {
+        Err(e) => e,
+        Ok(None) => StoreError::NotFound,
+        Ok(Some(r)) if r.str(0) == "scheduled" && r.opt_i64(1).is_some_and(|t| t > now) => {
             StoreError::rejected(Code::Conflict, format!("cannot {doing}: its run is starting"))
         }
-        Some(r) => StoreError::rejected(Code::Conflict, format!("cannot {doing}: the broadcast is {}", r.str(0))),
+        Ok(Some(r)) => StoreError::rejected(Code::Conflict, format!("cannot {doing}: the broadcast is {}", r.str(0))),
     }
 }
 
@@ -316,8 +322,7 @@ impl Store {
         })
     }
 
-    /// The runs of a recurring schedule (broadcasts with `parent_id`), newest
-    /// first, before `before_id`.
+    /// The runs of a recurring schedule (broadcasts with `parent_id`), newest first.
     ///
     /// # Errors
     /// Database errors.
@@ -325,16 +330,25 @@ impl Store {
         &self,
         workspace_id: i64,
         parent_id: i64,
-        before_id: Option<i64>,
         limit: usize,
-    ) -> Result<Vec<BroadcastRecord>, StoreError> {
+    ) -> Result<Vec<ScheduleRun>, StoreError> {
         let rows = self.db.conn()?.query(
-            &format!(
-                "SELECT {BROADCAST_COLUMNS} FROM broadcasts WHERE parent_id = ? AND workspace_id = ? AND id < ? ORDER BY id DESC LIMIT ?"
-            ),
-            params![parent_id, workspace_id, before_id.unwrap_or(i64::MAX), limit],
+            "SELECT id, state, schedule_at, submitted_at, n_recipients FROM broadcasts
+             WHERE parent_id = ? AND workspace_id = ? ORDER BY id DESC LIMIT ?",
+            params![parent_id, workspace_id, limit],
         )?;
-        rows.iter().map(broadcast_from).collect()
+        rows.iter()
+            .map(|r| {
+                Ok(ScheduleRun {
+                    broadcast_id: r.i64(0),
+                    state: BroadcastState::parse(r.str(1))
+                        .map_err(|_| StoreError::Corrupt(format!("state {}", r.str(1))))?,
+                    due_at: r.opt_i64(2),
+                    submitted_at: r.opt_i64(3),
+                    n_recipients: r.i64(4) as u64,
+                })
+            })
+            .collect()
     }
 
     /// The workspace's quiet hours and time zone.

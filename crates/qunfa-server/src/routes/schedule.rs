@@ -107,10 +107,10 @@ pub struct ScheduleRunWire {
     pub recipients: u64,
 }
 
-/// A workspace's scheduling settings.
-#[derive(Serialize, Deserialize, ToSchema)]
+/// A workspace's scheduling settings (both replaced by a PUT).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ScheduleSettingsWire {
+pub struct ScheduleSettingsRequest {
     /// `HH:MM-HH:MM` (may wrap midnight) in the workspace's time zone; null: none.
     /// Scheduled and recurring runs never start inside them: a run due there goes at their end.
     #[serde(default)]
@@ -118,8 +118,15 @@ pub struct ScheduleSettingsWire {
     /// An IANA time zone; null: the policy's `schedule.default_time_zone`.
     #[serde(default)]
     pub time_zone: Option<String>,
-    /// The zone in force (answers only).
-    #[serde(default, skip_deserializing)]
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ScheduleSettingsResponse {
+    /// `HH:MM-HH:MM` in the workspace's time zone, or null.
+    pub quiet_hours: Option<String>,
+    /// The zone the workspace set, or null.
+    pub time_zone: Option<String>,
+    /// The zone in force: the workspace's, or the policy's default.
     pub effective_time_zone: String,
 }
 
@@ -241,19 +248,18 @@ pub async fn schedule_broadcast(
 fn response_of(s: &Inner, ws: i64, id: i64, with_runs: bool) -> Result<ScheduleResponse, ApiError> {
     let schedule = s.store.schedule(ws, id)?;
     let runs = if with_runs && schedule.cron.is_some() {
-        let rows = s.store.schedule_runs(ws, id, None, 100)?;
-        let mut runs = Vec::with_capacity(rows.len());
-        for b in rows {
-            let due = s.store.schedule(ws, b.id)?.at;
-            runs.push(ScheduleRunWire {
-                id: b.id.to_string(),
-                state: b.state.as_str().into(),
-                due_at: ts_opt(due),
-                submitted_at: ts_opt(b.submitted_at),
-                recipients: b.n_recipients,
-            });
-        }
-        Some(runs)
+        let runs = s.store.schedule_runs(ws, id, 100)?;
+        Some(
+            runs.into_iter()
+                .map(|r| ScheduleRunWire {
+                    id: r.broadcast_id.to_string(),
+                    state: r.state.as_str().into(),
+                    due_at: ts_opt(r.due_at),
+                    submitted_at: ts_opt(r.submitted_at),
+                    recipients: r.n_recipients,
+                })
+                .collect(),
+        )
     } else {
         None
     };
@@ -307,15 +313,15 @@ pub async fn cancel_schedule(
     Ok(Json(broadcast_response(b)))
 }
 
-fn settings_wire(s: &Inner, r: ScheduleSettingsRecord) -> ScheduleSettingsWire {
+fn settings_wire(s: &Inner, r: ScheduleSettingsRecord) -> ScheduleSettingsResponse {
     let effective = r.time_zone.clone().unwrap_or_else(|| s.policy.schedule.default_time_zone.clone());
-    ScheduleSettingsWire { quiet_hours: r.quiet_hours, time_zone: r.time_zone, effective_time_zone: effective }
+    ScheduleSettingsResponse { quiet_hours: r.quiet_hours, time_zone: r.time_zone, effective_time_zone: effective }
 }
 
 /// The workspace's quiet hours and time zone.
 #[utoipa::path(get, path = "/v1/workspace/schedule-settings", tag = "schedule",
-    responses((status = 200, body = ScheduleSettingsWire)))]
-pub async fn get_settings(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<ScheduleSettingsWire>> {
+    responses((status = 200, body = ScheduleSettingsResponse)))]
+pub async fn get_settings(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<ScheduleSettingsResponse>> {
     auth.require(Action::Read)?;
     let ws = auth.workspace_id();
     Ok(Json(state.blocking(move |s| Ok(settings_wire(s, s.store.schedule_settings(ws)?))).await?))
@@ -324,13 +330,13 @@ pub async fn get_settings(State(state): State<AppState>, auth: Auth) -> ApiResul
 /// Set the workspace's quiet hours and time zone (admin or owner). They
 /// apply to runs planned from now on, and to every run at its time: a run
 /// due inside quiet hours goes at their end.
-#[utoipa::path(put, path = "/v1/workspace/schedule-settings", tag = "schedule", request_body = ScheduleSettingsWire,
-    responses((status = 200, body = ScheduleSettingsWire), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+#[utoipa::path(put, path = "/v1/workspace/schedule-settings", tag = "schedule", request_body = ScheduleSettingsRequest,
+    responses((status = 200, body = ScheduleSettingsResponse), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn put_settings(
     State(state): State<AppState>,
     auth: Auth,
-    ApiJson(req): ApiJson<ScheduleSettingsWire>,
-) -> ApiResult<Json<ScheduleSettingsWire>> {
+    ApiJson(req): ApiJson<ScheduleSettingsRequest>,
+) -> ApiResult<Json<ScheduleSettingsResponse>> {
     auth.require(Action::Schedule)?;
     let quiet_hours = req.quiet_hours.as_deref().map(QuietHours::parse).transpose()?.map(|q| q.as_string());
     let time_zone = req.time_zone.as_deref().map(TimeZone::parse).transpose()?.map(|z| z.name().to_owned());

@@ -31,6 +31,7 @@ both_backends!(
     recurring_runs_make_broadcasts => spawn_app,
     quiet_hours_move_runs => spawn_app,
     runs_refused_at_their_time_are_recorded => one_send_a_day,
+    scheduled_runs_wait_for_approval => spawn_app,
 );
 
 const MINUTE: i64 = 60_000;
@@ -383,4 +384,22 @@ async fn runs_refused_at_their_time_are_recorded(app: TestApp) {
     assert!(blocked.is_some_and(|(actor, _, _)| actor.starts_with("scheduler:member:")), "{actions:?}");
     // Tomorrow's is still waiting.
     assert_eq!(state(&app, &sender, &later).await, "scheduled");
+}
+
+async fn scheduled_runs_wait_for_approval(app: TestApp) {
+    let (_, owner) = app.workspace("enterprise").await;
+    let (_, sender) = app.member(&owner, "sender").await;
+    let (_, reviewer) = app.member(&owner, "reviewer").await;
+    app.contacts(&owner, 501, &["全员"]).await;
+    let id = app.draft(&sender, "年终答谢会邀请", json!({"tag": "全员"})).await;
+    // The review it will need does not stop the schedule; it is recorded.
+    let s = schedule(&app, &owner, &id, json!({"at": rfc3339(now(&app) + 5 * MINUTE)})).await.expect(200);
+    let v = &s["verdicts"].as_array().unwrap()[0];
+    assert_eq!((v["code"].as_str(), v["severity"].as_str()), (Some("QF-APPROVAL-REQUIRED"), Some("review")), "{s}");
+    // At its time it is held for approval, then approved like any send.
+    app.advance(6 * MINUTE);
+    let b = wait_ran(&app, &sender, &id).await;
+    assert_eq!(b["state"], "pending_approval", "{b}");
+    let b = app.post(&format!("/v1/broadcasts/{id}/approve"), &reviewer, json!({})).await.expect(202);
+    assert_eq!((b["state"].as_str(), b["recipients"].as_u64()), (Some("sending"), Some(501)), "{b}");
 }
