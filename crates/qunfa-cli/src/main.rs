@@ -13,6 +13,7 @@ mod demo;
 mod evidence;
 mod recall;
 mod safety;
+mod schedule;
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -80,6 +81,8 @@ enum Command {
     Contacts(ContactsCommand),
     /// Compose and send a broadcast (or only preflight it with --dry-run).
     Send(Box<SendArgs>),
+    /// Schedule a draft once (--at) or on a cron expression (--cron); cancel, show, settings.
+    Schedule(Box<schedule::ScheduleArgs>),
     /// Explain a broadcast: its state, counts and every verdict.
     Explain { broadcast_id: String },
     /// Control a broadcast in flight.
@@ -400,6 +403,7 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             import(&config, &file, partial, format.as_deref(), chunk)
         }
         Command::Send(args) => runtime()?.block_on(send(&config, *args)),
+        Command::Schedule(args) => runtime()?.block_on(schedule::run(&api_client(&config)?, *args)),
         Command::Explain { broadcast_id } => runtime()?.block_on(explain(&config, &broadcast_id)),
         Command::Broadcast(cmd) => runtime()?.block_on(broadcast_control(&config, cmd)),
         Command::Speed { level } => runtime()?.block_on(speed(&config, level)),
@@ -945,7 +949,7 @@ async fn wait(client: &Client, id: &str) -> anyhow::Result<()> {
         bar.set_length(b["counts"]["total"].as_u64().unwrap_or(0));
         bar.set_position(b["counts"]["sent"].as_u64().unwrap_or(0));
         bar.set_message(b["state"].as_str().unwrap_or("?").to_owned());
-        if b["state"] == "completed" || b["state"] == "cancelled" {
+        if b["state"] == "completed" || b["state"] == "cancelled" || b["state"] == "blocked" {
             bar.finish_and_clear();
             println!(
                 "broadcast {id}: {} — delivered {}, failed {}",
@@ -979,7 +983,7 @@ async fn explain(config: &Config, id: &str) -> anyhow::Result<ExitCode> {
     let b = client.get(&format!("/v1/broadcasts/{id}")).await?;
     let c = &b["counts"];
     let state = b["state"].as_str().unwrap_or("?");
-    if matches!(state, "draft" | "pending_approval") {
+    if matches!(state, "draft" | "pending_approval" | "scheduled") {
         println!("broadcast {id}: {state} (the audience is counted below and frozen when it is sent)");
     } else {
         println!(
@@ -988,7 +992,7 @@ async fn explain(config: &Config, id: &str) -> anyhow::Result<ExitCode> {
         );
     }
     match b["state"].as_str() {
-        Some("draft") | Some("pending_approval") => {
+        Some("draft") | Some("pending_approval") | Some("scheduled") => {
             let p = client.post(&format!("/v1/broadcasts/{id}/preflight"), json!({})).await?;
             print_preflight(id, &p);
         }

@@ -9,6 +9,11 @@ pub enum BroadcastState {
     Draft,
     /// Submitted, waiting for a reviewer's approval.
     PendingApproval,
+    /// Waiting for its time (one run), or running on a cron (a recurring
+    /// parent, which makes a broadcast per run and never sends itself).
+    Scheduled,
+    /// A scheduled run refused at its time: the verdicts that blocked it are recorded.
+    Blocked,
     /// Audience frozen, batches queued or in flight.
     Sending,
     /// Sending stopped by an operator; its batches wait until it is resumed.
@@ -24,6 +29,8 @@ impl BroadcastState {
         match self {
             Self::Draft => "draft",
             Self::PendingApproval => "pending_approval",
+            Self::Scheduled => "scheduled",
+            Self::Blocked => "blocked",
             Self::Sending => "sending",
             Self::Paused => "paused",
             Self::Completed => "completed",
@@ -34,6 +41,8 @@ impl BroadcastState {
         Ok(match s {
             "draft" => Self::Draft,
             "pending_approval" => Self::PendingApproval,
+            "scheduled" => Self::Scheduled,
+            "blocked" => Self::Blocked,
             "sending" => Self::Sending,
             "paused" => Self::Paused,
             "completed" => Self::Completed,
@@ -41,7 +50,8 @@ impl BroadcastState {
             _ => return Err(Code::Internal),
         })
     }
-    /// Whether a send (submit) may start from this state.
+    /// Whether a member may send it (submit) from this state. A scheduled
+    /// broadcast is submitted by the scheduler; cancel the schedule to send it now.
     pub fn may_submit(self) -> bool {
         self == Self::Draft
     }

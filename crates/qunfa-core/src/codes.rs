@@ -134,6 +134,17 @@ codes! {
     ApprovalDuplicate = "QF-APPROVAL-DUPLICATE", "You already decided on this send.", "您已审批过此群发。", "Each stage needs a different approver; ask another reviewer.";
     ApprovalStage = "QF-APPROVAL-STAGE", "You are not a reviewer of the stage this send waits for.", "您不是当前审批阶段的审核人。", "GET /v1/broadcasts/{id}/approvals shows the stage; an admin assigns stages with PUT /v1/members/{id}/review-stages.";
     InvalidReviewChain = "QF-INVALID-REVIEW-CHAIN", "The review chain is not valid.", "审批链无效。", "Give at most 5 distinct stage names of 1 to 32 characters, e.g. [\"business\", \"legal\", \"technical\"].";
+    // Scheduling.
+    ScheduleNotAllowed = "QF-SCHEDULE-NOT-ALLOWED", "This kind of workspace cannot schedule broadcasts.", "当前账号类型不支持定时发送。", "Send it now, or use an enterprise workspace (scheduling needs an admin or the owner).";
+    ScheduleInvalid = "QF-SCHEDULE-INVALID", "The schedule is not valid.", "定时设置无效。", "Give at (e.g. 2026-12-24T09:00:00 with time_zone, or 2026-12-24T09:00:00+08:00) for one run, or cron (e.g. \"0 9 * * MON\") for recurring runs, not both.";
+    SchedulePast = "QF-SCHEDULE-PAST", "The scheduled time is in the past or too soon.", "定时发送的时间已过去或距现在太近。", "Pick a later time (at least the policy's schedule.min_lead_seconds ahead), or send it now.";
+    ScheduleTooFar = "QF-SCHEDULE-TOO-FAR", "The scheduled time is too far ahead.", "定时发送的时间太远。", "Pick a time within the policy's schedule.max_horizon_days.";
+    ScheduleTimeZone = "QF-SCHEDULE-TIME-ZONE", "The time zone is unknown or does not match the time's offset.", "时区无效，或与时间中的偏移量不一致。", "Use an IANA time zone name such as Asia/Shanghai, Europe/Berlin or UTC; give a time with an offset (+08:00) only when it is that zone's offset.";
+    ScheduleCron = "QF-SCHEDULE-CRON", "The cron expression is not valid.", "cron 表达式无效。", "Use five fields: minute hour day-of-month month day-of-week, e.g. \"0 9 * * MON\" (Mondays 09:00) or \"30 8 1 * *\" (the 1st, 08:30); docs/scheduling.md has the syntax.";
+    ScheduleNever = "QF-SCHEDULE-NEVER", "The cron expression never fires.", "cron 表达式永远不会触发。", "Check the day of month against the months: 30 February or 31 April do not exist.";
+    ScheduleTooOften = "QF-SCHEDULE-TOO-OFTEN", "The recurring schedule fires more often than allowed.", "循环发送过于频繁。", "Space the runs at least the policy's schedule.min_interval_minutes apart.";
+    ScheduleQuietHours = "QF-SCHEDULE-QUIET-HOURS", "The run falls into the workspace's quiet hours and goes at their end.", "发送时间处于免打扰时段，将在免打扰结束时发送。", "Nothing blocks; pick another time, or change the quiet hours (PUT /v1/workspace/schedule-settings).";
+    QuietHoursFormat = "QF-SCHEDULE-QUIET-HOURS-FORMAT", "The quiet hours are not valid.", "免打扰时段格式无效。", "Use HH:MM-HH:MM in the workspace's time zone, e.g. 22:00-08:00 (it may wrap midnight), or null for none.";
     DuplicateClientMsgId = "QF-CLIENT-MSG-ID-REUSED", "This client_msg_id was used for different content.", "client_msg_id 已用于不同内容。", "Use a new client_msg_id for new content; resend the same body to get the original broadcast.";
 }
 

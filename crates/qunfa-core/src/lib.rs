@@ -17,6 +17,7 @@ pub mod import;
 pub mod message;
 pub mod policy;
 pub mod preflight;
+pub mod schedule;
 pub mod sign;
 pub mod tag;
 pub mod template;

@@ -119,6 +119,24 @@ pub struct Policy {
     pub safety: SafetyPolicy,
     pub security: SecurityPolicy,
     pub health: HealthPolicy,
+    pub schedule: SchedulePolicy,
+}
+
+/// Scheduled and recurring sends.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulePolicy {
+    /// A one-off run is at least this far ahead (sooner: send it now).
+    pub min_lead_seconds: u32,
+    /// A one-off run, and a recurring schedule's first, is at most this far ahead.
+    pub max_horizon_days: u32,
+    /// Runs of a recurring schedule are at least this far apart.
+    pub min_interval_minutes: u32,
+    /// The zone of schedules and quiet hours in workspaces that set none (IANA name).
+    pub default_time_zone: String,
+    /// A node that took a due run and died before submitting it: another
+    /// node runs it after this.
+    pub claim_lease_seconds: u32,
 }
 
 /// Sender security: abnormal logins, "operation too frequent", fast growth.
@@ -330,6 +348,15 @@ impl Policy {
         if let Some((name, _)) = d.channel_per_minute.iter().find(|(_, v)| **v == 0) {
             return Err(PolicyError::Invalid(format!("delivery.channel_per_minute.{name} must be positive")));
         }
+        let sch = &self.schedule;
+        if sch.max_horizon_days == 0 || sch.min_interval_minutes == 0 || sch.claim_lease_seconds == 0 {
+            return Err(PolicyError::Invalid(
+                "schedule: max_horizon_days, min_interval_minutes and claim_lease_seconds must be positive".into(),
+            ));
+        }
+        if let Err(e) = crate::schedule::TimeZone::parse(&sch.default_time_zone) {
+            return Err(PolicyError::Invalid(format!("schedule.default_time_zone: {}", e.message)));
+        }
         Ok(())
     }
 
@@ -383,6 +410,10 @@ mod tests {
         assert_eq!(p.tiers.api.recipient_limit(None), Some(500));
         assert_eq!(p.tiers.api.recipient_limit(Some("pro")), Some(10_000));
         assert!(!p.tiers.personal.allows_type(ContentType::File));
+        assert!(!p.tiers.personal.scheduling && p.tiers.enterprise.scheduling);
+        assert_eq!(p.schedule.default_time_zone, "Asia/Shanghai");
+        assert!(Policy::from_toml_str("[schedule]\ndefault_time_zone = \"Mars/Olympus\"\n").is_err());
+        assert!(Policy::from_toml_str("[schedule]\nmin_interval_minutes = 0\n").is_err());
     }
 
     #[test]

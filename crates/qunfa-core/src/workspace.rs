@@ -55,6 +55,8 @@ pub enum Action {
     Audit,
     /// Read contacts, broadcasts and reports.
     Read,
+    /// Schedule broadcasts and set quiet hours (admins and owners).
+    Schedule,
 }
 
 impl Role {
@@ -136,6 +138,7 @@ mod tests {
         assert!(!Role::Viewer.allows(Action::ManageContacts));
         assert!(Role::Reviewer.allows(Action::Approve));
         assert!(!Role::Admin.may_grant(Role::Owner));
+        assert!(Role::Admin.allows(Action::Schedule) && !Role::Sender.allows(Action::Schedule));
         assert_eq!(Role::parse("root"), Err(Code::InvalidRole));
     }
 

@@ -191,10 +191,13 @@ pub async fn serve(
             tokio::time::sleep(std::time::Duration::from_secs(3)).await;
         }
     });
+    // Scheduled and recurring runs, submitted when they come due.
+    let scheduler = routes::schedule::spawn(state.clone());
     let result = axum::serve(listener, app(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await;
     follow.abort();
+    scheduler.abort();
     engine.shutdown().await;
     result
 }

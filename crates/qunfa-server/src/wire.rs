@@ -512,7 +512,8 @@ pub struct Counts {
 #[derive(Serialize, ToSchema)]
 pub struct BroadcastResponse {
     pub id: String,
-    /// `draft`, `pending_approval`, `sending`, `paused`, `completed` or `cancelled`.
+    /// `draft`, `scheduled`, `pending_approval`, `sending`, `paused`, `completed`, `cancelled`
+    /// or `blocked` (a scheduled run refused at its time).
     pub state: String,
     /// `{"type": "purged"}` once retention (or a flash message's end) removed it.
     pub content: ContentWire,

@@ -505,10 +505,10 @@ impl Store {
         })?
     }
 
-    /// Holds a draft for approval.
+    /// Holds a draft (or a scheduled run that came due) for approval.
     ///
     /// # Errors
-    /// `QF-STATE-CONFLICT` unless it is a draft, or database errors.
+    /// `QF-STATE-CONFLICT` unless it is a draft or scheduled, or database errors.
     pub fn hold_for_approval(
         &self,
         workspace_id: i64,
@@ -524,7 +524,7 @@ impl Store {
                 check_daily_quota(c, member.i64(0), limit, day_start)?;
             }
             let n = c.execute(
-                "UPDATE broadcasts SET state = 'pending_approval', submitted_at = ?, verdicts = ?, approval_stages = ? WHERE id = ? AND workspace_id = ? AND state = 'draft'",
+                "UPDATE broadcasts SET state = 'pending_approval', submitted_at = ?, verdicts = ?, approval_stages = ? WHERE id = ? AND workspace_id = ? AND state IN ('draft', 'scheduled')",
                 params![now, verdicts_json, stages_json, id, workspace_id],
             )?;
             if n == 0 {
@@ -599,7 +599,7 @@ impl Store {
             }
             if let Some((limit, day_start)) = rules.daily_limit {
                 // A send held for approval counted when it was submitted.
-                if rules.from == BroadcastState::Draft {
+                if matches!(rules.from, BroadcastState::Draft | BroadcastState::Scheduled) {
                     check_daily_quota(c, b.i64(0), limit, day_start)?;
                 }
             }

@@ -23,6 +23,7 @@ pub mod members;
 pub mod queue;
 pub mod recall;
 pub mod safety;
+pub mod schedule;
 pub mod security;
 pub mod segments;
 pub mod tags;
@@ -115,6 +116,7 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
     (4, include_str!("../migrations/sqlite/0004_channels.sql"), None),
     (5, include_str!("../migrations/sqlite/0005_safety.sql"), None),
     (6, include_str!("../migrations/sqlite/0006_workflow.sql"), None),
+    (7, include_str!("../migrations/sqlite/0007_schedule.sql"), None),
     (8, include_str!("../migrations/sqlite/0008_recall.sql"), None),
 ];
 const POSTGRES_MIGRATIONS: &[Migration] = &[
@@ -124,6 +126,7 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
     (4, include_str!("../migrations/postgres/0004_channels.sql"), None),
     (5, include_str!("../migrations/postgres/0005_safety.sql"), None),
     (6, include_str!("../migrations/postgres/0006_workflow.sql"), None),
+    (7, include_str!("../migrations/postgres/0007_schedule.sql"), None),
     (8, include_str!("../migrations/postgres/0008_recall.sql"), None),
 ];
 

@@ -779,7 +779,8 @@ pub async fn preflight(
 ) -> ApiResult<Json<PreflightResponse>> {
     auth.require(Action::Read)?;
     let b = load(&state, auth.workspace_id(), &id).await?;
-    if !b.state.may_submit() && b.state != BroadcastState::PendingApproval {
+    // A scheduled one too: what its run would meet now.
+    if !b.state.may_submit() && !matches!(b.state, BroadcastState::PendingApproval | BroadcastState::Scheduled) {
         return Err(ApiError::new(
             Code::Conflict,
             format!("the broadcast is {}; GET it for the verdicts recorded at submission", b.state.as_str()),
@@ -1189,7 +1190,8 @@ pub async fn events(
                 Ok(b) => b,
                 Err(_) => return None,
             };
-            let finished = matches!(b.state, BroadcastState::Completed | BroadcastState::Cancelled);
+            let finished =
+                matches!(b.state, BroadcastState::Completed | BroadcastState::Cancelled | BroadcastState::Blocked);
             let json = serde_json::to_string(&broadcast_response(b)).unwrap_or_default();
             if last.as_deref() != Some(json.as_str()) {
                 let event = Event::default().event("progress").data(json.clone());

@@ -9,6 +9,7 @@ pub mod inbox;
 pub mod ops;
 pub mod recall;
 pub mod safety;
+pub mod schedule;
 pub mod security;
 pub mod tags;
 pub mod workspaces;
@@ -89,6 +90,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(broadcasts::replies))
         .routes(routes!(broadcasts::events))
         .routes(routes!(evidence::evidence))
+        .routes(routes!(schedule::schedule_broadcast, schedule::get_schedule, schedule::cancel_schedule))
+        .routes(routes!(schedule::get_settings, schedule::put_settings))
         .routes(routes!(inbox::list_inbox))
         .routes(routes!(inbox::get_message))
         .routes(routes!(inbox::read_message))

@@ -5,6 +5,7 @@ mod channels;
 mod recall;
 mod rules;
 mod safety;
+mod schedule;
 mod support;
 
 use channels::{

@@ -49,10 +49,14 @@ both_backends!(
     fallback_and_consent,
     workspace_channel_rate,
     early_receipts,
+    scheduled_runs_are_claimed_once,
+    schedule_settings_round_trip,
 );
 
 mod channels;
 use channels::{early_receipts, fallback_and_consent, workspace_channel_rate};
+mod schedule;
+use schedule::{schedule_settings_round_trip, scheduled_runs_are_claimed_once};
 
 struct Fixture {
     store: Store,
