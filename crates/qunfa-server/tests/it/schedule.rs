@@ -274,7 +274,10 @@ async fn recurring_runs_make_broadcasts(app: TestApp) {
     assert_eq!(ms(&s["runs"][0]["due_at"]), first);
     let b1 = wait_ran(&app, &sender, &run1).await;
     assert_eq!((b1["state"].as_str(), b1["recipients"].as_u64()), (Some("sending"), Some(3)), "{b1}");
-    assert_eq!(b1["content"]["text"], "每小时库存提醒");
+    assert_eq!(
+        b1["content"]["text"], "每小时库存提醒\n\n来自enterprise ws",
+        "a run carries the signature stored with the content"
+    );
     let r1 = app.get(&format!("/v1/broadcasts/{run1}/schedule"), &sender).await.expect(200);
     assert_eq!(
         (r1["schedule"]["kind"].as_str(), r1["schedule"]["parent_id"].as_str()),
