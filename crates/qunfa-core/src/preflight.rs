@@ -44,7 +44,8 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    fn new(code: Code, severity: Severity, message: String, message_zh: String) -> Self {
+    /// A verdict with the code's hint and no limit or clearing time.
+    pub fn new(code: Code, severity: Severity, message: String, message_zh: String) -> Self {
         Self {
             code,
             severity,
@@ -56,7 +57,13 @@ impl Verdict {
             actual: None,
         }
     }
-    fn limits(mut self, limit: u64, actual: u64) -> Self {
+    /// When the cause clears by itself.
+    pub fn clears(mut self, at: Millis) -> Self {
+        self.clears_at = Some(at);
+        self
+    }
+    /// The limit that applies and the value found.
+    pub fn limits(mut self, limit: u64, actual: u64) -> Self {
         self.limit = Some(limit);
         self.actual = Some(actual);
         self

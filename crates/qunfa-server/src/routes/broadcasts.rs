@@ -550,20 +550,17 @@ fn frequency_caps(
         })
         .collect();
     let n = capped.cardinality();
-    let v = Verdict {
-        code: Code::LimitContactFrequency,
-        severity: Severity::Warn,
-        message: format!(
+    let mut v = Verdict::new(
+        Code::LimitContactFrequency,
+        Severity::Warn,
+        format!(
             "{n} of {} recipients reached a frequency cap ({}): they are filtered, the rest are sent.",
             audience.cardinality(),
             parts.join(", ")
         ),
-        message_zh: format!("{} 名接收者已达频次上限（{}），将被过滤，其余正常发送。", n, parts_zh.join("，")),
-        hint: Code::LimitContactFrequency.hint().to_owned(),
-        clears_at: None,
-        limit: None,
-        actual: Some(n),
-    };
+        format!("{} 名接收者已达频次上限（{}），将被过滤，其余正常发送。", n, parts_zh.join("，")),
+    );
+    v.actual = Some(n);
     Ok((capped, Some(v)))
 }
 
@@ -597,28 +594,26 @@ fn growth_waves(
     let size = (n as usize).div_ceil(p.growth_waves as usize).min(qunfa_audience::BATCH_SIZE);
     let gap = i64::from(p.growth_wave_minutes) * 60_000;
     let waves = (n as usize).div_ceil(size);
-    let v = Verdict {
-        code: Code::SendInWaves,
-        severity: Severity::Delay,
-        message: format!(
+    let v = Verdict::new(
+        Code::SendInWaves,
+        Severity::Delay,
+        format!(
             "{new} of {n} recipients ({:.0}%) became contacts within {} hours (above {:.0}%): the send goes out in {waves} waves of up to {size}, {} minutes apart.",
             share * 100.0,
             p.growth_window_hours,
             p.growth_share * 100.0,
             p.growth_wave_minutes
         ),
-        message_zh: format!(
+        format!(
             "{} 小时内新增联系人 {new} 人，占发送对象 {:.0}%（超过 {:.0}%）：将分 {waves} 批发送，每批最多 {size} 人，间隔 {} 分钟。",
             p.growth_window_hours,
             share * 100.0,
             p.growth_share * 100.0,
             p.growth_wave_minutes
         ),
-        hint: Code::SendInWaves.hint().to_owned(),
-        clears_at: Some(now + gap * (waves as i64 - 1)),
-        limit: Some((p.growth_share * 100.0) as u64),
-        actual: Some((share * 100.0) as u64),
-    };
+    )
+    .clears(now + gap * (waves as i64 - 1))
+    .limits((p.growth_share * 100.0) as u64, (share * 100.0) as u64);
     Ok((Some((size, gap)), Some(v)))
 }
 
@@ -764,7 +759,7 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Resul
     }
 }
 
-fn verdicts_json(verdicts: &[Verdict]) -> String {
+pub(crate) fn verdicts_json(verdicts: &[Verdict]) -> String {
     serde_json::to_string(&verdicts.iter().map(VerdictWire::from).collect::<Vec<_>>()).unwrap_or_else(|_| "[]".into())
 }
 

@@ -31,13 +31,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{
-    broadcasts::{broadcast_response, evaluate, submit, Evaluated, SendContext},
+    broadcasts::{broadcast_response, evaluate, submit, verdicts_json, Evaluated, SendContext},
     parse_id,
 };
 use crate::{
     error::{ApiError, ApiResult, ErrorBody},
     extract::{ApiJson, Auth},
-    wire::{ts_opt, BroadcastResponse, VerdictWire},
+    wire::{ts_opt, BroadcastResponse},
     AppState, Inner,
 };
 
@@ -158,10 +158,6 @@ fn schedule_wire(r: &ScheduleRecord) -> ScheduleWire {
         scheduled_by: r.scheduled_by.map(|m| m.to_string()),
         parent_id: r.parent_id.map(|p| p.to_string()),
     }
-}
-
-fn verdicts_json(verdicts: &[Verdict]) -> String {
-    serde_json::to_string(&verdicts.iter().map(VerdictWire::from).collect::<Vec<_>>()).unwrap_or_else(|_| "[]".into())
 }
 
 /// Schedule a draft (admin or owner; enterprise and API workspaces). Every
@@ -433,16 +429,7 @@ fn fire(s: &Inner, r: &ScheduleRecord, now: i64) -> Result<bool, ApiError> {
 
 /// A verdict that refuses a run for a reason outside preflight.
 fn refusal(code: Code, message: &str) -> Verdict {
-    Verdict {
-        code,
-        severity: Severity::Block,
-        message: message.to_owned(),
-        message_zh: code.message_zh().to_owned(),
-        hint: code.hint().to_owned(),
-        clears_at: None,
-        limit: None,
-        actual: None,
-    }
+    Verdict::new(code, Severity::Block, message.to_owned(), code.message_zh().to_owned())
 }
 
 /// Submits a claimed run as the member who scheduled it, or records why not.

@@ -28,19 +28,6 @@ use crate::{
 
 const DAY_MS: i64 = 86_400_000;
 
-fn verdict(code: Code, severity: Severity, message: String, message_zh: String) -> Verdict {
-    Verdict {
-        code,
-        severity,
-        message,
-        message_zh,
-        hint: code.hint().to_owned(),
-        clears_at: None,
-        limit: None,
-        actual: None,
-    }
-}
-
 /// The network of an address: cut to the policy's prefix.
 pub fn network_of(s: &Inner, ip: Option<std::net::IpAddr>) -> String {
     use std::net::IpAddr;
@@ -115,7 +102,7 @@ pub fn account_verdicts(
     let opens = security.created_at + i64::from(days) * DAY_MS;
     if days > 0 && now < opens {
         let age_days = ((now - security.created_at).max(0) / DAY_MS) as u64;
-        let mut v = verdict(
+        let mut v = Verdict::new(
             Code::AccountNew,
             Severity::Block,
             format!("The account is {age_days} day(s) old; mass send opens after {days} days."),
@@ -128,7 +115,7 @@ pub fn account_verdicts(
         let abnormal: Vec<_> =
             s.store.logins(member_id)?.into_iter().filter(|l| l.state == LoginState::Abnormal).collect();
         if let Some(l) = abnormal.first() {
-            out.push(verdict(
+            out.push(Verdict::new(
                 Code::LoginAbnormal,
                 Severity::Block,
                 format!(
@@ -142,7 +129,7 @@ pub fn account_verdicts(
         }
     }
     if let Some(until) = security.cooldown_until.filter(|u| *u > now) {
-        let mut v = verdict(
+        let mut v = Verdict::new(
             Code::TooFrequent,
             Severity::Block,
             format!(
@@ -181,21 +168,21 @@ pub fn account_verdicts(
     let h = &s.policy.health;
     match state {
         HealthState::Healthy => {}
-        HealthState::Watch => out.push(verdict(
+        HealthState::Watch => out.push(Verdict::new(
             Code::HealthWatch,
             Severity::Warn,
             format!("Account health {:.0}/100 (watch): {reasons_en}", score.score),
             format!("账号健康度 {:.0}/100（观察）：{reasons_zh}", score.score),
         )),
         HealthState::Sandbox => {
-            out.push(verdict(
+            out.push(Verdict::new(
                 Code::HealthSandbox,
                 Severity::Review,
                 format!("Account health {:.0}/100 (sandbox): every send is reviewed. {reasons_en}", score.score),
                 format!("账号健康度 {:.0}/100（沙盒监控）：每次群发都需审核。{reasons_zh}", score.score),
             ));
             if n_recipients > h.sandbox_max_recipients {
-                let mut v = verdict(
+                let mut v = Verdict::new(
                     Code::LimitRecipients,
                     Severity::Block,
                     format!(
@@ -208,7 +195,7 @@ pub fn account_verdicts(
                 out.push(v);
             }
             if sends_today >= h.sandbox_sends_per_day {
-                let mut v = verdict(
+                let mut v = Verdict::new(
                     Code::LimitDailySends,
                     Severity::Block,
                     format!("In sandbox {} mass send(s) a day; {sends_today} used today.", h.sandbox_sends_per_day),
@@ -219,7 +206,7 @@ pub fn account_verdicts(
                 out.push(v);
             }
         }
-        HealthState::Suspended => out.push(verdict(
+        HealthState::Suspended => out.push(Verdict::new(
             Code::HealthSuspended,
             Severity::Block,
             format!("Account health {:.0}/100: mass send is suspended. {reasons_en}", score.score),
