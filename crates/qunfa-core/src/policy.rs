@@ -151,6 +151,8 @@ pub struct SecurityPolicy {
     pub network_prefix_v6: u8,
     /// How long a one-time login code stays valid.
     pub login_code_minutes: u32,
+    /// Wrong codes after which the member's open codes are void.
+    pub login_code_max_failures: u32,
     /// More than this many send attempts within the window → cooldown (0: off).
     pub attempts_max: u32,
     pub attempts_window_minutes: u32,

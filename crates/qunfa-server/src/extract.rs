@@ -146,7 +146,7 @@ impl FromRequestParts<AppState> for Admin {
 
 /// Where a request came from: the device fingerprint (`X-Qunfa-Device`, else
 /// a hash of the User-Agent) and the client address (the connection's, or
-/// the first `X-Forwarded-For` entry when the server trusts its proxy).
+/// the last `X-Forwarded-For` entry — the one the proxy added — when the server trusts its proxy).
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
     pub device: String,
@@ -164,7 +164,9 @@ impl FromRequestParts<AppState> for ClientInfo {
             _ => "unknown".to_owned(),
         };
         let forwarded = if state.options.trust_forwarded_for {
-            header_str("x-forwarded-for").and_then(|v| v.split(',').next()).and_then(|v| v.trim().parse().ok())
+            // The last entry is the one the trusted proxy added; earlier ones
+            // are whatever the client sent.
+            header_str("x-forwarded-for").and_then(|v| v.rsplit(',').next()).and_then(|v| v.trim().parse().ok())
         } else {
             None
         };

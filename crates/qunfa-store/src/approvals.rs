@@ -95,29 +95,6 @@ impl Store {
             .write(|c| insert_decision(c, workspace_id, broadcast_id, stage, member_id, "approve", comment, actor, now))
     }
 
-    /// Records a rejection of the stage the broadcast waits for (after
-    /// `reject_broadcast` moved it out of `pending_approval`).
-    ///
-    /// # Errors
-    /// Database errors.
-    pub fn record_rejection(
-        &self,
-        workspace_id: i64,
-        broadcast_id: i64,
-        stage: &str,
-        member_id: i64,
-        comment: &str,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        self.db.write(|c| {
-            c.execute(
-                "INSERT INTO approvals (workspace_id, broadcast_id, stage, member_id, decision, comment, at) VALUES (?, ?, ?, ?, 'reject', ?, ?)",
-                params![workspace_id, broadcast_id, stage, member_id, comment, now],
-            )?;
-            Ok(())
-        })
-    }
-
     /// The workspace's review chain (stage names in order; empty: none).
     ///
     /// # Errors

@@ -248,6 +248,8 @@ pub struct HoldRules<'a> {
     pub review: Option<&'a crate::safety::NewSafetyReview>,
     /// The approval stages the send needs (JSON list).
     pub stages_json: &'a str,
+    /// The state the broadcast must be in (a draft, or a scheduled run).
+    pub from: BroadcastState,
 }
 
 /// How a dispatch is allowed to start, and what it records.
@@ -517,15 +519,15 @@ impl Store {
         actor: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        let HoldRules { daily_limit, verdicts_json, review, stages_json } = hold;
+        let HoldRules { daily_limit, verdicts_json, review, stages_json, from } = hold;
         self.db.write(|c| {
             if let Some((limit, day_start)) = daily_limit {
                 let member = c.query_one("SELECT member_id FROM broadcasts WHERE id = ? AND workspace_id = ?", params![id, workspace_id])?;
                 check_daily_quota(c, member.i64(0), limit, day_start)?;
             }
             let n = c.execute(
-                "UPDATE broadcasts SET state = 'pending_approval', submitted_at = ?, verdicts = ?, approval_stages = ? WHERE id = ? AND workspace_id = ? AND state IN ('draft', 'scheduled')",
-                params![now, verdicts_json, stages_json, id, workspace_id],
+                "UPDATE broadcasts SET state = 'pending_approval', submitted_at = ?, verdicts = ?, approval_stages = ? WHERE id = ? AND workspace_id = ? AND state = ?",
+                params![now, verdicts_json, stages_json, id, workspace_id, from.as_str()],
             )?;
             if n == 0 {
                 return Err(StoreError::rejected(Code::Conflict, "only a draft can be submitted"));
@@ -543,16 +545,23 @@ impl Store {
     ///
     /// # Errors
     /// `QF-STATE-CONFLICT`, or database errors.
+    #[allow(clippy::too_many_arguments)]
     pub fn reject_broadcast(
         &self,
         workspace_id: i64,
         id: i64,
         comment: &str,
         withdrawn: bool,
+        reviewer: Option<(&str, i64)>,
         actor: &str,
         now: i64,
     ) -> Result<(), StoreError> {
         self.db.write(|c| {
+            // A reviewer's rejection is a decision on the stage the send waits
+            // for, checked and recorded (and audited) like an approval.
+            if let Some((stage, member)) = reviewer {
+                crate::approvals::insert_decision(c, workspace_id, id, stage, member, "reject", comment, actor, now)?;
+            }
             let n = c.execute(
                 "UPDATE broadcasts SET state = 'cancelled' WHERE id = ? AND workspace_id = ? AND state = 'pending_approval'",
                 params![id, workspace_id],
@@ -562,6 +571,17 @@ impl Store {
             }
             let decision = if withdrawn { crate::safety::Decision::Withdrawn } else { crate::safety::Decision::Rejected };
             crate::safety::decide(c, workspace_id, id, decision, comment, actor, now)?;
+            if !withdrawn {
+                // A rejected content review is a violation of the sender's account.
+                let reviewed = c.query_opt(
+                    "SELECT b.member_id FROM safety_reviews r JOIN broadcasts b ON b.id = r.broadcast_id
+                     WHERE r.broadcast_id = ? AND r.state = 'rejected' LIMIT 1",
+                    params![id],
+                )?;
+                if let Some(r) = reviewed {
+                    crate::security::violation_once(c, r.i64(0), id, "content review rejected", actor, now)?;
+                }
+            }
             audit::append(c, workspace_id, actor, "broadcast.rejected", &format!("broadcast:{id}"), &serde_json::json!({"comment": comment}).to_string(), now)?;
             crate::events::broadcast_state(c, workspace_id, id, "rejected", now)?;
             Ok(())

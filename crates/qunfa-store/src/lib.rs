@@ -118,6 +118,7 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
     (6, include_str!("../migrations/sqlite/0006_workflow.sql"), None),
     (7, include_str!("../migrations/sqlite/0007_schedule.sql"), None),
     (8, include_str!("../migrations/sqlite/0008_recall.sql"), None),
+    (9, include_str!("../migrations/sqlite/0009_rules.sql"), None),
 ];
 const POSTGRES_MIGRATIONS: &[Migration] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql"), None),
@@ -128,6 +129,7 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
     (6, include_str!("../migrations/postgres/0006_workflow.sql"), None),
     (7, include_str!("../migrations/postgres/0007_schedule.sql"), None),
     (8, include_str!("../migrations/postgres/0008_recall.sql"), None),
+    (9, include_str!("../migrations/postgres/0009_rules.sql"), None),
 ];
 
 /// Version 2: memberships move from one row per contact to bitmaps.

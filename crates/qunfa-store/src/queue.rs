@@ -1089,9 +1089,12 @@ impl Store {
     pub fn resume_broadcast(&self, workspace_id: i64, id: i64, actor: &str, now: i64) -> Result<(), StoreError> {
         self.db.write(|c| {
             let resumed = c.execute(
-                "UPDATE jobs SET state = 'ready', run_at = ?, throttled = 0 WHERE broadcast_id = ? AND state = 'held'
+                // Batches due while paused go now; later ones (waves, fallback
+                // steps) keep their time.
+                "UPDATE jobs SET state = 'ready', run_at = CASE WHEN run_at < ? THEN ? ELSE run_at END, throttled = 0
+                 WHERE broadcast_id = ? AND state = 'held'
                  AND EXISTS (SELECT 1 FROM broadcasts WHERE id = ? AND workspace_id = ? AND state = 'paused')",
-                params![now, id, id, workspace_id],
+                params![now, now, id, id, workspace_id],
             )?;
             let n = c.execute(
                 "UPDATE broadcasts SET state = 'sending', paused_at = NULL WHERE id = ? AND workspace_id = ? AND state = 'paused'",

@@ -106,8 +106,10 @@ fn recall_batch(
 }
 
 fn frozen_of(c: &mut Conn, broadcast_id: i64) -> Result<FrozenAudience, StoreError> {
-    let r = c.query_one("SELECT frozen_audience FROM broadcasts WHERE id = ?", params![broadcast_id])?;
-    FrozenAudience::deserialize(r.blob(0)).map_err(|e| StoreError::Corrupt(e.to_string()))
+    let r = c.query_one("SELECT frozen_audience, batch_size FROM broadcasts WHERE id = ?", params![broadcast_id])?;
+    Ok(FrozenAudience::deserialize(r.blob(0))
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?
+        .with_batch_size(r.opt_i64(1).map(|n| n as usize)))
 }
 
 /// A job an external claim just took, of a broadcast recalled since it was

@@ -119,6 +119,8 @@ pub struct RecentSend {
     pub fingerprint: Fingerprint,
     pub n_recipients: u64,
     pub at: i64,
+    /// The recurring schedule the send was a run of, if any.
+    pub parent_id: Option<i64>,
 }
 
 pub(crate) fn record_fingerprint(
@@ -196,19 +198,37 @@ impl Store {
     pub fn recent_sends(&self, workspace_id: i64, member_id: i64, since: i64) -> Result<Vec<RecentSend>, StoreError> {
         self.db.read(|c| {
             let rows = c.query(
-                "SELECT broadcast_id, simhash, image_hash, n_recipients, created_at FROM content_fingerprints WHERE workspace_id = ? AND member_id = ? AND created_at >= ?",
+                "SELECT f.broadcast_id, f.simhash, f.image_hash, f.n_recipients, f.created_at, b.parent_id
+                 FROM content_fingerprints f LEFT JOIN broadcasts b ON b.id = f.broadcast_id
+                 WHERE f.workspace_id = ? AND f.member_id = ? AND f.created_at >= ?",
                 params![workspace_id, member_id, since],
             )?;
             Ok(rows
                 .iter()
                 .map(|r| RecentSend {
                     broadcast_id: r.i64(0),
-                    fingerprint: Fingerprint { simhash: r.opt_i64(1).map(|h| h as u64), image_hash: r.opt_i64(2).map(|h| h as u64) },
+                    fingerprint: Fingerprint {
+                        simhash: r.opt_i64(1).map(|h| h as u64),
+                        image_hash: r.opt_i64(2).map(|h| h as u64),
+                    },
                     n_recipients: r.i64(3) as u64,
                     at: r.i64(4),
+                    parent_id: r.opt_i64(5),
                 })
                 .collect())
         })
+    }
+
+    /// The recurring schedule a broadcast is a run of, if any.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn schedule_parent(&self, workspace_id: i64, broadcast_id: i64) -> Result<Option<i64>, StoreError> {
+        let r = self.db.conn()?.query_opt(
+            "SELECT parent_id FROM broadcasts WHERE id = ? AND workspace_id = ?",
+            params![broadcast_id, workspace_id],
+        )?;
+        Ok(r.and_then(|r| r.opt_i64(0)))
     }
 
     /// Stores a verification code (its hash) for a broadcast, valid until `expires_at`.

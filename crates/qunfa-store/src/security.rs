@@ -189,29 +189,50 @@ impl Store {
         })
     }
 
-    /// Uses a login code: when it is the member's, unused and unexpired, every
-    /// abnormal login of the member becomes verified. Returns how many.
+    /// Uses a login code: when it is the member's, unused, unexpired and not
+    /// void, the login presenting it (`source`) becomes verified; other
+    /// abnormal logins stay abnormal. A wrong code counts against every open
+    /// code of the member; after `max_failures` they are void.
     ///
     /// # Errors
-    /// Database errors. `Ok(None)`: the code is wrong, used or expired.
+    /// Database errors. `Ok(false)`: the code is wrong, used, expired or void.
+    #[allow(clippy::too_many_arguments)]
     pub fn use_login_code(
         &self,
         workspace_id: i64,
         member_id: i64,
         code_hash: &str,
+        source: &LoginSource,
+        max_failures: u32,
         actor: &str,
         now: i64,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<bool, StoreError> {
         self.db.write(|c| {
             let n = c.execute(
-                "UPDATE login_codes SET used_at = ? WHERE member_id = ? AND code_hash = ? AND used_at IS NULL AND expires_at > ?",
-                params![now, member_id, code_hash, now],
+                "UPDATE login_codes SET used_at = ? WHERE member_id = ? AND code_hash = ? AND used_at IS NULL AND expires_at > ? AND failures < ?",
+                params![now, member_id, code_hash, now, i64::from(max_failures)],
             )?;
             if n == 0 {
-                return Ok(None);
+                c.execute(
+                    "UPDATE login_codes SET failures = failures + 1 WHERE member_id = ? AND used_at IS NULL AND expires_at > ?",
+                    params![member_id, now],
+                )?;
+                return Ok(false);
             }
-            let verified = verify_logins(c, workspace_id, member_id, actor, "code", now)?;
-            Ok(Some(verified))
+            // The presenting login is recorded first if this is its first request.
+            c.execute(
+                "INSERT INTO member_logins (member_id, device, network, ip, state, first_seen, last_seen) VALUES (?, ?, ?, ?, 'abnormal', ?, ?)
+                 ON CONFLICT (member_id, device, network) DO NOTHING",
+                params![member_id, source.device.as_str(), source.network.as_str(), source.ip.as_str(), now, now],
+            )?;
+            let verified = c.execute(
+                "UPDATE member_logins SET state = 'verified', verified_by = ?, verified_at = ?
+                 WHERE member_id = ? AND device = ? AND network = ? AND state = 'abnormal'",
+                params![actor, now, member_id, source.device.as_str(), source.network.as_str()],
+            )?;
+            let details = serde_json::json!({"verified": verified, "by": "code", "device": source.device, "network": source.network}).to_string();
+            audit::append(c, workspace_id, actor, "member.login_verified", &format!("member:{member_id}"), &details, now)?;
+            Ok(true)
         })
     }
 
@@ -365,6 +386,8 @@ impl Store {
             return Ok(());
         }
         self.db.write(|c| {
+            // The row lock first: two requests that see one change record it once.
+            c.execute("UPDATE members SET health_state = health_state WHERE id = ?", params![member_id])?;
             let old = c.query_one("SELECT health_state FROM members WHERE id = ?", params![member_id])?.string(0);
             c.execute(
                 "UPDATE members SET health_state = ?, health_score = ?, health_reasons = ? WHERE id = ?",
@@ -434,6 +457,22 @@ impl Store {
             audit::append(c, ws, actor, "member.health_signal", &format!("member:{member_id}"), &details, now)?;
             Ok(())
         })
+    }
+
+    /// Records a violation of the sender's account for a broadcast, once per
+    /// broadcast (retrying a refused send is not another violation).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn add_violation(
+        &self,
+        member_id: i64,
+        broadcast_id: i64,
+        what: &str,
+        actor: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.db.write(|c| violation_once(c, member_id, broadcast_id, what, actor, now))
     }
 
     /// A member's state changes, newest first.
@@ -566,4 +605,32 @@ fn verify_logins(
     let details = serde_json::json!({"verified": n, "by": how}).to_string();
     audit::append(c, workspace_id, actor, "member.login_verified", &format!("member:{member_id}"), &details, now)?;
     Ok(n)
+}
+
+/// A violation for `broadcast_id`, unless one was recorded for it already (in the caller's transaction).
+pub(crate) fn violation_once(
+    c: &mut crate::Conn,
+    member_id: i64,
+    broadcast_id: i64,
+    what: &str,
+    actor: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let prefix = format!("broadcast {broadcast_id}:");
+    let seen = c.query_opt(
+        "SELECT 1 FROM health_signals WHERE member_id = ? AND dimension = 'violation' AND substr(note, 1, ?) = ?",
+        params![member_id, prefix.len() as i64, prefix.as_str()],
+    )?;
+    if seen.is_some() {
+        return Ok(());
+    }
+    let ws = c.query_one("SELECT workspace_id FROM members WHERE id = ?", params![member_id])?.i64(0);
+    let note = format!("{prefix} {what}");
+    c.execute(
+        "INSERT INTO health_signals (member_id, dimension, value, note, actor, at) VALUES (?, 'violation', 1, ?, ?, ?)",
+        params![member_id, note.as_str(), actor, now],
+    )?;
+    let details = serde_json::json!({"dimension": "violation", "broadcast_id": broadcast_id, "note": note}).to_string();
+    audit::append(c, ws, actor, "member.health_signal", &format!("member:{member_id}"), &details, now)?;
+    Ok(())
 }

@@ -648,10 +648,13 @@ fn duplicate_verdict(
     }
     let window = i64::from(p.duplicate_window_minutes) * 60_000;
     let recent = s.store.recent_sends(b.workspace_id, b.member_id, now - window)?;
+    // Runs of one recurring schedule repeat by design (an admin scheduled the
+    // series): they are not near-duplicates of each other.
+    let parent = s.store.schedule_parent(b.workspace_id, b.id)?;
     let near = |a: Option<u64>, b: Option<u64>, d: u32| matches!((a, b), (Some(x), Some(y)) if hamming(x, y) <= d);
     let earlier: Vec<_> = recent
         .iter()
-        .filter(|r| r.broadcast_id != b.id)
+        .filter(|r| r.broadcast_id != b.id && (parent.is_none() || r.parent_id != parent))
         .filter(|r| {
             near(f.simhash, r.fingerprint.simhash, SIMHASH_NEAR)
                 || near(f.image_hash, r.fingerprint.image_hash, IMAGE_NEAR)
@@ -869,8 +872,7 @@ pub fn submit(
     if preflight::blocks(&verdicts) {
         if verdicts.iter().any(|v| v.code == Code::ContentBlocked) {
             // Trying to send blocked content is a violation of the account.
-            let note = format!("broadcast {} refused: blocked content", b.id);
-            s.store.add_health_signal(b.member_id, "violation", 1.0, &note, actor, s.now())?;
+            s.store.add_violation(b.member_id, b.id, "refused: blocked content", actor, s.now())?;
         }
         return Err(ApiError::from_verdicts(&verdicts));
     }
@@ -882,8 +884,13 @@ pub fn submit(
         let review = if verdicts.iter().any(|v| v.code == Code::ContentReview) { content_review(s, b)? } else { None };
         let stages = super::security::approval_stages(s, kind, ws, audience.cardinality())?;
         let stages_json = serde_json::to_string(&stages).unwrap_or_else(|_| "[]".into());
-        let hold =
-            HoldRules { daily_limit, verdicts_json: &recorded, review: review.as_ref(), stages_json: &stages_json };
+        let hold = HoldRules {
+            daily_limit,
+            verdicts_json: &recorded,
+            review: review.as_ref(),
+            stages_json: &stages_json,
+            from: b.state,
+        };
         s.store.hold_for_approval(ws, b.id, hold, actor, now)?;
     } else {
         let rules = DispatchRules {
@@ -932,27 +939,10 @@ pub async fn approve(
         (auth.0.workspace.kind, auth.0.workspace.plan.clone(), auth.0.actor(), auth.0.member_id);
     let b = state
         .blocking(move |s| {
+            let next = stage_to_decide(s, ws, b.id, approver)?;
             let approvals = s.store.approvals(ws, b.id)?;
-            // Held before stages existed: one approval.
-            let stages =
-                if approvals.stages.is_empty() { vec!["level-1".to_owned()] } else { approvals.stages.clone() };
-            if approvals.decided_by(approver) {
-                return Err(ApiError::new(Code::ApprovalDuplicate, "each stage needs a different approver"));
-            }
-            let next = stages
-                .iter()
-                .find(|st| !approvals.decisions.iter().any(|d| &d.stage == *st && d.decision == "approve"))
-                .cloned()
-                .ok_or_else(|| ApiError::new(Code::Conflict, "every stage is approved already"))?;
-            let allowed = s.store.review_stages(ws, approver)?;
-            if !allowed.is_empty() && !allowed.contains(&next) {
-                return Err(ApiError::new(
-                    Code::ApprovalStage,
-                    format!("the send waits for stage {next:?}; you review {}", allowed.join(", ")),
-                ));
-            }
             let now = s.now();
-            if stages.last() != Some(&next) {
+            if approvals.stages.last().is_some_and(|last| last != &next) {
                 // Not the last stage: recorded; the send waits for the next one.
                 s.store.record_approval(ws, b.id, &next, approver, &comment, &actor, now)?;
                 return Ok(s.store.broadcast(ws, b.id)?);
@@ -987,6 +977,32 @@ pub async fn approve(
     Ok((StatusCode::ACCEPTED, Json(broadcast_response(b))))
 }
 
+/// The stage of a held send `member` may decide now: not after a decision of
+/// its own on the send, and only a stage the member reviews.
+fn stage_to_decide(s: &Inner, ws: i64, id: i64, member: i64) -> Result<String, ApiError> {
+    let approvals = s.store.approvals(ws, id)?;
+    if approvals.decided_by(member) {
+        return Err(ApiError::new(Code::ApprovalDuplicate, "each stage needs a different member"));
+    }
+    // Held before stages existed: one approval.
+    let next = if approvals.stages.is_empty() {
+        "level-1".to_owned()
+    } else {
+        approvals
+            .next_stage()
+            .ok_or_else(|| ApiError::new(Code::Conflict, "every stage is approved already"))?
+            .to_owned()
+    };
+    let allowed = s.store.review_stages(ws, member)?;
+    if !allowed.is_empty() && !allowed.contains(&next) {
+        return Err(ApiError::new(
+            Code::ApprovalStage,
+            format!("the send waits for stage {next:?}; you review {}", allowed.join(", ")),
+        ));
+    }
+    Ok(next)
+}
+
 /// Reject a broadcast waiting for approval.
 #[utoipa::path(post, path = "/v1/broadcasts/{id}/reject", tag = "broadcasts", params(("id" = String, Path)), request_body = ApprovalRequest,
     responses((status = 200, body = BroadcastResponse), (status = 409, body = ErrorBody)))]
@@ -1007,22 +1023,9 @@ pub async fn reject(
             // A sender cancelling their own held send withdraws it: its content
             // review is not a judgement (and no spam example).
             let withdrawn = b.member_id == member;
-            if !withdrawn {
-                let approvals = s.store.approvals(ws, id)?;
-                if approvals.decided_by(member) {
-                    return Err(ApiError::new(Code::ApprovalDuplicate, "you already decided on this send"));
-                }
-            }
-            s.store.reject_broadcast(ws, id, &comment, withdrawn, &actor, s.now())?;
-            if !withdrawn {
-                let stage = s.store.approvals(ws, id)?.next_stage().unwrap_or("level-1").to_owned();
-                s.store.record_rejection(ws, id, &stage, member, &comment, s.now())?;
-                // A rejected content review is a violation of the sender's account.
-                if s.store.safety_review_of(ws, id)?.is_some_and(|r| r.state == "rejected") {
-                    let note = format!("broadcast {id}: content review rejected");
-                    s.store.add_health_signal(b.member_id, "violation", 1.0, &note, &actor, s.now())?;
-                }
-            }
+            let stage = if withdrawn { None } else { Some(stage_to_decide(s, ws, id, member)?) };
+            let reviewer = stage.as_deref().map(|st| (st, member));
+            s.store.reject_broadcast(ws, id, &comment, withdrawn, reviewer, &actor, s.now())?;
             Ok(s.store.broadcast(ws, id)?)
         })
         .await?;

@@ -54,12 +54,15 @@ pub fn observe(s: &Inner, ws: i64, member_id: i64, client: &ClientInfo) -> Resul
     if !s.policy.security.abnormal_login {
         return Ok(None);
     }
-    let source = LoginSource {
+    Ok(Some(s.store.observe_login(ws, member_id, &login_source(s, client), s.now())?))
+}
+
+fn login_source(s: &Inner, client: &ClientInfo) -> LoginSource {
+    LoginSource {
         device: client.device.clone(),
         network: network_of(s, client.ip),
         ip: client.ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string()),
-    };
-    Ok(Some(s.store.observe_login(ws, member_id, &source, s.now())?))
+    }
 }
 
 /// Scores a member's health now and stores it (a state change goes to the
@@ -473,7 +476,7 @@ pub struct VerifyRequest {
     pub code: String,
 }
 
-/// Verify the abnormal logins of one's own account with a one-time code.
+/// Verify this login (the device and network of the request) with a one-time code an admin issued; other abnormal logins stay abnormal. Wrong codes void the open ones after the policy's login_code_max_failures.
 #[utoipa::path(post, path = "/v1/security/verify", tag = "security", request_body = VerifyRequest,
     responses((status = 200, body = SessionResponse), (status = 422, body = ErrorBody)))]
 pub async fn verify(
@@ -486,7 +489,9 @@ pub async fn verify(
     let out = state
         .blocking(move |s| {
             let hash = qunfa_store::secret_hash(req.code.trim());
-            if s.store.use_login_code(ws, member, &hash, &actor, s.now())?.is_none() {
+            let source = login_source(s, &client);
+            let max = s.policy.security.login_code_max_failures;
+            if !s.store.use_login_code(ws, member, &hash, &source, max, &actor, s.now())? {
                 return Err(ApiError::code(Code::LoginCode));
             }
             let st = observe(s, ws, member, &client)?;

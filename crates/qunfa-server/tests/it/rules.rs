@@ -105,6 +105,17 @@ pub async fn abnormal_login_until_verified(backend: Backend) {
     // An IP change (another network) is abnormal too; an admin can unlock.
     let pf = app.post_from(&pf_path, &sender, json!({}), "phone-1", "172.16.0.5").await.expect(200);
     assert!(codes(&pf).contains(&"QF-LOGIN-ABNORMAL".to_owned()), "{pf}");
+    // Guessing is cut short: after 5 wrong codes the open ones are void.
+    let code = app.post(&format!("/v1/members/{sender_id}/login-code"), &owner, json!({})).await.expect(201);
+    let code = code["code"].as_str().unwrap().to_owned();
+    for guess in (0..6).map(|i| format!("{:06}", (code.parse::<u32>().unwrap() + 1 + i) % 1_000_000)).take(5) {
+        app.post_from("/v1/security/verify", &sender, json!({"code": guess}), "phone-1", "172.16.0.5")
+            .await
+            .expect_error(400, "QF-LOGIN-CODE");
+    }
+    app.post_from("/v1/security/verify", &sender, json!({"code": code}), "phone-1", "172.16.0.5")
+        .await
+        .expect_error(400, "QF-LOGIN-CODE");
     let (_, admin) = app.member(&owner, "admin").await;
     let u = app.post(&format!("/v1/members/{sender_id}/unlock"), &admin, json!({})).await.expect(200);
     assert_eq!(u["verified"], 1);
@@ -354,6 +365,20 @@ pub async fn growth_waves(backend: Backend) {
     }
     let b = app.get(&format!("/v1/broadcasts/{id}"), &owner).await.expect(200);
     assert_eq!((b["counts"]["delivered"].as_u64(), b["state"].as_str()), (Some(2), Some("sending")), "{b}");
+    // Pausing and resuming keeps the later waves at their times.
+    app.post(&format!("/v1/broadcasts/{id}/pause"), &owner, json!({})).await.expect(200);
+    app.post(&format!("/v1/broadcasts/{id}/resume"), &owner, json!({})).await.expect(200);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let b = app.get(&format!("/v1/broadcasts/{id}"), &owner).await.expect(200);
+    assert_eq!(b["counts"]["delivered"], 2, "waves stay spaced after a resume: {b}");
+    // A recall cancels the waves still to come: every recipient has a record.
+    app.post(&format!("/v1/broadcasts/{id}/recall"), &owner, json!({})).await.expect(200);
+    let done = app.wait_completed(&owner, &id).await;
+    assert_eq!(
+        (done["counts"]["delivered"].as_u64(), done["counts"]["recalled"].as_u64()),
+        (Some(2), Some(6)),
+        "{done}"
+    );
     // A day later the same contacts are no longer new.
     app.advance(25 * 3_600_000);
     let id = app.draft(&owner, "周末愉快", json!({"tag": "新朋友"})).await;
