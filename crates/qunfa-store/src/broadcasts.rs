@@ -273,9 +273,11 @@ pub struct DispatchRules<'a> {
     pub final_approval: Option<(&'a str, i64, &'a str)>,
     /// Fast contact growth: batches of this many recipients, this far apart (ms).
     pub waves: Option<(usize, i64)>,
-    /// Recipients over a frequency cap: they get a `filtered` record on every
-    /// channel at once (`QF-LIMIT-CONTACT-FREQUENCY`), so no batch sends to them.
-    pub capped: Option<&'a Bitmap>,
+    /// Frequency caps `(cap, since, window)`: recipients who reached one are
+    /// counted again in the dispatch transaction, under the workspace's lock
+    /// (so racing sends cannot both pass a cap), and get a `filtered` record on
+    /// every channel at once (`QF-LIMIT-CONTACT-FREQUENCY`): no batch sends to them.
+    pub caps: &'a [(u32, i64, &'static str)],
 }
 
 impl DispatchRules<'static> {
@@ -292,7 +294,7 @@ impl DispatchRules<'static> {
             review_reason: "",
             final_approval: None,
             waves: None,
-            capped: None,
+            caps: &[],
         }
     }
 }
@@ -668,7 +670,19 @@ impl Store {
                     params![batch_size as i64, waves.1, id],
                 )?;
             }
-            if let Some(capped) = rules.capped.filter(|b| !b.is_empty()) {
+            let capped = if rules.caps.is_empty() {
+                Bitmap::new()
+            } else {
+                // Dispatches of a workspace count caps one after another.
+                c.execute("UPDATE workspaces SET kind = kind WHERE id = ?", params![workspace_id])?;
+                let mut capped = Bitmap::new();
+                for r in crate::security::contacts_at_cap_in(c, workspace_id, id, audience, rules.caps)? {
+                    capped.or_inplace(&r.contacts);
+                }
+                capped
+            };
+            if !capped.is_empty() {
+                let capped = &capped;
                 let n = capped.cardinality();
                 c.execute(
                     "UPDATE broadcasts SET capped = ?, n_capped = ?, n_filtered = n_filtered + ? WHERE id = ?",

@@ -507,7 +507,8 @@ pub struct CapReach {
 }
 
 impl Store {
-    /// For each cap `(cap, since, window)`: the contacts of `audience` who
+    /// For each cap `(cap, since, window)`: the contacts of `audience` (of
+    /// broadcast `broadcast_id`, which itself does not count) who
     /// already received `cap` mass messages (broadcast priority) of the
     /// workspace dispatched since `since` — one more would exceed it. A
     /// broadcast counts for the contacts it did not filter for a cap.
@@ -517,46 +518,11 @@ impl Store {
     pub fn contacts_at_cap(
         &self,
         workspace_id: i64,
+        broadcast_id: i64,
         audience: &qunfa_audience::Bitmap,
         caps: &[(u32, i64, &'static str)],
     ) -> Result<Vec<CapReach>, StoreError> {
-        use qunfa_audience::{decode, Bitmap};
-        let Some(earliest) = caps.iter().map(|c| c.1).min() else { return Ok(Vec::new()) };
-        let rows = self.db.conn()?.query(
-            "SELECT dispatched_at, frozen_audience, capped FROM broadcasts
-             WHERE workspace_id = ? AND priority = 2 AND dispatched_at >= ? AND frozen_audience IS NOT NULL ORDER BY id",
-            params![workspace_id, earliest],
-        )?;
-        let mut sent: Vec<(i64, Bitmap)> = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let mut b = decode(r.blob(1)).ok_or_else(|| StoreError::Corrupt("frozen audience".into()))?;
-            b.and_inplace(audience);
-            if let Some(capped) = r.opt_blob(2).and_then(decode) {
-                b.andnot_inplace(&capped);
-            }
-            sent.push((r.i64(0), b));
-        }
-        let mut out = Vec::new();
-        for &(cap, since, window) in caps {
-            if cap == 0 {
-                out.push(CapReach { window, cap, contacts: audience.clone() });
-                continue;
-            }
-            // levels[k]: contacts who received at least k + 1 in the window.
-            let mut levels: Vec<Bitmap> = vec![Bitmap::new(); cap as usize];
-            for (_, b) in sent.iter().filter(|(at, _)| *at >= since) {
-                for k in (1..levels.len()).rev() {
-                    let up = levels[k - 1].and(b);
-                    levels[k].or_inplace(&up);
-                }
-                levels[0].or_inplace(b);
-            }
-            let contacts = levels.pop().unwrap_or_default();
-            if !contacts.is_empty() {
-                out.push(CapReach { window, cap, contacts });
-            }
-        }
-        Ok(out)
+        contacts_at_cap_in(&mut *self.db.conn()?, workspace_id, broadcast_id, audience, caps)
     }
 
     /// The contacts of `audience` created since `since` (new contacts).
@@ -633,4 +599,52 @@ pub(crate) fn violation_once(
     let details = serde_json::json!({"dimension": "violation", "broadcast_id": broadcast_id, "note": note}).to_string();
     audit::append(c, ws, actor, "member.health_signal", &format!("member:{member_id}"), &details, now)?;
     Ok(())
+}
+
+/// [`Store::contacts_at_cap`] on a given connection (the dispatch transaction
+/// counts again under its lock).
+pub(crate) fn contacts_at_cap_in(
+    c: &mut crate::Conn,
+    workspace_id: i64,
+    broadcast_id: i64,
+    audience: &qunfa_audience::Bitmap,
+    caps: &[(u32, i64, &'static str)],
+) -> Result<Vec<CapReach>, StoreError> {
+    use qunfa_audience::{decode, Bitmap};
+    let Some(earliest) = caps.iter().map(|c| c.1).min() else { return Ok(Vec::new()) };
+    let rows = c.query(
+        "SELECT dispatched_at, frozen_audience, capped FROM broadcasts
+         WHERE workspace_id = ? AND id <> ? AND priority = 2 AND dispatched_at >= ? AND frozen_audience IS NOT NULL ORDER BY id",
+        params![workspace_id, broadcast_id, earliest],
+    )?;
+    let mut sent: Vec<(i64, Bitmap)> = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let mut b = decode(r.blob(1)).ok_or_else(|| StoreError::Corrupt("frozen audience".into()))?;
+        b.and_inplace(audience);
+        if let Some(capped) = r.opt_blob(2).and_then(decode) {
+            b.andnot_inplace(&capped);
+        }
+        sent.push((r.i64(0), b));
+    }
+    let mut out = Vec::new();
+    for &(cap, since, window) in caps {
+        if cap == 0 {
+            out.push(CapReach { window, cap, contacts: audience.clone() });
+            continue;
+        }
+        // levels[k]: contacts who received at least k + 1 in the window.
+        let mut levels: Vec<Bitmap> = vec![Bitmap::new(); cap as usize];
+        for (_, b) in sent.iter().filter(|(at, _)| *at >= since) {
+            for k in (1..levels.len()).rev() {
+                let up = levels[k - 1].and(b);
+                levels[k].or_inplace(&up);
+            }
+            levels[0].or_inplace(b);
+        }
+        let contacts = levels.pop().unwrap_or_default();
+        if !contacts.is_empty() {
+            out.push(CapReach { window, cap, contacts });
+        }
+    }
+    Ok(out)
 }

@@ -468,7 +468,7 @@ pub fn evaluate(
     verdicts.extend(preflight::preflight(&s.policy, &proposal));
     let n_recipients = audience.cardinality();
     verdicts.extend(super::security::account_verdicts(s, kind, b.member_id, n_recipients, sends_today)?);
-    let (capped, cap_verdict) = frequency_caps(s, kind, b, &audience, now)?;
+    let cap_verdict = frequency_caps(s, kind, b, &audience, now)?;
     verdicts.extend(cap_verdict);
     let (waves, wave_verdict) = growth_waves(s, kind, b, &audience, now)?;
     verdicts.extend(wave_verdict);
@@ -503,7 +503,26 @@ pub fn evaluate(
     }
     verdicts.extend(duplicate_verdict(s, b, fingerprint, audience.cardinality(), now)?);
     verdicts.sort_by_key(|v| v.severity);
-    Ok(Evaluated { verdicts, audience, fingerprint, domains, capped, waves })
+    Ok(Evaluated { verdicts, audience, fingerprint, domains, waves })
+}
+
+/// The frequency caps of a send as `(cap, since, window)`: none for
+/// transactional and chat messages.
+fn cap_windows(s: &Inner, kind: WorkspaceKind, b: &BroadcastRecord, now: i64) -> Vec<(u32, i64, &'static str)> {
+    if b.priority != Priority::Broadcast {
+        return Vec::new();
+    }
+    let day_start = s.policy.day_bounds(now).0;
+    s.policy
+        .tier(kind)
+        .contact_caps
+        .windows()
+        .into_iter()
+        .map(|(cap, days, name)| {
+            let since = if days == 1 { day_start } else { now - i64::from(days) * 86_400_000 };
+            (cap, since, name)
+        })
+        .collect()
 }
 
 /// Per-recipient frequency caps: the contacts who already received as many
@@ -515,26 +534,18 @@ fn frequency_caps(
     b: &BroadcastRecord,
     audience: &Bitmap,
     now: i64,
-) -> Result<(Bitmap, Option<Verdict>), ApiError> {
-    let windows = s.policy.tier(kind).contact_caps.windows();
-    if windows.is_empty() || b.priority != Priority::Broadcast || audience.is_empty() {
-        return Ok((Bitmap::new(), None));
+) -> Result<Option<Verdict>, ApiError> {
+    let caps = cap_windows(s, kind, b, now);
+    if caps.is_empty() || audience.is_empty() {
+        return Ok(None);
     }
-    let day_start = s.policy.day_bounds(now).0;
-    let caps: Vec<(u32, i64, &'static str)> = windows
-        .iter()
-        .map(|&(cap, days, name)| {
-            let since = if days == 1 { day_start } else { now - i64::from(days) * 86_400_000 };
-            (cap, since, name)
-        })
-        .collect();
-    let reached = s.store.contacts_at_cap(b.workspace_id, audience, &caps)?;
+    let reached = s.store.contacts_at_cap(b.workspace_id, b.id, audience, &caps)?;
     let mut capped = Bitmap::new();
     for r in &reached {
         capped.or_inplace(&r.contacts);
     }
     if capped.is_empty() {
-        return Ok((capped, None));
+        return Ok(None);
     }
     let parts: Vec<String> =
         reached.iter().map(|r| format!("{} at {} per {}", r.contacts.cardinality(), r.cap, r.window)).collect();
@@ -561,7 +572,7 @@ fn frequency_caps(
         format!("{} 名接收者已达频次上限（{}），将被过滤，其余正常发送。", n, parts_zh.join("，")),
     );
     v.actual = Some(n);
-    Ok((capped, Some(v)))
+    Ok(Some(v))
 }
 
 /// Waves of a send: (batch size, gap between batches in ms).
@@ -624,8 +635,6 @@ pub struct Evaluated {
     pub fingerprint: Fingerprint,
     /// Registrable domains of the content's links.
     pub domains: Vec<String>,
-    /// Recipients over a frequency cap (filtered at dispatch).
-    pub capped: Bitmap,
     /// Fast contact growth: (batch size, gap ms) of the waves.
     pub waves: Option<(usize, i64)>,
 }
@@ -867,7 +876,7 @@ pub fn submit(
     }
     // Every attempt counts towards "operation too frequent", refused ones too.
     super::security::count_attempt(s, ws, b.member_id, b.id)?;
-    let Evaluated { verdicts, audience, fingerprint, domains, capped, waves } =
+    let Evaluated { verdicts, audience, fingerprint, domains, waves } =
         evaluate(s, kind, ctx.plan.as_deref(), b, false)?;
     if preflight::blocks(&verdicts) {
         if verdicts.iter().any(|v| v.code == Code::ContentBlocked) {
@@ -903,7 +912,7 @@ pub fn submit(
             review_reason: "",
             final_approval: None,
             waves,
-            capped: Some(&capped),
+            caps: &cap_windows(s, kind, b, now),
         };
         // Transactional and chat messages go ahead of a running broadcast.
         let _urgent = (b.priority != Priority::Broadcast).then(|| s.store.db.urgent());
@@ -947,7 +956,7 @@ pub async fn approve(
                 s.store.record_approval(ws, b.id, &next, approver, &comment, &actor, now)?;
                 return Ok(s.store.broadcast(ws, b.id)?);
             }
-            let Evaluated { verdicts, audience, fingerprint, domains, capped, waves } =
+            let Evaluated { verdicts, audience, fingerprint, domains, waves } =
                 evaluate(s, kind, plan.as_deref(), &b, true)?;
             if preflight::blocks(&verdicts) {
                 return Err(ApiError::from_verdicts(&verdicts));
@@ -967,7 +976,7 @@ pub async fn approve(
                 review_reason: &comment,
                 final_approval: Some((&next, approver, &comment)),
                 waves,
-                capped: Some(&capped),
+                caps: &cap_windows(s, kind, &b, now),
             };
             s.store.dispatch(ws, b.id, &audience, rules, &actor, now)?;
             s.engine.wake();
