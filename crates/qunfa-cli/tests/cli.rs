@@ -1,45 +1,16 @@
 //! The `qunfa` binary end to end: a real server process on a free port, driven
 //! by the client commands, stopped with SIGTERM, then audited offline.
 
+mod common;
+
 use std::{
-    path::Path,
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
+use common::{free_port, qunfa, run, text, Server};
+
 const ADMIN: &str = "qfa_cli_test_token";
-
-fn qunfa(dir: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_qunfa"));
-    c.args(args).current_dir(dir).env("QUNFA_LOG", "warn");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("QUNFA_") && k != "QUNFA_LOG" {
-            c.env_remove(k);
-        }
-    }
-    c
-}
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    qunfa(dir, args).output().expect("run qunfa")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// The id of a contact in Shanghai, from the sample `audience count` prints.
 fn first_contact(c: &dyn Fn(&[&str]) -> Output) -> String {

@@ -1,75 +1,21 @@
 //! `qunfa evidence` end to end: a real server process, a delivered send, the
 //! bundle downloaded by the client command and verified offline, then changed.
 
-use std::{
-    path::Path,
-    process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
-};
+mod common;
+
+use common::{run, serve, text};
 
 const ADMIN: &str = "qfa_cli_evidence_token";
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_qunfa"));
-    c.args(args).current_dir(dir).env("QUNFA_LOG", "warn");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("QUNFA_") && k != "QUNFA_LOG" {
-            c.env_remove(k);
-        }
-    }
-    c.output().expect("run qunfa")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn export_and_verify_evidence() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let listen = format!("127.0.0.1:{port}");
-    let url = format!("http://{listen}");
-    std::fs::write(
-        d.join("policy.toml"),
+    let (_server, url) = serve(
+        d,
+        ADMIN,
         "[safety]\nreview_sample_base = 0.0\nreview_sample_per_risk = 0.0\n[tiers.personal]\nnew_account_days = 0\n",
-    )
-    .unwrap();
-    let _server = Server(
-        Command::new(env!("CARGO_BIN_EXE_qunfa"))
-            .args([
-                "serve",
-                "--listen",
-                &listen,
-                "--data-dir",
-                "data",
-                "--admin-token",
-                ADMIN,
-                "--policy",
-                "policy.toml",
-            ])
-            .current_dir(d)
-            .env("QUNFA_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
     );
-    let start = Instant::now();
-    while std::net::TcpStream::connect(&listen).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(30), "server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let o = run(
         d,
         &["workspace", "create", "--name", "证据", "--kind", "personal", "--server", &url, "--admin-token", ADMIN],

@@ -2,57 +2,17 @@
 //! hours and time zone, a recurring and a one-off schedule, their refusals,
 //! and cancelling.
 
-use std::{
-    path::Path,
-    process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
-};
+mod common;
+
+use common::{qunfa, serve, text};
 
 const ADMIN: &str = "qfa_cli_schedule_token";
-
-fn qunfa(dir: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_qunfa"));
-    c.args(args).current_dir(dir).env("QUNFA_LOG", "warn");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("QUNFA_") && k != "QUNFA_LOG" {
-            c.env_remove(k);
-        }
-    }
-    c
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn schedule_commands() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let listen = format!("127.0.0.1:{port}");
-    let url = format!("http://{listen}");
-    let _server = Server(
-        qunfa(d, &["serve", "--listen", &listen, "--data-dir", "data", "--admin-token", ADMIN])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let start = Instant::now();
-    while std::net::TcpStream::connect(&listen).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(30), "server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (_server, url) = serve(d, ADMIN, "");
     let args = ["workspace", "create", "--name", "定时企业", "--kind", "enterprise", "--server", &url];
     let o = qunfa(d, &args).args(["--admin-token", ADMIN]).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
