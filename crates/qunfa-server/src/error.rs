@@ -135,7 +135,8 @@ impl ApiError {
     }
     /// A send refused by preflight: the first blocking verdict's code, every
     /// verdict in the details.
-    pub fn from_verdicts(verdicts: &[Verdict]) -> Self {
+    /// `now` (the server's clock) turns a `clears_at` into `Retry-After`.
+    pub fn from_verdicts(verdicts: &[Verdict], now: i64) -> Self {
         let first =
             verdicts.iter().find(|v| v.severity == qunfa_core::preflight::Severity::Block).unwrap_or(&verdicts[0]);
         let mut e = Self::new(first.code, first.message.clone());
@@ -143,7 +144,7 @@ impl ApiError {
         e.status = StatusCode::UNPROCESSABLE_ENTITY;
         e.details = verdicts.iter().map(|v| serde_json::to_value(VerdictWire::from(v)).unwrap_or_default()).collect();
         if let Some(clears_at) = first.clears_at {
-            let secs = (clears_at - qunfa_store::now_millis()).max(0) / 1000;
+            let secs = (clears_at - now).max(0) / 1000;
             e.retry_after = Some(secs as u64);
         }
         e

@@ -465,6 +465,14 @@ impl Store {
     /// `NotFound` for an unknown tag, department or segment, or a name an
     /// expression uses that has gone since; database errors.
     pub fn resolve_audience(&self, workspace_id: i64, spec: &AudienceSpec) -> Result<Bitmap, StoreError> {
+        self.resolve_audience_at(workspace_id, spec, crate::now_millis())
+    }
+
+    /// [`Store::resolve_audience`] with relative dates ("last_active > 30 days ago") taken from `now`.
+    ///
+    /// # Errors
+    /// As [`Store::resolve_audience`].
+    pub fn resolve_audience_at(&self, workspace_id: i64, spec: &AudienceSpec, now: i64) -> Result<Bitmap, StoreError> {
         let mut expr = None;
         if let AudienceSpec::Expression(src) = spec {
             // Checked when the draft was made; a name that has gone since
@@ -481,7 +489,6 @@ impl Store {
             ),
             _ => None,
         };
-        let now = crate::now_millis();
         self.with_audience(workspace_id, |index| {
             let subtrees = |sets: &qunfa_audience::index::TreeSets, roots: &[i64]| {
                 let mut out = Bitmap::new();

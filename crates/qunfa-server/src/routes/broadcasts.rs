@@ -396,7 +396,7 @@ pub fn evaluate(
     let now = s.now();
     let spec = audience_from_json(&b.audience_json)?;
     let mut verdicts = Vec::new();
-    let audience = match s.store.resolve_audience(b.workspace_id, &spec) {
+    let audience = match s.store.resolve_audience_at(b.workspace_id, &spec, now) {
         Ok(a) => a,
         Err(StoreError::NotFound) => {
             verdicts.push(Verdict {
@@ -883,7 +883,7 @@ pub fn submit(
             // Trying to send blocked content is a violation of the account.
             s.store.add_violation(b.member_id, b.id, "refused: blocked content", actor, s.now())?;
         }
-        return Err(ApiError::from_verdicts(&verdicts));
+        return Err(ApiError::from_verdicts(&verdicts, s.now()));
     }
     let now = s.now();
     let recorded = verdicts_json(&verdicts);
@@ -959,7 +959,7 @@ pub async fn approve(
             let Evaluated { verdicts, audience, fingerprint, domains, waves } =
                 evaluate(s, kind, plan.as_deref(), &b, true)?;
             if preflight::blocks(&verdicts) {
-                return Err(ApiError::from_verdicts(&verdicts));
+                return Err(ApiError::from_verdicts(&verdicts, s.now()));
             }
             let mut recorded: serde_json::Value = serde_json::from_str(&verdicts_json(&verdicts)).unwrap_or_default();
             if let Some(list) = recorded.as_array_mut() {

@@ -213,7 +213,7 @@ pub async fn schedule_broadcast(
                 .partition(|v| v.severity == Severity::Block && v.clears_at.is_none_or(|c| c > run_at));
             if !blocking.is_empty() {
                 blocking.extend(rest);
-                return Err(ApiError::from_verdicts(&blocking));
+                return Err(ApiError::from_verdicts(&blocking, s.now()));
             }
             // What the run will meet: reviews, delays, warnings, and quiet hours.
             let mut recorded: Vec<Verdict> = rest.into_iter().filter(|v| v.severity != Severity::Block).collect();
