@@ -284,10 +284,14 @@ impl Store {
         now: i64,
     ) -> Result<(), StoreError> {
         self.db.write(|c| {
-            c.execute(
-                "UPDATE members SET cooldown_until = ? WHERE id = ? AND (cooldown_until IS NULL OR cooldown_until < ?)",
-                params![until, member_id, until],
+            // A cooldown in force is not extended by the attempts it refuses.
+            let started = c.execute(
+                "UPDATE members SET cooldown_until = ? WHERE id = ? AND (cooldown_until IS NULL OR cooldown_until <= ?)",
+                params![until, member_id, now],
             )?;
+            if started == 0 {
+                return Ok(());
+            }
             let details = serde_json::json!({"until": until, "attempts": attempts}).to_string();
             audit::append(c, workspace_id, "system", "member.cooldown", &format!("member:{member_id}"), &details, now)?;
             Ok(())
