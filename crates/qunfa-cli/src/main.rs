@@ -4,6 +4,7 @@
 mod bench;
 mod bench_audience;
 mod bench_channels;
+mod bench_evidence;
 mod bench_priority;
 mod bench_safety;
 mod channels;
@@ -343,6 +344,14 @@ enum BenchCommand {
         #[arg(long, default_value_t = 20_000)]
         recipients: usize,
     },
+    /// The evidence bundle of one delivered N-recipient broadcast: export and
+    /// verify, against the raw read of its delivery rows and frozen audience.
+    Evidence {
+        #[arg(long, default_value_t = 1_000_000)]
+        recipients: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Inbox broadcast fan-out: accepted → all records durable, against the raw bulk insert.
     Fanout {
         #[arg(long, default_value_t = 100_000)]
@@ -454,6 +463,11 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Channels { recipients }) => {
             bench::check_url(config.database_url.as_deref())?;
             bench_channels::channels(config.database_url.as_deref(), recipients)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Evidence { recipients, runs }) => {
+            bench::check_url(config.database_url.as_deref())?;
+            bench_evidence::evidence(config.database_url.as_deref(), recipients, runs.max(1))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Fanout { recipients, runs }) => {
