@@ -314,21 +314,12 @@ fn fanout_once(database_url: Option<&str>, n: usize) -> anyhow::Result<(f64, f64
     let baseline = t.elapsed().as_secs_f64();
     store.db.write(|c| c.execute("DELETE FROM deliveries WHERE broadcast_id = -1", params![]))?;
 
-    let raw = RawContent {
-        content_type: "text".into(),
-        text: Some("双十一大促：全场五折，详情见门店。".into()),
-        ..Default::default()
-    };
-    let new = NewBroadcast {
-        content_json: content_to_json(&raw),
-        audience_json: r#"{"all":true}"#.into(),
-        channels: vec![Channel::Inbox],
-        priority: Priority::Broadcast,
-        client_msg_id: None,
-        request_hash: "bench".into(),
-        ttl_ms: None,
-        fallback: Vec::new(),
-    };
+    let new = text_broadcast(
+        "双十一大促：全场五折，详情见门店。",
+        Priority::Broadcast,
+        r#"{"all":true}"#.into(),
+        Channel::Inbox,
+    );
     let (b, _) = store.create_broadcast(w.id, 1, &new, "bench", now_millis())?;
     let cache = DispatchCache::default();
     // The worker as a server runs it: the same steps, limits and policy.
@@ -374,4 +365,19 @@ pub fn check_url(url: Option<&str>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A text broadcast as benchmarks send it.
+pub(crate) fn text_broadcast(text: &str, priority: Priority, audience_json: String, channel: Channel) -> NewBroadcast {
+    let raw = RawContent { content_type: "text".into(), text: Some(text.into()), ..Default::default() };
+    NewBroadcast {
+        content_json: content_to_json(&raw),
+        audience_json,
+        channels: vec![channel],
+        priority,
+        client_msg_id: None,
+        request_hash: text.into(),
+        ttl_ms: None,
+        fallback: Vec::new(),
+    }
 }

@@ -17,15 +17,10 @@ use qunfa_core::{
     channel::ChannelSettings,
     contact::Channel,
     import::{self, ImportFormat},
-    message::RawContent,
     workspace::{Name, WorkspaceKind},
     Policy,
 };
-use qunfa_store::{
-    broadcasts::{DispatchRules, NewBroadcast},
-    json::content_to_json,
-    now_millis, Store,
-};
+use qunfa_store::{broadcasts::DispatchRules, now_millis, Store};
 use qunfa_testkit::{http::HttpReceiver, smtp::SmtpSink};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -44,21 +39,12 @@ fn contacts(n: usize) -> Vec<u8> {
 
 /// One broadcast on `channel` to every contact; seconds from dispatch to completion.
 async fn broadcast(store: &Store, workspace: i64, channel: Channel, n: usize) -> anyhow::Result<f64> {
-    let raw = RawContent {
-        content_type: "text".into(),
-        text: Some("{{name}}，双十一大促：全场五折。".into()),
-        ..Default::default()
-    };
-    let new = NewBroadcast {
-        content_json: content_to_json(&raw),
-        audience_json: r#"{"all":true}"#.into(),
-        channels: vec![channel],
-        priority: Priority::Broadcast,
-        client_msg_id: None,
-        request_hash: format!("bench-{}", channel.as_str()),
-        ttl_ms: None,
-        fallback: Vec::new(),
-    };
+    let new = crate::bench::text_broadcast(
+        "{{name}}，双十一大促：全场五折。",
+        Priority::Broadcast,
+        r#"{"all":true}"#.into(),
+        channel,
+    );
     let s = store.clone();
     let id = tokio::task::spawn_blocking(move || -> anyhow::Result<i64> {
         let (b, _) = s.create_broadcast(workspace, 1, &new, "bench", now_millis())?;

@@ -24,14 +24,12 @@ use qunfa_core::{
     broadcast::{BroadcastState, Priority},
     contact::Channel,
     import::{self, ImportFormat},
-    message::RawContent,
     workspace::{Name, WorkspaceKind},
     Policy,
 };
 use qunfa_store::{
-    broadcasts::{DispatchCache, DispatchRules, NewBroadcast},
+    broadcasts::{DispatchCache, DispatchRules},
     evidence::{verify_bundle, AudienceCheck},
-    json::content_to_json,
     now_millis, params, Row, Store,
 };
 
@@ -100,21 +98,12 @@ fn setup(store: &Store, n: usize) -> anyhow::Result<(i64, i64)> {
     store.with_audience(w.id, |_| ())?;
     let imported = t.elapsed().as_secs_f64();
 
-    let raw = RawContent {
-        content_type: "text".into(),
-        text: Some("双十一大促：全场五折，详情见门店。".into()),
-        ..Default::default()
-    };
-    let new = NewBroadcast {
-        content_json: content_to_json(&raw),
-        audience_json: r#"{"all":true}"#.into(),
-        channels: vec![Channel::Inbox],
-        priority: Priority::Broadcast,
-        client_msg_id: None,
-        request_hash: "bench".into(),
-        ttl_ms: None,
-        fallback: Vec::new(),
-    };
+    let new = crate::bench::text_broadcast(
+        "双十一大促：全场五折，详情见门店。",
+        Priority::Broadcast,
+        r#"{"all":true}"#.into(),
+        Channel::Inbox,
+    );
     let t = Instant::now();
     let (b, _) = store.create_broadcast(w.id, 1, &new, "bench", now_millis())?;
     let audience = store.resolve_audience(w.id, &AudienceSpec::All)?;

@@ -19,29 +19,10 @@ use qunfa_core::{
     broadcast::{BroadcastState, Priority},
     contact::Channel,
     import::{self, ImportFormat},
-    message::RawContent,
     workspace::{Name, WorkspaceKind},
     Policy,
 };
-use qunfa_store::{
-    broadcasts::{DispatchRules, NewBroadcast},
-    json::content_to_json,
-    now_millis, Store,
-};
-
-fn new_broadcast(text: &str, priority: Priority, audience_json: String) -> NewBroadcast {
-    let raw = RawContent { content_type: "text".into(), text: Some(text.into()), ..Default::default() };
-    NewBroadcast {
-        content_json: content_to_json(&raw),
-        audience_json,
-        channels: vec![Channel::Inbox],
-        priority,
-        client_msg_id: None,
-        request_hash: text.into(),
-        ttl_ms: None,
-        fallback: Vec::new(),
-    }
-}
+use qunfa_store::{broadcasts::DispatchRules, now_millis, Store};
 
 /// Sends one urgent message to contact `idx` as the API does and waits until
 /// its delivery record is durable; returns the latency in milliseconds.
@@ -53,7 +34,12 @@ fn urgent_message(
     priority: Priority,
 ) -> anyhow::Result<f64> {
     let t = Instant::now();
-    let new = new_broadcast("您的验证码是 246810", priority, format!(r#"{{"contact_ids":[{idx}]}}"#));
+    let new = crate::bench::text_broadcast(
+        "您的验证码是 246810",
+        priority,
+        format!(r#"{{"contact_ids":[{idx}]}}"#),
+        Channel::Inbox,
+    );
     let id = {
         let _urgent = store.db.urgent();
         let (b, _) = store.create_broadcast(ws, 1, &new, "bench", now_millis())?;
@@ -119,7 +105,7 @@ pub fn priority(database_url: Option<&str>, n: usize, runs: usize, baseline_mess
         let (b, _) = store.create_broadcast(
             w.id,
             1,
-            &new_broadcast("双十一大促", Priority::Broadcast, r#"{"all":true}"#.into()),
+            &crate::bench::text_broadcast("双十一大促", Priority::Broadcast, r#"{"all":true}"#.into(), Channel::Inbox),
             "bench",
             now_millis(),
         )?;
