@@ -56,7 +56,8 @@ pub struct Normalized {
     /// Indexed by byte offset into `text`; meaningful at character starts only.
     info: Vec<CharInfo>,
     /// Byte offset in `text` of the last character pushed (for run collapsing).
-    last: Option<usize>,
+    last: usize,
+    /// The last character pushed; `'\0'` (never pushed: it is dropped) before the first.
     last_char: char,
 }
 
@@ -92,31 +93,36 @@ impl Normalized {
 
     fn clear(&mut self) {
         self.text.clear();
-        self.last = None;
+        self.last = 0;
         self.last_char = '\0';
+    }
+
+    /// Makes room in `info` for a text that grew beyond the original's length
+    /// (expansions such as `⑩` → `10`, rare).
+    #[cold]
+    fn grow_info(&mut self) {
+        self.info.resize(self.text.len() + 16, CharInfo::default());
     }
 
     /// Appends `c`, or lengthens the run of the last character; true when
     /// `c` was appended.
     #[inline]
     fn push(&mut self, c: char, start: u32, end: u32, gap: bool, hanzi: bool) -> bool {
-        if let Some(last) = self.last {
-            if self.last_char == c {
-                let info = &mut self.info[last];
-                info.run = info.run.saturating_add(1);
-                info.end = end;
-                info.gap_inside |= gap;
-                info.hanzi |= hanzi;
-                return false;
-            }
+        if self.last_char == c {
+            let info = &mut self.info[self.last];
+            info.run = info.run.saturating_add(1);
+            info.end = end;
+            info.gap_inside |= gap;
+            info.hanzi |= hanzi;
+            return false;
         }
         let at = self.text.len();
         self.text.push(c);
         if self.info.len() < self.text.len() {
-            self.info.resize(self.text.len(), CharInfo::default());
+            self.grow_info();
         }
         self.info[at] = CharInfo { start, end, run: 1, gap_before: gap, gap_inside: false, hanzi };
-        self.last = Some(at);
+        self.last = at;
         self.last_char = c;
         true
     }
@@ -137,6 +143,9 @@ pub fn normalize_with(text: &str, out: &mut Normalized, mut on_char: impl FnMut(
     let table = Table::get();
     out.clear();
     out.text.reserve(text.len());
+    if out.info.len() < text.len() {
+        out.info.resize(text.len(), CharInfo::default());
+    }
     let mut gap = false;
     for (at, c) in text.char_indices() {
         let start = at as u32;
