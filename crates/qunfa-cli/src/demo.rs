@@ -21,6 +21,8 @@ pub struct DemoKeys {
     pub personal_owner: String,
     /// A personal draft that preflight refuses, to see it explain itself.
     pub blocked_draft: i64,
+    /// The console password of the demo logins (owner, sender, reviewer, zhangsan).
+    pub console_password: String,
 }
 
 const SETTING: &str = "demo_workspaces";
@@ -58,17 +60,27 @@ pub fn seed(store: &Store, policy: &Policy) -> anyhow::Result<DemoKeys> {
             id
         }
     };
+    let personal_owner = store.members(personal)?.first().map(|m| m.id).context("personal owner")?;
+    // Console logins, with a password new at every start (like the keys).
+    let console_password = format!("demo-{}", &qunfa_store::new_secret("")[..12]);
+    for (ws, member, login) in [
+        (ent, ids[1], "owner"),
+        (ent, ids[2], "sender"),
+        (ent, ids[4], "reviewer"),
+        (personal, personal_owner, "zhangsan"),
+    ] {
+        qunfa_server::set_login_direct(store, ws, member, login, &console_password, now)
+            .map_err(|e| anyhow::anyhow!("demo login {login}: {}", e.message))?;
+    }
     Ok(DemoKeys {
         enterprise_id: ent,
         enterprise_owner: store.issue_key(ent, ids[1], "demo", now)?.secret,
         enterprise_sender: store.issue_key(ent, ids[2], "demo", now)?.secret,
         enterprise_reviewer: store.issue_key(ent, ids[4], "demo", now)?.secret,
         personal_id: personal,
-        personal_owner: {
-            let owner = store.members(personal)?.first().map(|m| m.id).context("personal owner")?;
-            store.issue_key(personal, owner, "demo", now)?.secret
-        },
+        personal_owner: store.issue_key(personal, personal_owner, "demo", now)?.secret,
         blocked_draft,
+        console_password,
     })
 }
 

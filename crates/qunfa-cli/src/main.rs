@@ -571,13 +571,16 @@ fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
 fn print_demo(addr: &str, k: &demo::DemoKeys) {
     println!(
         "\nqunfa demo is running at http://{addr}  (API docs: http://{addr}/docs)\n\
+         \n  console: http://{addr}/console/  — log in as owner, sender or reviewer (enterprise)\n    \
+         or zhangsan (personal), password {}\n\
          \n  enterprise workspace {} 星辰零售 — 10,000 contacts, departments, nested tags\n    \
          owner key:    {}\n    sender key:   {}\n    reviewer key: {}\n\
          \n  personal workspace {} 张三的个人号 — 150 friends, flat tags\n    owner key:    {}\n\
          \n  a blocked send that explains itself (four tags combined, a fraud phrase):\n    \
          QUNFA_API_KEY={} qunfa explain {}   (or POST /v1/broadcasts/{}/preflight)\n\
          \nTry:  curl -s -H 'Authorization: Bearer {}' http://{addr}/v1/tags\n\
-         (these keys are new at every start; the data stays in the data directory)\n",
+         (these keys and the console password are new at every start; the data stays in the data directory)\n",
+        k.console_password,
         k.enterprise_id,
         k.enterprise_owner,
         k.enterprise_sender,

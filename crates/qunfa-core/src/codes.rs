@@ -145,6 +145,12 @@ codes! {
     ScheduleTooOften = "QF-SCHEDULE-TOO-OFTEN", "The recurring schedule fires more often than allowed.", "循环发送过于频繁。", "Space the runs at least the policy's schedule.min_interval_minutes apart.";
     ScheduleQuietHours = "QF-SCHEDULE-QUIET-HOURS", "The run falls into the workspace's quiet hours and goes at their end.", "发送时间处于免打扰时段，将在免打扰结束时发送。", "Nothing blocks; pick another time, or change the quiet hours (PUT /v1/workspace/schedule-settings).";
     QuietHoursFormat = "QF-SCHEDULE-QUIET-HOURS-FORMAT", "The quiet hours are not valid.", "免打扰时段格式无效。", "Use HH:MM-HH:MM in the workspace's time zone, e.g. 22:00-08:00 (it may wrap midnight), or null for none.";
+    // Console logins.
+    LoginFailed = "QF-LOGIN-FAILED", "The login name or password is wrong.", "登录名或密码错误。", "Check both and try again; after the policy's console.max_failures wrong passwords in a row the login is locked for a while. An admin or the owner can set a new password (PUT /v1/members/{id}/login).";
+    LoginLocked = "QF-LOGIN-LOCKED", "Too many wrong passwords: the login is locked for a while.", "密码错误次数过多，登录已暂时锁定。", "Wait until clears_at, or ask an admin or the owner to set a new password (PUT /v1/members/{id}/login), which unlocks it.";
+    LoginTaken = "QF-LOGIN-TAKEN", "Another member already has this login name.", "该登录名已被其他成员使用。", "Pick another login name (2 to 64 letters, digits, '.', '_', '-' or '@').";
+    InvalidLogin = "QF-INVALID-LOGIN", "The login name or password is not acceptable.", "登录名或密码不符合要求。", "Use a login name of 2 to 64 letters, digits, '.', '_', '-' or '@', and a password of 10 to 256 characters.";
+    CsrfToken = "QF-CSRF-TOKEN", "The request lacks the session's CSRF token.", "请求缺少会话的 CSRF 令牌。", "Browsers send the token from the login answer (csrf_token) in the X-CSRF-Token header with every change; scripts should use an API key instead of the console cookie.";
     DuplicateClientMsgId = "QF-CLIENT-MSG-ID-REUSED", "This client_msg_id was used for different content.", "client_msg_id 已用于不同内容。", "Use a new client_msg_id for new content; resend the same body to get the original broadcast.";
 }
 

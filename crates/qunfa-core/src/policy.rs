@@ -120,6 +120,19 @@ pub struct Policy {
     pub security: SecurityPolicy,
     pub health: HealthPolicy,
     pub schedule: SchedulePolicy,
+    pub console: ConsolePolicy,
+}
+
+/// Console logins.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsolePolicy {
+    /// A browser session lasts this long after the login.
+    pub session_hours: u32,
+    /// Wrong passwords in a row that lock a login.
+    pub max_failures: u32,
+    /// How long a locked login stays locked.
+    pub lock_minutes: u32,
 }
 
 /// Scheduled and recurring sends.
@@ -349,6 +362,12 @@ impl Policy {
         }
         if let Some((name, _)) = d.channel_per_minute.iter().find(|(_, v)| **v == 0) {
             return Err(PolicyError::Invalid(format!("delivery.channel_per_minute.{name} must be positive")));
+        }
+        let console = &self.console;
+        if console.session_hours == 0 || console.max_failures == 0 || console.lock_minutes == 0 {
+            return Err(PolicyError::Invalid(
+                "console: session_hours, max_failures and lock_minutes must be positive".into(),
+            ));
         }
         let sch = &self.schedule;
         if sch.max_horizon_days == 0 || sch.min_interval_minutes == 0 || sch.claim_lease_seconds == 0 {

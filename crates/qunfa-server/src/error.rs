@@ -90,11 +90,13 @@ pub fn status_of(code: Code) -> StatusCode {
         | SafetyText
         | VerificationCode
         | LoginCode
+        | InvalidLogin
         | InvalidReviewChain => StatusCode::BAD_REQUEST,
-        Unauthenticated => StatusCode::UNAUTHORIZED,
-        Forbidden | SelfApproval | ApprovalStage => StatusCode::FORBIDDEN,
+        Unauthenticated | LoginFailed => StatusCode::UNAUTHORIZED,
+        LoginLocked => StatusCode::TOO_MANY_REQUESTS,
+        Forbidden | SelfApproval | ApprovalStage | CsrfToken => StatusCode::FORBIDDEN,
         NotFound | MediaNotFound | UnsubscribeLink => StatusCode::NOT_FOUND,
-        Conflict | Duplicate | DuplicateClientMsgId | ApprovalDuplicate => StatusCode::CONFLICT,
+        Conflict | Duplicate | DuplicateClientMsgId | ApprovalDuplicate | LoginTaken => StatusCode::CONFLICT,
         PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         Internal => StatusCode::INTERNAL_SERVER_ERROR,
         Unavailable => StatusCode::SERVICE_UNAVAILABLE,

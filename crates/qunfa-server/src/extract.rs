@@ -1,10 +1,10 @@
-//! Extractors: JSON bodies with coded errors, and the three kinds of caller
-//! (workspace API key, recipient inbox token, server admin token).
+//! Extractors: JSON bodies with coded errors, and the kinds of caller
+//! (workspace API key or console session, recipient inbox token, server admin token).
 
 use axum::{
     body::Bytes,
     extract::{FromRequest, FromRequestParts, Request},
-    http::{header, request::Parts},
+    http::{header, request::Parts, Method},
 };
 use qunfa_core::{workspace::Action, Code};
 use qunfa_store::workspaces::AuthContext;
@@ -77,11 +77,56 @@ impl Auth {
 impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
+    /// An API key (`Authorization: Bearer qf_…`), else a console session
+    /// cookie; a change through the cookie also needs the session's CSRF
+    /// token in `X-CSRF-Token`.
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts).ok_or_else(|| ApiError::code(Code::Unauthenticated))?.to_owned();
-        let ctx = state.blocking(move |s| s.store.authenticate(&token).map_err(ApiError::from)).await?;
-        ctx.map(Auth).ok_or_else(|| ApiError::code(Code::Unauthenticated))
+        if let Some(token) = bearer(parts) {
+            let token = token.to_owned();
+            let ctx = state.blocking(move |s| s.store.authenticate(&token).map_err(ApiError::from)).await?;
+            return ctx.map(Auth).ok_or_else(|| ApiError::code(Code::Unauthenticated));
+        }
+        let token = session_cookie(&parts.headers).ok_or_else(|| ApiError::code(Code::Unauthenticated))?.to_owned();
+        let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        if !safe {
+            let sent = parts.headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
+            if !constant_time_eq(sent.as_bytes(), csrf_token(&token).as_bytes()) {
+                return Err(ApiError::code(Code::CsrfToken));
+            }
+        }
+        let ctx = state
+            .blocking(move |s| {
+                let now = s.now();
+                s.store.session_auth(&token, now).map_err(ApiError::from)
+            })
+            .await?;
+        ctx.map(Auth).ok_or_else(|| ApiError::new(Code::Unauthenticated, "the console session ended; log in again"))
     }
+}
+
+/// The console's session cookie.
+pub const SESSION_COOKIE: &str = "qunfa_session";
+
+/// The value of the session cookie, if the request has one.
+pub fn session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.trim())
+}
+
+/// A session's CSRF token: derived from the session token (which scripts
+/// cannot read: the cookie is `HttpOnly`), so nothing more is stored.
+pub fn csrf_token(session_token: &str) -> String {
+    qunfa_store::secret_hash(&format!("csrf:{session_token}"))[..32].to_owned()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A recipient's inbox token, not yet looked up. A route looks it up off the

@@ -1,9 +1,11 @@
 //! The HTTP face of qunfa: the `/v1` REST API, its OpenAPI document and
 //! Swagger UI, health and metrics. Only this crate knows HTTP and JSON.
 
+pub mod console;
 pub mod error;
 pub mod extract;
 mod routes;
+pub use routes::console::set_login_direct;
 pub mod safety;
 pub mod wire;
 
@@ -147,6 +149,7 @@ pub fn app(state: AppState) -> Router {
     let openapi = Arc::new(openapi);
     router
         .merge(routes::ops::docs_router(openapi))
+        .merge(console::router())
         .route(
             "/u/{workspace}/{contact}/{channel}/{token}",
             axum::routing::get(routes::channels::unsubscribe_page).post(routes::channels::unsubscribe),

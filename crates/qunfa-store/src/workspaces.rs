@@ -30,13 +30,19 @@ pub struct AuthContext {
     pub workspace: Workspace,
     pub member_id: i64,
     pub role: Role,
+    /// The API key, or 0 for a console session.
     pub key_id: i64,
+    /// The console session, when the caller is a browser.
+    pub session_id: Option<i64>,
 }
 
 impl AuthContext {
     /// How this actor appears in the audit log.
     pub fn actor(&self) -> String {
-        format!("member:{}/key:{}", self.member_id, self.key_id)
+        match self.session_id {
+            Some(session) => format!("member:{}/session:{session}", self.member_id),
+            None => format!("member:{}/key:{}", self.member_id, self.key_id),
+        }
     }
 }
 
@@ -49,7 +55,7 @@ pub struct IssuedKey {
     pub member_id: i64,
 }
 
-fn workspace_from(r: &Row, offset: usize) -> Result<Workspace, StoreError> {
+pub(crate) fn workspace_from(r: &Row, offset: usize) -> Result<Workspace, StoreError> {
     Ok(Workspace {
         id: r.i64(offset),
         name: r.string(offset + 1),
@@ -215,6 +221,7 @@ impl Store {
             member_id: r.i64(5),
             role: Role::parse(r.str(6)).map_err(|_| StoreError::Corrupt("key role".into()))?,
             key_id: r.i64(7),
+            session_id: None,
         }))
     }
 

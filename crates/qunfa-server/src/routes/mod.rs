@@ -3,6 +3,7 @@
 pub mod audiences;
 pub mod broadcasts;
 pub mod channels;
+pub mod console;
 pub mod contacts;
 pub mod evidence;
 pub mod inbox;
@@ -121,6 +122,11 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::audit_log))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::metrics))
+        // Console logins (issue 8).
+        .routes(routes!(console::login))
+        .routes(routes!(console::logout))
+        .routes(routes!(console::session))
+        .routes(routes!(console::set_login))
 }
 
 /// `?limit=&cursor=` of list routes.

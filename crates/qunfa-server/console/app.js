@@ -1,0 +1,588 @@
+// qunfa console: a small hand-written front end over the /v1 API. No build
+// step; served from the binary. Every text the user or a contact wrote goes
+// into the page as text (DOM nodes), never as HTML.
+'use strict';
+
+// ---------------------------------------------------------------- i18n
+const TEXT = {
+  zh: {
+    brand: 'qunfa 群发', contacts: '联系人', audience: '受众', compose: '撰写', broadcasts: '群发记录',
+    approvals: '审批', audit: '审计日志', health: '账号健康', logout: '退出', language: 'English',
+    login_title: '登录控制台', login: '登录名', password: '密码', sign_in: '登录', signing_in: '正在登录…',
+    import: '导入联系人', import_file: '文件（CSV 或 NDJSON）', import_text: '或粘贴内容', format: '格式',
+    partial: '跳过有问题的行，导入其余', start_import: '开始导入', uploading: '正在上传', imported: '新增',
+    updated: '更新', tags_created: '新建标签', rejected: '被拒绝的行', line: '行', code: '代码', message: '说明',
+    name: '姓名', external_id: '外部 ID', tags: '标签', departments: '部门', created: '创建时间', more: '加载更多',
+    attributes: '属性', channels: '渠道', opt_outs: '退订/不接收', open_inbox: '以该联系人身份打开收件箱',
+    expr: '受众表达式', expr_help: '例如 tag:"客户等级/金牌" AND city = "上海"', matching: '位联系人符合',
+    took: '用时', sample: '示例', use_in_compose: '用此受众撰写', position: '位置',
+    content_type: '消息类型', text: '正文', title: '标题', url: '链接', description: '描述',
+    safety: '内容安全', masked: '屏蔽预览', no_hits: '未发现问题', hits: '命中', checking: '检查中…',
+    save_preflight: '保存草稿并预检', state: '状态', recipients: '接收人数', counts: '进度',
+    preflight: '预检', run_preflight: '重新预检', send: '发送', approve: '批准', reject: '驳回', comment: '意见',
+    ok_to_send: '可以发送', blocked: '无法发送', fix: '如何解决', clears_at: '解除时间', no_verdicts: '没有问题',
+    queued: '排队', sent: '已发送', delivered: '已送达', failed: '失败', read: '已读', replied: '已回复',
+    filtered: '已过滤', total: '总数', progress_live: '实时进度', evidence: '导出证据', none: '暂无',
+    pending: '待审批的群发', action: '操作', target: '对象', actor: '操作人', at: '时间', score: '分数',
+    reasons: '原因', open: '打开', back: '返回', verification_code: '二次验证码（如需要）',
+    state_draft: '草稿', state_scheduled: '已定时', state_pending_approval: '待审批', state_sending: '发送中',
+    state_paused: '已暂停', state_completed: '已完成', state_cancelled: '已取消', state_blocked: '被拦截',
+  },
+  en: {
+    brand: 'qunfa', contacts: 'Contacts', audience: 'Audience', compose: 'Compose', broadcasts: 'Broadcasts',
+    approvals: 'Approvals', audit: 'Audit log', health: 'Account health', logout: 'Log out', language: '中文',
+    login_title: 'Log in to the console', login: 'Login', password: 'Password', sign_in: 'Log in', signing_in: 'Logging in…',
+    import: 'Import contacts', import_file: 'File (CSV or NDJSON)', import_text: 'or paste the lines', format: 'Format',
+    partial: 'Skip bad lines and import the rest', start_import: 'Import', uploading: 'Uploading', imported: 'imported',
+    updated: 'updated', tags_created: 'tags created', rejected: 'Rejected lines', line: 'Line', code: 'Code', message: 'Message',
+    name: 'Name', external_id: 'External id', tags: 'Tags', departments: 'Departments', created: 'Created', more: 'Load more',
+    attributes: 'Attributes', channels: 'Channels', opt_outs: 'Opted out', open_inbox: 'Open the inbox as this contact',
+    expr: 'Audience expression', expr_help: 'e.g. tag:"客户等级/金牌" AND city = "上海"', matching: 'contacts match',
+    took: 'took', sample: 'Sample', use_in_compose: 'Compose for this audience', position: 'position',
+    content_type: 'Message type', text: 'Text', title: 'Title', url: 'Link', description: 'Description',
+    safety: 'Content safety', masked: 'Masked preview', no_hits: 'Nothing found', hits: 'Hits', checking: 'Checking…',
+    save_preflight: 'Save draft and run preflight', state: 'State', recipients: 'Recipients', counts: 'Progress',
+    preflight: 'Preflight', run_preflight: 'Run preflight again', send: 'Send', approve: 'Approve', reject: 'Reject', comment: 'Comment',
+    ok_to_send: 'Ready to send', blocked: 'Cannot be sent', fix: 'How to fix', clears_at: 'Clears at', no_verdicts: 'No problems',
+    queued: 'Queued', sent: 'Sent', delivered: 'Delivered', failed: 'Failed', read: 'Read', replied: 'Replied',
+    filtered: 'Filtered', total: 'Total', progress_live: 'Live progress', evidence: 'Export evidence', none: 'Nothing yet',
+    pending: 'Broadcasts waiting for approval', action: 'Action', target: 'Target', actor: 'Actor', at: 'At', score: 'Score',
+    reasons: 'Reasons', open: 'Open', back: 'Back', verification_code: 'Verification code (if asked)',
+    state_draft: 'draft', state_scheduled: 'scheduled', state_pending_approval: 'pending approval', state_sending: 'sending',
+    state_paused: 'paused', state_completed: 'completed', state_cancelled: 'cancelled', state_blocked: 'blocked',
+  },
+};
+let lang = localStorage.getItem('qunfa.lang') ||
+  ((navigator.languages || [navigator.language || 'zh']).some((l) => /^zh/i.test(l)) ? 'zh' : 'en');
+const t = (key) => TEXT[lang][key] ?? TEXT.en[key] ?? key;
+
+// ---------------------------------------------------------------- DOM
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else if (k === 'class') el.className = v;
+    else if (k === 'value') el.value = v;
+    else el.setAttribute(k, v === true ? '' : v);
+  }
+  for (const c of children.flat(Infinity)) {
+    if (c === undefined || c === null || c === false) continue;
+    el.append(c instanceof Node ? c : String(c));
+  }
+  return el;
+}
+const main = () => document.getElementById('main');
+function show(...nodes) {
+  const m = main();
+  m.replaceChildren(...nodes.flat());
+}
+const when = (s) => (s ? new Date(s).toLocaleString(lang === 'zh' ? 'zh-CN' : 'en-GB') : '');
+const stateBadge = (s) => h('span', { class: `badge ${s}` }, t(`state_${s}`));
+
+// ---------------------------------------------------------------- API
+class ApiError extends Error {
+  constructor(status, body) {
+    super(body?.message || `HTTP ${status}`);
+    this.status = status;
+    this.body = body || {};
+  }
+}
+async function api(method, path, body, opts = {}) {
+  const headers = {};
+  if (method !== 'GET') headers['X-CSRF-Token'] = sessionStorage.getItem('qunfa.csrf') || '';
+  let payload;
+  if (typeof body === 'string') {
+    payload = body;
+    headers['Content-Type'] = opts.type || 'text/plain';
+  } else if (body !== undefined) {
+    payload = JSON.stringify(body);
+    headers['Content-Type'] = 'application/json';
+  }
+  const r = await fetch(path, { method, headers, body: payload, credentials: 'same-origin' });
+  const text = await r.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = null; }
+  if (!r.ok) {
+    if (r.status === 401 && !opts.quiet) {
+      sessionStorage.removeItem('qunfa.csrf');
+      location.hash = '#/login';
+    }
+    throw new ApiError(r.status, data?.error);
+  }
+  return data;
+}
+// An error as the user sees it: the message in their language, the code, the hint.
+function errorBox(e) {
+  const b = e.body || {};
+  const msg = (lang === 'zh' ? b.message_zh : b.message) || e.message;
+  return h('div', { class: 'error', role: 'alert' },
+    h('strong', {}, msg), b.code ? h('span', { class: 'muted' }, ` (${b.code})`) : null,
+    b.hint ? h('div', { class: 'hint' }, b.hint) : null);
+}
+function debounce(fn, ms) {
+  let timer;
+  return (...args) => { clearTimeout(timer); timer = setTimeout(() => fn(...args), ms); };
+}
+
+// ---------------------------------------------------------------- session
+let me = null;
+async function loadSession() {
+  try {
+    me = await api('GET', '/v1/console/session', undefined, { quiet: true });
+    sessionStorage.setItem('qunfa.csrf', me.csrf_token);
+  } catch {
+    me = null;
+  }
+}
+function nav(current) {
+  const top = document.getElementById('top');
+  if (!me) { top.replaceChildren(); return; }
+  const link = (hash, key) => h('a', { href: hash, 'aria-current': current === hash ? 'page' : null }, t(key));
+  top.replaceChildren(h('nav', { 'aria-label': 'main' },
+    h('span', { class: 'brand' }, t('brand')),
+    link('#/contacts', 'contacts'), link('#/audience', 'audience'), link('#/compose', 'compose'),
+    link('#/broadcasts', 'broadcasts'), link('#/approvals', 'approvals'), link('#/audit', 'audit'),
+    link('#/health', 'health'),
+    h('span', { class: 'spacer' }),
+    h('span', { class: 'muted', id: 'whoami' }, `${me.name} · ${me.workspace_name} · ${me.role}`),
+    h('button', { class: 'link', id: 'lang', onclick: () => { lang = lang === 'zh' ? 'en' : 'zh'; localStorage.setItem('qunfa.lang', lang); route(); } }, t('language')),
+    h('button', { class: 'link', id: 'logout', onclick: logout }, t('logout'))));
+}
+async function logout() {
+  try { await api('POST', '/v1/console/logout'); } catch { /* already gone */ }
+  me = null;
+  sessionStorage.removeItem('qunfa.csrf');
+  location.hash = '#/login';
+}
+
+// ---------------------------------------------------------------- pages
+function loginPage() {
+  const err = h('div');
+  const login = h('input', { type: 'text', id: 'login', name: 'login', autocomplete: 'username', required: true });
+  const password = h('input', { type: 'password', id: 'password', name: 'password', autocomplete: 'current-password', required: true });
+  const button = h('button', { class: 'primary', type: 'submit', id: 'sign-in' }, t('sign_in'));
+  const form = h('form', { class: 'card login', onsubmit: async (ev) => {
+    ev.preventDefault();
+    button.disabled = true;
+    button.textContent = t('signing_in');
+    err.replaceChildren();
+    try {
+      me = await api('POST', '/v1/console/login', { login: login.value.trim(), password: password.value }, { quiet: true });
+      sessionStorage.setItem('qunfa.csrf', me.csrf_token);
+      location.hash = '#/contacts';
+    } catch (e) {
+      err.replaceChildren(errorBox(e));
+      button.disabled = false;
+      button.textContent = t('sign_in');
+    }
+  } },
+  h('h1', {}, t('login_title')),
+  h('label', { for: 'login' }, t('login')), login,
+  h('label', { for: 'password' }, t('password')), password,
+  h('p', {}, button), err,
+  h('p', {}, h('button', { type: 'button', class: 'link', onclick: () => { lang = lang === 'zh' ? 'en' : 'zh'; localStorage.setItem('qunfa.lang', lang); route(); } }, t('language'))));
+  show(form);
+  login.focus();
+}
+
+async function contactsPage() {
+  const rows = h('tbody');
+  const more = h('button', { type: 'button' }, t('more'));
+  let cursor = null;
+  async function page() {
+    const q = new URLSearchParams({ limit: '50' });
+    if (cursor) q.set('cursor', cursor);
+    const data = await api('GET', `/v1/contacts?${q}`);
+    for (const c of data.items) {
+      rows.append(h('tr', {},
+        h('td', {}, h('a', { href: `#/contacts/${c.id}` }, c.name)),
+        h('td', {}, c.external_id), h('td', {}, c.tags.join(', ')), h('td', {}, c.departments.join(', ')),
+        h('td', {}, when(c.created_at))));
+    }
+    cursor = data.next_cursor;
+    more.hidden = !cursor;
+  }
+  more.addEventListener('click', () => page().catch((e) => more.replaceWith(errorBox(e))));
+
+  const file = h('input', { type: 'file', id: 'import-file', accept: '.csv,.ndjson,.jsonl,.json,text/csv' });
+  const text = h('textarea', { id: 'import-text', rows: 4, placeholder: 'external_id,name,email,tags\n…' });
+  const format = h('select', { id: 'import-format' }, h('option', { value: 'csv' }, 'CSV'), h('option', { value: 'ndjson' }, 'NDJSON'));
+  const partial = h('input', { type: 'checkbox', id: 'import-partial' });
+  const bar = h('progress', { max: 100, value: 0, hidden: true, 'aria-label': t('uploading') });
+  const result = h('div', { id: 'import-result', 'aria-live': 'polite' });
+  file.addEventListener('change', () => {
+    const f = file.files[0];
+    if (f && /\.(nd)?jsonl?$/i.test(f.name)) format.value = 'ndjson';
+  });
+  const start = h('button', { class: 'primary', type: 'button', id: 'import-start', onclick: () => {
+    const body = file.files[0] || text.value;
+    if (!body || (typeof body === 'string' && !body.trim())) return;
+    const q = new URLSearchParams({ format: format.value });
+    if (partial.checked) q.set('partial', 'true');
+    // XMLHttpRequest: fetch cannot report upload progress.
+    const xhr = new XMLHttpRequest();
+    xhr.open('POST', `/v1/contacts/import?${q}`);
+    xhr.setRequestHeader('X-CSRF-Token', sessionStorage.getItem('qunfa.csrf') || '');
+    xhr.setRequestHeader('Content-Type', format.value === 'csv' ? 'text/csv' : 'application/x-ndjson');
+    bar.hidden = false;
+    bar.value = 0;
+    start.disabled = true;
+    xhr.upload.onprogress = (ev) => { if (ev.lengthComputable) bar.value = Math.round((100 * ev.loaded) / ev.total); };
+    xhr.onload = () => {
+      start.disabled = false;
+      bar.value = 100;
+      let data = null;
+      try { data = JSON.parse(xhr.responseText); } catch { data = null; }
+      if (xhr.status >= 400) {
+        const e = new ApiError(xhr.status, data?.error);
+        const lines = data?.error?.details || [];
+        result.replaceChildren(errorBox(e), rejectedTable(lines));
+        return;
+      }
+      result.replaceChildren(h('p', { class: 'ok' },
+        `${data.imported} ${t('imported')}, ${data.updated} ${t('updated')}, ${data.tags_created} ${t('tags_created')}`),
+      data.rejected.length ? rejectedTable(data.rejected) : null);
+      rows.replaceChildren();
+      cursor = null;
+      page();
+    };
+    xhr.onerror = () => { start.disabled = false; result.replaceChildren(errorBox(new ApiError(0, { message: 'network error' }))); };
+    xhr.send(body);
+  } }, t('start_import'));
+
+  show(h('h1', {}, t('contacts')),
+    h('section', { class: 'card', 'aria-labelledby': 'import-h' },
+      h('h2', { id: 'import-h' }, t('import')),
+      h('label', { for: 'import-file' }, t('import_file')), file,
+      h('label', { for: 'import-text' }, t('import_text')), text,
+      h('div', { class: 'row' },
+        h('div', {}, h('label', { for: 'import-format' }, t('format')), format),
+        h('div', {}, h('label', { for: 'import-partial' }, partial, ' ', t('partial')))),
+      h('p', {}, start), bar, result),
+    h('div', { class: 'table-wrap' }, h('table', { id: 'contacts' },
+      h('thead', {}, h('tr', {}, h('th', {}, t('name')), h('th', {}, t('external_id')), h('th', {}, t('tags')),
+        h('th', {}, t('departments')), h('th', {}, t('created')))), rows)),
+    h('p', {}, more));
+  await page();
+}
+function rejectedTable(lines) {
+  if (!lines.length) return null;
+  return h('div', {}, h('h2', {}, t('rejected')), h('div', { class: 'table-wrap' }, h('table', {},
+    h('thead', {}, h('tr', {}, h('th', {}, t('line')), h('th', {}, t('code')), h('th', {}, t('message')))),
+    h('tbody', {}, lines.map((l) => (typeof l === 'string'
+      ? h('tr', {}, h('td', { colspan: 3 }, l))
+      : h('tr', {}, h('td', {}, l.line), h('td', {}, l.code), h('td', {}, l.message))))))));
+}
+
+async function contactPage(id) {
+  const c = await api('GET', `/v1/contacts/${encodeURIComponent(id)}`);
+  const link = h('p', { id: 'inbox-link' });
+  show(h('p', {}, h('a', { href: '#/contacts' }, `← ${t('back')}`)),
+    h('h1', {}, c.name),
+    h('div', { class: 'card' },
+      h('p', {}, `${t('external_id')}: ${c.external_id}`),
+      h('p', {}, `${t('tags')}: ${c.tags.join(', ') || '—'}`),
+      h('p', {}, `${t('departments')}: ${c.departments.join(', ') || '—'}`),
+      h('h2', {}, t('attributes')),
+      h('div', { class: 'table-wrap' }, h('table', {}, h('tbody', {}, Object.entries(c.attributes).map(([k, v]) =>
+        h('tr', {}, h('th', {}, k), h('td', {}, String(v))))))),
+      h('h2', {}, t('channels')),
+      h('p', {}, Object.entries(c.channels).filter(([, v]) => v).map(([k, v]) => `${k}: ${v}`).join(' · ') || '—'),
+      (c.opt_outs || []).length ? h('p', {}, `${t('opt_outs')}: ${c.opt_outs.map((o) => `${o.channel} (${o.reason})`).join(', ')}`) : null,
+      h('p', {}, h('button', { type: 'button', id: 'open-inbox', onclick: async () => {
+        try {
+          const tok = await api('POST', `/v1/contacts/${encodeURIComponent(id)}/inbox-token`);
+          const href = `/inbox#token=${encodeURIComponent(tok.token)}`;
+          link.replaceChildren(h('a', { href, target: '_blank', rel: 'noopener', id: 'inbox-href' }, href));
+        } catch (e) { link.replaceChildren(errorBox(e)); }
+      } }, t('open_inbox'))), link));
+}
+
+// Shows `expr` with the character at `pos` marked (an error's position).
+function exprWithError(expr, pos) {
+  const chars = Array.from(expr);
+  const at = Math.min(pos, chars.length);
+  return h('div', { class: 'expr-error', 'aria-hidden': 'true' },
+    chars.slice(0, at).join(''), h('span', { class: 'at' }, chars[at] ?? ' '), chars.slice(at + 1).join(''));
+}
+
+function audiencePage() {
+  const expr = h('textarea', { id: 'expr', rows: 3, placeholder: t('expr_help'), 'aria-describedby': 'expr-out' },
+    sessionStorage.getItem('qunfa.expr') || '');
+  const out = h('div', { id: 'expr-out', 'aria-live': 'polite' });
+  let seq = 0;
+  const count = debounce(async () => {
+    const mine = ++seq;
+    const value = expr.value.trim();
+    sessionStorage.setItem('qunfa.expr', expr.value);
+    if (!value) { out.replaceChildren(); return; }
+    try {
+      const r = await api('POST', '/v1/audiences/count', { expr: value, sample: 5 });
+      if (mine !== seq) return;
+      out.replaceChildren(
+        h('p', {}, h('span', { class: 'count', id: 'count' }, r.count.toLocaleString()), ' ', t('matching'),
+          h('span', { class: 'muted' }, ` · ${t('took')} ${r.took_ms.toFixed(2)} ms`)),
+        r.sample.length ? h('p', { class: 'muted' }, `${t('sample')}: ${r.sample.map((s) => s.name).join('、')}`) : null);
+    } catch (e) {
+      if (mine !== seq) return;
+      const pos = e.body?.position;
+      out.replaceChildren(errorBox(e), pos !== undefined ? h('div', {}, h('span', { class: 'muted' }, `${t('position')} ${pos}`), exprWithError(value, pos)) : null);
+    }
+  }, 200);
+  expr.addEventListener('input', count);
+  show(h('h1', {}, t('audience')),
+    h('div', { class: 'card' }, h('label', { for: 'expr' }, t('expr')), expr, out,
+      h('p', {}, h('button', { type: 'button', class: 'primary', id: 'use-audience', onclick: () => { location.hash = '#/compose'; } }, t('use_in_compose')))));
+  count();
+  expr.focus();
+}
+
+// The text with each hit marked in place (character offsets, code points).
+function highlighted(text, hits) {
+  const chars = Array.from(text);
+  const rank = { block: 3, review: 2, derank: 1 };
+  const level = new Array(chars.length).fill(null);
+  const why = new Array(chars.length).fill(null);
+  for (const hit of hits) {
+    if (hit.start === 0 && hit.end === chars.length && hit.gate === 'model') continue; // the whole message
+    for (let i = hit.start; i < hit.end && i < chars.length; i++) {
+      if (!level[i] || rank[hit.action] > rank[level[i]]) {
+        level[i] = hit.action;
+        why[i] = lang === 'zh' ? hit.message_zh : hit.message;
+      }
+    }
+  }
+  const out = [];
+  let i = 0;
+  while (i < chars.length) {
+    let j = i + 1;
+    while (j < chars.length && level[j] === level[i] && why[j] === why[i]) j++;
+    const piece = chars.slice(i, j).join('');
+    out.push(level[i] ? h('mark', { class: level[i], title: why[i] }, piece) : piece);
+    i = j;
+  }
+  return out;
+}
+
+function composePage() {
+  const type = h('select', { id: 'content-type' },
+    ['text', 'link', 'image', 'file', 'miniprogram', 'richtext'].map((v) => h('option', { value: v }, v)));
+  const text = h('textarea', { id: 'content-text', rows: 6, 'aria-describedby': 'safety-out' }, sessionStorage.getItem('qunfa.text') || '');
+  const title = h('input', { type: 'text', id: 'content-title' });
+  const url = h('input', { type: 'text', id: 'content-url' });
+  const mediaId = h('input', { type: 'text', id: 'content-media' });
+  const expr = h('input', { type: 'text', id: 'compose-expr', value: sessionStorage.getItem('qunfa.expr') || '' });
+  const channels = ['inbox', 'email', 'sms', 'webhook', 'wecom'].map((c) =>
+    h('label', { class: 'inline' }, h('input', { type: 'checkbox', value: c, checked: c === 'inbox', class: 'channel' }), ` ${c}`));
+  const preview = h('div', { class: 'highlight', id: 'highlight', 'aria-live': 'polite' });
+  const out = h('div', { id: 'safety-out', 'aria-live': 'polite' });
+  const err = h('div');
+  const extra = h('div');
+  function fields() {
+    const v = type.value;
+    extra.replaceChildren(
+      ['link', 'miniprogram'].includes(v) ? [h('label', { for: 'content-title' }, t('title')), title] : null,
+      v === 'link' ? [h('label', { for: 'content-url' }, t('url')), url] : null,
+      ['image', 'file'].includes(v) ? [h('label', { for: 'content-media' }, 'media_id'), mediaId] : null);
+  }
+  type.addEventListener('change', fields);
+  fields();
+  let seq = 0;
+  const check = debounce(async () => {
+    const mine = ++seq;
+    sessionStorage.setItem('qunfa.text', text.value);
+    if (!text.value.trim()) { preview.replaceChildren(); out.replaceChildren(); return; }
+    out.replaceChildren(h('span', { class: 'muted' }, t('checking')));
+    try {
+      const r = await api('POST', '/v1/safety/check', { text: text.value });
+      if (mine !== seq) return;
+      preview.replaceChildren(...highlighted(text.value, r.hits));
+      out.replaceChildren(
+        h('p', {}, `${t('safety')}: `, h('span', { class: `badge ${r.action}`, id: 'safety-action' }, r.action),
+          h('span', { class: 'muted' }, ` · ${r.hits_total} ${t('hits')}`)),
+        r.hits.length ? h('ul', { id: 'hits' }, r.hits.map((hit) => h('li', {},
+          h('span', { class: `badge ${hit.action}` }, hit.action), ' ',
+          `“${hit.original}” — ${lang === 'zh' ? hit.message_zh : hit.message}`))) : h('p', { class: 'ok' }, t('no_hits')),
+        r.action !== 'allow' ? h('p', {}, h('strong', {}, `${t('masked')}: `), h('span', { id: 'masked' }, r.masked)) : null);
+    } catch (e) {
+      if (mine === seq) out.replaceChildren(errorBox(e));
+    }
+  }, 250);
+  text.addEventListener('input', check);
+  const save = h('button', { type: 'button', class: 'primary', id: 'save-preflight', onclick: async () => {
+    err.replaceChildren();
+    const content = { type: type.value };
+    if (['text', 'link'].includes(type.value) && text.value) content[type.value === 'text' ? 'text' : 'description'] = text.value;
+    if (type.value === 'link') { content.url = url.value; content.title = title.value; }
+    if (type.value === 'miniprogram') content.title = title.value;
+    if (['image', 'file'].includes(type.value)) content.media_id = mediaId.value;
+    if (type.value === 'richtext') content.html = text.value;
+    const picked = channels.map((l) => l.querySelector('input')).filter((i) => i.checked).map((i) => i.value);
+    const audience = expr.value.trim() ? { expr: expr.value.trim() } : { all: true };
+    try {
+      const b = await api('POST', '/v1/broadcasts', { content, audience, channels: picked });
+      location.hash = `#/broadcasts/${b.id}`;
+    } catch (e) { err.replaceChildren(errorBox(e)); }
+  } }, t('save_preflight'));
+  show(h('h1', {}, t('compose')),
+    h('div', { class: 'card' },
+      h('label', { for: 'content-type' }, t('content_type')), type, extra,
+      h('label', { for: 'content-text' }, t('text')), text,
+      h('h2', {}, t('safety')), preview, out,
+      h('label', { for: 'compose-expr' }, t('expr')), expr,
+      h('fieldset', {}, h('legend', {}, t('channels')), channels),
+      h('p', {}, save), err));
+  check();
+}
+
+function verdictList(verdicts) {
+  if (!verdicts.length) return h('p', { class: 'ok' }, t('no_verdicts'));
+  return h('div', { id: 'verdicts' }, verdicts.map((v) => h('div', { class: `verdict ${v.severity}` },
+    h('span', { class: `badge ${v.severity}` }, v.severity), ' ', h('strong', {}, lang === 'zh' ? v.message_zh : v.message),
+    h('span', { class: 'muted' }, ` (${v.code})`),
+    h('div', { class: 'hint' }, `${t('fix')}: ${v.hint}`),
+    v.clears_at ? h('div', { class: 'muted' }, `${t('clears_at')}: ${when(v.clears_at)}`) : null)));
+}
+
+// Progress bars as SVG (no chart library).
+function bars(b) {
+  const total = Math.max(b.recipients || b.counts.total || 0, 1);
+  const keys = ['queued', 'sent', 'delivered', 'read', 'replied', 'failed', 'filtered'];
+  return h('div', { class: 'bars', id: 'progress' }, keys.map((k) => {
+    const n = b.counts[k] || 0;
+    const w = Math.min(100, (100 * n) / total);
+    const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
+    svg.setAttribute('viewBox', '0 0 100 4');
+    svg.setAttribute('preserveAspectRatio', 'none');
+    svg.setAttribute('role', 'img');
+    svg.setAttribute('aria-label', `${t(k)} ${n}`);
+    const bg = document.createElementNS(svg.namespaceURI, 'rect');
+    Object.entries({ x: 0, y: 0, width: 100, height: 4, fill: '#e8ebf0' }).forEach(([a, v]) => bg.setAttribute(a, v));
+    const fg = document.createElementNS(svg.namespaceURI, 'rect');
+    Object.entries({ x: 0, y: 0, width: w, height: 4, fill: k === 'failed' ? '#b3261e' : '#0b6bcb' }).forEach(([a, v]) => fg.setAttribute(a, v));
+    svg.append(bg, fg);
+    return h('div', { class: 'bar' }, h('span', {}, t(k)), svg, h('span', { 'data-count': k }, n.toLocaleString()));
+  }));
+}
+
+let events = null;
+async function broadcastPage(id) {
+  const b = await api('GET', `/v1/broadcasts/${encodeURIComponent(id)}`);
+  const verdictsBox = h('div', { id: 'preflight-out', 'aria-live': 'polite' });
+  const actions = h('div', { class: 'row' });
+  const err = h('div');
+  const progress = h('div', {}, bars(b));
+  const state = h('span', { id: 'state' }, stateBadge(b.state));
+  const code = h('input', { type: 'text', id: 'verification-code', inputmode: 'numeric' });
+  const comment = h('input', { type: 'text', id: 'approval-comment' });
+  async function preflight() {
+    try {
+      const r = await api('POST', `/v1/broadcasts/${id}/preflight`);
+      verdictsBox.replaceChildren(h('p', {}, h('strong', { id: 'preflight-ok' }, r.ok ? t('ok_to_send') : t('blocked')),
+        ` · ${t('recipients')}: `, h('span', { id: 'preflight-recipients' }, r.recipients.toLocaleString())), verdictList(r.verdicts));
+    } catch (e) { verdictsBox.replaceChildren(errorBox(e)); }
+  }
+  async function act(path, body) {
+    err.replaceChildren();
+    try {
+      const r = await api('POST', `/v1/broadcasts/${id}/${path}`, body);
+      render(r.id ? r : await api('GET', `/v1/broadcasts/${id}`));
+    } catch (e) {
+      err.replaceChildren(errorBox(e));
+      if (Array.isArray(e.body?.details) && e.body.details.length && e.body.details[0].severity) {
+        verdictsBox.replaceChildren(verdictList(e.body.details));
+      }
+    }
+  }
+  function render(x) {
+    state.replaceChildren(stateBadge(x.state));
+    progress.replaceChildren(bars(x));
+    actions.replaceChildren(
+      x.state === 'draft' ? [h('div', {}, h('label', { for: 'verification-code' }, t('verification_code')), code),
+        h('button', { type: 'button', class: 'primary', id: 'send', onclick: () => act('send', code.value.trim() ? { verification_code: code.value.trim() } : {}) }, t('send'))] : null,
+      x.state === 'pending_approval' ? [h('div', {}, h('label', { for: 'approval-comment' }, t('comment')), comment),
+        h('button', { type: 'button', class: 'primary', id: 'approve', onclick: () => act('approve', comment.value ? { comment: comment.value } : {}) }, t('approve')),
+        h('button', { type: 'button', class: 'danger', id: 'reject', onclick: () => act('reject', comment.value ? { comment: comment.value } : {}) }, t('reject'))] : null,
+      ['sending', 'completed', 'paused'].includes(x.state) ? h('a', { href: `/v1/broadcasts/${id}/evidence`, id: 'evidence' }, t('evidence')) : null);
+  }
+  show(h('p', {}, h('a', { href: '#/broadcasts' }, `← ${t('back')}`)),
+    h('h1', {}, `#${b.id} `, state),
+    h('div', { class: 'card' },
+      h('p', { id: 'content' }, b.content.text || b.content.title || b.content.type),
+      h('p', { class: 'muted' }, `${t('channels')}: ${b.channels.join(', ')} · ${t('created')}: ${when(b.created_at)}`)),
+    h('section', { class: 'card', 'aria-labelledby': 'pf-h' }, h('h2', { id: 'pf-h' }, t('preflight')), verdictsBox,
+      h('button', { type: 'button', onclick: preflight }, t('run_preflight'))),
+    h('section', { class: 'card' }, actions, err),
+    h('section', { class: 'card', 'aria-labelledby': 'pr-h' }, h('h2', { id: 'pr-h' }, t('progress_live')), progress));
+  render(b);
+  if (b.state === 'draft') preflight();
+  if (events) events.close();
+  // Live progress over server-sent events (the session cookie authenticates them).
+  events = new EventSource(`/v1/broadcasts/${encodeURIComponent(id)}/events`);
+  events.addEventListener('progress', (ev) => { try { render(JSON.parse(ev.data)); } catch { /* keep the last */ } });
+  events.onerror = () => { /* the browser reconnects by itself */ };
+}
+
+async function broadcastsPage(filter) {
+  const data = await api('GET', '/v1/broadcasts?limit=100');
+  const items = data.items.filter((b) => !filter || b.state === filter);
+  show(h('h1', {}, filter ? t('pending') : t('broadcasts')),
+    items.length ? h('div', { class: 'table-wrap' }, h('table', { id: 'broadcasts' },
+      h('thead', {}, h('tr', {}, h('th', {}, '#'), h('th', {}, t('text')), h('th', {}, t('state')),
+        h('th', {}, t('recipients')), h('th', {}, t('read')), h('th', {}, t('created')))),
+      h('tbody', {}, items.map((b) => h('tr', {},
+        h('td', {}, h('a', { href: `#/broadcasts/${b.id}` }, b.id)),
+        h('td', {}, (b.content.text || b.content.title || b.content.type || '').slice(0, 80)),
+        h('td', {}, stateBadge(b.state)), h('td', {}, b.recipients.toLocaleString()),
+        h('td', {}, b.counts.read.toLocaleString()), h('td', {}, when(b.created_at)))))))
+      : h('p', { class: 'muted' }, t('none')));
+}
+
+async function auditPage() {
+  const data = await api('GET', '/v1/audit?limit=200');
+  show(h('h1', {}, t('audit')), h('div', { class: 'table-wrap' }, h('table', { id: 'audit' },
+    h('thead', {}, h('tr', {}, h('th', {}, t('at')), h('th', {}, t('actor')), h('th', {}, t('action')), h('th', {}, t('target')))),
+    h('tbody', {}, data.items.map((e) => h('tr', {}, h('td', {}, when(e.at)), h('td', {}, e.actor),
+      h('td', {}, e.action), h('td', {}, e.subject)))))));
+}
+
+async function healthPage() {
+  const r = await api('GET', `/v1/members/${me.member_id}/health`);
+  show(h('h1', {}, t('health')), h('div', { class: 'card', id: 'health' },
+    h('p', {}, h('span', { class: `badge ${r.state}` }, r.state), ` ${t('score')}: `, h('strong', {}, r.score.toFixed(0))),
+    h('h2', {}, t('reasons')),
+    r.override_reason ? h('p', {}, r.override_reason) : null,
+    (r.reasons || []).length ? h('ul', {}, r.reasons.map((x) => h('li', {}, lang === 'zh' ? x.message_zh : x.message,
+      h('span', { class: 'muted' }, ` (−${x.penalty})`))))
+      : h('p', { class: 'ok' }, t('no_verdicts'))));
+}
+
+// ---------------------------------------------------------------- router
+async function route() {
+  if (events && !location.hash.startsWith('#/broadcasts/')) { events.close(); events = null; }
+  const hash = location.hash || '#/contacts';
+  if (hash === '#/login') { me = null; nav(null); loginPage(); return; }
+  if (!me) await loadSession();
+  if (!me) { location.hash = '#/login'; return; }
+  const parts = hash.slice(2).split('/');
+  nav(`#/${parts[0]}`);
+  document.documentElement.lang = lang === 'zh' ? 'zh-CN' : 'en';
+  try {
+    switch (parts[0]) {
+      case 'contacts': await (parts[1] ? contactPage(parts[1]) : contactsPage()); break;
+      case 'audience': audiencePage(); break;
+      case 'compose': composePage(); break;
+      case 'broadcasts': await (parts[1] ? broadcastPage(parts[1]) : broadcastsPage()); break;
+      case 'approvals': await broadcastsPage('pending_approval'); break;
+      case 'audit': await auditPage(); break;
+      case 'health': await healthPage(); break;
+      default: location.hash = '#/contacts';
+    }
+  } catch (e) {
+    show(errorBox(e));
+  }
+  if (!main().contains(document.activeElement)) main().focus({ preventScroll: true });
+}
+window.addEventListener('hashchange', route);
+route();

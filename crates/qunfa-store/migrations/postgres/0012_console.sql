@@ -1,0 +1,22 @@
+-- Console logins (issue 8): a member's login name and argon2 password hash
+-- (PHC string), and browser sessions. Session tokens are stored as SHA-256
+-- hashes; the CSRF token is derived from the session token, never stored.
+CREATE TABLE console_logins (
+    member_id BIGINT PRIMARY KEY,
+    workspace_id BIGINT NOT NULL,
+    login TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    failures BIGINT NOT NULL DEFAULT 0,
+    locked_until BIGINT,
+    updated_at BIGINT NOT NULL
+);
+CREATE TABLE console_sessions (
+    id BIGSERIAL PRIMARY KEY,
+    member_id BIGINT NOT NULL,
+    workspace_id BIGINT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    revoked_at BIGINT
+);
+CREATE INDEX console_sessions_member ON console_sessions(member_id);
