@@ -71,16 +71,22 @@ fn api(e: ApiError) -> Wx {
     from_api(e, Kind::WeCom)
 }
 
-/// A department id of the request: the root (1) is the workspace itself
-/// unless it has a department with that id.
+/// The qunfa department of a WeCom department id: 1 is the root (the
+/// workspace itself, `None`); every other WeCom id is qunfa's id plus one.
 fn department(s: &Inner, c: &Caller, id: i64) -> Result<Option<i64>, Wx> {
-    if s.store.department_exists(c.ws(), id)? {
-        Ok(Some(id))
-    } else if id == ROOT {
-        Ok(None)
+    if id == ROOT {
+        return Ok(None);
+    }
+    if id > ROOT && s.store.department_exists(c.ws(), id - 1)? {
+        Ok(Some(id - 1))
     } else {
         Err(wx(60003, format!("department not found: {id}")))
     }
+}
+
+/// The WeCom id of a qunfa department.
+fn wecom_department(id: Option<i64>) -> i64 {
+    id.map_or(ROOT, |d| d + 1)
 }
 
 fn department_create(s: &Inner, c: &Caller, req: &Req) -> WxResult {
@@ -91,18 +97,14 @@ fn department_create(s: &Inner, c: &Caller, req: &Req) -> WxResult {
     let name = Name::parse(&name).map_err(|_| wx(60001, "invalid department name length"))?;
     let parent = department(s, c, int_of(&req.body, &["parentid", "parent_id"]).unwrap_or(ROOT))?;
     let d = s.store.create_department(c.ws(), &name, parent, &c.actor, s.now())?;
-    Ok(json!({"errcode": 0, "errmsg": "created", "id": d.id}))
+    Ok(json!({"errcode": 0, "errmsg": "created", "id": wecom_department(Some(d.id))}))
 }
 
 fn department_list(s: &Inner, c: &Caller, req: &Req) -> WxResult {
     let all = s.store.departments(c.ws())?;
-    let has_root = all.iter().any(|d| d.id == ROOT);
-    let mut out: Vec<Value> = Vec::new();
-    if !has_root {
-        out.push(json!({"id": ROOT, "name": c.workspace.name, "parentid": 0, "order": 100_000_000}));
-    }
+    let mut out: Vec<Value> = vec![json!({"id": ROOT, "name": c.workspace.name, "parentid": 0, "order": 100_000_000})];
     for d in &all {
-        out.push(json!({"id": d.id, "name": d.name, "parentid": d.parent_id.unwrap_or(ROOT), "order": 0}));
+        out.push(json!({"id": wecom_department(Some(d.id)), "name": d.name, "parentid": wecom_department(d.parent_id), "order": 0}));
     }
     if let Some(id) = req.param("id").and_then(|v| v.parse::<i64>().ok()) {
         department(s, c, id)?;
@@ -111,7 +113,9 @@ fn department_list(s: &Inner, c: &Caller, req: &Req) -> WxResult {
         let mut i = 0;
         while i < keep.len() {
             let p = keep[i];
-            keep.extend(all.iter().filter(|d| d.parent_id.unwrap_or(ROOT) == p && d.id != p).map(|d| d.id));
+            keep.extend(
+                all.iter().filter(|d| wecom_department(d.parent_id) == p).map(|d| wecom_department(Some(d.id))),
+            );
             i += 1;
         }
         out.retain(|d| d["id"].as_i64().is_some_and(|x| keep.contains(&x)));
@@ -163,7 +167,11 @@ fn user_create(s: &Inner, c: &Caller, req: &Req) -> WxResult {
 }
 
 fn user_json(rec: &qunfa_store::contacts::ContactRecord, simple: bool) -> Value {
-    let departments: Vec<i64> = if rec.departments.is_empty() { vec![ROOT] } else { rec.departments.clone() };
+    let departments: Vec<i64> = if rec.departments.is_empty() {
+        vec![ROOT]
+    } else {
+        rec.departments.iter().map(|d| wecom_department(Some(*d))).collect()
+    };
     if simple {
         return json!({"userid": rec.external_id, "name": rec.name, "department": departments});
     }
@@ -205,17 +213,20 @@ fn user_list(s: &Inner, c: &Caller, req: &Req, simple: bool) -> WxResult {
         None => AudienceSpec::All,
     };
     let members = s.store.resolve_audience_at(c.ws(), &spec, s.now())?;
-    let idxs: Vec<u32> = members.iter().take(100_000).collect();
     let mut list = Vec::new();
-    for chunk in idxs.chunks(1000) {
-        for rec in s.store.contacts_among(c.ws(), chunk)? {
-            let direct = match dept {
-                Some(d) => rec.departments.contains(&d),
-                None => rec.departments.is_empty(),
-            };
-            if fetch_child || direct {
-                list.push(user_json(&rec, simple));
-            }
+    // Each contact with its departments (one read each): at most a page of 10,000.
+    for idx in members.iter().take(10_000) {
+        let rec = match s.store.contact(c.ws(), idx) {
+            Ok(r) => r,
+            Err(StoreError::NotFound) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let direct = match dept {
+            Some(d) => rec.departments.contains(&d),
+            None => rec.departments.is_empty(),
+        };
+        if fetch_child || direct {
+            list.push(user_json(&rec, simple));
         }
     }
     Ok(json!({"userlist": list}))
