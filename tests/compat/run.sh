@@ -3,15 +3,16 @@
 # from PyPI against a real `qunfa serve` on loopback (SQLite in a temporary
 # folder). The SDK lives in a virtual environment outside the clone
 # ($QUNFA_VENV, default ~/.cache/qunfa-venv), created and filled with the
-# pinned versions of requirements.txt when missing: PyPI is the only network
-# this needs, and only the first time.
+# pinned versions of requirements.txt: PyPI is the only network this needs,
+# and only while a pinned version is missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 VENV="${QUNFA_VENV:-$HOME/.cache/qunfa-venv}"
-if ! "$VENV/bin/python" -c "import wechatpy, cryptography" 2>/dev/null; then
+if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/compat/requirements.txt
 fi
+# Pinned versions already installed are not fetched again (no network then).
+"$VENV/bin/pip" install -q --disable-pip-version-check -r tests/compat/requirements.txt
 cargo build -q -p qunfa-cli
 BIN="${CARGO_TARGET_DIR:-target}/debug/qunfa"
 DIR=$(mktemp -d)
@@ -35,7 +36,9 @@ cleanup() {
 }
 trap cleanup EXIT
 for _ in $(seq 1 100); do
-  if curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; then break; fi
+  if "$VENV/bin/python" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$PORT/healthz', timeout=1)" 2>/dev/null; then
+    break
+  fi
   if ! kill -0 "$PID" 2>/dev/null; then cat "$DIR/serve.log" >&2; exit 1; fi
   sleep 0.2
 done
