@@ -425,14 +425,21 @@ impl Store {
         lease_ms: i64,
         limit: usize,
     ) -> Result<Vec<DueCallback>, StoreError> {
-        self.db.write(|c| {
-            let rows = c.query(
+        let due = |c: &mut crate::Conn| {
+            c.query(
                 "SELECT s.workspace_id, s.broadcast_id, s.callback_attempts, s.callback_next_at FROM compat_sends s
                  JOIN broadcasts b ON b.id = s.broadcast_id
                  WHERE s.callback_state = 'pending' AND s.callback_next_at <= ? AND b.state IN ('completed', 'cancelled', 'blocked')
                  ORDER BY s.broadcast_id LIMIT ?",
                 params![now, limit as i64],
-            )?;
+            )
+        };
+        // Polled often: a read first, so that an idle poll never takes the writer.
+        if self.db.read(due)?.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.db.write(|c| {
+            let rows = due(c)?;
             let mut out = Vec::new();
             for r in rows {
                 let n = c.execute(

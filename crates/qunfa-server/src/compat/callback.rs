@@ -83,7 +83,7 @@ pub fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
                 }
                 Err(error) => tracing::warn!(?error, "compat callbacks: claim failed"),
             }
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     })
 }
