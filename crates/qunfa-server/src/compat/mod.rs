@@ -497,3 +497,41 @@ pub fn mass_status(b: &BroadcastRecord) -> &'static str {
 pub fn tag_term(path: &str) -> String {
     format!("tag:\"{}\"", path.replace('\\', "\\\\").replace('"', "\\\""))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_map_to_the_nearest_errcode() {
+        for (code, kind, errcode) in [
+            (Code::ContentBlocked, Kind::Oa, 87014),
+            (Code::LimitDailySends, Kind::Oa, 45028),
+            (Code::LimitDailySends, Kind::WeCom, 45028),
+            (Code::TextTooLong, Kind::WeCom, 45002),
+            (Code::AudienceEmpty, Kind::WeCom, 81013),
+            (Code::AudienceEmpty, Kind::Oa, 40003),
+            (Code::MediaNotFound, Kind::WeCom, 40007),
+            (Code::RecallNotAllowed, Kind::WeCom, 48002),
+            (Code::Internal, Kind::Oa, -1),
+        ] {
+            assert_eq!(errcode_of(code, kind).0, errcode, "{code:?} ({kind:?})");
+        }
+        // Every code has an errcode that is not success, and a message.
+        for code in Code::ALL {
+            let (errcode, message) = errcode_of(*code, Kind::WeCom);
+            assert!(errcode != 0 && !message.is_empty(), "{code:?}");
+        }
+        let e = from_api(ApiError::code(Code::ContentBlocked), Kind::Oa);
+        assert!(e.errmsg.starts_with("risky content, hint: [QF-CONTENT-BLOCKED] "), "{}", e.errmsg);
+    }
+
+    #[test]
+    fn lenient_fields() {
+        let v = serde_json::json!({"a": 5, "b": "7", "c": "x|y| |z", "d": [1, "2"], "e": true, "f": "1"});
+        assert_eq!((int_of(&v, &["a"]), int_of(&v, &["b"]), int_of(&v, &["zz", "b"])), (Some(5), Some(7), Some(7)));
+        assert_eq!(list_of(&v, &["c"]), ["x", "y", "z"]);
+        assert_eq!(list_of(&v, &["d"]), ["1", "2"]);
+        assert!(bool_of(&v, &["e"]) && bool_of(&v, &["f"]) && !bool_of(&v, &["a2"]));
+    }
+}

@@ -246,6 +246,13 @@ pub async fn wecom_send(backend: Backend) {
     assert_eq!(errcode(&r), 48002, "{r}");
     assert!(r["errmsg"].as_str().unwrap().contains("QF-RECALL-NOT-ALLOWED"));
     assert_eq!(errcode(&post(&app, "message/recall", &token, json!({"msgid": "123456789"})).await), 40058);
+    // A send held for approval (above 500 recipients) is accepted: errcode 0,
+    // and it waits in qunfa like any held send.
+    app.contacts(&key, 501, &[]).await;
+    let r = send(json!({"touser": "@all", "msgtype": "text", "text": text("全员大会")})).await;
+    assert_eq!(errcode(&r), 0, "{r}");
+    let held = app.get(&format!("/v1/broadcasts/{}", r["msgid"].as_str().unwrap()), &key).await.expect(200);
+    assert_eq!(held["state"], "pending_approval", "{held}");
 }
 
 /// Recall within the tier's window; customer mass send with cursor paging.
