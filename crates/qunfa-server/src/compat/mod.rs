@@ -415,7 +415,21 @@ pub fn send(s: &Inner, caller: &Caller, req: SendRequest) -> Result<BroadcastRec
         ttl_ms: None,
         fallback: Vec::new(),
     };
-    let (draft, _) = s.store.create_broadcast(caller.ws(), caller.creds.member_id, &new, &caller.actor, s.now())?;
+    let (draft, created) =
+        match s.store.create_broadcast(caller.ws(), caller.creds.member_id, &new, &caller.actor, s.now()) {
+            Ok(x) => x,
+            // A racing request with the same clientmsgid and other content.
+            Err(StoreError::Rejected { code: Code::DuplicateClientMsgId, .. }) => {
+                return Err(wx(45066, "same clientmsgid retry too fast, retry after a minute"))
+            }
+            Err(e) => return Err(e.into()),
+        };
+    if !created {
+        // A racing request with the same clientmsgid made it first.
+        let mut e = wx(45066, "same clientmsgid retry too fast, retry after a minute");
+        e.extra.insert("msg_id".into(), json!(draft.id));
+        return Err(e);
+    }
     // A refused send stays a draft (as in /v1) and is not a duplicate of the next try.
     let b = crate::routes::broadcasts::submit(s, &caller.send_context(), &draft, None).map_err(api)?;
     s.store.record_compat_send(

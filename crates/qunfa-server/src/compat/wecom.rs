@@ -34,6 +34,14 @@ pub fn route(s: &Inner, c: &Caller, path: &str, req: &Req) -> WxResult {
         "department/list" | "department/simplelist" => department_list(s, c, req),
         "user/create" => user_create(s, c, req),
         "user/get" => user_get(s, c, req),
+        "user/delete" => {
+            // Deleting a contact erases its personal data everywhere (ARCHITECTURE.md).
+            let userid = req.field(&["userid"]).ok_or_else(|| wx(41009, "userid missing"))?;
+            let idx =
+                contact_by_userid(s, c, &userid)?.ok_or_else(|| wx(60111, format!("userid not found: {userid}")))?;
+            s.store.delete_contact(c.ws(), idx, &c.actor, s.now())?;
+            Ok(json!({"errcode": 0, "errmsg": "deleted"}))
+        }
         "user/list" => user_list(s, c, req, false),
         "user/simplelist" => user_list(s, c, req, true),
         "tag/create" => tag_create(s, c, req),

@@ -246,6 +246,13 @@ pub async fn wecom_send(backend: Backend) {
     assert_eq!(errcode(&r), 48002, "{r}");
     assert!(r["errmsg"].as_str().unwrap().contains("QF-RECALL-NOT-ALLOWED"));
     assert_eq!(errcode(&post(&app, "message/recall", &token, json!({"msgid": "123456789"})).await), 40058);
+    // user/delete erases the contact; the userid is unknown afterwards.
+    assert_eq!(post(&app, "user/create", &token, json!({"userid": "temp", "name": "临时"})).await["errmsg"], "created");
+    assert_eq!(
+        cgi(&app, "user/delete", &[("access_token", &token), ("userid", "temp")], None).await["errmsg"],
+        "deleted"
+    );
+    assert_eq!(errcode(&cgi(&app, "user/get", &[("access_token", &token), ("userid", "temp")], None).await), 60111);
     // A send held for approval (above 500 recipients) is accepted: errcode 0,
     // and it waits in qunfa like any held send.
     app.contacts(&key, 501, &[]).await;
