@@ -1,6 +1,7 @@
 //! The HTTP face of qunfa: the `/v1` REST API, its OpenAPI document and
 //! Swagger UI, health and metrics. Only this crate knows HTTP and JSON.
 
+pub mod compat;
 pub mod console;
 pub mod error;
 pub mod extract;
@@ -149,6 +150,8 @@ pub fn app(state: AppState) -> Router {
     let openapi = Arc::new(openapi);
     router
         .merge(routes::ops::docs_router(openapi))
+        // The WeChat-compatible API (/cgi-bin/, docs/compat.md), outside the OpenAPI document.
+        .merge(compat::router())
         .merge(console::router())
         .route(
             "/u/{workspace}/{contact}/{channel}/{token}",
@@ -196,11 +199,14 @@ pub async fn serve(
     });
     // Scheduled and recurring runs, submitted when they come due.
     let scheduler = routes::schedule::spawn(state.clone());
+    // MASSSENDJOBFINISH callbacks of the WeChat-compatible API.
+    let compat_callbacks = compat::callback::spawn(state.clone());
     let result = axum::serve(listener, app(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await;
     follow.abort();
     scheduler.abort();
+    compat_callbacks.abort();
     engine.shutdown().await;
     result
 }

@@ -12,6 +12,7 @@ pub mod audience;
 pub mod audit;
 pub mod broadcasts;
 pub mod channels;
+pub mod compat;
 pub mod console;
 pub mod contacts;
 pub mod db;
@@ -120,6 +121,7 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
     (7, include_str!("../migrations/sqlite/0007_schedule.sql"), None),
     (8, include_str!("../migrations/sqlite/0008_recall.sql"), None),
     (9, include_str!("../migrations/sqlite/0009_rules.sql"), None),
+    (11, include_str!("../migrations/sqlite/0011_compat.sql"), None),
     (12, include_str!("../migrations/sqlite/0012_console.sql"), None),
 ];
 const POSTGRES_MIGRATIONS: &[Migration] = &[
@@ -132,6 +134,7 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
     (7, include_str!("../migrations/postgres/0007_schedule.sql"), None),
     (8, include_str!("../migrations/postgres/0008_recall.sql"), None),
     (9, include_str!("../migrations/postgres/0009_rules.sql"), None),
+    (11, include_str!("../migrations/postgres/0011_compat.sql"), None),
     (12, include_str!("../migrations/postgres/0012_console.sql"), None),
 ];
 

@@ -122,6 +122,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::audit_log))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::metrics))
+        // Credentials of the WeChat-compatible API (crate::compat).
+        .routes(routes!(crate::compat::settings::list_compat))
+        .routes(routes!(crate::compat::settings::put_compat, crate::compat::settings::delete_compat))
         // Console logins (issue 8).
         .routes(routes!(console::login))
         .routes(routes!(console::logout))

@@ -2,6 +2,7 @@
 //! PostgreSQL, each with a fresh database and a server on port 0.
 
 mod channels;
+mod compat;
 mod recall;
 mod rules;
 mod safety;

@@ -1,0 +1,580 @@
+//! The WeChat-compatible API (`/cgi-bin/`, docs/compat.md) through HTTP:
+//! tokens and their errcodes, WeCom sends with their limits, Official
+//! Account mass sends with clientmsgid, quota and paging, and the encrypted
+//! `MASSSENDJOBFINISH` callback decrypted here. (tests/compat/run.sh drives
+//! the same layer with the unmodified wechatpy SDK.)
+
+use serde_json::{json, Value};
+
+use crate::support::{spawn_app_policy, Backend, TestApp};
+
+const CORP_ID: &str = "wwtestcorp";
+const CORP_SECRET: &str = "corp-secret-123456";
+const APP_ID: &str = "wxtestapp";
+const APP_SECRET: &str = "app-secret-123456";
+const CB_TOKEN: &str = "cbToken123";
+const CB_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+
+/// A call of the compatible API: always HTTP 200 with a JSON body.
+async fn cgi(app: &TestApp, path: &str, query: &[(&str, &str)], body: Option<Value>) -> Value {
+    let url = format!("{}/cgi-bin/{path}", app.base);
+    let r = match body {
+        // JSON without a Content-Type header, as many clients send it.
+        Some(b) => app.http.post(url).query(query).body(b.to_string()),
+        None => app.http.get(url).query(query),
+    };
+    let resp = r.send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let v: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    v
+}
+
+#[track_caller]
+fn errcode(v: &Value) -> i64 {
+    v["errcode"].as_i64().unwrap_or(0)
+}
+
+async fn wecom_token(app: &TestApp) -> String {
+    let t = cgi(app, "gettoken", &[("corpid", CORP_ID), ("corpsecret", CORP_SECRET)], None).await;
+    assert_eq!((errcode(&t), t["expires_in"].as_i64()), (0, Some(7200)), "{t}");
+    t["access_token"].as_str().unwrap().to_owned()
+}
+
+async fn oa_token(app: &TestApp) -> String {
+    let t = cgi(app, "token", &[("grant_type", "client_credential"), ("appid", APP_ID), ("secret", APP_SECRET)], None)
+        .await;
+    assert_eq!(t["expires_in"], 7200, "{t}");
+    t["access_token"].as_str().unwrap().to_owned()
+}
+
+async fn post(app: &TestApp, path: &str, token: &str, body: Value) -> Value {
+    cgi(app, path, &[("access_token", token)], Some(body)).await
+}
+
+/// An enterprise workspace with WeCom credentials; returns its owner key.
+async fn wecom_workspace(app: &TestApp) -> String {
+    let (_, key) = app.workspace("enterprise").await;
+    app.put("/v1/compat/wecom", &key, json!({"app_id": CORP_ID, "secret": CORP_SECRET})).await.expect(200);
+    key
+}
+
+/// An api workspace (plan pro) with Official Account credentials, its
+/// callback at `callback` when given; returns its owner key.
+async fn oa_workspace(app: &TestApp, callback: Option<&str>) -> String {
+    let w = app
+        .call(
+            reqwest::Method::POST,
+            "/v1/workspaces",
+            Some(crate::support::ADMIN_TOKEN),
+            Some(json!({"name": "公众号", "kind": "api", "plan": "pro"})),
+        )
+        .await
+        .expect(201);
+    let key = w["api_key"].as_str().unwrap().to_owned();
+    let mut body = json!({"app_id": APP_ID, "secret": APP_SECRET});
+    if let Some(url) = callback {
+        body["callback_url"] = json!(url);
+        body["callback_token"] = json!(CB_TOKEN);
+        body["encoding_aes_key"] = json!(CB_KEY);
+    }
+    app.put("/v1/compat/oa", &key, body).await.expect(200);
+    key
+}
+
+/// Tokens, the credentials API and the errcodes of authentication.
+pub async fn tokens_and_errors(backend: Backend) {
+    let app = spawn_app_policy(backend, "").await;
+    let key = wecom_workspace(&app).await;
+    // Admin only; secrets never shown; bad callback settings refused.
+    let (_, sender) = app.member(&key, "sender").await;
+    app.put("/v1/compat/wecom", &sender, json!({"app_id": "x1", "secret": "12345678"}))
+        .await
+        .expect_error(403, "QF-AUTH-FORBIDDEN");
+    app.put("/v1/compat/oa", &key, json!({"app_id": "wxa", "secret": "12345678", "callback_url": "http://x.test/cb", "callback_token": "tok", "encoding_aes_key": "short"}))
+        .await
+        .expect_error(400, "QF-BAD-REQUEST");
+    app.put("/v1/compat/fax", &key, json!({"app_id": "wxa", "secret": "12345678"}))
+        .await
+        .expect_error(404, "QF-NOT-FOUND");
+    let listed = app.get("/v1/compat", &key).await.expect(200);
+    assert_eq!(listed[0]["app_id"], CORP_ID);
+    assert!(!listed.to_string().contains(CORP_SECRET), "{listed}");
+    // Another workspace cannot take the same corpid.
+    let (_, other) = app.workspace("enterprise").await;
+    app.put("/v1/compat/wecom", &other, json!({"app_id": CORP_ID, "secret": "another-secret"}))
+        .await
+        .expect_error(409, "QF-DUPLICATE");
+
+    // gettoken and token with WeChat's errcodes.
+    let wc = |q: Vec<(&'static str, &'static str)>| {
+        let app = &app;
+        async move { errcode(&cgi(app, "gettoken", &q, None).await) }
+    };
+    assert_eq!(wc(vec![("corpsecret", CORP_SECRET)]).await, 41002);
+    assert_eq!(wc(vec![("corpid", CORP_ID)]).await, 41004);
+    assert_eq!(wc(vec![("corpid", "wwnone"), ("corpsecret", CORP_SECRET)]).await, 40013);
+    assert_eq!(wc(vec![("corpid", CORP_ID), ("corpsecret", "wrong")]).await, 40001);
+    let token = wecom_token(&app).await;
+    oa_workspace(&app, None).await;
+    let t = cgi(&app, "token", &[("grant_type", "password"), ("appid", APP_ID), ("secret", APP_SECRET)], None).await;
+    assert_eq!(errcode(&t), 40002);
+    let t =
+        cgi(&app, "token", &[("grant_type", "client_credential"), ("appid", "wxnone"), ("secret", APP_SECRET)], None)
+            .await;
+    assert_eq!(errcode(&t), 40013);
+    let t =
+        cgi(&app, "token", &[("grant_type", "client_credential"), ("appid", APP_ID), ("secret", "wrong")], None).await;
+    assert_eq!(errcode(&t), 40001);
+    let oa = oa_token(&app).await;
+
+    // Calls: 41001 without a token, 40014 for garbage, 40001 for an
+    // Official Account token that is not (or no longer) valid.
+    assert_eq!(errcode(&cgi(&app, "tag/list", &[], None).await), 41001);
+    assert_eq!(errcode(&cgi(&app, "tag/list", &[("access_token", "garbage")], None).await), 40014);
+    let stale = format!("qfo{}", "A".repeat(96));
+    assert_eq!(errcode(&cgi(&app, "tags/get", &[("access_token", &stale)], None).await), 40001);
+    let ok = cgi(&app, "tag/list", &[("access_token", &token), ("extra", "1")], None).await;
+    assert_eq!((errcode(&ok), ok["errmsg"].as_str()), (0, Some("ok")), "{ok}");
+    assert_eq!(ok["taglist"], json!([]));
+    // Malformed JSON, an API of the other kind, an unknown API.
+    let bad = app
+        .http
+        .post(format!("{}/cgi-bin/message/send?access_token={token}", app.base))
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&bad.text().await.unwrap()).unwrap()["errcode"], 47001);
+    assert_eq!(errcode(&post(&app, "message/mass/sendall", &token, json!({})).await), 48001);
+    assert_eq!(errcode(&post(&app, "message/send", &oa, json!({})).await), 48001);
+    // New credentials void the tokens issued before.
+    app.put("/v1/compat/wecom", &key, json!({"app_id": CORP_ID, "secret": CORP_SECRET})).await.expect(200);
+    assert_eq!(errcode(&cgi(&app, "tag/list", &[("access_token", &token)], None).await), 40014);
+    // After 7,200 s a token has expired: 42001.
+    let token = wecom_token(&app).await;
+    app.advance(7_201_000);
+    assert_eq!(errcode(&cgi(&app, "tag/list", &[("access_token", &token)], None).await), 42001);
+    assert_eq!(errcode(&cgi(&app, "tags/get", &[("access_token", &oa)], None).await), 42001);
+}
+
+/// WeCom message/send: recipients, limits, invalid ids, duplicate check, verdicts.
+pub async fn wecom_send(backend: Backend) {
+    let app = spawn_app_policy(backend, "").await;
+    let key = wecom_workspace(&app).await;
+    let token = wecom_token(&app).await;
+    let dept = post(&app, "department/create", &token, json!({"name": "研发部", "parentid": 1})).await;
+    assert_eq!(dept["errmsg"], "created", "{dept}");
+    let dept = dept["id"].as_i64().unwrap();
+    for (u, d) in [("zhang", dept), ("li", dept), ("wang", 1)] {
+        let r = post(&app, "user/create", &token, json!({"userid": u, "name": u, "department": [d], "extra_field": 1}))
+            .await;
+        assert_eq!(errcode(&r), 0, "{r}");
+    }
+    let tag = post(&app, "tag/create", &token, json!({"tagname": "VIP"})).await["tagid"].as_i64().unwrap();
+    let r = post(&app, "tag/addtagusers", &token, json!({"tagid": tag, "userlist": ["wang", "nobody"]})).await;
+    assert_eq!(r["invalidlist"], "nobody");
+    let text = |t: &str| json!({"content": t});
+
+    let r = post(&app, "message/send", &token, json!({"touser": "zhang|nobody", "toparty": format!("{dept}|999999"), "totag": format!("{tag}|888888"), "msgtype": "text", "agentid": 1, "text": text("周会改到三点")})).await;
+    assert_eq!(errcode(&r), 0, "{r}");
+    assert_eq!(
+        (r["invaliduser"].as_str(), r["invalidparty"].as_str(), r["invalidtag"].as_str()),
+        (Some("nobody"), Some("999999"), Some("888888"))
+    );
+    let id = r["msgid"].as_str().unwrap().to_owned();
+    let done = app.wait_completed(&key, &id).await;
+    assert_eq!(done["recipients"], 3, "zhang and li by department, wang by tag: {done}");
+    assert_eq!(done["content"]["text"], "周会改到三点\n\n来自enterprise ws", "the enterprise signature applies");
+
+    let send = |body: Value| {
+        let (app, token) = (&app, &token);
+        async move { post(app, "message/send", token, body).await }
+    };
+    assert_eq!(
+        errcode(
+            &send(json!({"touser": "ghost1|ghost2", "toparty": "424242", "msgtype": "text", "text": text("x")})).await
+        ),
+        81013
+    );
+    let users: Vec<String> = (0..1001).map(|i| format!("u{i}")).collect();
+    assert_eq!(errcode(&send(json!({"touser": users.join("|"), "msgtype": "text", "text": text("x")})).await), 40058);
+    let parties: Vec<String> = (0..101).map(|i| i.to_string()).collect();
+    assert_eq!(
+        errcode(&send(json!({"toparty": parties.join("|"), "msgtype": "text", "text": text("x")})).await),
+        40058
+    );
+    assert_eq!(errcode(&send(json!({"totag": parties.join("|"), "msgtype": "text", "text": text("x")})).await), 40058);
+    // 2,048 bytes of text at most (682 CJK characters are 2,046 bytes).
+    assert_eq!(
+        errcode(&send(json!({"touser": "zhang", "msgtype": "text", "text": text(&"字".repeat(683))})).await),
+        45002
+    );
+    let r = send(json!({"touser": "zhang", "msgtype": "text", "text": text(&"字".repeat(682))})).await;
+    assert_eq!(errcode(&r), 0, "{r}");
+    assert_eq!(errcode(&send(json!({"touser": "zhang", "msgtype": "text", "text": text("  ")})).await), 44004);
+    assert_eq!(errcode(&send(json!({"touser": "zhang", "msgtype": "voice", "voice": {"media_id": "x"}})).await), 40008);
+    assert_eq!(
+        errcode(&send(json!({"touser": "zhang", "msgtype": "image", "image": {"media_id": "0".repeat(64)}})).await),
+        40007
+    );
+    // Content safety: blocked content is 87014 with qunfa's code in errmsg.
+    let r =
+        send(json!({"touser": "zhang", "msgtype": "text", "text": text("高价收ＵＳＤＴ，当天结算，稳赚不赔")})).await;
+    assert_eq!(errcode(&r), 87014, "{r}");
+    assert!(r["errmsg"].as_str().unwrap().contains("QF-CONTENT-BLOCKED"), "{r}");
+    // Duplicate check: the same message within the interval is sent once.
+    let dup = json!({"touser": "li", "msgtype": "text", "text": text("只发一次"), "enable_duplicate_check": 1, "duplicate_check_interval": 60});
+    let a = send(dup.clone()).await;
+    let b = send(dup.clone()).await;
+    assert_eq!(a["msgid"], b["msgid"]);
+    app.advance(61_000);
+    let c = send(dup).await;
+    assert_ne!(a["msgid"], c["msgid"], "after the interval it is a new message");
+    // Other message types map onto qunfa content.
+    for body in [
+        json!({"touser": "zhang", "msgtype": "textcard", "textcard": {"title": "通知", "description": "详情", "url": "https://example.com/a", "btntxt": "更多"}}),
+        json!({"touser": "zhang", "msgtype": "news", "news": {"articles": [{"title": "新品", "url": "https://example.com/n", "picurl": "https://example.com/p.png"}]}}),
+        json!({"touser": "zhang", "msgtype": "markdown", "markdown": {"content": "**重要**"}}),
+        json!({"touser": "zhang", "msgtype": "miniprogram_notice", "miniprogram_notice": {"appid": "wx123", "page": "pages/index", "title": "提醒"}}),
+    ] {
+        let r = send(body.clone()).await;
+        assert_eq!(errcode(&r), 0, "{body}: {r}");
+    }
+    // Enterprise workspaces cannot recall (the tier's rule): 48002.
+    let r = post(&app, "message/recall", &token, json!({"msgid": id})).await;
+    assert_eq!(errcode(&r), 48002, "{r}");
+    assert!(r["errmsg"].as_str().unwrap().contains("QF-RECALL-NOT-ALLOWED"));
+    assert_eq!(errcode(&post(&app, "message/recall", &token, json!({"msgid": "123456789"})).await), 40058);
+    // user/delete erases the contact; the userid is unknown afterwards.
+    assert_eq!(post(&app, "user/create", &token, json!({"userid": "temp", "name": "临时"})).await["errmsg"], "created");
+    assert_eq!(
+        cgi(&app, "user/delete", &[("access_token", &token), ("userid", "temp")], None).await["errmsg"],
+        "deleted"
+    );
+    assert_eq!(errcode(&cgi(&app, "user/get", &[("access_token", &token), ("userid", "temp")], None).await), 60111);
+    // A send held for approval (above 500 recipients) is accepted: errcode 0,
+    // and it waits in qunfa like any held send.
+    app.contacts(&key, 501, &[]).await;
+    let r = send(json!({"touser": "@all", "msgtype": "text", "text": text("全员大会")})).await;
+    assert_eq!(errcode(&r), 0, "{r}");
+    let held = app.get(&format!("/v1/broadcasts/{}", r["msgid"].as_str().unwrap()), &key).await.expect(200);
+    assert_eq!(held["state"], "pending_approval", "{held}");
+}
+
+/// Recall within the tier's window; customer mass send with cursor paging.
+pub async fn wecom_recall_and_customers(backend: Backend) {
+    let app = spawn_app_policy(backend, "[tiers.enterprise]\nrecall_seconds = 86400\n").await;
+    let key = wecom_workspace(&app).await;
+    let token = wecom_token(&app).await;
+    app.contacts(&key, 5, &[]).await;
+    let r = post(
+        &app,
+        "message/send",
+        &token,
+        json!({"touser": "u0|u1", "msgtype": "text", "text": {"content": "发错了"}}),
+    )
+    .await;
+    let id = r["msgid"].as_str().unwrap().to_owned();
+    let r = post(&app, "message/send", &token, json!({"touser": "u2", "msgtype": "text", "text": {"content": "晚了"}}))
+        .await;
+    let late = r["msgid"].as_str().unwrap().to_owned();
+    app.wait_completed(&key, &id).await;
+    app.wait_completed(&key, &late).await;
+    assert_eq!(errcode(&post(&app, "message/recall", &token, json!({"msgid": id})).await), 0);
+    let b = app.get(&format!("/v1/broadcasts/{id}"), &key).await.expect(200);
+    assert!(b["recalled_at"].is_string(), "{b}");
+    assert_eq!(errcode(&post(&app, "message/recall", &token, json!({"msgid": id})).await), 40058);
+
+    // Corp tags and a customer mass send filtered by them.
+    let g = post(
+        &app,
+        "externalcontact/add_corp_tag",
+        &token,
+        json!({"group_name": "等级", "tag": [{"name": "金牌"}, {"name": "银牌"}]}),
+    )
+    .await;
+    let gold = g["tag_group"]["tag"][0]["id"].as_str().unwrap().to_owned();
+    for u in ["u0", "u1", "u2", "u3"] {
+        let r = post(
+            &app,
+            "externalcontact/mark_tag",
+            &token,
+            json!({"userid": "boss", "external_userid": u, "add_tag": [gold]}),
+        )
+        .await;
+        assert_eq!(errcode(&r), 0, "{r}");
+    }
+    let list = post(&app, "externalcontact/get_corp_tag_list", &token, json!({})).await;
+    assert_eq!(list["tag_group"][0]["tag"].as_array().unwrap().len(), 2, "{list}");
+    let externals: Vec<String> = (0..10_001).map(|i| format!("u{i}")).collect();
+    let r = post(
+        &app,
+        "externalcontact/add_msg_template",
+        &token,
+        json!({"external_userid": externals, "text": {"content": "x"}}),
+    )
+    .await;
+    assert_eq!(errcode(&r), 40058, "10,000 external_userid at most");
+    let r = post(&app, "externalcontact/add_msg_template", &token, json!({"chat_type": "single", "external_userid": ["u0", "u1", "u2", "u4", "ghost"], "sender": "boss", "tag_filter": {"group_list": [{"tag_list": [gold]}]}, "text": {"content": "金牌专享"}})).await;
+    assert_eq!(r["fail_list"], json!(["ghost"]), "{r}");
+    let msgid = r["msgid"].as_str().unwrap().to_owned();
+    app.wait_completed(&key, msgid.trim_start_matches("msg")).await;
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let mut body = json!({"msgid": msgid, "limit": 2});
+        if !cursor.is_empty() {
+            body["cursor"] = json!(cursor);
+        }
+        let page = post(&app, "externalcontact/get_groupmsg_send_result", &token, body).await;
+        assert_eq!(errcode(&page), 0, "{page}");
+        for x in page["send_list"].as_array().unwrap() {
+            assert_eq!((x["status"].as_i64(), x["userid"].as_str()), (Some(1), Some("boss")));
+            seen.push(x["external_userid"].as_str().unwrap().to_owned());
+        }
+        cursor = page["next_cursor"].as_str().unwrap().to_owned();
+        if cursor.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(seen, ["u0", "u1", "u2"], "u4 is not gold");
+    let task = post(&app, "externalcontact/get_groupmsg_task", &token, json!({"msgid": msgid})).await;
+    assert_eq!(task["task_list"][0]["status"], 1);
+    let server_now = qunfa_store::now_millis() + app.clock_offset.load(std::sync::atomic::Ordering::SeqCst);
+    let now = (server_now / 1000).to_string();
+    let listed = post(
+        &app,
+        "externalcontact/get_groupmsg_list_v2",
+        &token,
+        json!({"chat_type": "single", "start_time": 0, "end_time": now}),
+    )
+    .await;
+    assert_eq!(errcode(&listed), 40058, "a month at most: {listed}");
+    let listed = post(
+        &app,
+        "externalcontact/get_groupmsg_list_v2",
+        &token,
+        json!({"chat_type": "single", "start_time": server_now / 1000 - 3600, "end_time": now}),
+    )
+    .await;
+    assert_eq!(listed["group_msg_list"][0]["msgid"], msgid.as_str(), "{listed}");
+    assert_eq!(listed["group_msg_list"][0]["creator"], "boss");
+    // Past the tier's window (the engine keeps the wall clock, so this comes last).
+    app.advance(86_401_000);
+    let token = wecom_token(&app).await;
+    let r = post(&app, "message/recall", &token, json!({"msgid": late})).await;
+    assert!(r["errmsg"].as_str().unwrap().contains("QF-RECALL-WINDOW"), "{r}");
+}
+
+/// Official Account mass send: recipients, clientmsgid, quota, statuses, paging.
+pub async fn oa_mass_send(backend: Backend) {
+    let app = spawn_app_policy(backend, "[tiers.api]\nsends_per_day = 4\nrecall_seconds = 1800\n").await;
+    let key = oa_workspace(&app, None).await;
+    let token = oa_token(&app).await;
+    let mut ndjson = String::new();
+    for i in 0..10_001 {
+        ndjson.push_str(&json!({"external_id": format!("o{i:05}"), "name": format!("粉丝{i}")}).to_string());
+        ndjson.push('\n');
+    }
+    app.raw("/v1/contacts/import", &key, "application/x-ndjson", ndjson).await.expect(200);
+    // Followers: 10,000 a page; next_openid always present, empty at the end.
+    let p1 = cgi(&app, "user/get", &[("access_token", &token)], None).await;
+    assert_eq!((p1["total"].as_u64(), p1["count"].as_u64()), (Some(10_001), Some(10_000)));
+    assert_eq!(p1["next_openid"], "o09999");
+    let p2 = cgi(&app, "user/get", &[("access_token", &token), ("next_openid", "o09999")], None).await;
+    assert_eq!(
+        (p2["count"].as_u64(), p2["data"]["openid"][0].as_str(), p2["next_openid"].as_str()),
+        (Some(1), Some("o10000"), Some(""))
+    );
+    // Tags.
+    let tag = post(&app, "tags/create", &token, json!({"tag": {"name": "老粉"}})).await["tag"]["id"].as_i64().unwrap();
+    assert_eq!(errcode(&post(&app, "tags/create", &token, json!({"tag": {"name": "老粉"}})).await), 45157);
+    assert_eq!(errcode(&post(&app, "tags/create", &token, json!({"tag": {"name": "长".repeat(31)}})).await), 45158);
+    let fifty_one: Vec<String> = (0..51).map(|i| format!("o{i:05}")).collect();
+    assert_eq!(
+        errcode(
+            &post(&app, "tags/members/batchtagging", &token, json!({"tagid": tag, "openid_list": fifty_one})).await
+        ),
+        40032
+    );
+    let r = post(
+        &app,
+        "tags/members/batchtagging",
+        &token,
+        json!({"tagid": tag, "openid_list": ["o00001", "o00002", "o00003"]}),
+    )
+    .await;
+    assert_eq!(errcode(&r), 0, "{r}");
+    assert_eq!(post(&app, "tags/getidlist", &token, json!({"openid": "o00002"})).await["tagid_list"], json!([tag]));
+    let members = post(&app, "user/tag/get", &token, json!({"tagid": tag, "next_openid": ""})).await;
+    assert_eq!((members["count"].as_u64(), members["next_openid"].as_str()), (Some(3), Some("")));
+    let tags = cgi(&app, "tags/get", &[("access_token", &token)], None).await;
+    assert_eq!(tags["tags"][0]["count"], 3);
+
+    let text = |t: &str| json!({"content": t});
+    // message/mass/send: 2 to 10,000 OpenIDs, else 40130.
+    let one =
+        post(&app, "message/mass/send", &token, json!({"touser": ["o00001"], "msgtype": "text", "text": text("x")}))
+            .await;
+    assert_eq!(errcode(&one), 40130);
+    let many: Vec<String> = (0..10_001).map(|i| format!("o{i:05}")).collect();
+    assert_eq!(
+        errcode(
+            &post(&app, "message/mass/send", &token, json!({"touser": many, "msgtype": "text", "text": text("x")}))
+                .await
+        ),
+        40130
+    );
+    // By tag, with the legacy group_id: 45159 for an unknown tag.
+    assert_eq!(
+        errcode(
+            &post(
+                &app,
+                "message/mass/sendall",
+                &token,
+                json!({"filter": {"is_to_all": false, "group_id": 99999}, "msgtype": "text", "text": text("x")})
+            )
+            .await
+        ),
+        45159
+    );
+    let by_tag = post(&app, "message/mass/sendall", &token, json!({"filter": {"is_to_all": false, "group_id": tag.to_string()}, "msgtype": "text", "text": text("老粉福利"), "send_ignore_reprint": 0})).await;
+    assert_eq!((errcode(&by_tag), by_tag["errmsg"].as_str()), (0, Some("send job submission success")), "{by_tag}");
+    let id = by_tag["msg_id"].as_i64().unwrap();
+    let b = app.wait_completed(&key, &id.to_string()).await;
+    assert_eq!(b["recipients"], 3);
+    let st = post(&app, "message/mass/get", &token, json!({"msg_id": id})).await;
+    assert_eq!(st["msg_status"], "SEND_SUCCESS");
+    // clientmsgid: at once 45066; later 45065 with the original msg_id; too long 45067.
+    let body =
+        json!({"touser": ["o00001", "o00002"], "msgtype": "text", "text": text("订单提醒"), "clientmsgid": "order-1"});
+    let first = post(&app, "message/mass/send", &token, body.clone()).await;
+    assert_eq!(errcode(&first), 0, "{first}");
+    assert_eq!(errcode(&post(&app, "message/mass/send", &token, body.clone()).await), 45066);
+    app.advance(61_000);
+    let token = oa_token(&app).await;
+    let again = post(&app, "message/mass/send", &token, body).await;
+    assert_eq!((errcode(&again), &again["msg_id"]), (45065, &first["msg_id"]), "{again}");
+    let long =
+        json!({"touser": ["o00001", "o00002"], "msgtype": "text", "text": text("x"), "clientmsgid": "c".repeat(65)});
+    assert_eq!(errcode(&post(&app, "message/mass/send", &token, long).await), 45067);
+    // Preview: one follower.
+    let p = post(
+        &app,
+        "message/mass/preview",
+        &token,
+        json!({"touser": "o00005", "msgtype": "text", "text": text("预览")}),
+    )
+    .await;
+    assert_eq!(p["errmsg"], "preview success", "{p}");
+    // Delete (the tier's recall window) → DELETE.
+    let fid = first["msg_id"].as_i64().unwrap();
+    app.wait_completed(&key, &fid.to_string()).await;
+    assert_eq!(errcode(&post(&app, "message/mass/delete", &token, json!({"msg_id": fid, "article_idx": 0})).await), 0);
+    assert_eq!(post(&app, "message/mass/get", &token, json!({"msg_id": fid})).await["msg_status"], "DELETE");
+    // The daily quota (4 here; the tag send, the clientmsgid send and the
+    // preview, which is a send in qunfa, used three): 45028.
+    let r = post(
+        &app,
+        "message/mass/sendall",
+        &token,
+        json!({"filter": {"is_to_all": false, "tag_id": tag}, "msgtype": "text", "text": text("第四次")}),
+    )
+    .await;
+    assert_eq!(errcode(&r), 0, "{r}");
+    let r = post(
+        &app,
+        "message/mass/sendall",
+        &token,
+        json!({"filter": {"is_to_all": false, "tag_id": tag}, "msgtype": "text", "text": text("第五次")}),
+    )
+    .await;
+    assert_eq!(errcode(&r), 45028, "{r}");
+    assert!(r["errmsg"].as_str().unwrap().contains("QF-LIMIT-DAILY-SENDS"));
+    // Speed levels.
+    assert_eq!(errcode(&post(&app, "message/mass/speed/set", &token, json!({"speed": 5})).await), 45083);
+    assert_eq!(errcode(&post(&app, "message/mass/speed/set", &token, json!({"speed": 2})).await), 0);
+    assert_eq!(post(&app, "message/mass/speed/get", &token, json!({})).await["speed"], 2);
+    assert_eq!(app.get("/v1/speed", &key).await.expect(200)["level"], 2, "the workspace's own speed level");
+}
+
+/// What the callback receiver got: (query, body).
+type Got = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+async fn receive(
+    axum::extract::State(got): axum::extract::State<Got>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+    body: String,
+) -> &'static str {
+    got.lock().unwrap().push((q.unwrap_or_default(), body));
+    "success"
+}
+
+/// The MASSSENDJOBFINISH event: signed, AES-encrypted, decrypted here.
+pub async fn oa_callback(backend: Backend) {
+    let app = spawn_app_policy(backend, "").await;
+    let got: Got = Default::default();
+    let router = axum::Router::new().route("/cb", axum::routing::post(receive)).with_state(got.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/cb", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let key = oa_workspace(&app, Some(&url)).await;
+    app.contacts(&key, 4, &[]).await;
+    let token = oa_token(&app).await;
+    let r = post(
+        &app,
+        "message/mass/sendall",
+        &token,
+        json!({"filter": {"is_to_all": true}, "msgtype": "text", "text": {"content": "全体通知"}}),
+    )
+    .await;
+    let id = r["msg_id"].as_i64().unwrap();
+    let mut event = None;
+    for _ in 0..200 {
+        if let Some(e) = got.lock().unwrap().first().cloned() {
+            event = Some(e);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (query, body) = event.expect("a callback arrives");
+    let q: std::collections::HashMap<String, String> = serde_urlencoded_pairs(&query);
+    let encrypted = body.split("<Encrypt><![CDATA[").nth(1).and_then(|s| s.split("]]>").next()).unwrap();
+    use qunfa_server::compat::crypto;
+    assert_eq!(q["msg_signature"], crypto::signature(CB_TOKEN, &q["timestamp"], &q["nonce"], encrypted));
+    assert_eq!(q["encrypt_type"], "aes");
+    let (xml, receive_id) = crypto::decrypt(&crypto::aes_key(CB_KEY).unwrap(), encrypted).unwrap();
+    assert_eq!(receive_id, APP_ID);
+    for part in [
+        "<Event><![CDATA[MASSSENDJOBFINISH]]></Event>".to_owned(),
+        format!("<MsgID>{id}</MsgID>"),
+        "<Status><![CDATA[send success]]></Status>".into(),
+        "<TotalCount>4</TotalCount><FilterCount>4</FilterCount><SentCount>4</SentCount><ErrorCount>0</ErrorCount>"
+            .into(),
+    ] {
+        assert!(xml.contains(&part), "{part} not in {xml}");
+    }
+    // Exactly one event per send.
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert_eq!(got.lock().unwrap().len(), 1);
+}
+
+fn serde_urlencoded_pairs(q: &str) -> std::collections::HashMap<String, String> {
+    q.split('&').filter_map(|p| p.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+}
+
+macro_rules! compat_tests {
+    ($($name:ident),* $(,)?) => {
+        mod compat_sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(crate::support::Backend::Sqlite).await; } )*
+        }
+        mod compat_postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(crate::support::Backend::Postgres).await; } )*
+        }
+    };
+}
+
+compat_tests!(tokens_and_errors, wecom_send, wecom_recall_and_customers, oa_mass_send, oa_callback);

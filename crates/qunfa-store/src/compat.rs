@@ -1,0 +1,488 @@
+//! The WeChat-compatible API's own rows (docs/compat.md): credentials per
+//! workspace, access tokens (SHA-256 only), and the broadcasts sent through
+//! it with their `MASSSENDJOBFINISH` callback. Contacts, tags, departments and
+//! broadcasts are qunfa's own; nothing here is a second copy of them.
+
+use std::collections::HashMap;
+
+use crate::{audit, params, Code, Row, Store, StoreError, Value};
+
+/// The credentials of one compatible API of a workspace.
+#[derive(Debug, Clone)]
+pub struct CompatCredentials {
+    pub workspace_id: i64,
+    /// `wecom` or `oa`.
+    pub kind: String,
+    /// The corpid or appid.
+    pub app_id: String,
+    /// SHA-256 (hex) of the corpsecret or secret.
+    pub secret_hash: String,
+    /// The member compatible sends act as (the admin who set the credentials).
+    pub member_id: i64,
+    pub callback_url: Option<String>,
+    pub callback_token: Option<String>,
+    pub callback_aes_key: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+const CRED_COLUMNS: &str = "workspace_id, kind, app_id, secret_hash, member_id, callback_url, callback_token, callback_aes_key, created_at, updated_at";
+
+fn cred_from(r: &Row) -> CompatCredentials {
+    CompatCredentials {
+        workspace_id: r.i64(0),
+        kind: r.string(1),
+        app_id: r.string(2),
+        secret_hash: r.string(3),
+        member_id: r.i64(4),
+        callback_url: r.opt_string(5),
+        callback_token: r.opt_string(6),
+        callback_aes_key: r.opt_string(7),
+        created_at: r.i64(8),
+        updated_at: r.i64(9),
+    }
+}
+
+/// A broadcast sent through the compatible API.
+#[derive(Debug, Clone)]
+pub struct CompatSend {
+    pub broadcast_id: i64,
+    pub workspace_id: i64,
+    /// `wecom`, `oa` or `customer` (WeCom customer mass send).
+    pub kind: String,
+    /// The sending member's userid of a customer mass send.
+    pub sender: Option<String>,
+    pub created_at: i64,
+    pub callback_state: String,
+}
+
+/// A callback due: the send and how often it was tried.
+#[derive(Debug, Clone)]
+pub struct DueCallback {
+    pub workspace_id: i64,
+    pub broadcast_id: i64,
+    pub attempts: i64,
+}
+
+impl Store {
+    /// Sets (or replaces) a workspace's credentials of one kind.
+    ///
+    /// # Errors
+    /// `QF-DUPLICATE` when another workspace has the app id, or database errors.
+    pub fn set_compat_credentials(&self, c: &CompatCredentials, actor: &str, now: i64) -> Result<(), StoreError> {
+        let result = self.db.write(|conn| {
+            conn.execute(
+                "DELETE FROM compat_credentials WHERE workspace_id = ? AND kind = ?",
+                params![c.workspace_id, c.kind.as_str()],
+            )?;
+            conn.execute(
+                &format!("INSERT INTO compat_credentials ({CRED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                params![
+                    c.workspace_id,
+                    c.kind.as_str(),
+                    c.app_id.as_str(),
+                    c.secret_hash.as_str(),
+                    c.member_id,
+                    c.callback_url.clone(),
+                    c.callback_token.clone(),
+                    c.callback_aes_key.clone(),
+                    now,
+                    now
+                ],
+            )?;
+            // New credentials void the tokens issued under the old ones.
+            conn.execute(
+                "DELETE FROM compat_tokens WHERE workspace_id = ? AND kind = ?",
+                params![c.workspace_id, c.kind.as_str()],
+            )?;
+            let details = serde_json::json!({"kind": c.kind, "app_id": c.app_id, "callback_url": c.callback_url});
+            audit::append(
+                conn,
+                c.workspace_id,
+                actor,
+                "compat.credentials_set",
+                &format!("compat:{}", c.kind),
+                &details.to_string(),
+                now,
+            )?;
+            Ok(())
+        });
+        match result {
+            Err(e) if e.is_unique_violation() => Err(StoreError::rejected(
+                Code::Duplicate,
+                format!("the {} id {:?} belongs to another workspace", c.kind, c.app_id),
+            )),
+            other => other,
+        }
+    }
+
+    /// Removes a workspace's credentials of one kind (and its tokens).
+    ///
+    /// # Errors
+    /// `NotFound`, or database errors.
+    pub fn delete_compat_credentials(
+        &self,
+        workspace_id: i64,
+        kind: &str,
+        actor: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.db.write(|c| {
+            let n = c.execute(
+                "DELETE FROM compat_credentials WHERE workspace_id = ? AND kind = ?",
+                params![workspace_id, kind],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            c.execute("DELETE FROM compat_tokens WHERE workspace_id = ? AND kind = ?", params![workspace_id, kind])?;
+            audit::append(c, workspace_id, actor, "compat.credentials_deleted", &format!("compat:{kind}"), "{}", now)?;
+            Ok(())
+        })
+    }
+
+    /// A workspace's credentials, by kind.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn compat_credentials(&self, workspace_id: i64) -> Result<Vec<CompatCredentials>, StoreError> {
+        self.db.read(|c| {
+            Ok(c.query(
+                &format!("SELECT {CRED_COLUMNS} FROM compat_credentials WHERE workspace_id = ? ORDER BY kind"),
+                params![workspace_id],
+            )?
+            .iter()
+            .map(cred_from)
+            .collect())
+        })
+    }
+
+    /// The credentials of an app id (corpid or appid) of a kind.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn compat_app(&self, kind: &str, app_id: &str) -> Result<Option<CompatCredentials>, StoreError> {
+        self.db.read(|c| {
+            Ok(c.query_opt(
+                &format!("SELECT {CRED_COLUMNS} FROM compat_credentials WHERE kind = ? AND app_id = ?"),
+                params![kind, app_id],
+            )?
+            .map(|r| cred_from(&r)))
+        })
+    }
+
+    /// The credentials of a workspace of a kind.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn compat_credentials_of(
+        &self,
+        workspace_id: i64,
+        kind: &str,
+    ) -> Result<Option<CompatCredentials>, StoreError> {
+        self.db.read(|c| {
+            Ok(c.query_opt(
+                &format!("SELECT {CRED_COLUMNS} FROM compat_credentials WHERE workspace_id = ? AND kind = ?"),
+                params![workspace_id, kind],
+            )?
+            .map(|r| cred_from(&r)))
+        })
+    }
+
+    /// Stores an access token's hash; tokens of the workspace that expired are dropped.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn issue_compat_token(
+        &self,
+        workspace_id: i64,
+        kind: &str,
+        token_hash: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.db.write(|c| {
+            // Expired tokens stay a day, so that using one is "expired" (42001), not "invalid".
+            c.execute(
+                "DELETE FROM compat_tokens WHERE workspace_id = ? AND expires_at < ?",
+                params![workspace_id, now - 86_400_000],
+            )?;
+            c.execute(
+                "INSERT INTO compat_tokens (token_hash, workspace_id, kind, expires_at, created_at) VALUES (?, ?, ?, ?, ?)",
+                params![token_hash, workspace_id, kind, expires_at, now],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The (workspace, kind, expires_at) of an access token's hash.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn compat_token(&self, token_hash: &str) -> Result<Option<(i64, String, i64)>, StoreError> {
+        self.db.read(|c| {
+            Ok(c.query_opt(
+                "SELECT workspace_id, kind, expires_at FROM compat_tokens WHERE token_hash = ?",
+                params![token_hash],
+            )?
+            .map(|r| (r.i64(0), r.string(1), r.i64(2))))
+        })
+    }
+
+    /// The live contacts with these external ids: external id → idx.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn contacts_by_external_ids(
+        &self,
+        workspace_id: i64,
+        ids: &[String],
+    ) -> Result<HashMap<String, u32>, StoreError> {
+        let mut out = HashMap::with_capacity(ids.len());
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        self.db.read(|c| {
+            for chunk in ids.chunks(500) {
+                let marks = vec!["?"; chunk.len()].join(", ");
+                let mut values: Vec<Value> = vec![Value::Int(workspace_id)];
+                values.extend(chunk.iter().map(|s| Value::Text(s.clone())));
+                for r in c.query(
+                    &format!(
+                        "SELECT external_id, idx FROM contacts WHERE workspace_id = ? AND deleted_at IS NULL AND external_id IN ({marks})"
+                    ),
+                    &values,
+                )? {
+                    out.insert(r.string(0), r.i64(1) as u32);
+                }
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// External ids of live contacts in idx order after `after`, at most `limit`:
+    /// (idx, external id). `among`: only these idxs (sorted).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn external_ids_page(
+        &self,
+        workspace_id: i64,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Vec<(u32, String)>, StoreError> {
+        self.db.read(|c| {
+            Ok(c.query(
+                "SELECT idx, external_id FROM contacts WHERE workspace_id = ? AND deleted_at IS NULL AND idx > ? ORDER BY idx LIMIT ?",
+                params![workspace_id, after.map_or(-1, i64::from), limit as i64],
+            )?
+            .iter()
+            .map(|r| (r.i64(0) as u32, r.string(1)))
+            .collect())
+        })
+    }
+
+    /// The number of live contacts of a workspace.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn live_contact_count(&self, workspace_id: i64) -> Result<u64, StoreError> {
+        self.db.read(|c| {
+            Ok(c.query_one(
+                "SELECT CAST(COUNT(*) AS BIGINT) FROM contacts WHERE workspace_id = ? AND deleted_at IS NULL",
+                params![workspace_id],
+            )?
+            .i64(0) as u64)
+        })
+    }
+
+    /// External ids of these contacts (live ones), by idx.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn external_ids_of(&self, workspace_id: i64, idxs: &[u32]) -> Result<Vec<(u32, String)>, StoreError> {
+        let mut out = Vec::with_capacity(idxs.len());
+        self.db.read(|c| {
+            for chunk in idxs.chunks(1000) {
+                let list = chunk.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+                for r in c.query(
+                    &format!(
+                        "SELECT idx, external_id FROM contacts WHERE workspace_id = ? AND deleted_at IS NULL AND idx IN ({list}) ORDER BY idx"
+                    ),
+                    params![workspace_id],
+                )? {
+                    out.push((r.i64(0) as u32, r.string(1)));
+                }
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Records a broadcast sent through the compatible API; `callback`: a
+    /// `MASSSENDJOBFINISH` is due when it completes.
+    ///
+    /// # Errors
+    /// Database errors.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_compat_send(
+        &self,
+        workspace_id: i64,
+        broadcast_id: i64,
+        kind: &str,
+        dup_key: Option<&str>,
+        sender: Option<&str>,
+        callback: bool,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.db.write(|c| {
+            c.execute(
+                "INSERT INTO compat_sends (broadcast_id, workspace_id, kind, dup_key, sender, created_at, callback_state)
+                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                params![broadcast_id, workspace_id, kind, dup_key, sender, now, if callback { "pending" } else { "none" }],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The newest send with this duplicate key since `since`.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn compat_duplicate(&self, workspace_id: i64, dup_key: &str, since: i64) -> Result<Option<i64>, StoreError> {
+        self.db.read(|c| {
+            Ok(c.query_opt(
+                "SELECT broadcast_id FROM compat_sends WHERE workspace_id = ? AND dup_key = ? AND created_at >= ? ORDER BY created_at DESC LIMIT 1",
+                params![workspace_id, dup_key, since],
+            )?
+            .map(|r| r.i64(0)))
+        })
+    }
+
+    /// A send of the compatible API.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn compat_send(&self, workspace_id: i64, broadcast_id: i64) -> Result<Option<CompatSend>, StoreError> {
+        self.db.read(|c| {
+            Ok(c.query_opt(
+                "SELECT broadcast_id, workspace_id, kind, sender, created_at, callback_state FROM compat_sends WHERE workspace_id = ? AND broadcast_id = ?",
+                params![workspace_id, broadcast_id],
+            )?
+            .map(|r| send_from(&r)))
+        })
+    }
+
+    /// Sends of a kind created in `[from, to)`, oldest first, after the cursor id.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn compat_sends(
+        &self,
+        workspace_id: i64,
+        kind: &str,
+        from: i64,
+        to: i64,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<CompatSend>, StoreError> {
+        self.db.read(|c| {
+            Ok(c.query(
+                "SELECT broadcast_id, workspace_id, kind, sender, created_at, callback_state FROM compat_sends
+                 WHERE workspace_id = ? AND kind = ? AND created_at >= ? AND created_at < ? AND broadcast_id > ?
+                 ORDER BY broadcast_id LIMIT ?",
+                params![workspace_id, kind, from, to, after, limit as i64],
+            )?
+            .iter()
+            .map(send_from)
+            .collect())
+        })
+    }
+
+    /// The broadcast holding a `client_msg_id`, with its creation time.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn broadcast_by_client_msg_id(&self, workspace_id: i64, cid: &str) -> Result<Option<(i64, i64)>, StoreError> {
+        self.db.read(|c| {
+            Ok(c.query_opt(
+                "SELECT id, created_at FROM broadcasts WHERE workspace_id = ? AND client_msg_id = ?",
+                params![workspace_id, cid],
+            )?
+            .map(|r| (r.i64(0), r.i64(1))))
+        })
+    }
+
+    /// Claims callbacks whose broadcast finished, for `lease_ms` (another
+    /// node skips them meanwhile).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn claim_compat_callbacks(
+        &self,
+        now: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<DueCallback>, StoreError> {
+        let due = |c: &mut crate::Conn| {
+            c.query(
+                "SELECT s.workspace_id, s.broadcast_id, s.callback_attempts, s.callback_next_at FROM compat_sends s
+                 JOIN broadcasts b ON b.id = s.broadcast_id
+                 WHERE s.callback_state = 'pending' AND s.callback_next_at <= ? AND b.state IN ('completed', 'cancelled', 'blocked')
+                 ORDER BY s.broadcast_id LIMIT ?",
+                params![now, limit as i64],
+            )
+        };
+        // Polled often: a read first, so that an idle poll never takes the writer.
+        if self.db.read(due)?.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.db.write(|c| {
+            let rows = due(c)?;
+            let mut out = Vec::new();
+            for r in rows {
+                let n = c.execute(
+                    "UPDATE compat_sends SET callback_next_at = ? WHERE broadcast_id = ? AND callback_state = 'pending' AND callback_next_at = ?",
+                    params![now + lease_ms, r.i64(1), r.i64(3)],
+                )?;
+                if n == 1 {
+                    out.push(DueCallback { workspace_id: r.i64(0), broadcast_id: r.i64(1), attempts: r.i64(2) });
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Records a callback's outcome: `done`, `failed` (no more attempts), or
+    /// pending again at `next_at`.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn finish_compat_callback(
+        &self,
+        broadcast_id: i64,
+        state: &str,
+        next_at: i64,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.db.write(|c| {
+            c.execute(
+                "UPDATE compat_sends SET callback_state = ?, callback_attempts = callback_attempts + 1, callback_next_at = ?, callback_error = ? WHERE broadcast_id = ?",
+                params![state, next_at, error, broadcast_id],
+            )?;
+            Ok(())
+        })
+    }
+}
+
+fn send_from(r: &Row) -> CompatSend {
+    CompatSend {
+        broadcast_id: r.i64(0),
+        workspace_id: r.i64(1),
+        kind: r.string(2),
+        sender: r.opt_string(3),
+        created_at: r.i64(4),
+        callback_state: r.string(5),
+    }
+}
