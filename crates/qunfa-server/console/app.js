@@ -72,10 +72,16 @@ function h(tag, attrs, ...children) {
   }
   return el;
 }
+
+// Replaces an element's children (arrays flattened, null/false left out).
+function fill(el, ...kids) {
+  el.replaceChildren(...kids.flat(Infinity).filter((k) => k !== null && k !== undefined && k !== false)
+    .map((k) => (k instanceof Node ? k : String(k))));
+}
 const main = () => document.getElementById('main');
 function show(...nodes) {
   const m = main();
-  m.replaceChildren(...nodes.flat());
+  fill(m, ...nodes.flat());
 }
 const when = (s) => (s ? new Date(s).toLocaleString(lang === 'zh' ? 'zh-CN' : 'en-GB') : '');
 const stateBadge = (s) => h('span', { class: `badge ${s}` }, t(`state_${s}`));
@@ -137,9 +143,9 @@ async function loadSession() {
 }
 function nav(current) {
   const top = document.getElementById('top');
-  if (!me) { top.replaceChildren(); return; }
+  if (!me) { fill(top); return; }
   const link = (hash, key) => h('a', { href: hash, 'aria-current': current === hash ? 'page' : null }, t(key));
-  top.replaceChildren(h('nav', { 'aria-label': 'main' },
+  fill(top, h('nav', { 'aria-label': 'main' },
     h('span', { class: 'brand' }, t('brand')),
     link('#/contacts', 'contacts'), link('#/audience', 'audience'), link('#/compose', 'compose'),
     link('#/broadcasts', 'broadcasts'), link('#/approvals', 'approvals'), link('#/audit', 'audit'),
@@ -166,13 +172,13 @@ function loginPage() {
     ev.preventDefault();
     button.disabled = true;
     button.textContent = t('signing_in');
-    err.replaceChildren();
+    fill(err);
     try {
       me = await api('POST', '/v1/console/login', { login: login.value.trim(), password: password.value }, { quiet: true });
       sessionStorage.setItem('qunfa.csrf', me.csrf_token);
       location.hash = '#/contacts';
     } catch (e) {
-      err.replaceChildren(errorBox(e));
+      fill(err, errorBox(e));
       button.disabled = false;
       button.textContent = t('sign_in');
     }
@@ -237,17 +243,17 @@ async function contactsPage() {
       if (xhr.status >= 400) {
         const e = new ApiError(xhr.status, data?.error);
         const lines = data?.error?.details || [];
-        result.replaceChildren(errorBox(e), rejectedTable(lines));
+        fill(result, errorBox(e), rejectedTable(lines));
         return;
       }
-      result.replaceChildren(h('p', { class: 'ok' },
+      fill(result, h('p', { class: 'ok' },
         `${data.imported} ${t('imported')}, ${data.updated} ${t('updated')}, ${data.tags_created} ${t('tags_created')}`),
       data.rejected.length ? rejectedTable(data.rejected) : null);
-      rows.replaceChildren();
+      fill(rows);
       cursor = null;
       page();
     };
-    xhr.onerror = () => { start.disabled = false; result.replaceChildren(errorBox(new ApiError(0, { message: 'network error' }))); };
+    xhr.onerror = () => { start.disabled = false; fill(result, errorBox(new ApiError(0, { message: 'network error' }))); };
     xhr.send(body);
   } }, t('start_import'));
 
@@ -294,8 +300,8 @@ async function contactPage(id) {
         try {
           const tok = await api('POST', `/v1/contacts/${encodeURIComponent(id)}/inbox-token`);
           const href = `/inbox#token=${encodeURIComponent(tok.token)}`;
-          link.replaceChildren(h('a', { href, target: '_blank', rel: 'noopener', id: 'inbox-href' }, href));
-        } catch (e) { link.replaceChildren(errorBox(e)); }
+          fill(link, h('a', { href, target: '_blank', rel: 'noopener', id: 'inbox-href' }, href));
+        } catch (e) { fill(link, errorBox(e)); }
       } }, t('open_inbox'))), link));
 }
 
@@ -316,18 +322,18 @@ function audiencePage() {
     const mine = ++seq;
     const value = expr.value.trim();
     sessionStorage.setItem('qunfa.expr', expr.value);
-    if (!value) { out.replaceChildren(); return; }
+    if (!value) { fill(out); return; }
     try {
       const r = await api('POST', '/v1/audiences/count', { expr: value, sample: 5 });
       if (mine !== seq) return;
-      out.replaceChildren(
+      fill(out,
         h('p', {}, h('span', { class: 'count', id: 'count' }, r.count.toLocaleString()), ' ', t('matching'),
           h('span', { class: 'muted' }, ` · ${t('took')} ${r.took_ms.toFixed(2)} ms`)),
         r.sample.length ? h('p', { class: 'muted' }, `${t('sample')}: ${r.sample.map((s) => s.name).join('、')}`) : null);
     } catch (e) {
       if (mine !== seq) return;
       const pos = e.body?.position;
-      out.replaceChildren(errorBox(e), pos !== undefined ? h('div', {}, h('span', { class: 'muted' }, `${t('position')} ${pos}`), exprWithError(value, pos)) : null);
+      fill(out, errorBox(e), pos !== undefined ? h('div', {}, h('span', { class: 'muted' }, `${t('position')} ${pos}`), exprWithError(value, pos)) : null);
     }
   }, 200);
   expr.addEventListener('input', count);
@@ -381,7 +387,7 @@ function composePage() {
   const extra = h('div');
   function fields() {
     const v = type.value;
-    extra.replaceChildren(
+    fill(extra,
       ['link', 'miniprogram'].includes(v) ? [h('label', { for: 'content-title' }, t('title')), title] : null,
       v === 'link' ? [h('label', { for: 'content-url' }, t('url')), url] : null,
       ['image', 'file'].includes(v) ? [h('label', { for: 'content-media' }, 'media_id'), mediaId] : null);
@@ -392,26 +398,26 @@ function composePage() {
   const check = debounce(async () => {
     const mine = ++seq;
     sessionStorage.setItem('qunfa.text', text.value);
-    if (!text.value.trim()) { preview.replaceChildren(); out.replaceChildren(); return; }
-    out.replaceChildren(h('span', { class: 'muted' }, t('checking')));
+    if (!text.value.trim()) { fill(preview); fill(out); return; }
+    fill(out, h('span', { class: 'muted' }, t('checking')));
     try {
       const r = await api('POST', '/v1/safety/check', { text: text.value });
       if (mine !== seq) return;
-      preview.replaceChildren(...highlighted(text.value, r.hits));
-      out.replaceChildren(
+      fill(preview, ...highlighted(text.value, r.hits));
+      fill(out,
         h('p', {}, `${t('safety')}: `, h('span', { class: `badge ${r.action}`, id: 'safety-action' }, r.action),
           h('span', { class: 'muted' }, ` · ${r.hits_total} ${t('hits')}`)),
         r.hits.length ? h('ul', { id: 'hits' }, r.hits.map((hit) => h('li', {},
           h('span', { class: `badge ${hit.action}` }, hit.action), ' ',
-          `“${hit.original}” — ${lang === 'zh' ? hit.message_zh : hit.message}`))) : h('p', { class: 'ok' }, t('no_hits')),
+          `${hit.original ? `“${hit.original}” — ` : ''}${lang === 'zh' ? hit.message_zh : hit.message}`))) : h('p', { class: 'ok' }, t('no_hits')),
         r.action !== 'allow' ? h('p', {}, h('strong', {}, `${t('masked')}: `), h('span', { id: 'masked' }, r.masked)) : null);
     } catch (e) {
-      if (mine === seq) out.replaceChildren(errorBox(e));
+      if (mine === seq) fill(out, errorBox(e));
     }
   }, 250);
   text.addEventListener('input', check);
   const save = h('button', { type: 'button', class: 'primary', id: 'save-preflight', onclick: async () => {
-    err.replaceChildren();
+    fill(err);
     const content = { type: type.value };
     if (['text', 'link'].includes(type.value) && text.value) content[type.value === 'text' ? 'text' : 'description'] = text.value;
     if (type.value === 'link') { content.url = url.value; content.title = title.value; }
@@ -423,7 +429,7 @@ function composePage() {
     try {
       const b = await api('POST', '/v1/broadcasts', { content, audience, channels: picked });
       location.hash = `#/broadcasts/${b.id}`;
-    } catch (e) { err.replaceChildren(errorBox(e)); }
+    } catch (e) { fill(err, errorBox(e)); }
   } }, t('save_preflight'));
   show(h('h1', {}, t('compose')),
     h('div', { class: 'card' },
@@ -479,26 +485,31 @@ async function broadcastPage(id) {
   async function preflight() {
     try {
       const r = await api('POST', `/v1/broadcasts/${id}/preflight`);
-      verdictsBox.replaceChildren(h('p', {}, h('strong', { id: 'preflight-ok' }, r.ok ? t('ok_to_send') : t('blocked')),
+      fill(verdictsBox, h('p', {}, h('strong', { id: 'preflight-ok' }, r.ok ? t('ok_to_send') : t('blocked')),
         ` · ${t('recipients')}: `, h('span', { id: 'preflight-recipients' }, r.recipients.toLocaleString())), verdictList(r.verdicts));
-    } catch (e) { verdictsBox.replaceChildren(errorBox(e)); }
+    } catch (e) { fill(verdictsBox, errorBox(e)); }
   }
   async function act(path, body) {
-    err.replaceChildren();
+    fill(err);
     try {
       const r = await api('POST', `/v1/broadcasts/${id}/${path}`, body);
       render(r.id ? r : await api('GET', `/v1/broadcasts/${id}`));
     } catch (e) {
-      err.replaceChildren(errorBox(e));
+      fill(err, errorBox(e));
       if (Array.isArray(e.body?.details) && e.body.details.length && e.body.details[0].severity) {
-        verdictsBox.replaceChildren(verdictList(e.body.details));
+        fill(verdictsBox, verdictList(e.body.details));
       }
     }
   }
+  let shown = null;
   function render(x) {
-    state.replaceChildren(stateBadge(x.state));
-    progress.replaceChildren(bars(x));
-    actions.replaceChildren(
+    fill(progress, bars(x));
+    // Buttons are rebuilt only when the state changes: progress events
+    // must not take the focus from under the keyboard or the pointer.
+    if (x.state === shown) return;
+    shown = x.state;
+    fill(state, stateBadge(x.state));
+    fill(actions,
       x.state === 'draft' ? [h('div', {}, h('label', { for: 'verification-code' }, t('verification_code')), code),
         h('button', { type: 'button', class: 'primary', id: 'send', onclick: () => act('send', code.value.trim() ? { verification_code: code.value.trim() } : {}) }, t('send'))] : null,
       x.state === 'pending_approval' ? [h('div', {}, h('label', { for: 'approval-comment' }, t('comment')), comment),

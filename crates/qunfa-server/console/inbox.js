@@ -39,6 +39,12 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+// Replaces an element's children (arrays flattened, null/false left out).
+function fill(el, ...kids) {
+  el.replaceChildren(...kids.flat(Infinity).filter((k) => k !== null && k !== undefined && k !== false)
+    .map((k) => (k instanceof Node ? k : String(k))));
+}
+
 const fromHash = new URLSearchParams(location.hash.slice(1)).get('token');
 if (fromHash) {
   sessionStorage.setItem('qunfa.inbox', fromHash);
@@ -68,7 +74,7 @@ function errorBox(e) {
 const when = (s) => (s ? new Date(s).toLocaleString(lang === 'zh' ? 'zh-CN' : 'en-GB') : '');
 
 function header() {
-  document.getElementById('top').replaceChildren(h('nav', {},
+  fill(document.getElementById('top'), h('nav', {},
     h('span', { class: 'brand' }, t('title')), h('span', { class: 'spacer' }),
     h('button', { class: 'link', onclick: () => { lang = lang === 'zh' ? 'en' : 'zh'; localStorage.setItem('qunfa.lang', lang); list(); } }, t('language'))));
 }
@@ -95,10 +101,10 @@ async function open(id) {
     const reason = h('select', { id: 'report-reason', 'aria-label': t('reason') },
       ['spam', 'fraud', 'harassment', 'illegal', 'other'].map((r) => h('option', { value: r }, t(r))));
     const act = async (fn, done) => {
-      try { await fn(); status.replaceChildren(h('span', { class: 'ok' }, t(done))); } catch (e) { status.replaceChildren(errorBox(e)); }
+      try { await fn(); fill(status, h('span', { class: 'ok' }, t(done))); } catch (e) { fill(status, errorBox(e)); }
     };
     const mid = encodeURIComponent(id);
-    box.replaceChildren(
+    fill(box, 
       h('p', {}, h('a', { href: '#', onclick: (ev) => { ev.preventDefault(); list(); } }, `← ${t('back')}`)),
       h('article', { class: 'card', id: 'message' },
         h('p', { class: 'muted' }, `${t('from')} ${m.from} · ${when(m.delivered_at)}`), messageBody(m)),
@@ -116,24 +122,24 @@ async function open(id) {
           h('button', { id: 'unsubscribe', onclick: () => act(() => api('POST', '/v1/inbox/unsubscribe', { channel: 'inbox' }), 'unsubscribed') }, t('unsubscribe'))),
         status));
   } catch (e) {
-    box.replaceChildren(errorBox(e));
+    fill(box, errorBox(e));
   }
 }
 
 async function list() {
   header();
   const box = document.getElementById('main');
-  if (!token) { box.replaceChildren(h('p', { class: 'error' }, t('no_token'))); return; }
+  if (!token) { fill(box, h('p', { class: 'error' }, t('no_token'))); return; }
   try {
     const page = await api('GET', '/v1/inbox?limit=100');
-    box.replaceChildren(h('h1', {}, t('title')), page.items.length
+    fill(box, h('h1', {}, t('title')), page.items.length
       ? h('div', { id: 'messages' }, page.items.map((m) => h('div', { class: `message ${m.read_at ? 'read' : 'unread'}` },
         h('p', { class: 'from' }, h('a', { href: '#', 'data-id': m.message_id, onclick: (ev) => { ev.preventDefault(); open(m.message_id); } },
           m.recalled ? t('recalled') : (m.text || m.content.title || m.content.type || '').slice(0, 60))),
         h('p', { class: 'muted' }, `${m.from} · ${when(m.delivered_at)} · `, h('span', { class: 'read-state' }, m.read_at ? t('read') : t('unread'))))))
       : h('p', { class: 'muted' }, t('empty')));
   } catch (e) {
-    box.replaceChildren(errorBox(e));
+    fill(box, errorBox(e));
   }
 }
 list();

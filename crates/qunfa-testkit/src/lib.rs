@@ -1,4 +1,5 @@
-//! Loopback stand-ins for the peers qunfa's channels talk to. Each one binds
+//! Loopback stand-ins for the peers qunfa's channels talk to (and a
+//! WebDriver client for the console's browser tests). Each one binds
 //! `127.0.0.1:0`, records what it received, and can be told to misbehave
 //! (refuse, drop the connection, hang, answer late, redirect) so tests and
 //! benchmarks exercise the real network path.
@@ -6,6 +7,7 @@
 pub mod http;
 pub mod sms;
 pub mod smtp;
+pub mod webdriver;
 pub mod wecom;
 
 use std::sync::{Mutex, MutexGuard};

@@ -3,6 +3,7 @@
 
 mod channels;
 mod compat;
+mod console;
 mod recall;
 mod rules;
 mod safety;
@@ -90,6 +91,21 @@ rules_tests!(
     growth_waves,
     client_msg_id_window,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_logins_sqlite() {
+    console::console_logins(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_logins_postgres() {
+    console::console_logins(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_tour() {
+    console::browser_tour().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recall_policy_sqlite() {
