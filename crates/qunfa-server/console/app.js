@@ -27,6 +27,11 @@ const TEXT = {
     reasons: '原因', open: '打开', back: '返回', verification_code: '二次验证码（如需要）',
     state_draft: '草稿', state_scheduled: '已定时', state_pending_approval: '待审批', state_sending: '发送中',
     state_paused: '已暂停', state_completed: '已完成', state_cancelled: '已取消', state_blocked: '被拦截',
+    tags_page: '标签与部门', dormant: '沉睡', size: '人数（含子标签）', own: '本标签', last_used: '最近使用',
+    new_tag: '新标签路径', create: '创建', reviews: '内容审核', pending_reviews: '待审核内容', risk: '风险',
+    reason: '理由', schedule: '定时发送', at_time: '时间', time_zone: '时区', cron: '循环（cron）',
+    schedule_it: '设定时间', unschedule: '取消定时', recall: '撤回', scheduled_for: '计划时间', next_run: '下次运行',
+    dormant_report: '沉睡标签', n_dormant: '个沉睡标签',
   },
   en: {
     brand: 'qunfa', contacts: 'Contacts', audience: 'Audience', compose: 'Compose', broadcasts: 'Broadcasts',
@@ -50,6 +55,11 @@ const TEXT = {
     reasons: 'Reasons', open: 'Open', back: 'Back', verification_code: 'Verification code (if asked)',
     state_draft: 'draft', state_scheduled: 'scheduled', state_pending_approval: 'pending approval', state_sending: 'sending',
     state_paused: 'paused', state_completed: 'completed', state_cancelled: 'cancelled', state_blocked: 'blocked',
+    tags_page: 'Tags and departments', dormant: 'dormant', size: 'Size (with sub-tags)', own: 'Own', last_used: 'Last used',
+    new_tag: 'New tag path', create: 'Create', reviews: 'Content review', pending_reviews: 'Held for content review', risk: 'Risk',
+    reason: 'Reason', schedule: 'Schedule', at_time: 'Time', time_zone: 'Time zone', cron: 'Recurring (cron)',
+    schedule_it: 'Schedule it', unschedule: 'Cancel the schedule', recall: 'Recall', scheduled_for: 'Scheduled for', next_run: 'Next run',
+    dormant_report: 'Dormant tags', n_dormant: 'dormant tags',
   },
 };
 let lang = localStorage.getItem('qunfa.lang') ||
@@ -148,7 +158,8 @@ function nav(current) {
   fill(top, h('nav', { 'aria-label': 'main' },
     h('span', { class: 'brand' }, t('brand')),
     link('#/contacts', 'contacts'), link('#/audience', 'audience'), link('#/compose', 'compose'),
-    link('#/broadcasts', 'broadcasts'), link('#/approvals', 'approvals'), link('#/audit', 'audit'),
+    link('#/tags', 'tags_page'), link('#/broadcasts', 'broadcasts'), link('#/approvals', 'approvals'),
+    link('#/reviews', 'reviews'), link('#/audit', 'audit'),
     link('#/health', 'health'),
     h('span', { class: 'spacer' }),
     h('span', { class: 'muted', id: 'whoami' }, `${me.name} · ${me.workspace_name} · ${me.role}`),
@@ -515,7 +526,32 @@ async function broadcastPage(id) {
       x.state === 'pending_approval' ? [h('div', {}, h('label', { for: 'approval-comment' }, t('comment')), comment),
         h('button', { type: 'button', class: 'primary', id: 'approve', onclick: () => act('approve', comment.value ? { comment: comment.value } : {}) }, t('approve')),
         h('button', { type: 'button', class: 'danger', id: 'reject', onclick: () => act('reject', comment.value ? { comment: comment.value } : {}) }, t('reject'))] : null,
+      ['sending', 'completed'].includes(x.state) && me.workspace_kind === 'personal'
+        ? h('button', { type: 'button', class: 'danger', id: 'recall', onclick: () => act('recall', {}) }, t('recall')) : null,
       ['sending', 'completed', 'paused'].includes(x.state) ? h('a', { href: `/v1/broadcasts/${id}/evidence`, id: 'evidence' }, t('evidence')) : null);
+    fill(scheduleBox, x.state === 'draft' && ['owner', 'admin'].includes(me.role) && me.workspace_kind !== 'personal' ? scheduleForm() : null,
+      x.state === 'scheduled' ? [h('p', { id: 'scheduled' }, `${t('scheduled_for')}: `, h('span', { id: 'schedule-at' })),
+        h('button', { type: 'button', id: 'unschedule', onclick: async () => {
+          try { await api('DELETE', `/v1/broadcasts/${id}/schedule`); render(await api('GET', `/v1/broadcasts/${id}`)); } catch (e) { fill(err, errorBox(e)); }
+        } }, t('unschedule'))] : null);
+    if (x.state === 'scheduled') {
+      api('GET', `/v1/broadcasts/${id}/schedule`).then(({ schedule: sc }) => {
+        const at = document.getElementById('schedule-at');
+        if (at) at.textContent = `${when(sc.next_run_at || sc.at)} ${sc.cron ? `(${sc.cron})` : ''} ${sc.time_zone || ''}`;
+      }).catch(() => {});
+    }
+  }
+  const scheduleBox = h('div', { id: 'schedule-box' });
+  function scheduleForm() {
+    const at = h('input', { type: 'datetime-local', id: 'schedule-time' });
+    const zone = h('input', { type: 'text', id: 'schedule-zone', value: Intl.DateTimeFormat().resolvedOptions().timeZone || 'Asia/Shanghai' });
+    const cron = h('input', { type: 'text', id: 'schedule-cron', placeholder: '0 9 * * MON' });
+    return h('div', {}, h('h2', {}, t('schedule')), h('div', { class: 'row' },
+      h('div', {}, h('label', { for: 'schedule-time' }, t('at_time')), at),
+      h('div', {}, h('label', { for: 'schedule-zone' }, t('time_zone')), zone),
+      h('div', {}, h('label', { for: 'schedule-cron' }, t('cron')), cron),
+      h('button', { type: 'button', id: 'schedule', onclick: () => act('schedule', cron.value.trim()
+        ? { cron: cron.value.trim(), time_zone: zone.value.trim() } : { at: at.value.length === 16 ? `${at.value}:00` : at.value, time_zone: zone.value.trim() }) }, t('schedule_it'))));
   }
   show(h('p', {}, h('a', { href: '#/broadcasts' }, `← ${t('back')}`)),
     h('h1', {}, `#${b.id} `, state),
@@ -524,7 +560,7 @@ async function broadcastPage(id) {
       h('p', { class: 'muted' }, `${t('channels')}: ${b.channels.join(', ')} · ${t('created')}: ${when(b.created_at)}`)),
     h('section', { class: 'card', 'aria-labelledby': 'pf-h' }, h('h2', { id: 'pf-h' }, t('preflight')), verdictsBox,
       h('button', { type: 'button', onclick: preflight }, t('run_preflight'))),
-    h('section', { class: 'card' }, actions, err),
+    h('section', { class: 'card' }, actions, scheduleBox, err),
     h('section', { class: 'card', 'aria-labelledby': 'pr-h' }, h('h2', { id: 'pr-h' }, t('progress_live')), progress));
   render(b);
   if (b.state === 'draft') preflight();
@@ -569,6 +605,52 @@ async function healthPage() {
       : h('p', { class: 'ok' }, t('no_verdicts'))));
 }
 
+async function tagsPage() {
+  const [report, departments] = await Promise.all([api('GET', '/v1/tags/report'), api('GET', '/v1/departments')]);
+  const path = h('input', { type: 'text', id: 'new-tag', placeholder: '客户等级/金牌/华东' });
+  const err = h('div');
+  const tree = (nodes) => h('ul', {}, nodes.map((d) => h('li', {}, `${d.name} (${d.n_contacts})`,
+    d.children.length ? tree(d.children) : null)));
+  show(h('h1', {}, t('tags_page')),
+    h('div', { class: 'card' }, h('div', { class: 'row' },
+      h('div', { style: 'flex:1' }, h('label', { for: 'new-tag' }, t('new_tag')), path),
+      h('button', { type: 'button', class: 'primary', id: 'create-tag', onclick: async () => {
+        try { await api('POST', '/v1/tags', { path: path.value.trim() }); route(); } catch (e) { fill(err, errorBox(e)); }
+      } }, t('create'))), err),
+    h('h2', {}, `${t('tags')} · ${report.n_dormant} ${t('n_dormant')}`),
+    h('div', { class: 'table-wrap' }, h('table', { id: 'tags' },
+      h('thead', {}, h('tr', {}, h('th', {}, t('tags')), h('th', {}, t('size')), h('th', {}, t('own')),
+        h('th', {}, t('last_used')), h('th', {}, ''))),
+      h('tbody', {}, report.items.map((i) => h('tr', {},
+        h('td', {}, h('a', { href: '#/audience', onclick: () => sessionStorage.setItem('qunfa.expr', `tag:"${i.path}"`) }, i.path)),
+        h('td', {}, i.size.toLocaleString()), h('td', {}, i.n_contacts.toLocaleString()), h('td', {}, when(i.last_used_at)),
+        h('td', {}, i.dormant ? h('span', { class: 'badge warn' }, t('dormant')) : null)))))),
+    h('h2', {}, t('departments')), departments.length ? h('div', { class: 'card', id: 'departments' }, tree(departments)) : h('p', { class: 'muted' }, t('none')));
+}
+
+async function reviewsPage() {
+  const data = await api('GET', '/v1/safety/reviews?state=pending&limit=100');
+  show(h('h1', {}, t('pending_reviews')), data.reviews.length ? h('div', { id: 'reviews' }, data.reviews.map((r) => {
+    const reason = h('input', { type: 'text', 'aria-label': t('reason') });
+    const out = h('div');
+    const decide = (what) => async () => {
+      try {
+        await api('POST', `/v1/safety/reviews/${r.id}/${what}`, reason.value ? { reason: reason.value } : {});
+        route();
+      } catch (e) { fill(out, errorBox(e)); }
+    };
+    return h('div', { class: 'card' },
+      h('p', {}, h('a', { href: `#/broadcasts/${r.broadcast_id}` }, `#${r.broadcast_id}`), ' ',
+        h('span', { class: 'muted' }, `${t('risk')} ${r.risk.toFixed(2)} · ${when(r.created_at)}`)),
+      h('div', { class: 'highlight' }, highlighted(r.text, r.hits)),
+      h('ul', {}, r.hits.map((hit) => h('li', {}, h('span', { class: `badge ${hit.action}` }, hit.action), ' ',
+        lang === 'zh' ? hit.message_zh : hit.message))),
+      h('div', { class: 'row' }, h('div', { style: 'flex:1' }, reason),
+        h('button', { type: 'button', class: 'primary', onclick: decide('approve') }, t('approve')),
+        h('button', { type: 'button', class: 'danger', onclick: decide('reject') }, t('reject'))), out);
+  })) : h('p', { class: 'muted' }, t('none')));
+}
+
 // ---------------------------------------------------------------- router
 async function route() {
   if (events && !location.hash.startsWith('#/broadcasts/')) { events.close(); events = null; }
@@ -586,6 +668,8 @@ async function route() {
       case 'compose': composePage(); break;
       case 'broadcasts': await (parts[1] ? broadcastPage(parts[1]) : broadcastsPage()); break;
       case 'approvals': await broadcastsPage('pending_approval'); break;
+      case 'tags': await tagsPage(); break;
+      case 'reviews': await reviewsPage(); break;
       case 'audit': await auditPage(); break;
       case 'health': await healthPage(); break;
       default: location.hash = '#/contacts';

@@ -233,6 +233,11 @@ pub async fn browser_tour() {
     b.wait("#import-result", Some("3"), T).await.unwrap();
     b.wait("#contacts td", Some("王五"), T).await.unwrap();
     shot("02-contacts").await;
+    // The tags the import made, with their sizes (sub-tags included).
+    b.click_on("a[href='#/tags']", None, T).await.unwrap();
+    b.wait("#tags tr", Some("客户等级/金牌 2 2"), T).await.unwrap();
+    let rows = b.find_all("#tags tbody tr").await.unwrap();
+    assert_eq!(b.text(&rows[0]).await.unwrap().trim(), "客户等级 3 0", "the parent counts its sub-tags");
 
     // Build an audience: an error points at its position, then the live count.
     b.goto(&format!("{base}/console/#/audience")).await.unwrap();
