@@ -31,7 +31,7 @@ const TEXT = {
     new_tag: '新标签路径', create: '创建', reviews: '内容审核', pending_reviews: '待审核内容', risk: '风险',
     reason: '理由', schedule: '定时发送', at_time: '时间', time_zone: '时区', cron: '循环（cron）',
     schedule_it: '设定时间', unschedule: '取消定时', recall: '撤回', scheduled_for: '计划时间', next_run: '下次运行',
-    dormant_report: '沉睡标签', n_dormant: '个沉睡标签',
+    dormant_report: '沉睡标签', n_dormant: '个沉睡标签', search: '搜索联系人', search_help: '外部 ID 或姓名开头',
   },
   en: {
     brand: 'qunfa', contacts: 'Contacts', audience: 'Audience', compose: 'Compose', broadcasts: 'Broadcasts',
@@ -59,7 +59,7 @@ const TEXT = {
     new_tag: 'New tag path', create: 'Create', reviews: 'Content review', pending_reviews: 'Held for content review', risk: 'Risk',
     reason: 'Reason', schedule: 'Schedule', at_time: 'Time', time_zone: 'Time zone', cron: 'Recurring (cron)',
     schedule_it: 'Schedule it', unschedule: 'Cancel the schedule', recall: 'Recall', scheduled_for: 'Scheduled for', next_run: 'Next run',
-    dormant_report: 'Dormant tags', n_dormant: 'dormant tags',
+    dormant_report: 'Dormant tags', n_dormant: 'dormant tags', search: 'Search contacts', search_help: 'External id or start of the name',
   },
 };
 let lang = localStorage.getItem('qunfa.lang') ||
@@ -206,11 +206,17 @@ function loginPage() {
 async function contactsPage() {
   const rows = h('tbody');
   const more = h('button', { type: 'button' }, t('more'));
+  const search = h('input', { type: 'search', id: 'contact-search', placeholder: t('search_help'), 'aria-label': t('search') });
   let cursor = null;
+  let seq = 0;
+  search.addEventListener('input', debounce(() => { cursor = null; fill(rows); page(); }, 250));
   async function page() {
+    const mine = ++seq;
     const q = new URLSearchParams({ limit: '50' });
     if (cursor) q.set('cursor', cursor);
+    if (search.value.trim()) q.set('q', search.value.trim());
     const data = await api('GET', `/v1/contacts?${q}`);
+    if (mine !== seq) return;
     for (const c of data.items) {
       rows.append(h('tr', {},
         h('td', {}, h('a', { href: `#/contacts/${c.id}` }, c.name)),
@@ -277,6 +283,7 @@ async function contactsPage() {
         h('div', {}, h('label', { for: 'import-format' }, t('format')), format),
         h('div', {}, h('label', { for: 'import-partial' }, partial, ' ', t('partial')))),
       h('p', {}, start), bar, result),
+    h('p', {}, search),
     h('div', { class: 'table-wrap' }, h('table', { id: 'contacts' },
       h('thead', {}, h('tr', {}, h('th', {}, t('name')), h('th', {}, t('external_id')), h('th', {}, t('tags')),
         h('th', {}, t('departments')), h('th', {}, t('created')))), rows)),

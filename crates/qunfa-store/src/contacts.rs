@@ -374,6 +374,31 @@ impl Store {
         rows.iter().map(record_from).collect()
     }
 
+    /// Live contacts whose external id is `query` or whose name starts with
+    /// it, by id, after `after_idx` (the console's search box).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn search_contacts(
+        &self,
+        workspace_id: i64,
+        query: &str,
+        after_idx: Option<u32>,
+        limit: usize,
+    ) -> Result<Vec<ContactRecord>, StoreError> {
+        let after = after_idx.map_or(-1, i64::from);
+        let escaped: String =
+            query.chars().flat_map(|c| if matches!(c, '%' | '_' | '\\') { vec!['\\', c] } else { vec![c] }).collect();
+        let rows = self.db.conn()?.query(
+            &format!(
+                "SELECT {CONTACT_COLUMNS} FROM contacts WHERE workspace_id = ? AND deleted_at IS NULL AND idx > ? \
+                 AND (external_id = ? OR name LIKE ? ESCAPE '\\') ORDER BY idx LIMIT ?"
+            ),
+            params![workspace_id, after, query, format!("{escaped}%"), limit],
+        )?;
+        rows.iter().map(record_from).collect()
+    }
+
     /// Live contacts among `idxs` (without their tags and departments), by id.
     ///
     /// # Errors

@@ -76,22 +76,44 @@ pub async fn create_contact(
     Ok((StatusCode::CREATED, Json(contact_response(ws, rec))))
 }
 
-/// List contacts, by id.
-#[utoipa::path(get, path = "/v1/contacts", tag = "contacts", params(PageQuery),
-    responses((status = 200, body = Page<ContactResponse>)))]
+/// `?limit=&cursor=&q=` of the contact list.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ContactListQuery {
+    /// 1 to 1,000; default 100.
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+    /// Only contacts whose external id is this, or whose name starts with it (1–128 characters).
+    pub q: Option<String>,
+}
+
+/// List contacts, by id; `q` searches by external id or the start of the name.
+#[utoipa::path(get, path = "/v1/contacts", tag = "contacts", params(ContactListQuery),
+    responses((status = 200, body = Page<ContactResponse>), (status = 400, body = ErrorBody)))]
 pub async fn list_contacts(
     State(state): State<AppState>,
     auth: Auth,
-    Query(q): Query<PageQuery>,
+    Query(q): Query<ContactListQuery>,
 ) -> ApiResult<Json<Page<ContactResponse>>> {
     auth.require(Action::Read)?;
     let ws = auth.workspace_id();
-    let limit = q.limit()?;
+    let limit = PageQuery { limit: q.limit, cursor: None }.limit()?;
     let after = match q.cursor.as_deref() {
         None => None,
         Some(c) => Some(parse_contact_id(ws, c).map_err(|_| ApiError::code(Code::BadCursor))?),
     };
-    let rows = state.blocking(move |s| Ok(s.store.contacts(ws, after, limit)?)).await?;
+    let search = q.q.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    if search.as_ref().is_some_and(|s| s.chars().count() > 128) {
+        return Err(ApiError::new(Code::BadRequest, "q is at most 128 characters"));
+    }
+    let rows = state
+        .blocking(move |s| {
+            Ok(match &search {
+                Some(query) => s.store.search_contacts(ws, query, after, limit)?,
+                None => s.store.contacts(ws, after, limit)?,
+            })
+        })
+        .await?;
     let next_cursor = (rows.len() == limit).then(|| rows.last().map(|c| contact_id(ws, c.idx))).flatten();
     Ok(Json(Page { items: rows.into_iter().map(|c| contact_response(ws, c)).collect(), next_cursor }))
 }

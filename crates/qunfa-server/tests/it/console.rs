@@ -290,6 +290,9 @@ pub async fn browser_tour() {
     // recipient opens the message on a phone-sized screen.
     log_in("sender").await;
     b.goto(&format!("{base}/console/#/contacts")).await.unwrap();
+    b.wait("#contacts a", Some("王五"), T).await.unwrap();
+    b.type_into(&b.wait("#contact-search", None, T).await.unwrap(), "张", true).await.unwrap();
+    b.wait_gone("#contacts tbody tr:nth-child(2)", T).await.unwrap();
     b.click_on("#contacts a", Some("张三"), T).await.unwrap();
     b.click_on("#open-inbox", None, T).await.unwrap();
     let href = b.text(&b.wait("#inbox-href", None, T).await.unwrap()).await.unwrap();

@@ -515,6 +515,28 @@ async fn contacts_crud(app: TestApp) {
     let id = c["id"].as_str().unwrap();
     assert_eq!(c["tags"], json!(["新客"]));
     app.post("/v1/contacts", &key, json!({"external_id": "wx-1"})).await.expect_error(409, "QF-DUPLICATE");
+    // Search: the external id exactly, or the start of the name; LIKE's wildcards are plain characters.
+    app.post("/v1/contacts", &key, json!({"external_id": "wx_9", "name": "赵%七"})).await.expect(201);
+    let names = |v: Value| -> Vec<String> {
+        v["items"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(names(app.get("/v1/contacts?q=%E8%B5%B5", &key).await.expect(200)), ["赵六", "赵%七"]);
+    assert_eq!(names(app.get("/v1/contacts?q=wx-1", &key).await.expect(200)), ["赵六"]);
+    assert_eq!(names(app.get("/v1/contacts?q=%E8%B5%B5%25", &key).await.expect(200)), ["赵%七"]);
+    assert_eq!(names(app.get("/v1/contacts?q=wx", &key).await.expect(200)), Vec::<String>::new(), "ids match exactly");
+    assert_eq!(names(app.get("/v1/contacts?q=%E8%B5%B5&limit=1", &key).await.expect(200)), ["赵六"]);
+    app.get(&format!("/v1/contacts?q={}", "x".repeat(129)), &key).await.expect_error(400, "QF-BAD-REQUEST");
+    app.call(
+        Method::DELETE,
+        &format!(
+            "/v1/contacts/{}",
+            app.get("/v1/contacts?q=wx_9", &key).await.expect(200)["items"][0]["id"].as_str().unwrap()
+        ),
+        Some(&key),
+        None,
+    )
+    .await
+    .expect(204);
     app.post("/v1/contacts", &key, json!({"external_id": "wx-2", "channels": {"phone": "abc"}}))
         .await
         .expect_error(400, "QF-INVALID-PHONE");
