@@ -31,7 +31,7 @@ const TEXT = {
     new_tag: '新标签路径', create: '创建', reviews: '内容审核', pending_reviews: '待审核内容', risk: '风险',
     reason: '理由', schedule: '定时发送', at_time: '时间', time_zone: '时区', cron: '循环（cron）',
     schedule_it: '设定时间', unschedule: '取消定时', recall: '撤回', scheduled_for: '计划时间', next_run: '下次运行',
-    dormant_report: '沉睡标签', n_dormant: '个沉睡标签', search: '搜索联系人', search_help: '外部 ID 或姓名开头',
+    dormant_report: '沉睡标签', n_dormant: '个沉睡标签', search: '搜索联系人', search_help: '外部 ID 或姓名开头', preview_for: '预览，收件人',
   },
   en: {
     brand: 'qunfa', contacts: 'Contacts', audience: 'Audience', compose: 'Compose', broadcasts: 'Broadcasts',
@@ -59,7 +59,7 @@ const TEXT = {
     new_tag: 'New tag path', create: 'Create', reviews: 'Content review', pending_reviews: 'Held for content review', risk: 'Risk',
     reason: 'Reason', schedule: 'Schedule', at_time: 'Time', time_zone: 'Time zone', cron: 'Recurring (cron)',
     schedule_it: 'Schedule it', unschedule: 'Cancel the schedule', recall: 'Recall', scheduled_for: 'Scheduled for', next_run: 'Next run',
-    dormant_report: 'Dormant tags', n_dormant: 'dormant tags', search: 'Search contacts', search_help: 'External id or start of the name',
+    dormant_report: 'Dormant tags', n_dormant: 'dormant tags', search: 'Search contacts', search_help: 'External id or start of the name', preview_for: 'Preview for',
   },
 };
 let lang = localStorage.getItem('qunfa.lang') ||
@@ -434,6 +434,29 @@ function composePage() {
     }
   }, 250);
   text.addEventListener('input', check);
+  // The text as one recipient of the audience will read it ({{name}},
+  // {{external_id}}, {{attribute}}, {{attribute|default}}).
+  const personal = h('div', { class: 'highlight', id: 'personal-preview', 'aria-live': 'polite' });
+  let sample = null;
+  const render = () => {
+    if (!sample || !text.value.includes('{{')) { fill(personal); return; }
+    const value = (key) => (key === 'name' ? sample.name : key === 'external_id' ? sample.external_id : sample.attributes[key]);
+    const out = text.value.replace(/\{\{\s*([^}|]+?)\s*(?:\|([^}]*))?\}\}/g, (_, key, dflt) => {
+      const v = value(key.trim());
+      return v === undefined || v === null || v === '' ? (dflt ?? '') : String(v);
+    });
+    fill(personal, h('span', { class: 'muted' }, `${t('preview_for')} ${sample.name}: `), out);
+  };
+  const loadSample = debounce(async () => {
+    try {
+      const r = await api('POST', '/v1/audiences/count', { expr: expr.value.trim() || 'all', sample: 1 });
+      sample = r.sample[0] || null;
+    } catch { sample = null; }
+    render();
+  }, 300);
+  expr.addEventListener('input', loadSample);
+  text.addEventListener('input', render);
+  loadSample();
   const save = h('button', { type: 'button', class: 'primary', id: 'save-preflight', onclick: async () => {
     fill(err);
     const content = { type: type.value };
@@ -453,6 +476,7 @@ function composePage() {
     h('div', { class: 'card' },
       h('label', { for: 'content-type' }, t('content_type')), type, extra,
       h('label', { for: 'content-text' }, t('text')), text,
+      personal,
       h('h2', {}, t('safety')), preview, out,
       h('label', { for: 'compose-expr' }, t('expr')), expr,
       h('fieldset', {}, h('legend', {}, t('channels')), channels),

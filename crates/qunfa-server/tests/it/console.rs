@@ -260,9 +260,11 @@ pub async fn browser_tour() {
     assert!(!masked.contains("刷单") && masked.contains('*'), "{masked}");
     shot("04-compose-flagged").await;
     // Fixed: nothing marked any more.
-    b.type_into(&text, "本周六上午十点门店会员活动，欢迎参加。", true).await.unwrap();
+    b.type_into(&text, "{{name}}您好，本周六上午十点门店会员活动，欢迎参加。", true).await.unwrap();
     b.wait("#safety-action", Some("allow"), T).await.unwrap();
     b.wait_gone("#highlight mark", T).await.unwrap();
+    // Variables previewed for a recipient of the audience.
+    b.wait("#personal-preview", Some("张三您好，本周六"), T).await.unwrap();
     assert_eq!(
         b.property(&b.wait("#compose-expr", None, T).await.unwrap(), "value").await.unwrap(),
         "city = 上海 & tag:客户等级/金牌"
@@ -298,10 +300,10 @@ pub async fn browser_tour() {
     let href = b.text(&b.wait("#inbox-href", None, T).await.unwrap()).await.unwrap();
     b.window(390, 844).await.unwrap();
     b.goto(&format!("{base}{href}")).await.unwrap();
-    let link = b.wait("#messages a", Some("本周六上午十点"), T).await.unwrap();
+    let link = b.wait("#messages a", Some("张三您好，本周六上午十点"), T).await.unwrap();
     b.wait(".read-state", Some("未读"), T).await.unwrap();
     b.click(&link).await.unwrap();
-    b.wait("#message", Some("本周六上午十点门店会员活动"), T).await.unwrap();
+    b.wait("#message", Some("张三您好，本周六上午十点门店会员活动"), T).await.unwrap();
     shot("07-inbox-phone").await;
 
     // Counted as read, live on the broadcast page.
