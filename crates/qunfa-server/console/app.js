@@ -31,7 +31,7 @@ const TEXT = {
     new_tag: '新标签路径', create: '创建', reviews: '内容审核', pending_reviews: '待审核内容', risk: '风险',
     reason: '理由', schedule: '定时发送', at_time: '时间', time_zone: '时区', cron: '循环（cron）',
     schedule_it: '设定时间', unschedule: '取消定时', recall: '撤回', scheduled_for: '计划时间', next_run: '下次运行',
-    dormant_report: '沉睡标签', n_dormant: '个沉睡标签', search: '搜索联系人', search_help: '外部 ID 或姓名开头', preview_for: '预览，收件人',
+    dormant_report: '沉睡标签', n_dormant: '个沉睡标签', search: '搜索联系人', search_help: '外部 ID 或姓名开头', preview_for: '预览，收件人', caption: '说明文字', html: '富文本（HTML）', upload: '上传文件', filename: '文件名',
   },
   en: {
     brand: 'qunfa', contacts: 'Contacts', audience: 'Audience', compose: 'Compose', broadcasts: 'Broadcasts',
@@ -59,7 +59,7 @@ const TEXT = {
     new_tag: 'New tag path', create: 'Create', reviews: 'Content review', pending_reviews: 'Held for content review', risk: 'Risk',
     reason: 'Reason', schedule: 'Schedule', at_time: 'Time', time_zone: 'Time zone', cron: 'Recurring (cron)',
     schedule_it: 'Schedule it', unschedule: 'Cancel the schedule', recall: 'Recall', scheduled_for: 'Scheduled for', next_run: 'Next run',
-    dormant_report: 'Dormant tags', n_dormant: 'dormant tags', search: 'Search contacts', search_help: 'External id or start of the name', preview_for: 'Preview for',
+    dormant_report: 'Dormant tags', n_dormant: 'dormant tags', search: 'Search contacts', search_help: 'External id or start of the name', preview_for: 'Preview for', caption: 'Caption', html: 'Rich text (HTML)', upload: 'Upload', filename: 'File name',
   },
 };
 let lang = localStorage.getItem('qunfa.lang') ||
@@ -394,8 +394,29 @@ function composePage() {
     ['text', 'link', 'image', 'file', 'miniprogram', 'richtext'].map((v) => h('option', { value: v }, v)));
   const text = h('textarea', { id: 'content-text', rows: 6, 'aria-describedby': 'safety-out' }, sessionStorage.getItem('qunfa.text') || '');
   const title = h('input', { type: 'text', id: 'content-title' });
-  const url = h('input', { type: 'text', id: 'content-url' });
-  const mediaId = h('input', { type: 'text', id: 'content-media' });
+  const url = h('input', { type: 'text', id: 'content-url', inputmode: 'url' });
+  const appid = h('input', { type: 'text', id: 'content-appid' });
+  const pagepath = h('input', { type: 'text', id: 'content-pagepath', placeholder: 'pages/index/index' });
+  const filename = h('input', { type: 'text', id: 'content-filename' });
+  const mediaId = h('input', { type: 'text', id: 'content-media', readonly: true });
+  const upload = h('input', { type: 'file', id: 'content-upload' });
+  const uploadOut = h('span', { class: 'muted', 'aria-live': 'polite' });
+  // Images and files go to /v1/media first; the broadcast names the media id.
+  upload.addEventListener('change', async () => {
+    const f = upload.files[0];
+    if (!f) return;
+    try {
+      const r = await fetch(`/v1/media?${new URLSearchParams({ filename: f.name })}`, {
+        method: 'POST', body: f, credentials: 'same-origin',
+        headers: { 'Content-Type': f.type || 'application/octet-stream', 'X-CSRF-Token': sessionStorage.getItem('qunfa.csrf') || '' },
+      });
+      const data = await r.json();
+      if (!r.ok) throw new ApiError(r.status, data.error);
+      mediaId.value = data.media_id;
+      if (!filename.value) filename.value = f.name;
+      fill(uploadOut, `${data.media_id} · ${data.content_type} · ${data.size.toLocaleString()} B`);
+    } catch (e) { fill(uploadOut, errorBox(e)); }
+  });
   const expr = h('input', { type: 'text', id: 'compose-expr', value: sessionStorage.getItem('qunfa.expr') || '' });
   const channels = ['inbox', 'email', 'sms', 'webhook', 'wecom'].map((c) =>
     h('label', { class: 'inline' }, h('input', { type: 'checkbox', value: c, checked: c === 'inbox', class: 'channel' }), ` ${c}`));
@@ -403,12 +424,19 @@ function composePage() {
   const out = h('div', { id: 'safety-out', 'aria-live': 'polite' });
   const err = h('div');
   const extra = h('div');
+  const textLabel = h('label', { for: 'content-text' }, t('text'));
   function fields() {
     const v = type.value;
+    fill(textLabel, t({ text: 'text', link: 'description', image: 'caption', file: 'text', miniprogram: 'text', richtext: 'html' }[v]));
+    text.hidden = ['file', 'miniprogram'].includes(v);
+    textLabel.hidden = text.hidden;
     fill(extra,
       ['link', 'miniprogram'].includes(v) ? [h('label', { for: 'content-title' }, t('title')), title] : null,
       v === 'link' ? [h('label', { for: 'content-url' }, t('url')), url] : null,
-      ['image', 'file'].includes(v) ? [h('label', { for: 'content-media' }, 'media_id'), mediaId] : null);
+      v === 'miniprogram' ? [h('label', { for: 'content-appid' }, 'appid'), appid, h('label', { for: 'content-pagepath' }, 'pagepath'), pagepath] : null,
+      ['image', 'file'].includes(v) ? [h('label', { for: 'content-upload' }, t('upload')), upload, ' ', uploadOut,
+        h('label', { for: 'content-media' }, 'media_id'), mediaId] : null,
+      v === 'file' ? [h('label', { for: 'content-filename' }, t('filename')), filename] : null);
   }
   type.addEventListener('change', fields);
   fields();
@@ -459,12 +487,15 @@ function composePage() {
   loadSample();
   const save = h('button', { type: 'button', class: 'primary', id: 'save-preflight', onclick: async () => {
     fill(err);
-    const content = { type: type.value };
-    if (['text', 'link'].includes(type.value) && text.value) content[type.value === 'text' ? 'text' : 'description'] = text.value;
-    if (type.value === 'link') { content.url = url.value; content.title = title.value; }
-    if (type.value === 'miniprogram') content.title = title.value;
-    if (['image', 'file'].includes(type.value)) content.media_id = mediaId.value;
-    if (type.value === 'richtext') content.html = text.value;
+    const v = type.value;
+    const content = { type: v };
+    const put = (k, x) => { if (x !== '') content[k] = x; };
+    if (v === 'text') put('text', text.value);
+    if (v === 'link') { put('url', url.value.trim()); put('title', title.value); put('description', text.value); }
+    if (v === 'image') { put('media_id', mediaId.value); put('caption', text.value); }
+    if (v === 'file') { put('media_id', mediaId.value); put('filename', filename.value); }
+    if (v === 'miniprogram') { put('appid', appid.value.trim()); put('pagepath', pagepath.value.trim()); put('title', title.value); }
+    if (v === 'richtext') put('html', text.value);
     const picked = channels.map((l) => l.querySelector('input')).filter((i) => i.checked).map((i) => i.value);
     const audience = expr.value.trim() ? { expr: expr.value.trim() } : { all: true };
     try {
@@ -475,7 +506,7 @@ function composePage() {
   show(h('h1', {}, t('compose')),
     h('div', { class: 'card' },
       h('label', { for: 'content-type' }, t('content_type')), type, extra,
-      h('label', { for: 'content-text' }, t('text')), text,
+      textLabel, text,
       personal,
       h('h2', {}, t('safety')), preview, out,
       h('label', { for: 'compose-expr' }, t('expr')), expr,

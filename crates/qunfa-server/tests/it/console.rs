@@ -250,6 +250,14 @@ pub async fn browser_tour() {
     shot("03-audience").await;
     b.click_on("#use-audience", None, T).await.unwrap();
 
+    // Each message type asks for its own fields (an image: an upload and a caption).
+    b.click_on("#content-type option[value=image]", None, T).await.unwrap();
+    b.wait("label[for=content-upload]", None, T).await.unwrap();
+    b.wait("label[for=content-text]", Some("说明文字"), T).await.unwrap();
+    b.click_on("#content-type option[value=miniprogram]", None, T).await.unwrap();
+    b.wait("#content-appid", None, T).await.unwrap();
+    b.click_on("#content-type option[value=text]", None, T).await.unwrap();
+    b.wait_gone("#content-appid", T).await.unwrap();
     // Compose with a flagged word: highlighted in place, with its reason.
     let text = b.wait("#content-text", None, T).await.unwrap();
     b.type_into(&text, "兼职刷单，日结三百，轻松赚钱！", true).await.unwrap();
