@@ -31,7 +31,7 @@ const TEXT = {
     new_tag: '新标签路径', create: '创建', reviews: '内容审核', pending_reviews: '待审核内容', risk: '风险',
     reason: '理由', schedule: '定时发送', at_time: '时间', time_zone: '时区', cron: '循环（cron）',
     schedule_it: '设定时间', unschedule: '取消定时', recall: '撤回', scheduled_for: '计划时间', next_run: '下次运行',
-    dormant_report: '沉睡标签', n_dormant: '个沉睡标签', search: '搜索联系人', search_help: '外部 ID 或姓名开头', preview_for: '预览，收件人', caption: '说明文字', html: '富文本（HTML）', upload: '上传文件', filename: '文件名',
+    dormant_report: '沉睡标签', n_dormant: '个沉睡标签', search: '搜索联系人', search_help: '外部 ID 或姓名开头', preview_for: '预览，收件人', caption: '说明文字', html: '富文本（HTML）', upload: '上传文件', filename: '文件名', results: '效果', delivery_rate: '送达率', read_rate: '阅读率', reply_rate: '回复率', forward_rate: '转发率',
   },
   en: {
     brand: 'qunfa', contacts: 'Contacts', audience: 'Audience', compose: 'Compose', broadcasts: 'Broadcasts',
@@ -59,7 +59,7 @@ const TEXT = {
     new_tag: 'New tag path', create: 'Create', reviews: 'Content review', pending_reviews: 'Held for content review', risk: 'Risk',
     reason: 'Reason', schedule: 'Schedule', at_time: 'Time', time_zone: 'Time zone', cron: 'Recurring (cron)',
     schedule_it: 'Schedule it', unschedule: 'Cancel the schedule', recall: 'Recall', scheduled_for: 'Scheduled for', next_run: 'Next run',
-    dormant_report: 'Dormant tags', n_dormant: 'dormant tags', search: 'Search contacts', search_help: 'External id or start of the name', preview_for: 'Preview for', caption: 'Caption', html: 'Rich text (HTML)', upload: 'Upload', filename: 'File name',
+    dormant_report: 'Dormant tags', n_dormant: 'dormant tags', search: 'Search contacts', search_help: 'External id or start of the name', preview_for: 'Preview for', caption: 'Caption', html: 'Rich text (HTML)', upload: 'Upload', filename: 'File name', results: 'Results', delivery_rate: 'Delivery rate', read_rate: 'Read rate', reply_rate: 'Reply rate', forward_rate: 'Forward rate',
   },
 };
 let lang = localStorage.getItem('qunfa.lang') ||
@@ -545,6 +545,32 @@ function bars(b) {
   }));
 }
 
+// Rates from the counts: delivered of the recipients; read, replied and
+// forwarded of the delivered.
+function rates(b) {
+  const c = b.counts;
+  const pct = (n, d) => (d ? (100 * n) / d : 0);
+  const rows = [
+    ['delivery_rate', pct(c.delivered, b.recipients || c.total), `${c.delivered}/${b.recipients || c.total}`],
+    ['read_rate', pct(c.read, c.delivered), `${c.read}/${c.delivered}`],
+    ['reply_rate', pct(c.replied, c.delivered), `${c.replied}/${c.delivered}`],
+    ['forward_rate', pct(c.forwarded, c.delivered), `${c.forwarded}/${c.delivered}`],
+  ];
+  return h('div', { class: 'bars', id: 'rates' }, rows.map(([key, p, counts]) => {
+    const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
+    svg.setAttribute('viewBox', '0 0 100 4');
+    svg.setAttribute('preserveAspectRatio', 'none');
+    svg.setAttribute('role', 'img');
+    svg.setAttribute('aria-label', `${t(key)} ${p.toFixed(1)}%`);
+    for (const [w, fillColor] of [[100, '#e8ebf0'], [p, '#137333']]) {
+      const r = document.createElementNS(svg.namespaceURI, 'rect');
+      Object.entries({ x: 0, y: 0, width: w, height: 4, fill: fillColor }).forEach(([a, v]) => r.setAttribute(a, v));
+      svg.append(r);
+    }
+    return h('div', { class: 'bar' }, h('span', {}, t(key)), svg, h('span', { 'data-rate': key, title: counts }, `${p.toFixed(1)}%`));
+  }));
+}
+
 let events = null;
 async function broadcastPage(id) {
   const b = await api('GET', `/v1/broadcasts/${encodeURIComponent(id)}`);
@@ -575,8 +601,10 @@ async function broadcastPage(id) {
     }
   }
   let shown = null;
+  const results = h('div', {}, rates(b));
   function render(x) {
     fill(progress, bars(x));
+    fill(results, rates(x));
     // Buttons are rebuilt only when the state changes: progress events
     // must not take the focus from under the keyboard or the pointer.
     if (x.state === shown) return;
@@ -623,7 +651,8 @@ async function broadcastPage(id) {
     h('section', { class: 'card', 'aria-labelledby': 'pf-h' }, h('h2', { id: 'pf-h' }, t('preflight')), verdictsBox,
       h('button', { type: 'button', onclick: preflight }, t('run_preflight'))),
     h('section', { class: 'card' }, actions, scheduleBox, err),
-    h('section', { class: 'card', 'aria-labelledby': 'pr-h' }, h('h2', { id: 'pr-h' }, t('progress_live')), progress));
+    h('section', { class: 'card', 'aria-labelledby': 'pr-h' }, h('h2', { id: 'pr-h' }, t('progress_live')), progress),
+    h('section', { class: 'card', 'aria-labelledby': 'rs-h' }, h('h2', { id: 'rs-h' }, t('results')), results));
   render(b);
   if (b.state === 'draft') preflight();
   if (events) events.close();

@@ -318,6 +318,8 @@ pub async fn browser_tour() {
     b.window(1280, 900).await.unwrap();
     b.goto(&format!("{base}/console/#/broadcasts/{id}")).await.unwrap();
     b.wait("[data-count=read]", Some("1"), T).await.unwrap();
+    b.wait("[data-rate=delivery_rate]", Some("100.0%"), T).await.unwrap();
+    b.wait("[data-rate=read_rate]", Some("50.0%"), T).await.unwrap();
     // Switch to English: the same page in the other language.
     b.click_on("#lang", None, T).await.unwrap();
     b.wait("#state", Some("completed"), T).await.unwrap();
