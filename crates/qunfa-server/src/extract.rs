@@ -106,17 +106,35 @@ impl FromRequestParts<AppState> for Auth {
 
 /// The console's session cookie.
 pub const SESSION_COOKIE: &str = "qunfa_session";
+/// The browser's own id, set at its first console login: the device of
+/// sender security for requests that carry it.
+pub const DEVICE_COOKIE: &str = "qunfa_device";
 
-/// The value of the session cookie, if the request has one.
-pub fn session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
+fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
+        .find(|(n, _)| *n == name)
         .map(|(_, value)| value.trim())
+        .filter(|v| !v.is_empty())
+}
+
+/// The value of the session cookie, if the request has one.
+pub fn session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
+    cookie(headers, SESSION_COOKIE)
+}
+
+/// The device sender security sees for a browser id.
+pub fn browser_device(id: &str) -> String {
+    format!("browser:{}", &qunfa_store::secret_hash(id)[..16])
+}
+
+/// The browser id cookie, if the request has one.
+pub fn device_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
+    cookie(headers, DEVICE_COOKIE)
 }
 
 /// A session's CSRF token: derived from the session token (which scripts
@@ -190,7 +208,7 @@ impl FromRequestParts<AppState> for Admin {
 }
 
 /// Where a request came from: the device fingerprint (`X-Qunfa-Device`, else
-/// a hash of the User-Agent) and the client address (the connection's, or
+/// the console's browser id cookie, else a hash of the User-Agent) and the client address (the connection's, or
 /// the last `X-Forwarded-For` entry — the one the proxy added — when the server trusts its proxy).
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
@@ -205,6 +223,9 @@ impl FromRequestParts<AppState> for ClientInfo {
         let header_str = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
         let device = match (header_str("x-qunfa-device"), header_str("user-agent")) {
             (Some(d), _) if !d.is_empty() => d.chars().take(128).collect(),
+            _ if device_cookie(&parts.headers).is_some() => {
+                browser_device(device_cookie(&parts.headers).unwrap_or_default())
+            }
             (_, Some(ua)) if !ua.is_empty() => format!("ua:{}", &qunfa_store::secret_hash(ua)[..16]),
             _ => "unknown".to_owned(),
         };

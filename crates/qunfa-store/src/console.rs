@@ -5,7 +5,8 @@
 //! the password). A successful login opens a session: a random token in an
 //! `HttpOnly` cookie, stored here as its SHA-256 hash, valid until
 //! `expires_at` unless logged out. Wrong passwords count per login; after
-//! `max_failures` in a row the login is locked until `locked_until`.
+//! `max_failures` in a row (per login name and client network, known names
+//! or not) lock that pair until `locked_until`.
 
 use qunfa_core::{workspace::Role, Code};
 
@@ -21,8 +22,6 @@ pub struct LoginRecord {
     pub member_id: i64,
     pub workspace_id: i64,
     pub password_hash: String,
-    pub failures: i64,
-    pub locked_until: Option<i64>,
 }
 
 /// A session just opened; the token is shown once (the cookie).
@@ -36,13 +35,19 @@ pub struct OpenedSession {
 /// Prefix of session tokens (as `qf_` is of API keys).
 pub const SESSION_PREFIX: &str = "qs_";
 
+/// The key wrong passwords are counted under: the login name and the
+/// client's network (`login|network`).
+pub fn attempt_key(login: &str, network: &str) -> String {
+    format!("{login}|{network}")
+}
+
 impl Store {
-    /// Sets (or replaces) a member's login name and password hash, and ends
-    /// the member's open sessions when the password changes.
+    /// Sets (or replaces) a member's login name and password hash; ends the
+    /// member's open sessions and clears the name's failed attempts.
     ///
     /// # Errors
-    /// `QF-LOGIN-TAKEN` when another member has that login, `NotFound` for a member
-    /// outside the workspace, or database errors.
+    /// `QF-LOGIN-TAKEN` when another member has that login, `NotFound` for a
+    /// member outside the workspace, or database errors.
     pub fn set_login(
         &self,
         workspace_id: i64,
@@ -60,8 +65,13 @@ impl Store {
             }
             c.execute("DELETE FROM console_logins WHERE member_id = ?", params![member_id])?;
             c.execute(
-                "INSERT INTO console_logins (member_id, workspace_id, login, password_hash, failures, updated_at) VALUES (?, ?, ?, ?, 0, ?)",
+                "INSERT INTO console_logins (member_id, workspace_id, login, password_hash, updated_at) VALUES (?, ?, ?, ?, ?)",
                 params![member_id, workspace_id, login, password_hash, now],
+            )?;
+            // Every `login|network` key of this name: '}' follows '|'.
+            c.execute(
+                "DELETE FROM console_login_failures WHERE attempt_key >= ? AND attempt_key < ?",
+                params![format!("{login}|"), format!("{login}}}")],
             )?;
             c.execute(
                 "UPDATE console_sessions SET revoked_at = ? WHERE member_id = ? AND revoked_at IS NULL",
@@ -79,69 +89,108 @@ impl Store {
     /// Database errors.
     pub fn login_record(&self, login: &str) -> Result<Option<LoginRecord>, StoreError> {
         let row = self.db.conn()?.query_opt(
-            "SELECT member_id, workspace_id, password_hash, failures, locked_until FROM console_logins WHERE login = ?",
+            "SELECT member_id, workspace_id, password_hash FROM console_logins WHERE login = ?",
             params![login],
         )?;
-        Ok(row.map(|r| LoginRecord {
-            member_id: r.i64(0),
-            workspace_id: r.i64(1),
-            password_hash: r.string(2),
-            failures: r.i64(3),
-            locked_until: r.opt_i64(4),
-        }))
+        Ok(row.map(|r| LoginRecord { member_id: r.i64(0), workspace_id: r.i64(1), password_hash: r.string(2) }))
     }
 
-    /// Counts a wrong password; the `max_failures`-th in a row locks the login
-    /// until `now + lock_ms` (and starts the count again). Returns when the
-    /// login is locked until, if it now is.
+    /// The login record of a member, if it has one.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn login_record_of(&self, member_id: i64) -> Result<Option<LoginRecord>, StoreError> {
+        let row = self.db.conn()?.query_opt(
+            "SELECT member_id, workspace_id, password_hash FROM console_logins WHERE member_id = ?",
+            params![member_id],
+        )?;
+        Ok(row.map(|r| LoginRecord { member_id: r.i64(0), workspace_id: r.i64(1), password_hash: r.string(2) }))
+    }
+
+    /// Until when attempts under `key` are locked, if they are now.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn login_locked(&self, key: &str, now: i64) -> Result<Option<i64>, StoreError> {
+        let row = self.db.conn()?.query_opt(
+            "SELECT locked_until FROM console_login_failures WHERE attempt_key = ? AND locked_until > ?",
+            params![key, now],
+        )?;
+        Ok(row.and_then(|r| r.opt_i64(0)))
+    }
+
+    /// Counts a wrong password (or an unknown name) under `key`; the
+    /// `max_failures`-th in a row locks the key until `now + lock_ms` and
+    /// starts the count again. Returns until when it is locked, if it now is.
     ///
     /// # Errors
     /// Database errors.
     pub fn login_failed(
         &self,
-        member_id: i64,
+        key: &str,
         max_failures: i64,
         lock_ms: i64,
         now: i64,
     ) -> Result<Option<i64>, StoreError> {
         self.db.write(|c| {
-            let r = c.query_one(
-                "UPDATE console_logins SET failures = failures + 1 WHERE member_id = ? RETURNING failures, workspace_id",
-                params![member_id],
-            )?;
-            let (failures, workspace_id) = (r.i64(0), r.i64(1));
+            let failures = c
+                .query_one(
+                    "INSERT INTO console_login_failures (attempt_key, failures, updated_at) VALUES (?, 1, ?) \
+                     ON CONFLICT (attempt_key) DO UPDATE SET failures = console_login_failures.failures + 1, updated_at = excluded.updated_at \
+                     RETURNING failures",
+                    params![key, now],
+                )?
+                .i64(0);
             if failures < max_failures {
                 return Ok(None);
             }
             let until = now + lock_ms;
             c.execute(
-                "UPDATE console_logins SET failures = 0, locked_until = ? WHERE member_id = ?",
-                params![until, member_id],
+                "UPDATE console_login_failures SET failures = 0, locked_until = ? WHERE attempt_key = ?",
+                params![until, key],
             )?;
-            let details = serde_json::json!({ "failures": failures, "locked_until": until }).to_string();
-            audit::append(c, workspace_id, "console", "member.login_locked", &format!("member:{member_id}"), &details, now)?;
             Ok(Some(until))
         })
     }
 
-    /// Opens a session for a member whose password was just checked, and
-    /// clears the login's failure count.
+    /// Opens a session for a member whose password (`checked_hash`) was just
+    /// verified, unless meanwhile the password changed or `key` got locked
+    /// (then `None`: concurrent guesses cannot outrun the lock, nor an old
+    /// password a change). Clears `key`'s failures and the member's ended sessions.
     ///
     /// # Errors
     /// Database errors.
+    #[allow(clippy::too_many_arguments)]
     pub fn open_session(
         &self,
         workspace_id: i64,
         member_id: i64,
+        checked_hash: &str,
+        key: &str,
         expires_at: i64,
         now: i64,
-    ) -> Result<OpenedSession, StoreError> {
+    ) -> Result<Option<OpenedSession>, StoreError> {
         let token = crate::new_secret(SESSION_PREFIX);
         let hash = crate::secret_hash(&token);
         self.db.write(|c| {
+            let current = c.query_opt(
+                "SELECT password_hash FROM console_logins WHERE member_id = ? AND workspace_id = ?",
+                params![member_id, workspace_id],
+            )?;
+            if current.is_none_or(|r| r.str(0) != checked_hash) {
+                return Ok(None);
+            }
+            let locked = c.query_opt(
+                "SELECT 1 FROM console_login_failures WHERE attempt_key = ? AND locked_until > ?",
+                params![key, now],
+            )?;
+            if locked.is_some() {
+                return Ok(None);
+            }
+            c.execute("DELETE FROM console_login_failures WHERE attempt_key = ?", params![key])?;
             c.execute(
-                "UPDATE console_logins SET failures = 0, locked_until = NULL WHERE member_id = ?",
-                params![member_id],
+                "DELETE FROM console_sessions WHERE member_id = ? AND (expires_at <= ? OR revoked_at IS NOT NULL)",
+                params![member_id, now],
             )?;
             let id = c
                 .query_one(
@@ -152,8 +201,20 @@ impl Store {
             let details = serde_json::json!({ "session": id }).to_string();
             let actor = format!("member:{member_id}/session:{id}");
             audit::append(c, workspace_id, &actor, "member.console_login", &format!("member:{member_id}"), &details, now)?;
-            Ok(OpenedSession { id, token: token.clone(), expires_at })
+            Ok(Some(OpenedSession { id, token: token.clone(), expires_at }))
         })
+    }
+
+    /// When a session ends, if it is open.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn session_expiry(&self, session_id: i64, now: i64) -> Result<Option<i64>, StoreError> {
+        let row = self.db.conn()?.query_opt(
+            "SELECT expires_at FROM console_sessions WHERE id = ? AND revoked_at IS NULL AND expires_at > ?",
+            params![session_id, now],
+        )?;
+        Ok(row.map(|r| r.i64(0)))
     }
 
     /// Who a session token acts as; `None` for an unknown, expired or
@@ -195,15 +256,5 @@ impl Store {
             audit::append(c, workspace_id, actor, "member.console_logout", actor, &details, now)?;
             Ok(())
         })
-    }
-
-    /// A member's login name, if it has one.
-    ///
-    /// # Errors
-    /// Database errors.
-    pub fn login_of(&self, member_id: i64) -> Result<Option<String>, StoreError> {
-        let row =
-            self.db.conn()?.query_opt("SELECT login FROM console_logins WHERE member_id = ?", params![member_id])?;
-        Ok(row.map(|r| r.string(0)))
     }
 }

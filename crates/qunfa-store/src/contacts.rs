@@ -375,7 +375,9 @@ impl Store {
     }
 
     /// Live contacts whose external id is `query` or whose name starts with
-    /// it, by id, after `after_idx` (the console's search box).
+    /// it (ASCII letters in any case, on both databases), by id, after
+    /// `after_idx` (the console's search box). A name match scans the
+    /// workspace's contacts (no index on names); the page size bounds the answer.
     ///
     /// # Errors
     /// Database errors.
@@ -392,7 +394,7 @@ impl Store {
         let rows = self.db.conn()?.query(
             &format!(
                 "SELECT {CONTACT_COLUMNS} FROM contacts WHERE workspace_id = ? AND deleted_at IS NULL AND idx > ? \
-                 AND (external_id = ? OR name LIKE ? ESCAPE '\\') ORDER BY idx LIMIT ?"
+                 AND (external_id = ? OR lower(name) LIKE lower(?) ESCAPE '\\') ORDER BY idx LIMIT ?"
             ),
             params![workspace_id, after, query, format!("{escaped}%"), limit],
         )?;

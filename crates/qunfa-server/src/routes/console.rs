@@ -18,8 +18,14 @@ use utoipa::ToSchema;
 
 use crate::{
     error::{ApiError, ApiResult, ErrorBody},
-    extract::{csrf_token, session_cookie, ApiJson, Auth, ClientInfo, SESSION_COOKIE},
-    routes::{parse_id, security::observe},
+    extract::{
+        browser_device, csrf_token, device_cookie, session_cookie, ApiJson, Auth, ClientInfo, DEVICE_COOKIE,
+        SESSION_COOKIE,
+    },
+    routes::{
+        parse_id,
+        security::{network_of, observe},
+    },
     wire::ts,
     AppState, Inner,
 };
@@ -63,59 +69,134 @@ fn password_matches(password: &str, phc: &str) -> bool {
     PasswordHash::new(phc).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
 }
 
+/// Most argon2 checks at once (each takes 19 MiB and tens of milliseconds):
+/// a flood of logins waits here instead of filling the blocking pool that
+/// every store call shares.
+fn hashing() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get))
+    })
+}
+
+/// Runs `f` (which hashes a password) with a hashing permit; `QF-UNAVAILABLE`
+/// with `Retry-After` when none frees up within two seconds.
+async fn with_hashing<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&Inner) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let permit = tokio::time::timeout(std::time::Duration::from_secs(2), hashing().acquire())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            let mut e = ApiError::new(Code::Unavailable, "too many logins at once; try again in a moment");
+            e.retry_after = Some(1);
+            e
+        })?;
+    let out = state.blocking(f).await;
+    drop(permit);
+    out
+}
+
+/// A password as the console takes it: 10 to 256 characters.
+fn password_ok(password: &str) -> bool {
+    (10..=256).contains(&password.chars().count())
+}
+
 /// Log in to the console: answers with the session (and its CSRF token)
 /// and sets the `qunfa_session` cookie (`HttpOnly`, `SameSite=Strict`).
-/// Unknown logins and wrong passwords get the same answer; too many wrong
-/// passwords in a row lock the login (`QF-LOGIN-LOCKED`, `Retry-After`).
+/// The body must be JSON (`Content-Type: application/json`), so a form on
+/// another site cannot log a browser in. Unknown logins and wrong passwords
+/// get the same answer; `console.max_failures` of them in a row from one
+/// network lock that login name for that network (`QF-LOGIN-LOCKED`,
+/// `Retry-After`), whether the name exists or not.
 #[utoipa::path(post, path = "/v1/console/login", tag = "console", request_body = LoginRequest,
     responses((status = 200, body = ConsoleSession), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
     client: ClientInfo,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> ApiResult<Response> {
-    let (token, session) = state
-        .blocking(move |s| {
-            let now = s.now();
-            let policy = &s.policy.console;
-            let record = if req.login.len() <= 64 && req.password.len() <= 256 {
-                s.store.login_record(req.login.trim())?
-            } else {
-                None
-            };
-            let Some(record) = record else {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
+    if !json {
+        return Err(ApiError::new(Code::BadRequest, "log in with a JSON body (Content-Type: application/json)"));
+    }
+    let login_name = req.login.trim().to_owned();
+    // A browser without its id gets one now, and this login is observed as it.
+    let new_device = device_cookie(&headers).is_none().then(|| qunfa_store::new_secret("br_"));
+    let mut client = client;
+    if let Some(id) = &new_device {
+        if headers.get("x-qunfa-device").is_none() {
+            client.device = browser_device(id);
+        }
+    }
+    let (token, session) = with_hashing(&state, move |s| {
+        let now = s.now();
+        let policy = &s.policy.console;
+        let key = qunfa_store::console::attempt_key(&login_name, &network_of(s, client.ip));
+        if let Some(until) = s.store.login_locked(&key, now)? {
+            return Err(locked(until, now));
+        }
+        let record = if login_name.len() <= 64 && password_ok(&req.password) {
+            s.store.login_record(&login_name)?
+        } else {
+            None
+        };
+        let matched = match &record {
+            Some(r) => password_matches(&req.password, &r.password_hash),
+            None => {
                 let _ = password_matches(&req.password, decoy_hash());
-                return Err(ApiError::code(Code::LoginFailed));
-            };
-            if let Some(until) = record.locked_until.filter(|&u| u > now) {
-                return Err(locked(until, now));
+                false
             }
-            if !password_matches(&req.password, &record.password_hash) {
-                let lock_ms = i64::from(policy.lock_minutes) * 60_000;
-                return Err(
-                    match s.store.login_failed(record.member_id, i64::from(policy.max_failures), lock_ms, now)? {
-                        Some(until) => locked(until, now),
-                        None => ApiError::code(Code::LoginFailed),
-                    },
-                );
-            }
-            let expires_at = now + i64::from(policy.session_hours) * 3_600_000;
-            let opened = s.store.open_session(record.workspace_id, record.member_id, expires_at, now)?;
-            // The console login is a login like any other for sender security.
-            observe(s, record.workspace_id, record.member_id, &client)?;
-            let ctx = s
-                .store
-                .session_auth(&opened.token, now)?
-                .ok_or_else(|| ApiError::internal(&"a session just opened is not found"))?;
-            Ok((opened.token.clone(), session_of(s, &ctx, &opened.token, Some(expires_at))?))
-        })
-        .await?;
+        };
+        let refused = |s: &Inner| -> Result<ApiError, ApiError> {
+            let lock_ms = i64::from(policy.lock_minutes) * 60_000;
+            Ok(match s.store.login_failed(&key, i64::from(policy.max_failures), lock_ms, now)? {
+                Some(until) => locked(until, now),
+                None => ApiError::code(Code::LoginFailed),
+            })
+        };
+        let Some(record) = record.filter(|_| matched) else {
+            return Err(refused(s)?);
+        };
+        let expires_at = now + i64::from(policy.session_hours) * 3_600_000;
+        let Some(opened) = s.store.open_session(
+            record.workspace_id,
+            record.member_id,
+            &record.password_hash,
+            &key,
+            expires_at,
+            now,
+        )?
+        else {
+            // Locked by concurrent guesses, or the password changed meanwhile.
+            return Err(refused(s)?);
+        };
+        // The console login is a login like any other for sender security.
+        observe(s, record.workspace_id, record.member_id, &client)?;
+        let ctx = s
+            .store
+            .session_auth(&opened.token, now)?
+            .ok_or_else(|| ApiError::internal(&"a session just opened is not found"))?;
+        Ok((opened.token.clone(), session_of(s, &ctx, &opened.token, Some(expires_at))?))
+    })
+    .await?;
     let max_age = i64::from(state.policy.console.session_hours) * 3600;
-    let cookie = format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}");
     let mut response = Json(session).into_response();
-    response
-        .headers_mut()
-        .insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(|e| ApiError::internal(&e))?);
+    let cookies = response.headers_mut();
+    let cookie = format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}");
+    cookies.append(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(|e| ApiError::internal(&e))?);
+    if let Some(id) = new_device {
+        // The browser's own id for sender security (a browser update changes
+        // its User-Agent, not this), kept for a year.
+        let device = format!("{DEVICE_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age=31536000");
+        cookies.append(header::SET_COOKIE, HeaderValue::from_str(&device).map_err(|e| ApiError::internal(&e))?);
+    }
     Ok(response)
 }
 
@@ -153,7 +234,15 @@ pub async fn session(State(state): State<AppState>, auth: Auth, headers: HeaderM
     if auth.0.session_id.is_none() {
         return Err(not_a_session());
     }
-    let out = state.blocking(move |s| session_of(s, &auth.0, &token, None)).await?;
+    let out = state
+        .blocking(move |s| {
+            let expires_at = match auth.0.session_id {
+                Some(id) => s.store.session_expiry(id, s.now())?,
+                None => None,
+            };
+            session_of(s, &auth.0, &token, expires_at)
+        })
+        .await?;
     Ok(Json(out))
 }
 
@@ -188,6 +277,8 @@ pub struct SetLoginRequest {
     pub login: String,
     /// 10 to 256 characters.
     pub password: String,
+    /// The member's current password, when it changes its own login.
+    pub current_password: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -196,8 +287,9 @@ pub struct LoginResponse {
     pub login: String,
 }
 
-/// Set a member's console login and password (an admin or the owner, or the
-/// member itself). Ends the member's open console sessions and unlocks the login.
+/// Set a member's console login and password: an admin or the owner for the
+/// roles it may grant, or the member itself (with `current_password` once it
+/// has one). Ends the member's console sessions and clears the login's failed attempts.
 #[utoipa::path(put, path = "/v1/members/{id}/login", tag = "console", params(("id" = String, Path)), request_body = SetLoginRequest,
     responses((status = 200, body = LoginResponse), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn set_login(
@@ -207,7 +299,8 @@ pub async fn set_login(
     ApiJson(req): ApiJson<SetLoginRequest>,
 ) -> ApiResult<Json<LoginResponse>> {
     let member = parse_id(&id)?;
-    if member != auth.0.member_id {
+    let own = member == auth.0.member_id;
+    if !own {
         auth.require(Action::ManageMembers)?;
     }
     let login = req.login.trim().to_owned();
@@ -219,19 +312,34 @@ pub async fn set_login(
             "the login name must be 2 to 64 letters, digits, '.', '_', '-' or '@'",
         ));
     }
-    let n = req.password.chars().count();
-    if !(10..=256).contains(&n) {
+    if !password_ok(&req.password) {
         return Err(ApiError::new(Code::InvalidLogin, "the password must be 10 to 256 characters"));
     }
-    let (ws, actor) = (auth.workspace_id(), auth.0.actor());
+    let (ws, actor, role) = (auth.workspace_id(), auth.0.actor(), auth.0.role);
     let stored = login.clone();
-    state
-        .blocking(move |s| {
-            let phc = hash_password(&req.password)?;
-            let now = s.now();
-            Ok(s.store.set_login(ws, member, &stored, &phc, &actor, now)?)
-        })
-        .await?;
+    with_hashing(&state, move |s| {
+        let target = s.store.member(ws, member)?;
+        // An admin may not take over the owner's account (as with roles).
+        if !own && !role.may_grant(target.role) {
+            return Err(ApiError::new(
+                Code::Forbidden,
+                format!("a {} may not set the login of a {}", role.as_str(), target.role.as_str()),
+            ));
+        }
+        // Changing one's own password needs the current one.
+        if own {
+            if let Some(current) = s.store.login_record_of(member)? {
+                let given = req.current_password.as_deref().unwrap_or("");
+                if !password_matches(given, &current.password_hash) {
+                    return Err(ApiError::new(Code::InvalidLogin, "current_password is wrong or missing"));
+                }
+            }
+        }
+        let phc = hash_password(&req.password)?;
+        let now = s.now();
+        Ok(s.store.set_login(ws, member, &stored, &phc, &actor, now)?)
+    })
+    .await?;
     Ok(Json(LoginResponse { member_id: member.to_string(), login }))
 }
 

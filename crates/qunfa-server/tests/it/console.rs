@@ -79,8 +79,33 @@ pub async fn console_logins(backend: Backend) {
     app.put(&path(&reviewer_id), &sender_key, set("wang", PASSWORD)).await.expect_error(403, "QF-AUTH-FORBIDDEN");
     app.put(&path(&reviewer_id), &owner, set("li.si", PASSWORD)).await.expect_error(409, "QF-LOGIN-TAKEN");
     app.put(&path(&sender_id), &other_ws, set("x.y", PASSWORD)).await.expect_error(404, "QF-NOT-FOUND");
-    // A member may set its own.
+    // A member may set its own; changing it again needs the current password.
     app.put(&path(&reviewer_id), &reviewer_key, set("wang.wu", PASSWORD)).await.expect(200);
+    app.put(&path(&reviewer_id), &reviewer_key, set("wang.wu", "another password 2"))
+        .await
+        .expect_error(400, "QF-INVALID-LOGIN");
+    let mut change = set("wang.wu", "another password 2");
+    change["current_password"] = json!("wrong password!");
+    app.put(&path(&reviewer_id), &reviewer_key, change.clone()).await.expect_error(400, "QF-INVALID-LOGIN");
+    change["current_password"] = json!(PASSWORD);
+    app.put(&path(&reviewer_id), &reviewer_key, change).await.expect(200);
+    app.put(&path(&reviewer_id), &owner, set("wang.wu", PASSWORD)).await.expect(200);
+    // An admin may not take over the owner's account.
+    let (_, admin_key) = app.member(&owner, "admin").await;
+    let owner_id = app.get("/v1/workspace", &owner).await.expect(200)["member_id"].as_str().unwrap().to_owned();
+    app.put(&path(&owner_id), &admin_key, set("the.owner", PASSWORD)).await.expect_error(403, "QF-AUTH-FORBIDDEN");
+    app.put(&path(&sender_id), &admin_key, set("li.si", PASSWORD)).await.expect(200);
+    // The login body must be JSON: a form on another site cannot log a browser in.
+    let form = app
+        .http
+        .post(format!("{}/v1/console/login", app.base))
+        .header("content-type", "text/plain")
+        .body(json!({"login": "li.si", "password": PASSWORD}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status().as_u16(), 400);
+    assert!(form.headers().get("set-cookie").is_none());
 
     // Wrong password and unknown login: the same answer.
     let e = login(&app, "li.si", "wrong password!").await.unwrap_err();
@@ -111,6 +136,30 @@ pub async fn console_logins(backend: Backend) {
     assert_eq!((e.status, e.code()), (403, "QF-CSRF-TOKEN"));
     assert_eq!(app.get("/v1/tags", &owner).await.expect(200), json!([]));
     with_cookie(&app, Method::POST, "/v1/tags", &cookie, Some(&csrf), Some(tag)).await.expect(201);
+    let tag_id = app.get("/v1/tags", &owner).await.expect(200)[0]["id"].as_str().unwrap().to_owned();
+    let e = with_cookie(
+        &app,
+        Method::DELETE,
+        &format!("/v1/tags/{tag_id}/members"),
+        &cookie,
+        None,
+        Some(json!({"contact_ids": []})),
+    )
+    .await;
+    assert_eq!((e.status, e.code()), (403, "QF-CSRF-TOKEN"), "every change needs the token, DELETE too");
+    // An API key wins over a cookie sent with it.
+    let both = app
+        .http
+        .get(format!("{}/v1/workspace", app.base))
+        .bearer_auth(&owner)
+        .header("cookie", format!("qunfa_session={cookie}"))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_ne!(both["member_id"], sender_id.as_str());
     // The session acts with its member's role, and is named in the audit log.
     let e = with_cookie(
         &app,
@@ -128,6 +177,11 @@ pub async fn console_logins(backend: Backend) {
     // A session cookie is not an API key and the other way round.
     app.get("/v1/workspace", &cookie).await.expect_error(401, "QF-AUTH-REQUIRED");
 
+    // A successful login starts the count of wrong passwords again.
+    for _ in 0..2 {
+        assert_eq!(login(&app, "wang.wu", "wrong password!").await.unwrap_err().code(), "QF-LOGIN-FAILED");
+    }
+    assert!(login(&app, "wang.wu", PASSWORD).await.is_ok());
     // Lockout after 3 wrong passwords in a row; it clears after 10 minutes.
     for _ in 0..2 {
         assert_eq!(login(&app, "wang.wu", "wrong password!").await.unwrap_err().code(), "QF-LOGIN-FAILED");
@@ -137,6 +191,11 @@ pub async fn console_logins(backend: Backend) {
     assert!(e.body["retry_after"].as_str().is_some_and(|s| s.parse::<u64>().unwrap() > 500), "{}", e.body);
     assert_eq!(login(&app, "wang.wu", PASSWORD).await.unwrap_err().code(), "QF-LOGIN-LOCKED", "locked for everyone");
     assert!(login(&app, "li.si", PASSWORD).await.is_ok(), "other logins are not locked");
+    // Unknown names lock like known ones: the answers do not tell them apart.
+    for _ in 0..2 {
+        assert_eq!(login(&app, "no.such.name", "wrong password!").await.unwrap_err().code(), "QF-LOGIN-FAILED");
+    }
+    assert_eq!(login(&app, "no.such.name", "wrong password!").await.unwrap_err().code(), "QF-LOGIN-LOCKED");
     app.advance(10 * 60_000 + 1_000);
     let (reviewer_cookie, _, _) = login(&app, "wang.wu", PASSWORD).await.unwrap_or_else(|e| panic!("{}", e.body));
 

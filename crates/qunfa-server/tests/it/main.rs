@@ -525,6 +525,24 @@ async fn contacts_crud(app: TestApp) {
     assert_eq!(names(app.get("/v1/contacts?q=%E8%B5%B5%25", &key).await.expect(200)), ["赵%七"]);
     assert_eq!(names(app.get("/v1/contacts?q=wx", &key).await.expect(200)), Vec::<String>::new(), "ids match exactly");
     assert_eq!(names(app.get("/v1/contacts?q=%E8%B5%B5&limit=1", &key).await.expect(200)), ["赵六"]);
+    let latin = app.post("/v1/contacts", &key, json!({"external_id": "wx-10", "name": "Zhang_San"})).await.expect(201);
+    let other = app.post("/v1/contacts", &key, json!({"external_id": "wx-11", "name": "ZhangXi"})).await.expect(201);
+    assert_eq!(
+        names(app.get("/v1/contacts?q=zhang", &key).await.expect(200)),
+        ["Zhang_San", "ZhangXi"],
+        "any case, both databases"
+    );
+    assert_eq!(names(app.get("/v1/contacts?q=ZHANG_", &key).await.expect(200)), ["Zhang_San"], "_ is not a wildcard");
+    assert_eq!(
+        names(app.get("/v1/contacts?q=zhang%5C", &key).await.expect(200)),
+        Vec::<String>::new(),
+        "a backslash is a backslash"
+    );
+    for c in [latin, other] {
+        app.call(Method::DELETE, &format!("/v1/contacts/{}", c["id"].as_str().unwrap()), Some(&key), None)
+            .await
+            .expect(204);
+    }
     app.get(&format!("/v1/contacts?q={}", "x".repeat(129)), &key).await.expect_error(400, "QF-BAD-REQUEST");
     app.call(
         Method::DELETE,
