@@ -385,9 +385,12 @@ impl Store {
                     )? {
                         return Ok(Err(r.i64(0)));
                     }
+                    // Only an older holder: a racing request's row (committed after
+                    // the read above, on PostgreSQL) keeps the key, and our insert
+                    // below fails on the unique index instead.
                     c.execute(
-                        "UPDATE compat_sends SET dup_key = NULL WHERE workspace_id = ? AND dup_key = ?",
-                        params![workspace_id, key],
+                        "UPDATE compat_sends SET dup_key = NULL WHERE workspace_id = ? AND dup_key = ? AND created_at < ?",
+                        params![workspace_id, key, since],
                     )?;
                 }
                 if let Some(cid) = &new.client_msg_id {

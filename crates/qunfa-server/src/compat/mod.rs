@@ -290,11 +290,6 @@ async fn cgi(
         .unwrap_or_default()
         .to_ascii_lowercase();
     let path = path.trim_matches('/').to_owned();
-    let too_large = || wx(40006, format!("invalid file size: a request body is at most {MAX_BODY_BYTES} bytes"));
-    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return answer(Err(too_large()));
-    }
     // Every call but the token's is authenticated from the query before its
     // body is read: an unauthenticated caller never makes the server read one.
     let caller = if matches!(path.as_str(), "gettoken" | "token") {
@@ -307,6 +302,11 @@ async fn cgi(
             Err(e) => return answer(Err(from_api(e, Kind::WeCom))),
         }
     };
+    let too_large = || wx(40006, format!("invalid file size: a request body is at most {MAX_BODY_BYTES} bytes"));
+    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return answer(Err(too_large()));
+    }
     let raw = match axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES).await {
         Ok(raw) => raw,
         Err(_) => return answer(Err(too_large())),
@@ -483,27 +483,26 @@ pub fn send(s: &Inner, caller: &Caller, req: SendRequest) -> Result<BroadcastRec
         }
         Err(e) => return Err(e.into()),
     };
-    let submit = |b: &BroadcastRecord| crate::routes::broadcasts::submit(s, &ctx, b, None);
-    match draft {
-        CompatDraft::Created(b) => submit(&b).map_err(api),
-        // Never sent (refused, or a racing request is submitting it now): submit it again.
-        CompatDraft::Duplicate(b) | CompatDraft::SameClientMsgId(b) if b.state == BroadcastState::Draft => {
-            // Found by its duplicate key (a WeCom send), else by its clientmsgid.
-            let duplicate = req.dup.is_some();
-            match submit(&b) {
-                Ok(b) => Ok(b),
-                Err(e) => {
-                    let now_b = s.store.broadcast(caller.ws(), b.id)?;
-                    match (now_b.state, duplicate) {
-                        // Still never sent: this refusal is the answer.
-                        (BroadcastState::Draft, _) => Err(api(e)),
-                        // A racing identical request sent it: the first send's msgid.
-                        (_, true) => Ok(now_b),
-                        (_, false) => Err(client_msg_id_used(s, &now_b)),
-                    }
-                }
+    // Found by its duplicate key (a WeCom send), else by its clientmsgid.
+    let duplicate = req.dup.is_some();
+    // Submits a draft; when that fails because a racing request (the same
+    // duplicate key or clientmsgid) submitted it first, answers that send.
+    let submit = |b: &BroadcastRecord| match crate::routes::broadcasts::submit(s, &ctx, b, None) {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let now_b = s.store.broadcast(caller.ws(), b.id)?;
+            match (now_b.state, duplicate) {
+                // Still never sent: this refusal is the answer.
+                (BroadcastState::Draft, _) => Err(api(e)),
+                (_, true) => Ok(now_b),
+                (_, false) => Err(client_msg_id_used(s, &now_b)),
             }
         }
+    };
+    match draft {
+        CompatDraft::Created(b) => submit(&b),
+        // Never sent (refused, or a racing request is submitting it now): submit it again.
+        CompatDraft::Duplicate(b) | CompatDraft::SameClientMsgId(b) if b.state == BroadcastState::Draft => submit(&b),
         CompatDraft::Duplicate(b) => Ok(b),
         CompatDraft::SameClientMsgId(b) => Err(client_msg_id_used(s, &b)),
     }
