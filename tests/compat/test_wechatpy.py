@@ -49,8 +49,8 @@ class QunfaOfficialAccount(OfficialAccountClient):
         )
 
 
-CORP_ID, CORP_SECRET = "wwqunfatest01", "corp-secret-0123456789"
-APP_ID, APP_SECRET = "wxqunfatest01", "app-secret-0123456789"
+CORP_ID, CORP_SECRET = "wwqunfatest01", "corp-secret-0123456789abcdefghijklmnop"
+APP_ID, APP_SECRET = "wxqunfatest01", "app-secret-0123456789abcdefghijklmnopq"
 CB_TOKEN = "qunfaCallbackToken"
 CB_AES_KEY = base64.b64encode(bytes(range(32))).decode()[:43]
 BLOCKED = "高价收ＵＳＤＴ，当天结算，稳赚不赔"

@@ -156,10 +156,13 @@ pub fn from_api(e: ApiError, kind: Kind) -> Wx {
     wx(errcode, format!("{base}, hint: [{}] {}", e.code.as_str(), e.message))
 }
 
-fn answer(result: WxResult) -> Response {
+/// The HTTP answer: 200 with JSON. A success gains `errcode` 0 and `errmsg`
+/// "ok" unless it has its own, or is `bare` (the Official Account's token
+/// answer, which has none at WeChat; wechatpy reads either).
+fn answer(result: WxResult, bare: bool) -> Response {
     let body = match result {
         Ok(Value::Object(mut m)) => {
-            if !m.contains_key("errcode") {
+            if !bare && !m.contains_key("errcode") {
                 let mut out = Map::new();
                 out.insert("errcode".into(), json!(0));
                 out.insert("errmsg".into(), json!("ok"));
@@ -178,6 +181,10 @@ fn answer(result: WxResult) -> Response {
         }
     };
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+fn answer_err(e: Wx) -> Response {
+    answer(Err(e), false)
 }
 
 /// The caller behind an access token.
@@ -290,6 +297,8 @@ async fn cgi(
         .unwrap_or_default()
         .to_ascii_lowercase();
     let path = path.trim_matches('/').to_owned();
+    // The Official Account's token answer is WeChat's: no errcode on success.
+    let bare = path == "token";
     // Every call but the token's is authenticated from the query before its
     // body is read: an unauthenticated caller never makes the server read one.
     let caller = if matches!(path.as_str(), "gettoken" | "token") {
@@ -298,18 +307,18 @@ async fn cgi(
         let q = query.clone();
         match state.blocking(move |s| Ok(authenticate(s, &q, client))).await {
             Ok(Ok(c)) => Some(c),
-            Ok(Err(e)) => return answer(Err(e)),
-            Err(e) => return answer(Err(from_api(e, Kind::WeCom))),
+            Ok(Err(e)) => return answer_err(e),
+            Err(e) => return answer_err(from_api(e, Kind::WeCom)),
         }
     };
     let too_large = || wx(40006, format!("invalid file size: a request body is at most {MAX_BODY_BYTES} bytes"));
     let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return answer(Err(too_large()));
+        return answer_err(too_large());
     }
     let raw = match axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES).await {
         Ok(raw) => raw,
-        Err(_) => return answer(Err(too_large())),
+        Err(_) => return answer_err(too_large()),
     };
     let result = state
         .blocking(move |s| {
@@ -326,7 +335,7 @@ async fn cgi(
         })
         .await
         .unwrap_or_else(|e| Err(from_api(e, Kind::WeCom)));
-    answer(result)
+    answer(result, bare)
 }
 
 fn route(s: &Inner, path: &str, caller: Option<&Caller>, req: &Req) -> WxResult {
@@ -382,7 +391,7 @@ fn token(s: &Inner, kind: Kind, req: &Req) -> WxResult {
     )?;
     Ok(match kind {
         Kind::WeCom => json!({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": TOKEN_SECONDS}),
-        // The Official Account answers a token without errcode.
+        // The Official Account answers a token without errcode (answer() keeps it bare).
         Kind::Oa => json!({"access_token": token, "expires_in": TOKEN_SECONDS}),
     })
 }

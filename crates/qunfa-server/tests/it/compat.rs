@@ -9,9 +9,9 @@ use serde_json::{json, Value};
 use crate::support::{spawn_app_policy, Backend, TestApp};
 
 const CORP_ID: &str = "wwtestcorp";
-const CORP_SECRET: &str = "corp-secret-123456";
+const CORP_SECRET: &str = "corp-secret-0123456789abcdefghijklmnop";
 const APP_ID: &str = "wxtestapp";
-const APP_SECRET: &str = "app-secret-123456";
+const APP_SECRET: &str = "app-secret-0123456789abcdefghijklmnopq";
 const CB_TOKEN: &str = "cbToken123";
 const CB_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 
@@ -97,12 +97,26 @@ pub async fn tokens_and_errors(backend: Backend) {
     app.put("/v1/compat/fax", &key, json!({"app_id": "wxa", "secret": "12345678"}))
         .await
         .expect_error(404, "QF-NOT-FOUND");
+    // A short secret is refused; none makes the server generate one, shown once.
+    app.put("/v1/compat/oa", &key, json!({"app_id": "wxshort", "secret": "x".repeat(31)}))
+        .await
+        .expect_error(400, "QF-BAD-REQUEST");
+    let generated = app.put("/v1/compat/oa", &key, json!({"app_id": "wxgenerated"})).await.expect(200);
+    let secret = generated["secret"].as_str().unwrap().to_owned();
+    assert_eq!(secret.len(), 43);
+    assert!(!app.get("/v1/compat", &key).await.expect(200).to_string().contains(&secret));
+    let t =
+        cgi(&app, "token", &[("grant_type", "client_credential"), ("appid", "wxgenerated"), ("secret", &secret)], None)
+            .await;
+    // The OA token answer is WeChat's: no errcode.
+    assert!(t["access_token"].is_string() && t.get("errcode").is_none(), "{t}");
+    app.call(reqwest::Method::DELETE, "/v1/compat/oa", Some(&key), None).await.expect(204);
     let listed = app.get("/v1/compat", &key).await.expect(200);
     assert_eq!(listed[0]["app_id"], CORP_ID);
     assert!(!listed.to_string().contains(CORP_SECRET), "{listed}");
     // Another workspace cannot take the same corpid.
     let (_, other) = app.workspace("enterprise").await;
-    app.put("/v1/compat/wecom", &other, json!({"app_id": CORP_ID, "secret": "another-secret"}))
+    app.put("/v1/compat/wecom", &other, json!({"app_id": CORP_ID, "secret": "another-secret-0123456789abcdefghijk"}))
         .await
         .expect_error(409, "QF-DUPLICATE");
 
