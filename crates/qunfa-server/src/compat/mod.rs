@@ -1,13 +1,15 @@
 //! The WeChat-compatible API under `/cgi-bin/` (docs/compat.md): WeCom
 //! (corpid/corpsecret) and Official Account (appid/secret) calls mapped onto
 //! qunfa's own contacts, tags, departments, media and broadcasts. Every answer
-//! is HTTP 200 with `{"errcode", "errmsg", …}`; a send goes through the same
+//! is HTTP 200 with `{"errcode", "errmsg", …}` (but the Official Account's
+//! token answer, bare as WeChat's); a send goes through the same
 //! create → `submit` path as `POST /v1/broadcasts/{id}/send`, so every rule
 //! applies and its verdict becomes the nearest WeChat errcode.
 //!
 //! Ids: WeCom userids, external_userids and OA openids are the contacts'
 //! external ids; tag and department ids are qunfa's; a msgid is the
-//! broadcast's id. Compatible calls act as the member who set the credentials.
+//! broadcast's id (of a broadcast sent through this API). Compatible calls act
+//! as the member who set the credentials, and are observed like its logins.
 
 pub mod callback;
 pub mod crypto;
