@@ -394,10 +394,12 @@ impl Store {
                     )?;
                 }
                 if let Some(cid) = &new.client_msg_id {
+                    // Only a draft of this API: a /v1 draft keeps its client_msg_id.
                     c.execute(
                         "UPDATE broadcasts SET client_msg_id = NULL
-                         WHERE workspace_id = ? AND client_msg_id = ? AND state = 'draft' AND request_hash <> ?",
-                        params![workspace_id, cid.as_str(), new.request_hash.as_str()],
+                         WHERE workspace_id = ? AND client_msg_id = ? AND state = 'draft' AND request_hash <> ?
+                           AND id IN (SELECT broadcast_id FROM compat_sends WHERE workspace_id = ?)",
+                        params![workspace_id, cid.as_str(), new.request_hash.as_str(), workspace_id],
                     )?;
                 }
                 let (b, created) = create_broadcast_in(c, workspace_id, member_id, new, actor, now)?;

@@ -843,6 +843,41 @@ pub async fn user_list_filters_before_the_page(backend: Backend) {
     assert_eq!(all["userlist"].as_array().unwrap().len(), 10_000, "a page of 10,000");
 }
 
+/// A receiver's redirect is a failed attempt, never a post somewhere else.
+pub async fn callback_redirects_are_not_followed(backend: Backend) {
+    let app = spawn_app_policy(backend, "").await;
+    let got: Got = Default::default();
+    let router = axum::Router::new()
+        .route("/cb", axum::routing::post(|| async { axum::response::Redirect::temporary("/elsewhere") }))
+        .route("/elsewhere", axum::routing::any(receive))
+        .with_state(got.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/cb", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let key = oa_workspace(&app, Some(&url)).await;
+    app.contacts(&key, 2, &[]).await;
+    let token = oa_token(&app).await;
+    let r = post(
+        &app,
+        "message/mass/sendall",
+        &token,
+        json!({"filter": {"is_to_all": true}, "msgtype": "text", "text": {"content": "跳转"}}),
+    )
+    .await;
+    let id = r["msg_id"].as_i64().unwrap();
+    let mut state = None;
+    for _ in 0..300 {
+        let store = app.store.clone();
+        state = tokio::task::spawn_blocking(move || store.compat_callback_state(id).unwrap()).await.unwrap();
+        if state.as_ref().is_some_and(|(_, attempts)| *attempts >= 1) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(state, Some(("pending".to_owned(), 1)), "a failed attempt, retried later");
+    assert!(got.lock().unwrap().is_empty(), "the redirect was followed");
+}
+
 fn serde_urlencoded_pairs(q: &str) -> std::collections::HashMap<String, String> {
     q.split('&').filter_map(|p| p.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
 }
@@ -872,4 +907,5 @@ compat_tests!(
     rules_apply,
     cancel_stops_what_is_left,
     user_list_filters_before_the_page,
+    callback_redirects_are_not_followed,
 );

@@ -77,6 +77,12 @@ pub fn compat_sends_are_reserved_with_their_draft(f: Fixture) {
         other => panic!("{other:?}"),
     }
     assert_eq!(f.store.broadcast(w, held.id).unwrap().client_msg_id, None);
+    // A /v1 draft keeps its client_msg_id: the compatible request is refused for it.
+    let (v1, _) = f.store.create_broadcast(w, 1, &text_broadcast("v1", Some("v1-cid")), "t", NOW).unwrap();
+    let taken =
+        f.store.create_compat_broadcast(w, 1, &text_broadcast("c3", Some("v1-cid")), &send(None, false), "t", NOW);
+    assert_eq!(super::rejected_code(taken), qunfa_core::Code::DuplicateClientMsgId);
+    assert_eq!(f.store.broadcast(w, v1.id).unwrap().client_msg_id.as_deref(), Some("v1-cid"));
 }
 
 pub fn compat_callbacks_are_finished_under_their_lease(f: Fixture) {
