@@ -49,8 +49,8 @@ class QunfaOfficialAccount(OfficialAccountClient):
         )
 
 
-CORP_ID, CORP_SECRET = "wwqunfatest01", "corp-secret-0123456789"
-APP_ID, APP_SECRET = "wxqunfatest01", "app-secret-0123456789"
+CORP_ID, CORP_SECRET = "wwqunfatest01", "corp-secret-0123456789abcdefghijklmnop"
+APP_ID, APP_SECRET = "wxqunfatest01", "app-secret-0123456789abcdefghijklmnopq"
 CB_TOKEN = "qunfaCallbackToken"
 CB_AES_KEY = base64.b64encode(bytes(range(32))).decode()[:43]
 BLOCKED = "高价收ＵＳＤＴ，当天结算，稳赚不赔"
@@ -384,6 +384,22 @@ class OfficialAccount(unittest.TestCase):
         self.assertEqual((event.total_count, event.filter_count, event.sent_count, event.error_count), (12, 12, 12, 0))
         self.assertEqual(event.status, "send success")
 
+    def test_mass_send_to_many_openids(self):
+        # 2 to 10,000 OpenIDs are one mass send (qunfa's /v1 picks at most 2,000).
+        key = workspace("api", "兼容测试公众号二", plan="pro")
+        secret = v1("PUT", "/v1/compat/oa", key, {"app_id": "wxqunfatest02"})["secret"]
+        ids = ["oMany%023d" % i for i in range(2500)]
+        lines = "".join('{"external_id": "%s", "name": "粉丝"}\n' % i for i in ids)
+        r = requests.post(
+            BASE + "/v1/contacts/import",
+            headers={"Authorization": "Bearer " + key, "Content-Type": "application/x-ndjson"},
+            data=lines.encode(),
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        sent = QunfaOfficialAccount("wxqunfatest02", secret).message.send_mass_text(ids, "两千五百人")
+        self.assertEqual(v1("GET", "/v1/broadcasts/%s" % sent["msg_id"], key)["recipients"], 2500)
+
     def test_mass_send_rules(self):
         c = self.c
         with self.assertRaises(WeChatClientException) as e:
@@ -395,6 +411,12 @@ class OfficialAccount(unittest.TestCase):
         with self.assertRaises(WeChatClientException) as e:
             c.message.send_mass_text(None, BLOCKED, is_to_all=True)
         self.assertEqual(e.exception.errcode, 87014)
+        # A refused send does not hold its clientmsgid: the retry is judged
+        # again (87014), not answered "too fast" (45066) for a send never made.
+        for _ in range(2):
+            with self.assertRaises(WeChatClientException) as e:
+                c.message.send_mass_text([openid(8), openid(9)], BLOCKED, client_msg_id="refused-1")
+            self.assertEqual(e.exception.errcode, 87014)
         # clientmsgid: once; again at once is too fast; too long is refused.
         first = c.message.send_mass_text([openid(8), openid(9)], "一次", client_msg_id="order-42")
         with self.assertRaises(WeChatClientException) as e:

@@ -112,6 +112,10 @@ pub struct Tiers {
 pub struct Policy {
     pub day_utc_offset_hours: i32,
     pub api_batch_max: usize,
+    /// Most picked contacts of one send of the WeChat-compatible API (an
+    /// Official Account `mass/send` names up to 10,000 OpenIDs, a WeCom
+    /// customer mass send up to 10,000 external_userids).
+    pub compat_batch_max: usize,
     /// A `client_msg_id` returns the original broadcast for this long.
     pub client_msg_id_hours: u32,
     pub tiers: Tiers,

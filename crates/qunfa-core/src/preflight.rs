@@ -100,6 +100,9 @@ pub struct SendProposal<'a> {
     /// Template variables that no contact of the workspace has.
     pub unknown_variables: Vec<String>,
     pub audience: AudienceShape,
+    /// Most picked contacts this send may name: the policy's `api_batch_max`,
+    /// or its `compat_batch_max` for a send of the WeChat-compatible API.
+    pub batch_max: usize,
     pub n_recipients: u64,
     pub channels: &'a [Channel],
     /// Channels the workspace can deliver through (the inbox, and the channels it set up).
@@ -190,14 +193,14 @@ pub fn preflight(policy: &Policy, p: &SendProposal<'_>) -> Vec<Verdict> {
             format!("{kind} workspaces have no departments."),
             format!("{kind_zh}没有部门。"),
         )),
-        AudienceShape::Contacts { n_ids } if n_ids > policy.api_batch_max => out.push(
+        AudienceShape::Contacts { n_ids } if n_ids > p.batch_max => out.push(
             Verdict::new(
                 Code::ApiBatchTooLarge,
                 Severity::Block,
-                format!("{n_ids} contact ids in one request; at most {}.", policy.api_batch_max),
-                format!("单次请求包含 {n_ids} 个联系人 ID，最多 {} 个。", policy.api_batch_max),
+                format!("{n_ids} contact ids in one request; at most {}.", p.batch_max),
+                format!("单次请求包含 {n_ids} 个联系人 ID，最多 {} 个。", p.batch_max),
             )
-            .limits(policy.api_batch_max as u64, n_ids as u64),
+            .limits(p.batch_max as u64, n_ids as u64),
         ),
         _ => {}
     }
@@ -315,6 +318,7 @@ mod tests {
             content,
             unknown_variables: vec![],
             audience,
+            batch_max: policy.api_batch_max,
             n_recipients: n,
             channels: &[Channel::Inbox],
             available_channels: &[Channel::Inbox],
@@ -366,6 +370,7 @@ mod tests {
             content: &text,
             unknown_variables: vec!["shoe_size".into()],
             audience: AudienceShape::Contacts { n_ids: 2001 },
+            batch_max: policy.api_batch_max,
             n_recipients: 0,
             channels: &[Channel::Inbox, Channel::Sms],
             available_channels: &[Channel::Inbox],

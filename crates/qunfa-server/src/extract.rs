@@ -143,7 +143,8 @@ pub fn csrf_token(session_token: &str) -> String {
     qunfa_store::secret_hash(&format!("csrf:{session_token}"))[..32].to_owned()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Equality of two secrets (or their hashes) in time independent of where they differ.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -363,53 +363,7 @@ impl Store {
         actor: &str,
         now: i64,
     ) -> Result<(BroadcastRecord, bool), StoreError> {
-        let result = self.db.write(|c| {
-            if let Some(cid) = &new.client_msg_id {
-                if let Some(r) = c.query_opt(
-                    &format!("SELECT {BROADCAST_COLUMNS} FROM broadcasts WHERE workspace_id = ? AND client_msg_id = ?"),
-                    params![workspace_id, cid.as_str()],
-                )? {
-                    let existing = broadcast_from(&r)?;
-                    if existing.request_hash != new.request_hash {
-                        return Err(StoreError::rejected(
-                            Code::DuplicateClientMsgId,
-                            format!("client_msg_id {cid:?} was used by broadcast {} with different content", existing.id),
-                        ));
-                    }
-                    return Ok((existing, false));
-                }
-            }
-            let id = c
-                .query_one(
-                    "INSERT INTO broadcasts (workspace_id, member_id, state, content, audience, channels, priority, client_msg_id, request_hash, created_at, ttl_ms, fallback)
-                     VALUES (?, ?, 'draft', ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                    params![
-                        workspace_id,
-                        member_id,
-                        new.content_json.clone(),
-                        new.audience_json.clone(),
-                        crate::json::channels_to_json(&new.channels),
-                        new.priority as i64,
-                        new.client_msg_id.clone(),
-                        new.request_hash.clone(),
-                        now,
-                        new.ttl_ms,
-                        (!new.fallback.is_empty()).then(|| crate::json::fallback_to_json(&new.fallback))
-                    ],
-                )?
-                .i64(0);
-            // The chain keeps the content's hash, not the content: retention
-            // purges the content, and the chain must still verify.
-            let details = serde_json::json!({
-                "content_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(new.content_json.as_bytes())),
-                "audience": new.audience_json,
-                "priority": new.priority.as_str(),
-                "ttl_ms": new.ttl_ms,
-            });
-            audit::append(c, workspace_id, actor, "broadcast.created", &format!("broadcast:{id}"), &details.to_string(), now)?;
-            let r = c.query_one(&format!("SELECT {BROADCAST_COLUMNS} FROM broadcasts WHERE id = ?"), params![id])?;
-            Ok((broadcast_from(&r)?, true))
-        });
+        let result = self.db.write(|c| create_broadcast_in(c, workspace_id, member_id, new, actor, now));
         match result {
             // Two racing requests with one client_msg_id: the loser reads the winner's row.
             Err(e) if e.is_unique_violation() && new.client_msg_id.is_some() => {
@@ -848,4 +802,65 @@ impl Store {
             .i64(0);
         Ok((total as u64, dupes as u64))
     }
+}
+
+/// [`Store::create_broadcast`] inside the caller's write transaction (so a
+/// caller can write its own rows with the draft, atomically).
+///
+/// # Errors
+/// `QF-CLIENT-MSG-ID-REUSED`, or database errors (a unique violation when a
+/// racing request took the `client_msg_id`: the caller retries).
+pub(crate) fn create_broadcast_in(
+    c: &mut Conn,
+    workspace_id: i64,
+    member_id: i64,
+    new: &NewBroadcast,
+    actor: &str,
+    now: i64,
+) -> Result<(BroadcastRecord, bool), StoreError> {
+    if let Some(cid) = &new.client_msg_id {
+        if let Some(r) = c.query_opt(
+            &format!("SELECT {BROADCAST_COLUMNS} FROM broadcasts WHERE workspace_id = ? AND client_msg_id = ?"),
+            params![workspace_id, cid.as_str()],
+        )? {
+            let existing = broadcast_from(&r)?;
+            if existing.request_hash != new.request_hash {
+                return Err(StoreError::rejected(
+                    Code::DuplicateClientMsgId,
+                    format!("client_msg_id {cid:?} was used by broadcast {} with different content", existing.id),
+                ));
+            }
+            return Ok((existing, false));
+        }
+    }
+    let id = c
+            .query_one(
+                "INSERT INTO broadcasts (workspace_id, member_id, state, content, audience, channels, priority, client_msg_id, request_hash, created_at, ttl_ms, fallback)
+                 VALUES (?, ?, 'draft', ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                params![
+                    workspace_id,
+                    member_id,
+                    new.content_json.clone(),
+                    new.audience_json.clone(),
+                    crate::json::channels_to_json(&new.channels),
+                    new.priority as i64,
+                    new.client_msg_id.clone(),
+                    new.request_hash.clone(),
+                    now,
+                    new.ttl_ms,
+                    (!new.fallback.is_empty()).then(|| crate::json::fallback_to_json(&new.fallback))
+                ],
+            )?
+            .i64(0);
+    // The chain keeps the content's hash, not the content: retention
+    // purges the content, and the chain must still verify.
+    let details = serde_json::json!({
+        "content_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(new.content_json.as_bytes())),
+        "audience": new.audience_json,
+        "priority": new.priority.as_str(),
+        "ttl_ms": new.ttl_ms,
+    });
+    audit::append(c, workspace_id, actor, "broadcast.created", &format!("broadcast:{id}"), &details.to_string(), now)?;
+    let r = c.query_one(&format!("SELECT {BROADCAST_COLUMNS} FROM broadcasts WHERE id = ?"), params![id])?;
+    Ok((broadcast_from(&r)?, true))
 }

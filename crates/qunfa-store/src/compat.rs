@@ -5,7 +5,13 @@
 
 use std::collections::HashMap;
 
-use crate::{audit, params, Code, Row, Store, StoreError, Value};
+use crate::{
+    audit,
+    broadcasts::{create_broadcast_in, BroadcastRecord, NewBroadcast},
+    contacts::ContactRecord,
+    members::{self, SetKind},
+    params, Code, Row, Store, StoreError, Value,
+};
 
 /// The credentials of one compatible API of a workspace.
 #[derive(Debug, Clone)]
@@ -56,12 +62,40 @@ pub struct CompatSend {
     pub callback_state: String,
 }
 
-/// A callback due: the send and how often it was tried.
+/// A callback due: the send, how often it was tried, and the lease the
+/// claim holds (its `callback_next_at`: the outcome is recorded only while
+/// the row still carries it).
 #[derive(Debug, Clone)]
 pub struct DueCallback {
     pub workspace_id: i64,
     pub broadcast_id: i64,
     pub attempts: i64,
+    pub lease_until: i64,
+}
+
+/// The compat row a draft is created with ([`Store::create_compat_broadcast`]).
+#[derive(Debug, Clone)]
+pub struct NewCompatSend<'a> {
+    /// `wecom`, `oa`, `oa-preview` or `customer`.
+    pub kind: &'a str,
+    /// The duplicate key (WeCom `enable_duplicate_check`) and the time from
+    /// which an earlier send with it is a duplicate.
+    pub dup: Option<(&'a str, i64)>,
+    /// The sending member's userid of a customer mass send.
+    pub sender: Option<&'a str>,
+    /// A `MASSSENDJOBFINISH` is due when the broadcast finishes.
+    pub callback: bool,
+}
+
+/// What [`Store::create_compat_broadcast`] found or made.
+#[derive(Debug, Clone)]
+pub enum CompatDraft {
+    /// A new draft with its compat row.
+    Created(BroadcastRecord),
+    /// The broadcast that holds the same `client_msg_id` with the same request.
+    SameClientMsgId(BroadcastRecord),
+    /// The send that holds the duplicate key within the interval.
+    Duplicate(BroadcastRecord),
 }
 
 impl Store {
@@ -262,7 +296,7 @@ impl Store {
     }
 
     /// External ids of live contacts in idx order after `after`, at most `limit`:
-    /// (idx, external id). `among`: only these idxs (sorted).
+    /// (idx, external id).
     ///
     /// # Errors
     /// Database errors.
@@ -320,44 +354,82 @@ impl Store {
         Ok(out)
     }
 
-    /// Records a broadcast sent through the compatible API; `callback`: a
-    /// `MASSSENDJOBFINISH` is due when it completes.
+    /// Creates the draft of a compatible send and its `compat_sends` row in
+    /// one transaction, so a broadcast of this API never exists without its
+    /// row. A duplicate key held by a send since `dup.1` answers that send
+    /// (the key is unique per workspace: of two racing identical requests one
+    /// creates, the other finds it); an older holder gives the key up. A
+    /// `client_msg_id` held by a draft that was never sent (refused) with
+    /// another request is released for this one; held with the same request,
+    /// or by a broadcast that was submitted, it answers that broadcast (or
+    /// `QF-CLIENT-MSG-ID-REUSED` when the request differs).
     ///
     /// # Errors
-    /// Database errors.
-    #[allow(clippy::too_many_arguments)]
-    pub fn record_compat_send(
+    /// `QF-CLIENT-MSG-ID-REUSED`, or database errors.
+    pub fn create_compat_broadcast(
         &self,
         workspace_id: i64,
-        broadcast_id: i64,
-        kind: &str,
-        dup_key: Option<&str>,
-        sender: Option<&str>,
-        callback: bool,
+        member_id: i64,
+        new: &NewBroadcast,
+        send: &NewCompatSend<'_>,
+        actor: &str,
         now: i64,
-    ) -> Result<(), StoreError> {
-        self.db.write(|c| {
-            c.execute(
-                "INSERT INTO compat_sends (broadcast_id, workspace_id, kind, dup_key, sender, created_at, callback_state)
-                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                params![broadcast_id, workspace_id, kind, dup_key, sender, now, if callback { "pending" } else { "none" }],
-            )?;
-            Ok(())
-        })
-    }
-
-    /// The newest send with this duplicate key since `since`.
-    ///
-    /// # Errors
-    /// Database errors.
-    pub fn compat_duplicate(&self, workspace_id: i64, dup_key: &str, since: i64) -> Result<Option<i64>, StoreError> {
-        self.db.read(|c| {
-            Ok(c.query_opt(
-                "SELECT broadcast_id FROM compat_sends WHERE workspace_id = ? AND dup_key = ? AND created_at >= ? ORDER BY created_at DESC LIMIT 1",
-                params![workspace_id, dup_key, since],
-            )?
-            .map(|r| r.i64(0)))
-        })
+    ) -> Result<CompatDraft, StoreError> {
+        let mut tries = 0;
+        loop {
+            let result = self.db.write(|c| {
+                if let Some((key, since)) = send.dup {
+                    if let Some(r) = c.query_opt(
+                        "SELECT broadcast_id FROM compat_sends WHERE workspace_id = ? AND dup_key = ? AND created_at >= ?",
+                        params![workspace_id, key, since],
+                    )? {
+                        return Ok(Err(r.i64(0)));
+                    }
+                    // Only an older holder: a racing request's row (committed after
+                    // the read above, on PostgreSQL) keeps the key, and our insert
+                    // below fails on the unique index instead.
+                    c.execute(
+                        "UPDATE compat_sends SET dup_key = NULL WHERE workspace_id = ? AND dup_key = ? AND created_at < ?",
+                        params![workspace_id, key, since],
+                    )?;
+                }
+                if let Some(cid) = &new.client_msg_id {
+                    // Only a draft of this API: a /v1 draft keeps its client_msg_id.
+                    c.execute(
+                        "UPDATE broadcasts SET client_msg_id = NULL
+                         WHERE workspace_id = ? AND client_msg_id = ? AND state = 'draft' AND request_hash <> ?
+                           AND id IN (SELECT broadcast_id FROM compat_sends WHERE workspace_id = ?)",
+                        params![workspace_id, cid.as_str(), new.request_hash.as_str(), workspace_id],
+                    )?;
+                }
+                let (b, created) = create_broadcast_in(c, workspace_id, member_id, new, actor, now)?;
+                if !created {
+                    return Ok(Ok(CompatDraft::SameClientMsgId(b)));
+                }
+                c.execute(
+                    "INSERT INTO compat_sends (broadcast_id, workspace_id, kind, dup_key, sender, created_at, callback_state)
+                     VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    params![
+                        b.id,
+                        workspace_id,
+                        send.kind,
+                        send.dup.map(|d| d.0),
+                        send.sender,
+                        now,
+                        if send.callback { "pending" } else { "none" }
+                    ],
+                )?;
+                Ok(Ok(CompatDraft::Created(b)))
+            });
+            match result {
+                Ok(Ok(draft)) => return Ok(draft),
+                Ok(Err(id)) => return Ok(CompatDraft::Duplicate(self.broadcast(workspace_id, id)?)),
+                // A racing request took the duplicate key or the client_msg_id:
+                // the next round finds its row.
+                Err(e) if e.is_unique_violation() && tries < 3 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// A send of the compatible API.
@@ -414,8 +486,10 @@ impl Store {
         })
     }
 
-    /// Claims callbacks whose broadcast finished, for `lease_ms` (another
-    /// node skips them meanwhile).
+    /// Claims callbacks whose broadcast finished, for `lease_ms`: each row's
+    /// `callback_next_at` becomes the lease's end, so another node's claim
+    /// skips it until then, and only the claim that holds it records the
+    /// outcome ([`Store::finish_compat_callback`]).
     ///
     /// # Errors
     /// Database errors.
@@ -447,32 +521,74 @@ impl Store {
                     params![now + lease_ms, r.i64(1), r.i64(3)],
                 )?;
                 if n == 1 {
-                    out.push(DueCallback { workspace_id: r.i64(0), broadcast_id: r.i64(1), attempts: r.i64(2) });
+                    out.push(DueCallback {
+                        workspace_id: r.i64(0),
+                        broadcast_id: r.i64(1),
+                        attempts: r.i64(2),
+                        lease_until: now + lease_ms,
+                    });
                 }
             }
             Ok(out)
         })
     }
 
-    /// Records a callback's outcome: `done`, `failed` (no more attempts), or
-    /// pending again at `next_at`.
+    /// Records a callback's outcome: `done`, `failed` (no more attempts),
+    /// `none` (nothing to post), or pending again at `next_at` — only while
+    /// the row is still leased by this claim (`due.lease_until`). `false`
+    /// when the lease was lost (another node claimed it after the lease ran
+    /// out): nothing is recorded.
     ///
     /// # Errors
     /// Database errors.
     pub fn finish_compat_callback(
         &self,
-        broadcast_id: i64,
+        due: &DueCallback,
         state: &str,
         next_at: i64,
         error: Option<&str>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         self.db.write(|c| {
-            c.execute(
-                "UPDATE compat_sends SET callback_state = ?, callback_attempts = callback_attempts + 1, callback_next_at = ?, callback_error = ? WHERE broadcast_id = ?",
-                params![state, next_at, error, broadcast_id],
+            let n = c.execute(
+                "UPDATE compat_sends SET callback_state = ?, callback_attempts = callback_attempts + 1, callback_next_at = ?, callback_error = ?
+                 WHERE broadcast_id = ? AND callback_state = 'pending' AND callback_next_at = ?",
+                params![state, next_at, error, due.broadcast_id, due.lease_until],
             )?;
-            Ok(())
+            Ok(n == 1)
         })
+    }
+
+    /// A send's callback: (state, attempts).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn compat_callback_state(&self, broadcast_id: i64) -> Result<Option<(String, i64)>, StoreError> {
+        self.db.read(|c| {
+            Ok(c.query_opt(
+                "SELECT callback_state, callback_attempts FROM compat_sends WHERE broadcast_id = ?",
+                params![broadcast_id],
+            )?
+            .map(|r| (r.string(0), r.i64(1))))
+        })
+    }
+
+    /// Live contacts among `idxs` (sorted) with the departments each is
+    /// directly in: one contact query per 1,000 and one department query per
+    /// 65,536-id chunk (a directory page without a query per contact).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn contacts_with_departments(&self, workspace_id: i64, idxs: &[u32]) -> Result<Vec<ContactRecord>, StoreError> {
+        let mut out = Vec::with_capacity(idxs.len());
+        for chunk in idxs.chunks(1000) {
+            out.extend(self.contacts_among(workspace_id, chunk)?);
+        }
+        let found: Vec<u32> = out.iter().map(|r| r.idx).collect();
+        let mut departments = self.db.read(|c| members::sets_of_many(c, workspace_id, SetKind::Department, &found))?;
+        for rec in &mut out {
+            rec.departments = departments.remove(&rec.idx).unwrap_or_default();
+        }
+        Ok(out)
     }
 }
 

@@ -123,6 +123,7 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
     (9, include_str!("../migrations/sqlite/0009_rules.sql"), None),
     (11, include_str!("../migrations/sqlite/0011_compat.sql"), None),
     (12, include_str!("../migrations/sqlite/0012_console.sql"), None),
+    (13, include_str!("../migrations/sqlite/0013_compat_dedup.sql"), None),
 ];
 const POSTGRES_MIGRATIONS: &[Migration] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql"), None),
@@ -136,6 +137,7 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
     (9, include_str!("../migrations/postgres/0009_rules.sql"), None),
     (11, include_str!("../migrations/postgres/0011_compat.sql"), None),
     (12, include_str!("../migrations/postgres/0012_console.sql"), None),
+    (13, include_str!("../migrations/postgres/0013_compat_dedup.sql"), None),
 ];
 
 /// Version 2: memberships move from one row per contact to bitmaps.

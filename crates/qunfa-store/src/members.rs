@@ -12,7 +12,7 @@
 //! carries the version it was written at, in commit order per workspace, for
 //! other nodes to catch up.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use qunfa_audience::Bitmap;
 
@@ -166,6 +166,34 @@ pub(crate) fn sets_of(c: &mut Conn, workspace_id: i64, kind: SetKind, idx: u32) 
     for r in rows {
         if decode(r.blob(1))?.contains(idx) {
             out.push(r.i64(0));
+        }
+    }
+    Ok(out)
+}
+
+/// The sets of a kind each of `idxs` is directly in: one query per chunk of
+/// 65,536 contact ids, whatever the number of contacts.
+pub(crate) fn sets_of_many(
+    c: &mut Conn,
+    workspace_id: i64,
+    kind: SetKind,
+    idxs: &[u32],
+) -> Result<HashMap<u32, Vec<i64>>, StoreError> {
+    let mut out: HashMap<u32, Vec<i64>> = HashMap::with_capacity(idxs.len());
+    let mut chunks: Vec<u32> = idxs.iter().map(|i| chunk_of(*i)).collect();
+    chunks.sort_unstable();
+    chunks.dedup();
+    for chunk in chunks {
+        let rows = c.query(
+            "SELECT set_id, bits FROM member_sets WHERE workspace_id = ? AND kind = ? AND chunk = ? ORDER BY set_id",
+            params![workspace_id, kind.code(), i64::from(chunk)],
+        )?;
+        let sets = rows.iter().map(|r| Ok((r.i64(0), decode(r.blob(1))?))).collect::<Result<Vec<_>, StoreError>>()?;
+        for idx in idxs.iter().filter(|i| chunk_of(**i) == chunk) {
+            let mine: Vec<i64> = sets.iter().filter(|(_, bits)| bits.contains(*idx)).map(|(id, _)| *id).collect();
+            if !mine.is_empty() {
+                out.insert(*idx, mine);
+            }
         }
     }
     Ok(out)

@@ -1,7 +1,10 @@
 //! The `MASSSENDJOBFINISH` callback of Official Account mass sends, pushed
 //! to the workspace's callback URL in WeChat's signed and AES-encrypted
 //! format when the broadcast finishes. Delivery is at least once: a claim
-//! leases the row for a minute (another node skips it), a failure is retried
+//! leases a few rows for a minute (another node's claim skips them: their
+//! `callback_next_at` is the lease's end), posts them concurrently with a
+//! 5 s timeout each, so every post ends well within the lease, and records
+//! each outcome only while it still holds the lease. A failure is retried
 //! with backoff, five failures end it (`callback_state = 'failed'`).
 
 use std::time::Duration;
@@ -15,7 +18,12 @@ use crate::{error::ApiError, AppState};
 /// Attempts of one callback.
 const MAX_ATTEMPTS: i64 = 5;
 /// How long a claim holds a callback.
-const LEASE_MS: i64 = 60_000;
+pub const LEASE_MS: i64 = 60_000;
+/// Callbacks one claim takes; they are posted at once, so a claim ends
+/// within one timeout (plus the database calls), far within the lease.
+const CLAIM: usize = 8;
+/// One post's timeout (connecting included).
+const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The event's XML (wechatpy's `MassSendJobFinishEvent` reads these fields).
 pub fn mass_event_xml(b: &BroadcastRecord, to_user: &str, create_time: i64) -> String {
@@ -63,10 +71,35 @@ pub fn envelope(
     Ok((target, body))
 }
 
+/// The HTTP client of callbacks: 5 s timeouts, and no redirects (a
+/// receiver's redirect is a failed attempt, never a post somewhere else).
+///
+/// # Errors
+/// When the TLS backend cannot be set up.
+pub fn client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .connect_timeout(TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}
+
+/// One round: claims due callbacks and posts them, all at once (at most
+/// [`CLAIM`]); returns how many it claimed.
+///
+/// # Errors
+/// When the claim fails.
+pub async fn step(state: &AppState, client: &reqwest::Client) -> Result<usize, ApiError> {
+    let due = state.blocking(|s| Ok(s.store.claim_compat_callbacks(s.now(), LEASE_MS, CLAIM)?)).await?;
+    let n = due.len();
+    futures::future::join_all(due.into_iter().map(|d| deliver(state, client, d))).await;
+    Ok(n)
+}
+
 /// Runs until aborted: claims finished sends' callbacks and posts them.
 pub fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let client = match reqwest::Client::builder().timeout(Duration::from_secs(5)).build() {
+        let client = match client() {
             Ok(c) => c,
             Err(error) => {
                 tracing::error!(%error, "compat callbacks: no HTTP client");
@@ -74,13 +107,10 @@ pub fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
             }
         };
         loop {
-            let due = state.blocking(|s| Ok(s.store.claim_compat_callbacks(s.now(), LEASE_MS, 20)?)).await;
-            match due {
-                Ok(due) => {
-                    for d in due {
-                        deliver(&state, &client, d).await;
-                    }
-                }
+            match step(&state, &client).await {
+                // A full claim: more may be due.
+                Ok(n) if n == CLAIM => continue,
+                Ok(_) => {}
                 Err(error) => tracing::warn!(?error, "compat callbacks: claim failed"),
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -89,7 +119,7 @@ pub fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
 }
 
 async fn deliver(state: &AppState, client: &reqwest::Client, d: DueCallback) {
-    let DueCallback { workspace_id, broadcast_id, attempts } = d;
+    let (workspace_id, broadcast_id, attempts) = (d.workspace_id, d.broadcast_id, d.attempts);
     let prepared = state
         .blocking(move |s| {
             let b = s.store.broadcast(workspace_id, broadcast_id)?;
@@ -106,9 +136,7 @@ async fn deliver(state: &AppState, client: &reqwest::Client, d: DueCallback) {
     let outcome: Result<(), String> = match prepared {
         Ok(None) => {
             let _ = state
-                .blocking(move |s| {
-                    Ok(s.store.finish_compat_callback(broadcast_id, "none", 0, Some("no callback configured"))?)
-                })
+                .blocking(move |s| Ok(s.store.finish_compat_callback(&d, "none", 0, Some("no callback configured"))?))
                 .await;
             return;
         }
@@ -119,20 +147,24 @@ async fn deliver(state: &AppState, client: &reqwest::Client, d: DueCallback) {
         },
         Err(e) => Err(format!("{e:?}")),
     };
-    let _ = state
+    let recorded = state
         .blocking(move |s| {
             let now = s.now();
-            match outcome {
-                Ok(()) => s.store.finish_compat_callback(broadcast_id, "done", now, None)?,
+            Ok(match outcome {
+                Ok(()) => s.store.finish_compat_callback(&d, "done", now, None)?,
                 Err(e) if attempts + 1 >= MAX_ATTEMPTS => {
-                    s.store.finish_compat_callback(broadcast_id, "failed", now, Some(&e))?
+                    s.store.finish_compat_callback(&d, "failed", now, Some(&e))?
                 }
                 Err(e) => {
                     let backoff = 1000 * (1i64 << attempts.clamp(0, 10));
-                    s.store.finish_compat_callback(broadcast_id, "pending", now + backoff, Some(&e))?;
+                    s.store.finish_compat_callback(&d, "pending", now + backoff, Some(&e))?
                 }
-            }
-            Ok(())
+            })
         })
         .await;
+    match recorded {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(broadcast_id, "compat callback: the lease ran out before the outcome was recorded"),
+        Err(error) => tracing::warn!(?error, broadcast_id, "compat callback: the outcome was not recorded"),
+    }
 }

@@ -85,18 +85,33 @@ pub fn decrypt(key: &[u8; 32], encrypted: &str) -> Result<(String, String), Stri
 mod tests {
     use super::*;
 
+    /// The published test vector of wechatpy's own suite
+    /// (`tests/test_enterprise_crypto.py`, `CryptoTestCase`): its
+    /// `check_signature` accepts this signature of this echo string, which
+    /// decrypts to a message for the corp id.
     #[test]
-    fn round_trip_and_signature() {
+    fn wechatpy_test_vector() {
+        let (token, key, corp_id) = ("123456", "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR", "wx49f0ab532d5d035a");
+        let echo = "4ByGGj+sVCYcvGeQYhaKIk1o0pQRNbRjxybjTGblXrBaXlTXeOo1+bXFXDQQb1o6co6Yh9Bv41n7hOchLF6p+Q==";
+        assert_eq!(signature(token, "1411443780", "437374425", echo), "dd6b9c95b495b3f7e2901bfbc76c664930ffdb96");
+        // wechatpy's "should fail" case: another nonce.
+        assert_ne!(signature(token, "1411443780", "437374424", echo), "dd6b9c95b495b3f7e2901bfbc76c664930ffdb96");
+        let key = aes_key(key).unwrap();
+        let (msg, receive_id) = decrypt(&key, echo).unwrap();
+        assert_eq!(receive_id, corp_id);
+        assert!(!msg.is_empty());
+        // The encryption vector of the same author's Rust port (wechat-rust,
+        // `PrpCrypto::encrypt("test", "rust")` with the random "1234567890123456").
+        assert_eq!(encrypt(&key, *b"1234567890123456", "test", "rust"), "9s4gMv99m88kKTh/H8IdkNiFGeG9pd7vNWl50fGRWXY=");
+    }
+
+    #[test]
+    fn round_trip() {
         let key = aes_key("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG").unwrap();
         let enc = encrypt(&key, [7; 16], "<xml>消息</xml>", "wx123");
         assert_eq!(decrypt(&key, &enc).unwrap(), ("<xml>消息</xml>".to_owned(), "wx123".to_owned()));
         // Whole 32-byte blocks (16 bytes of AES each, padded to 32).
         assert_eq!(STANDARD.decode(&enc).unwrap().len() % 32, 0);
-        // The example of WeChat's documentation: sha1 of the sorted strings.
-        let sig = signature("token", "1409659813", "1372623149", "enc");
-        let mut parts = ["token", "1409659813", "1372623149", "enc"];
-        parts.sort_unstable();
-        assert_eq!(sig, hex::encode(Sha1::digest(parts.concat())));
         assert!(aes_key("short").is_err());
     }
 }

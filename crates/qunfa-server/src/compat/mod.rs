@@ -1,13 +1,15 @@
 //! The WeChat-compatible API under `/cgi-bin/` (docs/compat.md): WeCom
 //! (corpid/corpsecret) and Official Account (appid/secret) calls mapped onto
 //! qunfa's own contacts, tags, departments, media and broadcasts. Every answer
-//! is HTTP 200 with `{"errcode", "errmsg", …}`; a send goes through the same
+//! is HTTP 200 with `{"errcode", "errmsg", …}` (but the Official Account's
+//! token answer, bare as WeChat's); a send goes through the same
 //! create → `submit` path as `POST /v1/broadcasts/{id}/send`, so every rule
 //! applies and its verdict becomes the nearest WeChat errcode.
 //!
 //! Ids: WeCom userids, external_userids and OA openids are the contacts'
 //! external ids; tag and department ids are qunfa's; a msgid is the
-//! broadcast's id. Compatible calls act as the member who set the credentials.
+//! broadcast's id (of a broadcast sent through this API). Compatible calls act
+//! as the member who set the credentials, and are observed like its logins.
 
 pub mod callback;
 pub mod crypto;
@@ -17,8 +19,8 @@ mod wecom;
 
 use axum::{
     body::Bytes,
-    extract::{Path, RawQuery, State},
-    http::{header, HeaderMap, StatusCode},
+    extract::{DefaultBodyLimit, Path, RawQuery, Request, State},
+    http::{header, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
     Router,
@@ -32,7 +34,7 @@ use qunfa_core::{
 };
 use qunfa_store::{
     broadcasts::{BroadcastRecord, NewBroadcast},
-    compat::CompatCredentials,
+    compat::{CompatCredentials, CompatDraft, NewCompatSend},
     json::{audience_to_json, content_to_json},
     workspaces::Workspace,
     StoreError,
@@ -40,14 +42,21 @@ use qunfa_store::{
 use serde_json::{json, Map, Value};
 use sha2::Digest;
 
-use crate::{error::ApiError, routes::broadcasts::SendContext, AppState, Inner};
+use crate::{error::ApiError, extract::ClientInfo, routes::broadcasts::SendContext, AppState, Inner};
 
 /// How long an access token lives (WeChat's `expires_in`).
 pub const TOKEN_SECONDS: i64 = 7200;
 
+/// The largest body of a compatible call: `media/upload`'s 20 MB file with
+/// its multipart framing (the `/v1` API allows far more, for imports).
+pub const MAX_BODY_BYTES: usize = 21 * 1024 * 1024;
+
+/// A clientmsgid used again within this is "too fast" (45066), after it the original (45065).
+const RETRY_TOO_FAST_MS: i64 = 60_000;
+
 /// The compatible API's router (outside the `/v1` OpenAPI router).
 pub fn router() -> Router<AppState> {
-    Router::new().route("/cgi-bin/{*path}", get(cgi).post(cgi))
+    Router::new().route("/cgi-bin/{*path}", get(cgi).post(cgi)).layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
 /// Which API a token or a credential is for.
@@ -149,10 +158,13 @@ pub fn from_api(e: ApiError, kind: Kind) -> Wx {
     wx(errcode, format!("{base}, hint: [{}] {}", e.code.as_str(), e.message))
 }
 
-fn answer(result: WxResult) -> Response {
+/// The HTTP answer: 200 with JSON. A success gains `errcode` 0 and `errmsg`
+/// "ok" unless it has its own, or is `bare` (the Official Account's token
+/// answer, which has none at WeChat; wechatpy reads either).
+fn answer(result: WxResult, bare: bool) -> Response {
     let body = match result {
         Ok(Value::Object(mut m)) => {
-            if !m.contains_key("errcode") {
+            if !bare && !m.contains_key("errcode") {
                 let mut out = Map::new();
                 out.insert("errcode".into(), json!(0));
                 out.insert("errmsg".into(), json!("ok"));
@@ -173,12 +185,18 @@ fn answer(result: WxResult) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
+fn answer_err(e: Wx) -> Response {
+    answer(Err(e), false)
+}
+
 /// The caller behind an access token.
 pub struct Caller {
     pub kind: Kind,
     pub workspace: Workspace,
     pub creds: CompatCredentials,
     pub actor: String,
+    /// The request's device and address (the abnormal-login rule sees them).
+    pub client: ClientInfo,
 }
 
 impl Caller {
@@ -270,13 +288,40 @@ async fn cgi(
     State(state): State<AppState>,
     Path(path): Path<String>,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    raw: Bytes,
+    client: ClientInfo,
+    request: Request,
 ) -> Response {
     let query: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref().unwrap_or("")).unwrap_or_default();
-    let content_type =
-        headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_ascii_lowercase();
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     let path = path.trim_matches('/').to_owned();
+    // The Official Account's token answer is WeChat's: no errcode on success.
+    let bare = path == "token";
+    // Every call but the token's is authenticated from the query before its
+    // body is read: an unauthenticated caller never makes the server read one.
+    let caller = if matches!(path.as_str(), "gettoken" | "token") {
+        None
+    } else {
+        let q = query.clone();
+        match state.blocking(move |s| Ok(authenticate(s, &q, client))).await {
+            Ok(Ok(c)) => Some(c),
+            Ok(Err(e)) => return answer_err(e),
+            Err(e) => return answer_err(from_api(e, Kind::WeCom)),
+        }
+    };
+    let too_large = || wx(40006, format!("invalid file size: a request body is at most {MAX_BODY_BYTES} bytes"));
+    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return answer_err(too_large());
+    }
+    let raw = match axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES).await {
+        Ok(raw) => raw,
+        Err(_) => return answer_err(too_large()),
+    };
     let result = state
         .blocking(move |s| {
             let body = if content_type.starts_with("multipart/") || raw.iter().all(u8::is_ascii_whitespace) {
@@ -288,23 +333,23 @@ async fn cgi(
                 }
             };
             let req = Req { query, body, raw, content_type };
-            Ok(route(s, &path, &req))
+            Ok(route(s, &path, caller.as_ref(), &req))
         })
         .await
         .unwrap_or_else(|e| Err(from_api(e, Kind::WeCom)));
-    answer(result)
+    answer(result, bare)
 }
 
-fn route(s: &Inner, path: &str, req: &Req) -> WxResult {
-    match path {
-        "gettoken" => return token(s, Kind::WeCom, req),
-        "token" => return token(s, Kind::Oa, req),
-        _ => {}
-    }
-    let caller = authenticate(s, req)?;
+fn route(s: &Inner, path: &str, caller: Option<&Caller>, req: &Req) -> WxResult {
+    let caller = match (path, caller) {
+        ("gettoken", _) => return token(s, Kind::WeCom, req),
+        ("token", _) => return token(s, Kind::Oa, req),
+        (_, Some(c)) => c,
+        (_, None) => return Err(wx(41001, "access_token missing")),
+    };
     match caller.kind {
-        Kind::WeCom => wecom::route(s, &caller, path, req),
-        Kind::Oa => oa::route(s, &caller, path, req),
+        Kind::WeCom => wecom::route(s, caller, path, req),
+        Kind::Oa => oa::route(s, caller, path, req),
     }
 }
 
@@ -328,7 +373,7 @@ fn token(s: &Inner, kind: Kind, req: &Req) -> WxResult {
     let id = req.field(&[id_name]).ok_or_else(|| wx(41002, format!("{id_name} missing")))?;
     let secret = req.field(&[secret_name]).ok_or_else(|| wx(41004, format!("{secret_name} missing")))?;
     let creds = s.store.compat_app(kind.as_str(), &id)?.ok_or_else(|| wx(40013, format!("invalid {id_name}")))?;
-    if qunfa_store::secret_hash(&secret) != creds.secret_hash {
+    if !crate::extract::constant_time_eq(qunfa_store::secret_hash(&secret).as_bytes(), creds.secret_hash.as_bytes()) {
         return Err(wx(
             40001,
             match kind {
@@ -348,7 +393,7 @@ fn token(s: &Inner, kind: Kind, req: &Req) -> WxResult {
     )?;
     Ok(match kind {
         Kind::WeCom => json!({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": TOKEN_SECONDS}),
-        // The Official Account answers a token without errcode.
+        // The Official Account answers a token without errcode (answer() keeps it bare).
         Kind::Oa => json!({"access_token": token, "expires_in": TOKEN_SECONDS}),
     })
 }
@@ -356,8 +401,12 @@ fn token(s: &Inner, kind: Kind, req: &Req) -> WxResult {
 /// 41001 without a token, 42001 when it expired; an unknown token is 40014
 /// (WeCom, or a token not even of the Official Account's shape) or 40001
 /// (a well-formed Official Account token that is not, or no longer, valid).
-fn authenticate(s: &Inner, req: &Req) -> Result<Caller, Wx> {
-    let token = req.param("access_token").ok_or_else(|| wx(41001, "access_token missing"))?;
+fn authenticate(s: &Inner, query: &[(String, String)], client: ClientInfo) -> Result<Caller, Wx> {
+    let token = query
+        .iter()
+        .find(|(k, v)| k == "access_token" && !v.is_empty())
+        .map(|(_, v)| v.as_str())
+        .ok_or_else(|| wx(41001, "access_token missing"))?;
     let Some((ws, kind, expires_at)) = s.store.compat_token(&qunfa_store::secret_hash(token))? else {
         let oa_shaped = token.len() == 99 && token.starts_with(Kind::Oa.token_prefix());
         return Err(if oa_shaped {
@@ -373,7 +422,7 @@ fn authenticate(s: &Inner, req: &Req) -> Result<Caller, Wx> {
     let creds = s.store.compat_credentials_of(ws, kind.as_str())?.ok_or_else(|| wx(40014, "invalid access_token"))?;
     let workspace = s.store.workspace(ws)?;
     let actor = format!("member:{}/compat:{}", creds.member_id, kind.as_str());
-    Ok(Caller { kind, workspace, creds, actor })
+    Ok(Caller { kind, workspace, creds, actor, client })
 }
 
 /// What a compatible send asks for.
@@ -384,12 +433,18 @@ pub struct SendRequest {
     pub priority: Priority,
     /// Recorded with the send (`compat_sends.kind`).
     pub send_kind: &'static str,
-    pub dup_key: Option<String>,
+    /// The duplicate key and its interval in ms (WeCom `enable_duplicate_check`).
+    pub dup: Option<(String, i64)>,
     pub sender: Option<String>,
     pub callback: bool,
 }
 
-/// Creates the broadcast and submits it through qunfa's one send path.
+/// Creates the broadcast with its `compat_sends` row (one transaction) and
+/// submits it through qunfa's one send path. A duplicate (same key within
+/// its interval) answers the first send; a clientmsgid used again answers
+/// 45066/45065 with the original msg_id. A draft that was never sent (its
+/// submission refused) is submitted again by the retry instead: a refusal
+/// never blocks a clientmsgid or a duplicate key.
 pub fn send(s: &Inner, caller: &Caller, req: SendRequest) -> Result<BroadcastRecord, Wx> {
     let kind = caller.kind;
     let api = |e: ApiError| from_api(e, kind);
@@ -402,9 +457,12 @@ pub fn send(s: &Inner, caller: &Caller, req: SendRequest) -> Result<BroadcastRec
             return Err(wx(40007, format!("invalid media_id: {} was not uploaded", media.as_str())));
         }
     }
+    // A send from a new device or network is an abnormal login, as on /v1.
+    crate::routes::security::observe(s, caller.ws(), caller.creds.member_id, &caller.client).map_err(api)?;
     let content_json = content_to_json(&content.to_raw());
     let audience_json = audience_to_json(&req.audience);
     let request_hash = hex::encode(sha2::Sha256::digest(format!("{content_json}\n{audience_json}\ncompat").as_bytes()));
+    let cid = req.client_msg_id.clone();
     let new = NewBroadcast {
         content_json: content_to_json(&signed),
         audience_json,
@@ -415,33 +473,62 @@ pub fn send(s: &Inner, caller: &Caller, req: SendRequest) -> Result<BroadcastRec
         ttl_ms: None,
         fallback: Vec::new(),
     };
-    let (draft, created) =
-        match s.store.create_broadcast(caller.ws(), caller.creds.member_id, &new, &caller.actor, s.now()) {
-            Ok(x) => x,
-            // A racing request with the same clientmsgid and other content.
-            Err(StoreError::Rejected { code: Code::DuplicateClientMsgId, .. }) => {
-                return Err(wx(45066, "same clientmsgid retry too fast, retry after a minute"))
+    let now = s.now();
+    let row = NewCompatSend {
+        kind: req.send_kind,
+        dup: req.dup.as_ref().map(|(key, interval)| (key.as_str(), now - interval)),
+        sender: req.sender.as_deref(),
+        callback: req.callback,
+    };
+    let ctx = caller.send_context();
+    let created = s.store.create_compat_broadcast(caller.ws(), caller.creds.member_id, &new, &row, &caller.actor, now);
+    let draft = match created {
+        Ok(d) => d,
+        // The clientmsgid is another request's (other content), which was submitted.
+        Err(StoreError::Rejected { code: Code::DuplicateClientMsgId, .. }) => {
+            let cid = cid.unwrap_or_default();
+            return Err(match s.store.broadcast_by_client_msg_id(caller.ws(), &cid)? {
+                Some((id, _)) => client_msg_id_used(s, &s.store.broadcast(caller.ws(), id)?),
+                None => wx(45066, "same clientmsgid retry too fast, retry after a minute"),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // Found by its duplicate key (a WeCom send), else by its clientmsgid.
+    let duplicate = req.dup.is_some();
+    // Submits a draft; when that fails because a racing request (the same
+    // duplicate key or clientmsgid) submitted it first, answers that send.
+    let submit = |b: &BroadcastRecord| match crate::routes::broadcasts::submit(s, &ctx, b, None) {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let now_b = s.store.broadcast(caller.ws(), b.id)?;
+            match (now_b.state, duplicate) {
+                // Still never sent: this refusal is the answer.
+                (BroadcastState::Draft, _) => Err(api(e)),
+                (_, true) => Ok(now_b),
+                (_, false) => Err(client_msg_id_used(s, &now_b)),
             }
-            Err(e) => return Err(e.into()),
-        };
-    if !created {
-        // A racing request with the same clientmsgid made it first.
-        let mut e = wx(45066, "same clientmsgid retry too fast, retry after a minute");
-        e.extra.insert("msg_id".into(), json!(draft.id));
-        return Err(e);
+        }
+    };
+    match draft {
+        CompatDraft::Created(b) => submit(&b),
+        // Never sent (refused, or a racing request is submitting it now): submit it again.
+        CompatDraft::Duplicate(b) | CompatDraft::SameClientMsgId(b) if b.state == BroadcastState::Draft => submit(&b),
+        CompatDraft::Duplicate(b) => Ok(b),
+        CompatDraft::SameClientMsgId(b) => Err(client_msg_id_used(s, &b)),
     }
-    // A refused send stays a draft (as in /v1) and is not a duplicate of the next try.
-    let b = crate::routes::broadcasts::submit(s, &caller.send_context(), &draft, None).map_err(api)?;
-    s.store.record_compat_send(
-        caller.ws(),
-        b.id,
-        req.send_kind,
-        req.dup_key.as_deref(),
-        req.sender.as_deref(),
-        req.callback,
-        s.now(),
-    )?;
-    Ok(b)
+}
+
+/// The answer to a clientmsgid used by a submitted send: 45066 within a
+/// minute of it, later 45065; both with its msg_id.
+fn client_msg_id_used(s: &Inner, b: &BroadcastRecord) -> Wx {
+    let mut e = if s.now() - b.created_at < RETRY_TOO_FAST_MS {
+        wx(45066, "same clientmsgid retry too fast, retry after a minute")
+    } else {
+        wx(45065, format!("clientmsgid exist: the mass send of msg_id {}", b.id))
+    };
+    e.extra.insert("msg_id".into(), json!(b.id));
+    e
 }
 
 /// The members of several tags and departments, now.
@@ -454,10 +541,14 @@ pub fn resolve_union(s: &Inner, ws: i64, specs: &[AudienceSpec]) -> Result<Bitma
     Ok(all)
 }
 
-/// A broadcast of the workspace by a msgid (its id), or the errcode of an unknown one.
+/// A broadcast sent through this API by a msgid (its id), or the errcode
+/// of an unknown one: a broadcast made through `/v1` is not a msgid here.
 pub fn broadcast_of(s: &Inner, caller: &Caller, msgid: Option<String>) -> Result<BroadcastRecord, Wx> {
     let msgid = msgid.ok_or_else(|| wx(41014, "msgid missing"))?;
     let id = msgid.trim().trim_start_matches("msg").parse::<i64>().map_err(|_| wx(40058, "invalid msgid"))?;
+    if s.store.compat_send(caller.ws(), id)?.is_none() {
+        return Err(wx(40058, format!("invalid msgid {msgid}")));
+    }
     match s.store.broadcast(caller.ws(), id) {
         Ok(b) => Ok(b),
         Err(StoreError::NotFound) => Err(wx(40058, format!("invalid msgid {msgid}"))),
@@ -465,33 +556,50 @@ pub fn broadcast_of(s: &Inner, caller: &Caller, msgid: Option<String>) -> Result
     }
 }
 
-/// Recalls a broadcast under the tier's recall rules (routes/recall.rs).
+/// Recalls a broadcast under the tier's recall rules, through the one
+/// recall of `POST /v1/broadcasts/{id}/recall` (routes/recall.rs), as the
+/// member who set the credentials.
 pub fn recall(s: &Inner, caller: &Caller, b: &BroadcastRecord) -> Result<(), Wx> {
-    let kind = caller.workspace.kind;
-    let Some(window) = s.policy.tier(kind).recall_seconds else {
-        return Err(from_api(
-            ApiError::new(
-                Code::RecallNotAllowed,
-                format!("{} workspaces cannot recall a sent message; send a correction notice", kind.as_str()),
-            ),
-            caller.kind,
-        ));
+    let role = s.store.member(caller.ws(), caller.creds.member_id)?.role;
+    let who = crate::routes::recall::Recaller {
+        kind: caller.workspace.kind,
+        role,
+        member_id: caller.creds.member_id,
+        actor: &caller.actor,
     };
-    if b.recalled_at.is_some() {
-        return Err(wx(40058, "the message was recalled already"));
-    }
-    let Some(dispatched_at) = b.dispatched_at else {
-        return Err(wx(40058, format!("the message is {}: nothing was sent to recall", b.state.as_str())));
-    };
-    let now = s.now();
-    if now - dispatched_at > i64::from(window) * 1000 {
-        return Err(from_api(
-            ApiError::new(Code::RecallWindow, format!("a message can be recalled within {window} s of its send")),
-            caller.kind,
-        ));
-    }
-    s.store.recall_broadcast(caller.ws(), b.id, &caller.actor, now)?;
+    crate::routes::recall::recall_now(s, &who, caller.ws(), b.id).map_err(|e| from_api(e, caller.kind))?;
     Ok(())
+}
+
+/// `cancel_groupmsg_send`: stops what has not been sent yet — a send held
+/// for approval is withdrawn (as its sender's `reject`), a sending one is
+/// paused (its remaining batches wait; `POST /v1/broadcasts/{id}/resume`
+/// continues it). Nothing delivered is taken back (that is recall); a send
+/// with nothing left to send answers 0 and is left as it is.
+pub fn cancel(s: &Inner, caller: &Caller, b: &BroadcastRecord) -> Result<(), Wx> {
+    let (ws, now) = (caller.ws(), s.now());
+    let result = match b.state {
+        BroadcastState::PendingApproval => {
+            s.store.reject_broadcast(ws, b.id, "cancelled through cancel_groupmsg_send", true, None, &caller.actor, now)
+        }
+        BroadcastState::Sending => s.store.pause_broadcast(ws, b.id, &caller.actor, now),
+        _ => Ok(()),
+    };
+    match result {
+        Ok(()) => {
+            s.engine.wake();
+            Ok(())
+        }
+        // It moved on meanwhile (completed, or approved and sending): as it is now.
+        Err(StoreError::Rejected { code: Code::Conflict, .. }) => {
+            let now_b = s.store.broadcast(ws, b.id)?;
+            if now_b.state != b.state && now_b.state != BroadcastState::Draft {
+                return cancel(s, caller, &now_b);
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The OA status of a broadcast.
@@ -502,7 +610,9 @@ pub fn mass_status(b: &BroadcastRecord) -> &'static str {
     match b.state {
         BroadcastState::Completed if b.n_failed > 0 && b.n_delivered + b.n_sent == 0 => "SEND_FAIL",
         BroadcastState::Completed => "SEND_SUCCESS",
-        BroadcastState::Cancelled | BroadcastState::Blocked => "SEND_FAIL",
+        // A draft was never sent: its submission was refused (a retry with
+        // the same clientmsgid or duplicate key submits it again).
+        BroadcastState::Cancelled | BroadcastState::Blocked | BroadcastState::Draft => "SEND_FAIL",
         _ => "SENDING",
     }
 }

@@ -19,8 +19,6 @@ const MAX_TAGGING: usize = 50;
 pub const PAGE: usize = 10_000;
 /// Bytes of a clientmsgid.
 const MAX_CLIENT_MSG_ID: usize = 64;
-/// A clientmsgid used again within this is "too fast" (45066), after it the original (45065).
-const RETRY_TOO_FAST_MS: i64 = 60_000;
 
 pub fn route(s: &Inner, c: &Caller, path: &str, req: &Req) -> WxResult {
     match path {
@@ -140,16 +138,9 @@ fn mass_send(s: &Inner, c: &Caller, req: &Req, target: Target) -> WxResult {
         if cid.len() > MAX_CLIENT_MSG_ID {
             return Err(wx(45067, format!("clientmsgid size out of limit: at most {MAX_CLIENT_MSG_ID} bytes")));
         }
+        // Kept for the policy's hours; a use within them answers 45066/45065 (compat::send).
         let window = i64::from(s.policy.client_msg_id_hours) * 3_600_000;
         s.store.expire_client_msg_id(ws, cid, s.now() - window)?;
-        if let Some((id, created_at)) = s.store.broadcast_by_client_msg_id(ws, cid)? {
-            if s.now() - created_at < RETRY_TOO_FAST_MS {
-                return Err(wx(45066, "same clientmsgid retry too fast, retry after a minute"));
-            }
-            let mut e = wx(45065, format!("clientmsgid exist: the mass send of msg_id {id}"));
-            e.extra.insert("msg_id".into(), json!(id));
-            return Err(e);
-        }
     }
     let (audience, kind, errmsg) = match target {
         Target::Filter => {
@@ -180,7 +171,7 @@ fn mass_send(s: &Inner, c: &Caller, req: &Req, target: Target) -> WxResult {
             if found.is_empty() {
                 return Err(wx(40003, "invalid openid: none of the openids is a follower"));
             }
-            (super::wecom::audience_of(s, ws, found.into_values().collect()), "oa", "send job submission success")
+            (super::wecom::audience_of(found.into_values().collect()), "oa", "send job submission success")
         }
         Target::Preview => {
             if b.get("towxname").is_some() && b.get("touser").is_none() {
@@ -200,7 +191,7 @@ fn mass_send(s: &Inner, c: &Caller, req: &Req, target: Target) -> WxResult {
             client_msg_id,
             priority: if preview { Priority::Chat } else { Priority::Broadcast },
             send_kind: kind,
-            dup_key: None,
+            dup: None,
             sender: None,
             callback: !preview && c.creds.callback_url.is_some(),
         },
@@ -308,8 +299,9 @@ fn tag_members(s: &Inner, c: &Caller, req: &Req) -> WxResult {
     Ok(out)
 }
 
-/// The `media` part of a multipart body: (filename, content type, bytes).
-fn multipart_media(req: &Req) -> Option<(Option<String>, String, Vec<u8>)> {
+/// The `media` part of a multipart body: (filename, content type, bytes — a
+/// slice of the body, not a copy).
+fn multipart_media(req: &Req) -> Option<(Option<String>, String, axum::body::Bytes)> {
     let boundary = req.content_type.split(';').find_map(|p| p.trim().strip_prefix("boundary="))?.trim_matches('"');
     let delimiter = format!("--{boundary}");
     let raw = &req.raw[..];
@@ -329,7 +321,7 @@ fn multipart_media(req: &Req) -> Option<(Option<String>, String, Vec<u8>)> {
                 .lines()
                 .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type:").map(|v| v.trim().to_owned()))
                 .unwrap_or_else(|| "application/octet-stream".into());
-            return Some((filename, ct, raw[body_start..next].to_vec()));
+            return Some((filename, ct, req.raw.slice(body_start..next)));
         }
         at = next + 2 + delimiter.len();
     }

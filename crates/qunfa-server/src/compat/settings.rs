@@ -27,8 +27,10 @@ use crate::{
 pub struct CompatCredentialsRequest {
     /// The corpid (WeCom) or appid (Official Account) clients send.
     pub app_id: String,
-    /// The corpsecret or AppSecret (stored as SHA-256 only).
-    pub secret: String,
+    /// The corpsecret or AppSecret: 32 to 128 characters (stored as SHA-256
+    /// only). Omitted: the server generates one (43 letters and digits) and
+    /// answers it once, in `secret`.
+    pub secret: Option<String>,
     /// Where `MASSSENDJOBFINISH` events are posted (Official Account).
     pub callback_url: Option<String>,
     /// The callback Token (3 to 32 letters and digits).
@@ -51,6 +53,20 @@ pub struct CompatCredentialsResponse {
     pub encoding_aes_key: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// The secret the server generated (when none was given): shown once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+/// Shortest secret accepted: a corpsecret is 43 characters, an AppSecret 32.
+const MIN_SECRET: usize = 32;
+
+/// A generated secret: 43 letters and digits (like a corpsecret).
+fn new_secret() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::thread_rng();
+    (0..43).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
 }
 
 fn mask(s: &Option<String>) -> Option<String> {
@@ -67,6 +83,7 @@ fn response(c: CompatCredentials) -> CompatCredentialsResponse {
         encoding_aes_key: mask(&c.callback_aes_key),
         created_at: ts(c.created_at),
         updated_at: ts(c.updated_at),
+        secret: None,
     }
 }
 
@@ -100,8 +117,10 @@ pub async fn put_compat(
     {
         return Err(bad("app_id", "1 to 64 letters, digits, _ or -"));
     }
-    if req.secret.len() < 8 || req.secret.len() > 128 {
-        return Err(bad("secret", "8 to 128 characters"));
+    let generated = req.secret.is_none();
+    let secret = req.secret.unwrap_or_else(new_secret);
+    if !(MIN_SECRET..=128).contains(&secret.chars().count()) {
+        return Err(bad("secret", "32 to 128 characters, or none: the server then generates one"));
     }
     let callback = [&req.callback_url, &req.callback_token, &req.encoding_aes_key];
     if callback.iter().any(|v| v.is_some()) && !callback.iter().all(|v| v.is_some()) {
@@ -122,7 +141,7 @@ pub async fn put_compat(
         workspace_id: auth.workspace_id(),
         kind: kind.as_str().to_owned(),
         app_id,
-        secret_hash: qunfa_store::secret_hash(&req.secret),
+        secret_hash: qunfa_store::secret_hash(&secret),
         member_id: auth.0.member_id,
         callback_url: req.callback_url,
         callback_token: req.callback_token,
@@ -137,7 +156,9 @@ pub async fn put_compat(
             s.store.compat_credentials_of(ws, &creds.kind)?.ok_or_else(ApiError::not_found)
         })
         .await?;
-    Ok(Json(response(saved)))
+    let mut out = response(saved);
+    out.secret = generated.then_some(secret);
+    Ok(Json(out))
 }
 
 /// The workspace's compatible-API credentials (secrets never shown).

@@ -65,7 +65,7 @@ pub fn route(s: &Inner, c: &Caller, path: &str, req: &Req) -> WxResult {
         "externalcontact/get_groupmsg_send_result" => groupmsg_send_result(s, c, req),
         "externalcontact/cancel_groupmsg_send" => {
             let b = super::broadcast_of(s, c, req.field(&["msgid"]))?;
-            super::recall(s, c, &b)?;
+            super::cancel(s, c, &b)?;
             Ok(json!({}))
         }
         _ => Err(wx(
@@ -209,6 +209,9 @@ fn user_get(s: &Inner, c: &Caller, req: &Req) -> WxResult {
     Ok(v)
 }
 
+/// Users of one list: WeCom's page of 10,000.
+const USER_LIST_MAX: usize = 10_000;
+
 fn user_list(s: &Inner, c: &Caller, req: &Req, simple: bool) -> WxResult {
     let id = req
         .field(&["department_id"])
@@ -216,28 +219,44 @@ fn user_list(s: &Inner, c: &Caller, req: &Req, simple: bool) -> WxResult {
         .ok_or_else(|| wx(60003, "department_id missing"))?;
     let fetch_child = req.field(&["fetch_child"]).is_some_and(|f| f == "1");
     let dept = department(s, c, id)?;
-    let spec = match dept {
-        Some(d) => AudienceSpec::Department(d),
-        None => AudienceSpec::All,
+    let now = s.now();
+    let members = match dept {
+        Some(d) => s.store.resolve_audience_at(c.ws(), &AudienceSpec::Department(d), now)?,
+        // The root's own members are the contacts in no department.
+        None if !fetch_child => {
+            let mut all = s.store.resolve_audience_at(c.ws(), &AudienceSpec::All, now)?;
+            let top: Vec<AudienceSpec> = s
+                .store
+                .departments(c.ws())?
+                .iter()
+                .filter(|d| d.parent_id.is_none())
+                .map(|d| AudienceSpec::Department(d.id))
+                .collect();
+            all.andnot_inplace(&super::resolve_union(s, c.ws(), &top)?);
+            all
+        }
+        None => s.store.resolve_audience_at(c.ws(), &AudienceSpec::All, now)?,
     };
-    let members = s.store.resolve_audience_at(c.ws(), &spec, s.now())?;
+    // Read in pages (one contact query per 1,000, one department query per
+    // chunk), filtered before the limit: the list is the first 10,000 that match.
     let mut list = Vec::new();
-    // Each contact with its departments (one read each): at most a page of 10,000.
-    for idx in members.iter().take(10_000) {
-        let rec = match s.store.contact(c.ws(), idx) {
-            Ok(r) => r,
-            Err(StoreError::NotFound) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let direct = match dept {
-            Some(d) => rec.departments.contains(&d),
-            None => rec.departments.is_empty(),
-        };
-        if fetch_child || direct {
-            list.push(user_json(&rec, simple));
+    let idxs: Vec<u32> = members.iter().collect();
+    for page in idxs.chunks(1000) {
+        for rec in s.store.contacts_with_departments(c.ws(), page)? {
+            let direct = match dept {
+                Some(d) => rec.departments.contains(&d),
+                None => rec.departments.is_empty(),
+            };
+            if fetch_child || direct {
+                list.push(user_json(&rec, simple));
+            }
+        }
+        if list.len() >= USER_LIST_MAX {
+            list.truncate(USER_LIST_MAX);
+            break;
         }
     }
-    Ok(json!({"userlist": list}))
+    Ok(json!({"errcode": 0, "errmsg": "ok", "userlist": list}))
 }
 
 fn tag_create(s: &Inner, c: &Caller, req: &Req) -> WxResult {
@@ -361,16 +380,25 @@ pub fn content_of(body: &Value, msgtype: &str) -> Result<RawContent, Wx> {
     Ok(raw)
 }
 
-/// The audience of a list of contact idxs: picked contacts, or an `id in (…)`
-/// expression above the policy's batch of ids.
-pub fn audience_of(s: &Inner, ws: i64, mut idxs: Vec<u32>) -> AudienceSpec {
+/// The audience of a list of contact idxs: the picked contacts (a compatible
+/// send may pick up to the policy's `compat_batch_max`, checked by preflight).
+pub fn audience_of(mut idxs: Vec<u32>) -> AudienceSpec {
     idxs.sort_unstable();
     idxs.dedup();
-    if idxs.len() <= s.policy.api_batch_max {
-        return AudienceSpec::Contacts(idxs);
+    AudienceSpec::Contacts(idxs)
+}
+
+/// A tier that sends to one tag or picked contacts only (`combined_audiences
+/// = false`, personal) refuses a mix of picked contacts and tags or
+/// departments, which would otherwise be resolved into picked contacts.
+fn refuse_mix(s: &Inner, c: &Caller, what: &str) -> Result<(), Wx> {
+    if c.tier(s).combined_audiences {
+        return Ok(());
     }
-    let ids: Vec<String> = idxs.iter().map(|i| qunfa_store::contact_public_id(ws, *i).to_string()).collect();
-    AudienceSpec::Expression(format!("id in ({})", ids.join(", ")))
+    Err(api(ApiError::new(
+        qunfa_core::Code::AudienceCombination,
+        format!("{} workspaces send to one tag or to picked contacts, not {what}", c.workspace.kind.as_str()),
+    )))
 }
 
 fn message_send(s: &Inner, c: &Caller, req: &Req) -> WxResult {
@@ -428,22 +456,21 @@ fn message_send(s: &Inner, c: &Caller, req: &Req) -> WxResult {
     } else if found.is_empty() {
         AudienceSpec::Expression(terms.join(" | "))
     } else {
+        if !specs.is_empty() {
+            refuse_mix(s, c, "users together with departments or tags")?;
+        }
         let mut idxs: Vec<u32> = found.values().copied().collect();
         idxs.extend(super::resolve_union(s, ws, &specs)?.iter());
-        audience_of(s, ws, idxs)
+        audience_of(idxs)
     };
-    // The same message to the same recipients within the interval is not sent again.
-    let dup_key = bool_of(b, &["enable_duplicate_check"]).then(|| {
+    // The same message to the same recipients within the interval is not
+    // sent again: the key is reserved with the draft, atomically.
+    let dup = bool_of(b, &["enable_duplicate_check"]).then(|| {
         let key =
             json!({"msgtype": msgtype, "msg": b.get(&msgtype), "touser": users, "toparty": parties, "totag": tags});
-        format!("wecom:{}", hex::encode(sha2::Sha256::digest(key.to_string().as_bytes())))
-    });
-    if let Some(key) = &dup_key {
         let interval = int_of(b, &["duplicate_check_interval"]).unwrap_or(1800).clamp(1, 4 * 3600);
-        if let Some(id) = s.store.compat_duplicate(ws, key, s.now() - interval * 1000)? {
-            return Ok(json!({"errcode": 0, "errmsg": "ok", "msgid": id.to_string()}));
-        }
-    }
+        (format!("wecom:{}", hex::encode(sha2::Sha256::digest(key.to_string().as_bytes()))), interval * 1000)
+    });
     let sent = super::send(
         s,
         c,
@@ -453,7 +480,7 @@ fn message_send(s: &Inner, c: &Caller, req: &Req) -> WxResult {
             client_msg_id: None,
             priority: Priority::Broadcast,
             send_kind: "wecom",
-            dup_key,
+            dup,
             sender: None,
             callback: false,
         },
@@ -604,13 +631,14 @@ fn add_msg_template(s: &Inner, c: &Caller, req: &Req) -> WxResult {
         }
         let mut idxs: Vec<u32> = found.values().copied().collect();
         if !groups.is_empty() {
+            refuse_mix(s, c, "external contacts filtered by tags")?;
             let e = super::super::routes::audiences::compile(s, ws, &groups.join(" & ")).map_err(api)?;
             let now = s.now();
             let tagged =
                 s.store.with_audience(ws, |i| i.evaluate(&e, now))?.map_err(|_| wx(40068, "invalid tag_filter"))?;
             idxs.retain(|i| tagged.contains(*i));
         }
-        audience_of(s, ws, idxs)
+        audience_of(idxs)
     };
     let sender = str_of(b, &["sender"]);
     let sent = super::send(
@@ -622,7 +650,7 @@ fn add_msg_template(s: &Inner, c: &Caller, req: &Req) -> WxResult {
             client_msg_id: None,
             priority: Priority::Broadcast,
             send_kind: "customer",
-            dup_key: None,
+            dup: None,
             sender: sender.clone(),
             callback: false,
         },

@@ -453,12 +453,21 @@ pub fn evaluate(
     if s.options.server_webhook {
         available.push(Channel::Webhook);
     }
+    // A send of the WeChat-compatible API (its row is written with the
+    // draft) may pick as many contacts as WeChat's mass send names; every
+    // other rule is the same. Approvals and scheduled runs judge it alike.
+    let batch_max = if s.store.compat_send(b.workspace_id, b.id)?.is_some() {
+        s.policy.compat_batch_max
+    } else {
+        s.policy.api_batch_max
+    };
     let proposal = SendProposal {
         kind,
         plan,
         content: &content,
         unknown_variables,
         audience: shape,
+        batch_max,
         n_recipients: audience.cardinality(),
         channels: &all_channels,
         available_channels: &available,

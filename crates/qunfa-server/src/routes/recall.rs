@@ -107,53 +107,8 @@ pub async fn recall(
     auth.require(Action::Send)?;
     let (ws, id, kind, actor) = (auth.workspace_id(), parse_id(&id)?, auth.0.workspace.kind, auth.0.actor());
     let (role, member_id) = (auth.0.role, auth.0.member_id);
-    let (report, b) = state
-        .blocking(move |s| {
-            let b = s.store.broadcast(ws, id)?;
-            may_change(role, member_id, &b, "recall")?;
-            let Some(dispatched_at) = b.dispatched_at else {
-                return Err(ApiError::new(
-                    Code::Conflict,
-                    format!("the broadcast is {}: nothing was sent to recall", b.state.as_str()),
-                ));
-            };
-            let Some(window) = s.policy.tier(kind).recall_seconds else {
-                return Err(ApiError::new(
-                    Code::RecallNotAllowed,
-                    format!(
-                        "{} workspaces cannot recall a sent message; send a correction notice to the same recipients: POST /v1/broadcasts/{id}/correction",
-                        kind.as_str()
-                    ),
-                )
-                .with_details(vec![serde_json::json!({
-                    "kind": kind.as_str(),
-                    "correction": format!("/v1/broadcasts/{id}/correction"),
-                })]));
-            };
-            if let Some(at) = b.recalled_at {
-                return Err(ApiError::new(Code::Conflict, format!("the broadcast was recalled at {}", ts(at))));
-            }
-            let now = s.now();
-            let elapsed_seconds = (now - dispatched_at).max(0) / 1000;
-            if now - dispatched_at > i64::from(window) * 1000 {
-                return Err(ApiError::new(
-                    Code::RecallWindow,
-                    format!(
-                        "the broadcast was sent {elapsed_seconds} s ago; {} workspaces can recall within {window} s of the send",
-                        kind.as_str()
-                    ),
-                )
-                .with_details(vec![serde_json::json!({
-                    "window_seconds": window,
-                    "dispatched_at": ts(dispatched_at),
-                    "elapsed_seconds": elapsed_seconds,
-                    "correction": format!("/v1/broadcasts/{id}/correction"),
-                })]));
-            }
-            let report = s.store.recall_broadcast(ws, id, &actor, now)?;
-            Ok((report, s.store.broadcast(ws, id)?))
-        })
-        .await?;
+    let (report, b) =
+        state.blocking(move |s| recall_now(s, &Recaller { kind, role, member_id, actor: &actor }, ws, id)).await?;
     Ok(Json(RecallResponse {
         broadcast: broadcast_response(b),
         inbox_hidden: report.inbox_hidden,
@@ -161,6 +116,74 @@ pub async fn recall(
         external_in_flight: report.external_in_flight,
         cancelled: report.cancelled,
     }))
+}
+
+/// Who recalls: the workspace's tier, the member's role and id, the audit actor.
+#[derive(Clone, Copy)]
+pub(crate) struct Recaller<'a> {
+    pub kind: qunfa_core::workspace::WorkspaceKind,
+    pub role: Role,
+    pub member_id: i64,
+    pub actor: &'a str,
+}
+
+/// The one recall of `POST /v1/broadcasts/{id}/recall` and of the
+/// WeChat-compatible API (`message/recall`, `message/mass/delete`): only the
+/// sender, an admin or the owner; within the tier's window of the dispatch.
+///
+/// # Errors
+/// `QF-AUTH-FORBIDDEN`, `QF-RECALL-NOT-ALLOWED`, `QF-RECALL-WINDOW`,
+/// `QF-STATE-CONFLICT` (never sent, or recalled already), database errors.
+pub(crate) fn recall_now(
+    s: &Inner,
+    who: &Recaller<'_>,
+    ws: i64,
+    id: i64,
+) -> Result<(qunfa_store::recall::RecallReport, BroadcastRecord), ApiError> {
+    let kind = who.kind;
+    let b = s.store.broadcast(ws, id)?;
+    may_change(who.role, who.member_id, &b, "recall")?;
+    let Some(dispatched_at) = b.dispatched_at else {
+        return Err(ApiError::new(
+            Code::Conflict,
+            format!("the broadcast is {}: nothing was sent to recall", b.state.as_str()),
+        ));
+    };
+    let Some(window) = s.policy.tier(who.kind).recall_seconds else {
+        return Err(ApiError::new(
+            Code::RecallNotAllowed,
+            format!(
+                "{} workspaces cannot recall a sent message; send a correction notice to the same recipients: POST /v1/broadcasts/{id}/correction",
+                kind.as_str()
+            ),
+        )
+        .with_details(vec![serde_json::json!({
+            "kind": kind.as_str(),
+            "correction": format!("/v1/broadcasts/{id}/correction"),
+        })]));
+    };
+    if let Some(at) = b.recalled_at {
+        return Err(ApiError::new(Code::Conflict, format!("the broadcast was recalled at {}", ts(at))));
+    }
+    let now = s.now();
+    let elapsed_seconds = (now - dispatched_at).max(0) / 1000;
+    if now - dispatched_at > i64::from(window) * 1000 {
+        return Err(ApiError::new(
+            Code::RecallWindow,
+            format!(
+                "the broadcast was sent {elapsed_seconds} s ago; {} workspaces can recall within {window} s of the send",
+                kind.as_str()
+            ),
+        )
+        .with_details(vec![serde_json::json!({
+            "window_seconds": window,
+            "dispatched_at": ts(dispatched_at),
+            "elapsed_seconds": elapsed_seconds,
+            "correction": format!("/v1/broadcasts/{id}/correction"),
+        })]));
+    }
+    let report = s.store.recall_broadcast(ws, id, who.actor, now)?;
+    Ok((report, s.store.broadcast(ws, id)?))
 }
 
 /// A correction notice's content.

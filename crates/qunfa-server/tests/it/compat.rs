@@ -9,9 +9,9 @@ use serde_json::{json, Value};
 use crate::support::{spawn_app_policy, Backend, TestApp};
 
 const CORP_ID: &str = "wwtestcorp";
-const CORP_SECRET: &str = "corp-secret-123456";
+const CORP_SECRET: &str = "corp-secret-0123456789abcdefghijklmnop";
 const APP_ID: &str = "wxtestapp";
-const APP_SECRET: &str = "app-secret-123456";
+const APP_SECRET: &str = "app-secret-0123456789abcdefghijklmnopq";
 const CB_TOKEN: &str = "cbToken123";
 const CB_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 
@@ -97,12 +97,26 @@ pub async fn tokens_and_errors(backend: Backend) {
     app.put("/v1/compat/fax", &key, json!({"app_id": "wxa", "secret": "12345678"}))
         .await
         .expect_error(404, "QF-NOT-FOUND");
+    // A short secret is refused; none makes the server generate one, shown once.
+    app.put("/v1/compat/oa", &key, json!({"app_id": "wxshort", "secret": "x".repeat(31)}))
+        .await
+        .expect_error(400, "QF-BAD-REQUEST");
+    let generated = app.put("/v1/compat/oa", &key, json!({"app_id": "wxgenerated"})).await.expect(200);
+    let secret = generated["secret"].as_str().unwrap().to_owned();
+    assert_eq!(secret.len(), 43);
+    assert!(!app.get("/v1/compat", &key).await.expect(200).to_string().contains(&secret));
+    let t =
+        cgi(&app, "token", &[("grant_type", "client_credential"), ("appid", "wxgenerated"), ("secret", &secret)], None)
+            .await;
+    // The OA token answer is WeChat's: no errcode.
+    assert!(t["access_token"].is_string() && t.get("errcode").is_none(), "{t}");
+    app.call(reqwest::Method::DELETE, "/v1/compat/oa", Some(&key), None).await.expect(204);
     let listed = app.get("/v1/compat", &key).await.expect(200);
     assert_eq!(listed[0]["app_id"], CORP_ID);
     assert!(!listed.to_string().contains(CORP_SECRET), "{listed}");
     // Another workspace cannot take the same corpid.
     let (_, other) = app.workspace("enterprise").await;
-    app.put("/v1/compat/wecom", &other, json!({"app_id": CORP_ID, "secret": "another-secret"}))
+    app.put("/v1/compat/wecom", &other, json!({"app_id": CORP_ID, "secret": "another-secret-0123456789abcdefghijk"}))
         .await
         .expect_error(409, "QF-DUPLICATE");
 
@@ -555,9 +569,313 @@ pub async fn oa_callback(backend: Backend) {
     ] {
         assert!(xml.contains(&part), "{part} not in {xml}");
     }
-    // Exactly one event per send.
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    // Exactly one event per send: the outcome is recorded once ("done" after
+    // one attempt), and a done callback is never claimed again.
+    let mut state = None;
+    for _ in 0..200 {
+        let store = app.store.clone();
+        state = tokio::task::spawn_blocking(move || store.compat_callback_state(id).unwrap()).await.unwrap();
+        if state.as_ref().is_some_and(|(s, _)| s == "done") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(state, Some(("done".to_owned(), 1)));
     assert_eq!(got.lock().unwrap().len(), 1);
+}
+
+/// A call with the device header of an integration (the abnormal-login rule sees it).
+async fn post_device(app: &TestApp, path: &str, token: &str, body: Value, device: &str) -> Value {
+    let url = format!("{}/cgi-bin/{path}", app.base);
+    let r =
+        app.http.post(url).query(&[("access_token", token)]).header("x-qunfa-device", device).body(body.to_string());
+    serde_json::from_str(&r.send().await.unwrap().text().await.unwrap()).unwrap()
+}
+
+/// How many broadcasts the workspace has.
+async fn n_broadcasts(app: &TestApp, key: &str) -> usize {
+    app.get("/v1/broadcasts?limit=100", key).await.expect(200)["items"].as_array().unwrap().len()
+}
+
+/// 2 to 10,000 OpenIDs and up to 10,000 external_userid are one send (not an
+/// `id in (…)` expression, not refused by the /v1 batch of 2,000).
+pub async fn large_picked_audiences(backend: Backend) {
+    let app = spawn_app_policy(backend, "").await;
+    let key = oa_workspace(&app, None).await;
+    let token = oa_token(&app).await;
+    let mut ndjson = String::new();
+    for i in 0..10_000 {
+        ndjson.push_str(&json!({"external_id": format!("o{i:05}"), "name": format!("粉丝{i}")}).to_string());
+        ndjson.push('\n');
+    }
+    app.raw("/v1/contacts/import", &key, "application/x-ndjson", ndjson).await.expect(200);
+    let all: Vec<String> = (0..10_000).map(|i| format!("o{i:05}")).collect();
+    let r = post(
+        &app,
+        "message/mass/send",
+        &token,
+        json!({"touser": all, "msgtype": "text", "text": {"content": "万人通知"}}),
+    )
+    .await;
+    assert_eq!(errcode(&r), 0, "{r}");
+    let b = app.get(&format!("/v1/broadcasts/{}", r["msg_id"]), &key).await.expect(200);
+    assert!(matches!(b["state"].as_str(), Some("sending" | "completed")), "{b}");
+    assert_eq!(b["recipients"].as_u64(), Some(10_000), "{b}");
+
+    // WeCom customer mass send: 2,500 external_userid (held for approval above 500: accepted).
+    let app = spawn_app_policy(backend, "").await;
+    let key = wecom_workspace(&app).await;
+    let token = wecom_token(&app).await;
+    app.contacts(&key, 2_500, &[]).await;
+    let externals: Vec<String> = (0..2_500).map(|i| format!("u{i}")).collect();
+    let r = post(
+        &app,
+        "externalcontact/add_msg_template",
+        &token,
+        json!({"external_userid": externals, "sender": "boss", "text": {"content": "新品上市"}}),
+    )
+    .await;
+    assert_eq!(errcode(&r), 0, "{r}");
+    let id = r["msgid"].as_str().unwrap().trim_start_matches("msg").to_owned();
+    let b = app.get(&format!("/v1/broadcasts/{id}"), &key).await.expect(200);
+    assert_eq!(b["state"], "pending_approval", "{b}");
+    let pre = app.post(&format!("/v1/broadcasts/{id}/preflight"), &key, json!({})).await.expect(200);
+    assert_eq!(pre["recipients"], 2_500, "{pre}");
+    assert!(!pre.to_string().contains("QF-LIMIT-API-BATCH"), "{pre}");
+}
+
+/// A refused send does not block its clientmsgid: the retry submits the
+/// same draft; meanwhile mass/get says SEND_FAIL, not SENDING.
+pub async fn refused_send_is_retried(backend: Backend) {
+    let app = spawn_app_policy(backend, "[tiers.api]\nsends_per_day = 1\n").await;
+    let key = oa_workspace(&app, None).await;
+    app.contacts(&key, 3, &[]).await;
+    let token = oa_token(&app).await;
+    let body = |t: &str, cid: Option<&str>| {
+        let mut b = json!({"touser": ["u0", "u1"], "msgtype": "text", "text": {"content": t}});
+        if let Some(cid) = cid {
+            b["clientmsgid"] = json!(cid);
+        }
+        b
+    };
+    assert_eq!(errcode(&post(&app, "message/mass/send", &token, body("第一条", None)).await), 0);
+    // The daily quota is used: refused, and the draft keeps the clientmsgid.
+    let refused = post(&app, "message/mass/send", &token, body("第二条", Some("c-2"))).await;
+    assert_eq!(errcode(&refused), 45028, "{refused}");
+    let draft = app.get("/v1/broadcasts?limit=1", &key).await.expect(200)["items"][0].clone();
+    assert_eq!(draft["state"], "draft");
+    let draft_id: i64 = draft["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(post(&app, "message/mass/get", &token, json!({"msg_id": draft_id})).await["msg_status"], "SEND_FAIL");
+    // At once again: still refused (not 45066 for a send that never went out).
+    assert_eq!(errcode(&post(&app, "message/mass/send", &token, body("第二条", Some("c-2"))).await), 45028);
+    // The next local day (within the clientmsgid's hours): the retry sends the same draft.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+        + app.clock_offset.load(std::sync::atomic::Ordering::SeqCst);
+    let day = 86_400_000;
+    app.advance(day - (now + 8 * 3_600_000) % day + 1_000);
+    let token = oa_token(&app).await;
+    let retry = post(&app, "message/mass/send", &token, body("第二条", Some("c-2"))).await;
+    assert_eq!((errcode(&retry), retry["msg_id"].as_i64()), (0, Some(draft_id)), "{retry}");
+    // (Dispatched: the engine keeps the wall clock, so it runs the batches a day later.)
+    let b = app.get(&format!("/v1/broadcasts/{draft_id}"), &key).await.expect(200);
+    assert_eq!(b["state"], "sending", "{b}");
+    assert_eq!(n_broadcasts(&app, &key).await, 2, "no second draft");
+    // Now it was sent: the clientmsgid answers the original.
+    let again = post(&app, "message/mass/send", &token, body("第二条", Some("c-2"))).await;
+    assert_eq!((errcode(&again), again["msg_id"].as_i64()), (45065, Some(draft_id)), "{again}");
+    // A refused draft gives its clientmsgid up to a request with other content.
+    let refused = post(&app, "message/mass/send", &token, body("第三条", Some("c-3"))).await;
+    assert_eq!(errcode(&refused), 45028, "{refused}");
+    let other = post(&app, "message/mass/send", &token, body("第三条（改）", Some("c-3"))).await;
+    assert_eq!(errcode(&other), 45028, "refused for the quota again, not for the clientmsgid: {other}");
+}
+
+/// Identical WeCom sends with enable_duplicate_check at the same moment: one broadcast.
+pub async fn concurrent_duplicates_send_once(backend: Backend) {
+    let app = spawn_app_policy(backend, "").await;
+    let key = wecom_workspace(&app).await;
+    let token = wecom_token(&app).await;
+    app.contacts(&key, 3, &[]).await;
+    let body = json!({"touser": "u0|u1|u2", "msgtype": "text", "text": {"content": "只发一次"},
+                      "enable_duplicate_check": 1, "duplicate_check_interval": 600});
+    let calls = (0..8).map(|_| post(&app, "message/send", &token, body.clone()));
+    let answers = futures::future::join_all(calls).await;
+    let ids: std::collections::BTreeSet<String> = answers
+        .iter()
+        .map(|r| {
+            assert_eq!(errcode(r), 0, "{r}");
+            r["msgid"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "{answers:?}");
+    assert_eq!(n_broadcasts(&app, &key).await, 1);
+    let id = ids.into_iter().next().unwrap();
+    assert_eq!(app.wait_completed(&key, &id).await["recipients"], 3);
+    // After the interval it is a new send.
+    app.advance(601_000);
+    let token = wecom_token(&app).await;
+    let r = post(&app, "message/send", &token, body).await;
+    assert_ne!(r["msgid"].as_str().unwrap(), id, "{r}");
+}
+
+/// Rules the compatible API must not escape: abnormal logins, the personal
+/// tier's single audience, the body limit before authentication.
+pub async fn rules_apply(backend: Backend) {
+    let app = spawn_app_policy(backend, "").await;
+    let key = wecom_workspace(&app).await;
+    let token = wecom_token(&app).await;
+    app.contacts(&key, 2, &[]).await;
+    let send = json!({"touser": "u0|u1", "msgtype": "text", "text": {"content": "设备"}});
+    let r = post_device(&app, "message/send", &token, send.clone(), "integration-a").await;
+    assert_eq!(errcode(&r), 0, "the member's first device is trusted: {r}");
+    let r = post_device(&app, "message/send", &token, send, "integration-b").await;
+    assert_eq!(errcode(&r), 48001, "{r}");
+    assert!(r["errmsg"].as_str().unwrap().contains("QF-LOGIN-ABNORMAL"), "{r}");
+
+    // Personal: users and a tag together are a combination (refused, nothing made).
+    let (_, pkey) = app.workspace("personal").await;
+    app.put("/v1/compat/wecom", &pkey, json!({"app_id": "wwpersonal", "secret": CORP_SECRET})).await.expect(200);
+    let t = cgi(&app, "gettoken", &[("corpid", "wwpersonal"), ("corpsecret", CORP_SECRET)], None).await;
+    let ptoken = t["access_token"].as_str().unwrap().to_owned();
+    app.contacts(&pkey, 3, &[]).await;
+    let tag = post(&app, "tag/create", &ptoken, json!({"tagname": "朋友"})).await["tagid"].as_i64().unwrap();
+    post(&app, "tag/addtagusers", &ptoken, json!({"tagid": tag, "userlist": ["u2"]})).await;
+    let r = post(
+        &app,
+        "message/send",
+        &ptoken,
+        json!({"touser": "u0", "totag": tag, "msgtype": "text", "text": {"content": "混合"}}),
+    )
+    .await;
+    assert_eq!(errcode(&r), 45009, "{r}");
+    assert!(r["errmsg"].as_str().unwrap().contains("QF-AUDIENCE-COMBINATION"), "{r}");
+    let r = post(
+        &app,
+        "externalcontact/add_msg_template",
+        &ptoken,
+        json!({"external_userid": ["u0"], "text": {"content": "混合"},
+        "tag_filter": {"group_list": [{"tag_list": [format!("et{tag}")]}]}}),
+    )
+    .await;
+    assert!(r["errmsg"].as_str().unwrap_or_default().contains("QF-AUDIENCE-COMBINATION"), "{r}");
+    assert_eq!(n_broadcasts(&app, &pkey).await, 0);
+
+    // A body above 21 MB: not read without a token, refused with one.
+    let big = vec![b' '; 22 * 1024 * 1024];
+    let url = format!("{}/cgi-bin/message/send", app.base);
+    let r: Value = app.http.post(&url).body(big.clone()).send().await.unwrap().json().await.unwrap();
+    assert_eq!(errcode(&r), 41001, "{r}");
+    let r: Value =
+        app.http.post(&url).query(&[("access_token", &token)]).body(big).send().await.unwrap().json().await.unwrap();
+    assert_eq!(errcode(&r), 40006, "{r}");
+    // A /v1 broadcast is no msgid of this API.
+    let ids = app.contacts(&key, 2, &[]).await;
+    let v1 = app.draft(&key, "v1", json!({"contact_ids": ids})).await;
+    assert_eq!(
+        errcode(
+            &post(&app, "externalcontact/cancel_groupmsg_send", &token, json!({"msgid": format!("msg{v1}")})).await
+        ),
+        40058
+    );
+}
+
+/// cancel_groupmsg_send stops what is left (a held send is withdrawn), it does not recall.
+pub async fn cancel_stops_what_is_left(backend: Backend) {
+    let app = spawn_app_policy(backend, "").await;
+    let key = wecom_workspace(&app).await;
+    let token = wecom_token(&app).await;
+    app.contacts(&key, 600, &[]).await;
+    let externals: Vec<String> = (0..600).map(|i| format!("u{i}")).collect();
+    let r = post(
+        &app,
+        "externalcontact/add_msg_template",
+        &token,
+        json!({"external_userid": externals, "text": {"content": "待审"}}),
+    )
+    .await;
+    let msgid = r["msgid"].as_str().unwrap().to_owned();
+    let id = msgid.trim_start_matches("msg");
+    assert_eq!(app.get(&format!("/v1/broadcasts/{id}"), &key).await.expect(200)["state"], "pending_approval");
+    let r = post(&app, "externalcontact/cancel_groupmsg_send", &token, json!({"msgid": msgid})).await;
+    assert_eq!(errcode(&r), 0, "{r}");
+    let b = app.get(&format!("/v1/broadcasts/{id}"), &key).await.expect(200);
+    assert_eq!((b["state"].as_str(), b["recalled_at"].is_null()), (Some("cancelled"), true), "{b}");
+    // A completed send has nothing left to stop: nothing changes (no recall).
+    let r = post(
+        &app,
+        "externalcontact/add_msg_template",
+        &token,
+        json!({"external_userid": ["u1", "u2"], "text": {"content": "已发"}}),
+    )
+    .await;
+    let done = r["msgid"].as_str().unwrap().to_owned();
+    app.wait_completed(&key, done.trim_start_matches("msg")).await;
+    assert_eq!(errcode(&post(&app, "externalcontact/cancel_groupmsg_send", &token, json!({"msgid": done})).await), 0);
+    let b = app.get(&format!("/v1/broadcasts/{}", done.trim_start_matches("msg")), &key).await.expect(200);
+    assert_eq!((b["state"].as_str(), b["recalled_at"].is_null()), (Some("completed"), true), "{b}");
+}
+
+/// user/list of the root without fetch_child: the contacts in no department,
+/// however many contacts come before them.
+pub async fn user_list_filters_before_the_page(backend: Backend) {
+    let app = spawn_app_policy(backend, "").await;
+    let key = wecom_workspace(&app).await;
+    let token = wecom_token(&app).await;
+    let dept =
+        post(&app, "department/create", &token, json!({"name": "大部门", "parentid": 1})).await["id"].as_i64().unwrap();
+    let ids = app.contacts(&key, 10_003, &[]).await;
+    let ws = ids[0].parse::<i64>().unwrap() >> 32;
+    let idxs: Vec<u32> =
+        (0..10_000).map(|i| qunfa_store::contact_idx_of(ws, ids[i].parse().unwrap()).unwrap()).collect();
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || store.department_members(ws, dept - 1, &idxs, "test", 0).unwrap())
+        .await
+        .unwrap();
+    let root = cgi(&app, "user/simplelist", &[("access_token", &token), ("department_id", "1")], None).await;
+    let users: Vec<&str> = root["userlist"].as_array().unwrap().iter().map(|u| u["userid"].as_str().unwrap()).collect();
+    assert_eq!(users, ["u10000", "u10001", "u10002"]);
+    let d = cgi(&app, "user/list", &[("access_token", &token), ("department_id", &dept.to_string())], None).await;
+    assert_eq!(d["userlist"].as_array().unwrap().len(), 10_000);
+    assert_eq!(d["userlist"][0]["department"], json!([dept]));
+    let all =
+        cgi(&app, "user/simplelist", &[("access_token", &token), ("department_id", "1"), ("fetch_child", "1")], None)
+            .await;
+    assert_eq!(all["userlist"].as_array().unwrap().len(), 10_000, "a page of 10,000");
+}
+
+/// A receiver's redirect is a failed attempt, never a post somewhere else.
+pub async fn callback_redirects_are_not_followed(backend: Backend) {
+    let app = spawn_app_policy(backend, "").await;
+    let got: Got = Default::default();
+    let router = axum::Router::new()
+        .route("/cb", axum::routing::post(|| async { axum::response::Redirect::temporary("/elsewhere") }))
+        .route("/elsewhere", axum::routing::any(receive))
+        .with_state(got.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/cb", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let key = oa_workspace(&app, Some(&url)).await;
+    app.contacts(&key, 2, &[]).await;
+    let token = oa_token(&app).await;
+    let r = post(
+        &app,
+        "message/mass/sendall",
+        &token,
+        json!({"filter": {"is_to_all": true}, "msgtype": "text", "text": {"content": "跳转"}}),
+    )
+    .await;
+    let id = r["msg_id"].as_i64().unwrap();
+    let mut state = None;
+    for _ in 0..300 {
+        let store = app.store.clone();
+        state = tokio::task::spawn_blocking(move || store.compat_callback_state(id).unwrap()).await.unwrap();
+        if state.as_ref().is_some_and(|(_, attempts)| *attempts >= 1) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(state, Some(("pending".to_owned(), 1)), "a failed attempt, retried later");
+    assert!(got.lock().unwrap().is_empty(), "the redirect was followed");
 }
 
 fn serde_urlencoded_pairs(q: &str) -> std::collections::HashMap<String, String> {
@@ -577,4 +895,17 @@ macro_rules! compat_tests {
     };
 }
 
-compat_tests!(tokens_and_errors, wecom_send, wecom_recall_and_customers, oa_mass_send, oa_callback);
+compat_tests!(
+    tokens_and_errors,
+    wecom_send,
+    wecom_recall_and_customers,
+    oa_mass_send,
+    oa_callback,
+    large_picked_audiences,
+    refused_send_is_retried,
+    concurrent_duplicates_send_once,
+    rules_apply,
+    cancel_stops_what_is_left,
+    user_list_filters_before_the_page,
+    callback_redirects_are_not_followed,
+);

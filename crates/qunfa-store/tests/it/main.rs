@@ -51,12 +51,16 @@ both_backends!(
     early_receipts,
     scheduled_runs_are_claimed_once,
     schedule_settings_round_trip,
+    compat_sends_are_reserved_with_their_draft,
+    compat_callbacks_are_finished_under_their_lease,
 );
 
 mod channels;
 use channels::{early_receipts, fallback_and_consent, workspace_channel_rate};
 mod schedule;
 use schedule::{schedule_settings_round_trip, scheduled_runs_are_claimed_once};
+mod compat;
+use compat::{compat_callbacks_are_finished_under_their_lease, compat_sends_are_reserved_with_their_draft};
 
 struct Fixture {
     store: Store,
