@@ -18,20 +18,26 @@ const TEXT = {
     took: '用时', sample: '示例', use_in_compose: '用此受众撰写', position: '位置',
     content_type: '消息类型', text: '正文', title: '标题', url: '链接', description: '描述',
     safety: '内容安全', masked: '屏蔽预览', no_hits: '未发现问题', hits: '命中', checking: '检查中…',
-    save_preflight: '保存草稿并预检', state: '状态', recipients: '接收人数', counts: '进度',
+    save_preflight: '保存草稿并预检', state: '状态', recipients: '接收人数',
     preflight: '预检', run_preflight: '重新预检', send: '发送', approve: '批准', reject: '驳回', comment: '意见',
     ok_to_send: '可以发送', blocked: '无法发送', fix: '如何解决', clears_at: '解除时间', no_verdicts: '没有问题',
     queued: '排队', sent: '已发送', delivered: '已送达', failed: '失败', read: '已读', replied: '已回复',
-    filtered: '已过滤', total: '总数', progress_live: '实时进度', evidence: '导出证据', none: '暂无',
+    filtered: '已过滤', progress_live: '实时进度', evidence: '导出证据', none: '暂无',
     pending: '待审批的群发', action: '操作', target: '对象', actor: '操作人', at: '时间', score: '分数',
-    reasons: '原因', open: '打开', back: '返回', verification_code: '二次验证码（如需要）',
+    reasons: '原因', back: '返回', verification_code: '二次验证码（如需要）',
     state_draft: '草稿', state_scheduled: '已定时', state_pending_approval: '待审批', state_sending: '发送中',
     state_paused: '已暂停', state_completed: '已完成', state_cancelled: '已取消', state_blocked: '被拦截',
     tags_page: '标签与部门', dormant: '沉睡', size: '人数（含子标签）', own: '本标签', last_used: '最近使用',
     new_tag: '新标签路径', create: '创建', reviews: '内容审核', pending_reviews: '待审核内容', risk: '风险',
     reason: '理由', schedule: '定时发送', at_time: '时间', time_zone: '时区', cron: '循环（cron）',
-    schedule_it: '设定时间', unschedule: '取消定时', recall: '撤回', scheduled_for: '计划时间', next_run: '下次运行',
-    dormant_report: '沉睡标签', n_dormant: '个沉睡标签', search: '搜索联系人', search_help: '外部 ID 或姓名开头', preview_for: '预览，收件人', caption: '说明文字', html: '富文本（HTML）', upload: '上传文件', filename: '文件名', results: '效果', delivery_rate: '送达率', read_rate: '阅读率', reply_rate: '回复率', forward_rate: '转发率',
+    schedule_it: '设定时间', unschedule: '取消定时', recall: '撤回', scheduled_for: '计划时间',
+    n_dormant: '个沉睡标签', search: '搜索联系人', search_help: '外部 ID 或姓名开头', preview_for: '预览，收件人', caption: '说明文字', html: '富文本（HTML）', upload: '上传文件', filename: '文件名', results: '效果', delivery_rate: '送达率', read_rate: '阅读率', reply_rate: '回复率', forward_rate: '转发率',
+    this_login: '本次登录', login_security: '登录安全', login_code: '管理员给的验证码', verify: '验证',
+    change_password: '修改密码', current_password: '当前密码', new_password: '新密码（至少 10 个字符）',
+    term_abnormal: '异常', term_verified: '已验证', term_trusted: '可信',
+    term_block: '拦截', term_review: '需审核', term_derank: '降权', term_allow: '通过', term_warn: '提示', term_delay: '延迟',
+    term_healthy: '健康', term_watch: '观察', term_sandbox: '沙盒监控', term_suspended: '已暂停',
+    role_owner: '所有者', role_admin: '管理员', role_sender: '发送者', role_reviewer: '审核员', role_auditor: '审计员', role_viewer: '查看者',
   },
   en: {
     brand: 'qunfa', contacts: 'Contacts', audience: 'Audience', compose: 'Compose', broadcasts: 'Broadcasts',
@@ -46,64 +52,37 @@ const TEXT = {
     took: 'took', sample: 'Sample', use_in_compose: 'Compose for this audience', position: 'position',
     content_type: 'Message type', text: 'Text', title: 'Title', url: 'Link', description: 'Description',
     safety: 'Content safety', masked: 'Masked preview', no_hits: 'Nothing found', hits: 'Hits', checking: 'Checking…',
-    save_preflight: 'Save draft and run preflight', state: 'State', recipients: 'Recipients', counts: 'Progress',
+    save_preflight: 'Save draft and run preflight', state: 'State', recipients: 'Recipients',
     preflight: 'Preflight', run_preflight: 'Run preflight again', send: 'Send', approve: 'Approve', reject: 'Reject', comment: 'Comment',
     ok_to_send: 'Ready to send', blocked: 'Cannot be sent', fix: 'How to fix', clears_at: 'Clears at', no_verdicts: 'No problems',
     queued: 'Queued', sent: 'Sent', delivered: 'Delivered', failed: 'Failed', read: 'Read', replied: 'Replied',
-    filtered: 'Filtered', total: 'Total', progress_live: 'Live progress', evidence: 'Export evidence', none: 'Nothing yet',
+    filtered: 'Filtered', progress_live: 'Live progress', evidence: 'Export evidence', none: 'Nothing yet',
     pending: 'Broadcasts waiting for approval', action: 'Action', target: 'Target', actor: 'Actor', at: 'At', score: 'Score',
-    reasons: 'Reasons', open: 'Open', back: 'Back', verification_code: 'Verification code (if asked)',
+    reasons: 'Reasons', back: 'Back', verification_code: 'Verification code (if asked)',
     state_draft: 'draft', state_scheduled: 'scheduled', state_pending_approval: 'pending approval', state_sending: 'sending',
     state_paused: 'paused', state_completed: 'completed', state_cancelled: 'cancelled', state_blocked: 'blocked',
     tags_page: 'Tags and departments', dormant: 'dormant', size: 'Size (with sub-tags)', own: 'Own', last_used: 'Last used',
     new_tag: 'New tag path', create: 'Create', reviews: 'Content review', pending_reviews: 'Held for content review', risk: 'Risk',
     reason: 'Reason', schedule: 'Schedule', at_time: 'Time', time_zone: 'Time zone', cron: 'Recurring (cron)',
-    schedule_it: 'Schedule it', unschedule: 'Cancel the schedule', recall: 'Recall', scheduled_for: 'Scheduled for', next_run: 'Next run',
-    dormant_report: 'Dormant tags', n_dormant: 'dormant tags', search: 'Search contacts', search_help: 'External id or start of the name', preview_for: 'Preview for', caption: 'Caption', html: 'Rich text (HTML)', upload: 'Upload', filename: 'File name', results: 'Results', delivery_rate: 'Delivery rate', read_rate: 'Read rate', reply_rate: 'Reply rate', forward_rate: 'Forward rate',
+    schedule_it: 'Schedule it', unschedule: 'Cancel the schedule', recall: 'Recall', scheduled_for: 'Scheduled for',
+    n_dormant: 'dormant tags', search: 'Search contacts', search_help: 'External id or start of the name', preview_for: 'Preview for', caption: 'Caption', html: 'Rich text (HTML)', upload: 'Upload', filename: 'File name', results: 'Results', delivery_rate: 'Delivery rate', read_rate: 'Read rate', reply_rate: 'Reply rate', forward_rate: 'Forward rate',
+    this_login: 'This login', login_security: 'Login security', login_code: 'Code from an admin', verify: 'Verify',
+    change_password: 'Change the password', current_password: 'Current password', new_password: 'New password (10 characters or more)',
+    term_abnormal: 'abnormal', term_verified: 'verified', term_trusted: 'trusted',
+    term_block: 'block', term_review: 'review', term_derank: 'derank', term_allow: 'allow', term_warn: 'warn', term_delay: 'delay',
+    term_healthy: 'healthy', term_watch: 'watch', term_sandbox: 'sandbox', term_suspended: 'suspended',
+    role_owner: 'owner', role_admin: 'admin', role_sender: 'sender', role_reviewer: 'reviewer', role_auditor: 'auditor', role_viewer: 'viewer',
   },
 };
-let lang = localStorage.getItem('qunfa.lang') ||
-  ((navigator.languages || [navigator.language || 'zh']).some((l) => /^zh/i.test(l)) ? 'zh' : 'en');
-const t = (key) => TEXT[lang][key] ?? TEXT.en[key] ?? key;
+const t = translator(TEXT);
 
 // ---------------------------------------------------------------- DOM
-function h(tag, attrs, ...children) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
-    else if (k === 'class') el.className = v;
-    else if (k === 'value') el.value = v;
-    else el.setAttribute(k, v === true ? '' : v);
-  }
-  for (const c of children.flat(Infinity)) {
-    if (c === undefined || c === null || c === false) continue;
-    el.append(c instanceof Node ? c : String(c));
-  }
-  return el;
-}
-
-// Replaces an element's children (arrays flattened, null/false left out).
-function fill(el, ...kids) {
-  el.replaceChildren(...kids.flat(Infinity).filter((k) => k !== null && k !== undefined && k !== false)
-    .map((k) => (k instanceof Node ? k : String(k))));
-}
 const main = () => document.getElementById('main');
-function show(...nodes) {
-  const m = main();
-  fill(m, ...nodes.flat());
-}
-const when = (s) => (s ? new Date(s).toLocaleString(lang === 'zh' ? 'zh-CN' : 'en-GB') : '');
 const stateBadge = (s) => h('span', { class: `badge ${s}` }, t(`state_${s}`));
+// A verdict severity, content action or health state, in the page's language.
+const term = (k) => h('span', { class: `badge ${k}` }, t(`term_${k}`));
 
 // ---------------------------------------------------------------- API
-class ApiError extends Error {
-  constructor(status, body) {
-    super(body?.message || `HTTP ${status}`);
-    this.status = status;
-    this.body = body || {};
-  }
-}
 async function api(method, path, body, opts = {}) {
   const headers = {};
   if (method !== 'GET') headers['X-CSRF-Token'] = sessionStorage.getItem('qunfa.csrf') || '';
@@ -120,6 +99,11 @@ async function api(method, path, body, opts = {}) {
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch { data = null; }
   if (!r.ok) {
+    // A login in another tab made a new session: take its token and try once more.
+    if (r.status === 403 && data?.error?.code === 'QF-CSRF-TOKEN' && !opts.retried) {
+      await loadSession();
+      if (me) return api(method, path, body, { ...opts, retried: true });
+    }
     if (r.status === 401 && !opts.quiet) {
       sessionStorage.removeItem('qunfa.csrf');
       location.hash = '#/login';
@@ -127,18 +111,6 @@ async function api(method, path, body, opts = {}) {
     throw new ApiError(r.status, data?.error);
   }
   return data;
-}
-// An error as the user sees it: the message in their language, the code, the hint.
-function errorBox(e) {
-  const b = e.body || {};
-  const msg = (lang === 'zh' ? b.message_zh : b.message) || e.message;
-  return h('div', { class: 'error', role: 'alert' },
-    h('strong', {}, msg), b.code ? h('span', { class: 'muted' }, ` (${b.code})`) : null,
-    b.hint ? h('div', { class: 'hint' }, b.hint) : null);
-}
-function debounce(fn, ms) {
-  let timer;
-  return (...args) => { clearTimeout(timer); timer = setTimeout(() => fn(...args), ms); };
 }
 
 // ---------------------------------------------------------------- session
@@ -162,8 +134,8 @@ function nav(current) {
     link('#/reviews', 'reviews'), link('#/audit', 'audit'),
     link('#/health', 'health'),
     h('span', { class: 'spacer' }),
-    h('span', { class: 'muted', id: 'whoami' }, `${me.name} · ${me.workspace_name} · ${me.role}`),
-    h('button', { class: 'link', id: 'lang', onclick: () => { lang = lang === 'zh' ? 'en' : 'zh'; localStorage.setItem('qunfa.lang', lang); route(); } }, t('language')),
+    h('span', { class: 'muted', id: 'whoami' }, `${me.name} · ${me.workspace_name} · ${t(`role_${me.role}`)}`),
+    h('button', { class: 'link', id: 'lang', onclick: () => { switchLang(); route(); } }, t('language')),
     h('button', { class: 'link', id: 'logout', onclick: logout }, t('logout'))));
 }
 async function logout() {
@@ -174,7 +146,7 @@ async function logout() {
 }
 
 // ---------------------------------------------------------------- pages
-function loginPage() {
+function loginPage(view) {
   const err = h('div');
   const login = h('input', { type: 'text', id: 'login', name: 'login', autocomplete: 'username', required: true });
   const password = h('input', { type: 'password', id: 'password', name: 'password', autocomplete: 'current-password', required: true });
@@ -198,18 +170,24 @@ function loginPage() {
   h('label', { for: 'login' }, t('login')), login,
   h('label', { for: 'password' }, t('password')), password,
   h('p', {}, button), err,
-  h('p', {}, h('button', { type: 'button', class: 'link', onclick: () => { lang = lang === 'zh' ? 'en' : 'zh'; localStorage.setItem('qunfa.lang', lang); route(); } }, t('language'))));
-  show(form);
+  h('p', {}, h('button', { type: 'button', class: 'link', onclick: () => { switchLang(); route(); } }, t('language'))));
+  view.show(form);
   login.focus();
 }
 
-async function contactsPage() {
+async function contactsPage(view) {
   const rows = h('tbody');
   const more = h('button', { type: 'button' }, t('more'));
   const search = h('input', { type: 'search', id: 'contact-search', placeholder: t('search_help'), 'aria-label': t('search') });
   let cursor = null;
   let seq = 0;
-  search.addEventListener('input', debounce(() => { cursor = null; fill(rows); page(); }, 250));
+  const searchErr = h('div', { 'aria-live': 'polite' });
+  search.addEventListener('input', debounce(() => {
+    cursor = null;
+    fill(rows);
+    fill(searchErr);
+    page().catch((e) => fill(searchErr, errorBox(e)));
+  }, 250));
   async function page() {
     const mine = ++seq;
     const q = new URLSearchParams({ limit: '50' });
@@ -274,7 +252,7 @@ async function contactsPage() {
     xhr.send(body);
   } }, t('start_import'));
 
-  show(h('h1', {}, t('contacts')),
+  view.show(h('h1', {}, t('contacts')),
     h('section', { class: 'card', 'aria-labelledby': 'import-h' },
       h('h2', { id: 'import-h' }, t('import')),
       h('label', { for: 'import-file' }, t('import_file')), file,
@@ -283,7 +261,7 @@ async function contactsPage() {
         h('div', {}, h('label', { for: 'import-format' }, t('format')), format),
         h('div', {}, h('label', { for: 'import-partial' }, partial, ' ', t('partial')))),
       h('p', {}, start), bar, result),
-    h('p', {}, search),
+    h('p', {}, search), searchErr,
     h('div', { class: 'table-wrap' }, h('table', { id: 'contacts' },
       h('thead', {}, h('tr', {}, h('th', {}, t('name')), h('th', {}, t('external_id')), h('th', {}, t('tags')),
         h('th', {}, t('departments')), h('th', {}, t('created')))), rows)),
@@ -299,10 +277,10 @@ function rejectedTable(lines) {
       : h('tr', {}, h('td', {}, l.line), h('td', {}, l.code), h('td', {}, l.message))))))));
 }
 
-async function contactPage(id) {
+async function contactPage(view, id) {
   const c = await api('GET', `/v1/contacts/${encodeURIComponent(id)}`);
   const link = h('p', { id: 'inbox-link' });
-  show(h('p', {}, h('a', { href: '#/contacts' }, `← ${t('back')}`)),
+  view.show(h('p', {}, h('a', { href: '#/contacts' }, `← ${t('back')}`)),
     h('h1', {}, c.name),
     h('div', { class: 'card' },
       h('p', {}, `${t('external_id')}: ${c.external_id}`),
@@ -331,7 +309,7 @@ function exprWithError(expr, pos) {
     chars.slice(0, at).join(''), h('span', { class: 'at' }, chars[at] ?? ' '), chars.slice(at + 1).join(''));
 }
 
-function audiencePage() {
+function audiencePage(view) {
   const expr = h('textarea', { id: 'expr', rows: 3, placeholder: t('expr_help'), 'aria-describedby': 'expr-out' },
     sessionStorage.getItem('qunfa.expr') || '');
   const out = h('div', { id: 'expr-out', 'aria-live': 'polite' });
@@ -355,7 +333,7 @@ function audiencePage() {
     }
   }, 200);
   expr.addEventListener('input', count);
-  show(h('h1', {}, t('audience')),
+  view.show(h('h1', {}, t('audience')),
     h('div', { class: 'card' }, h('label', { for: 'expr' }, t('expr')), expr, out,
       h('p', {}, h('button', { type: 'button', class: 'primary', id: 'use-audience', onclick: () => { location.hash = '#/compose'; } }, t('use_in_compose')))));
   count();
@@ -389,7 +367,7 @@ function highlighted(text, hits) {
   return out;
 }
 
-function composePage() {
+function composePage(view) {
   const type = h('select', { id: 'content-type' },
     ['text', 'link', 'image', 'file', 'miniprogram', 'richtext'].map((v) => h('option', { value: v }, v)));
   const text = h('textarea', { id: 'content-text', rows: 6, 'aria-describedby': 'safety-out' }, sessionStorage.getItem('qunfa.text') || '');
@@ -451,10 +429,10 @@ function composePage() {
       if (mine !== seq) return;
       fill(preview, ...highlighted(text.value, r.hits));
       fill(out,
-        h('p', {}, `${t('safety')}: `, h('span', { class: `badge ${r.action}`, id: 'safety-action' }, r.action),
+        h('p', {}, `${t('safety')}: `, h('span', { class: `badge ${r.action}`, id: 'safety-action', 'data-action': r.action }, t(`term_${r.action}`)),
           h('span', { class: 'muted' }, ` · ${r.hits_total} ${t('hits')}`)),
         r.hits.length ? h('ul', { id: 'hits' }, r.hits.map((hit) => h('li', {},
-          h('span', { class: `badge ${hit.action}` }, hit.action), ' ',
+          term(hit.action), ' ',
           `${hit.original ? `“${hit.original}” — ` : ''}${lang === 'zh' ? hit.message_zh : hit.message}`))) : h('p', { class: 'ok' }, t('no_hits')),
         r.action !== 'allow' ? h('p', {}, h('strong', {}, `${t('masked')}: `), h('span', { id: 'masked' }, r.masked)) : null);
     } catch (e) {
@@ -503,7 +481,7 @@ function composePage() {
       location.hash = `#/broadcasts/${b.id}`;
     } catch (e) { fill(err, errorBox(e)); }
   } }, t('save_preflight'));
-  show(h('h1', {}, t('compose')),
+  view.show(h('h1', {}, t('compose')),
     h('div', { class: 'card' },
       h('label', { for: 'content-type' }, t('content_type')), type, extra,
       textLabel, text,
@@ -518,7 +496,7 @@ function composePage() {
 function verdictList(verdicts) {
   if (!verdicts.length) return h('p', { class: 'ok' }, t('no_verdicts'));
   return h('div', { id: 'verdicts' }, verdicts.map((v) => h('div', { class: `verdict ${v.severity}` },
-    h('span', { class: `badge ${v.severity}` }, v.severity), ' ', h('strong', {}, lang === 'zh' ? v.message_zh : v.message),
+    term(v.severity), ' ', h('strong', {}, lang === 'zh' ? v.message_zh : v.message),
     h('span', { class: 'muted' }, ` (${v.code})`),
     h('div', { class: 'hint' }, `${t('fix')}: ${v.hint}`),
     v.clears_at ? h('div', { class: 'muted' }, `${t('clears_at')}: ${when(v.clears_at)}`) : null)));
@@ -572,7 +550,10 @@ function rates(b) {
 }
 
 let events = null;
-async function broadcastPage(id) {
+let poller = null;
+// Called when an action changes the broadcast's state (send, approve…).
+let followState = () => {};
+async function broadcastPage(view, id) {
   const b = await api('GET', `/v1/broadcasts/${encodeURIComponent(id)}`);
   const verdictsBox = h('div', { id: 'preflight-out', 'aria-live': 'polite' });
   const actions = h('div', { class: 'row' });
@@ -592,7 +573,9 @@ async function broadcastPage(id) {
     fill(err);
     try {
       const r = await api('POST', `/v1/broadcasts/${id}/${path}`, body);
-      render(r.id ? r : await api('GET', `/v1/broadcasts/${id}`));
+      const x = r.id ? r : await api('GET', `/v1/broadcasts/${id}`);
+      render(x);
+      followState(x.state);
     } catch (e) {
       fill(err, errorBox(e));
       if (Array.isArray(e.body?.details) && e.body.details.length && e.body.details[0].severity) {
@@ -643,7 +626,7 @@ async function broadcastPage(id) {
       h('button', { type: 'button', id: 'schedule', onclick: () => act('schedule', cron.value.trim()
         ? { cron: cron.value.trim(), time_zone: zone.value.trim() } : { at: at.value.length === 16 ? `${at.value}:00` : at.value, time_zone: zone.value.trim() }) }, t('schedule_it'))));
   }
-  show(h('p', {}, h('a', { href: '#/broadcasts' }, `← ${t('back')}`)),
+  view.show(h('p', {}, h('a', { href: '#/broadcasts' }, `← ${t('back')}`)),
     h('h1', {}, `#${b.id} `, state),
     h('div', { class: 'card' },
       h('p', { id: 'content' }, b.content.text || b.content.title || b.content.type),
@@ -655,17 +638,36 @@ async function broadcastPage(id) {
     h('section', { class: 'card', 'aria-labelledby': 'rs-h' }, h('h2', { id: 'rs-h' }, t('results')), results));
   render(b);
   if (b.state === 'draft') preflight();
-  if (events) events.close();
-  // Live progress over server-sent events (the session cookie authenticates them).
-  events = new EventSource(`/v1/broadcasts/${encodeURIComponent(id)}/events`);
-  events.addEventListener('progress', (ev) => { try { render(JSON.parse(ev.data)); } catch { /* keep the last */ } });
-  events.onerror = () => { /* the browser reconnects by itself */ };
+  if (!view.current()) return;
+  // Live progress over server-sent events while it goes out (the session
+  // cookie authenticates them); reads and replies of a finished send are
+  // polled every 10 s; a draft waits for its send.
+  const live = ['sending', 'paused', 'pending_approval', 'scheduled'];
+  function follow(state) {
+    stopEvents();
+    if (live.includes(state)) {
+      events = new EventSource(`/v1/broadcasts/${encodeURIComponent(id)}/events`);
+      events.addEventListener('progress', (ev) => {
+        let x;
+        try { x = JSON.parse(ev.data); } catch { return; }
+        render(x);
+        if (!live.includes(x.state)) follow(x.state);
+      });
+    } else if (['completed', 'cancelled', 'blocked'].includes(state)) {
+      poller = setInterval(async () => {
+        if (!view.current()) { stopEvents(); return; }
+        try { render(await api('GET', `/v1/broadcasts/${encodeURIComponent(id)}`)); } catch { /* keep the last */ }
+      }, 10_000);
+    }
+  }
+  followState = follow;
+  follow(b.state);
 }
 
-async function broadcastsPage(filter) {
+async function broadcastsPage(view, filter) {
   const data = await api('GET', '/v1/broadcasts?limit=100');
   const items = data.items.filter((b) => !filter || b.state === filter);
-  show(h('h1', {}, filter ? t('pending') : t('broadcasts')),
+  view.show(h('h1', {}, filter ? t('pending') : t('broadcasts')),
     items.length ? h('div', { class: 'table-wrap' }, h('table', { id: 'broadcasts' },
       h('thead', {}, h('tr', {}, h('th', {}, '#'), h('th', {}, t('text')), h('th', {}, t('state')),
         h('th', {}, t('recipients')), h('th', {}, t('read')), h('th', {}, t('created')))),
@@ -677,32 +679,66 @@ async function broadcastsPage(filter) {
       : h('p', { class: 'muted' }, t('none')));
 }
 
-async function auditPage() {
+async function auditPage(view) {
   const data = await api('GET', '/v1/audit?limit=200');
-  show(h('h1', {}, t('audit')), h('div', { class: 'table-wrap' }, h('table', { id: 'audit' },
+  view.show(h('h1', {}, t('audit')), h('div', { class: 'table-wrap' }, h('table', { id: 'audit' },
     h('thead', {}, h('tr', {}, h('th', {}, t('at')), h('th', {}, t('actor')), h('th', {}, t('action')), h('th', {}, t('target')))),
     h('tbody', {}, data.items.map((e) => h('tr', {}, h('td', {}, when(e.at)), h('td', {}, e.actor),
       h('td', {}, e.action), h('td', {}, e.subject)))))));
 }
 
-async function healthPage() {
+async function healthPage(view) {
   const r = await api('GET', `/v1/members/${me.member_id}/health`);
-  show(h('h1', {}, t('health')), h('div', { class: 'card', id: 'health' },
-    h('p', {}, h('span', { class: `badge ${r.state}` }, r.state), ` ${t('score')}: `, h('strong', {}, r.score.toFixed(0))),
+  view.show(h('h1', {}, t('health')), h('div', { class: 'card', id: 'health' },
+    h('p', {}, term(r.state), ` ${t('score')}: `, h('strong', {}, r.score.toFixed(0))),
     h('h2', {}, t('reasons')),
     r.override_reason ? h('p', {}, r.override_reason) : null,
     (r.reasons || []).length ? h('ul', {}, r.reasons.map((x) => h('li', {}, lang === 'zh' ? x.message_zh : x.message,
       h('span', { class: 'muted' }, ` (−${x.penalty})`))))
-      : h('p', { class: 'ok' }, t('no_verdicts'))));
+      : h('p', { class: 'ok' }, t('no_verdicts'))),
+    securityCard(), passwordCard());
 }
 
-async function tagsPage() {
+// Sender security: this browser's login and a one-time code an admin issued
+// when it is abnormal (POST /v1/security/verify).
+function securityCard() {
+  const out = h('div', { id: 'login-state', 'aria-live': 'polite' });
+  const code = h('input', { type: 'text', id: 'login-code', inputmode: 'numeric', autocomplete: 'one-time-code' });
+  const showState = (r) => fill(out, h('p', {}, `${t('this_login')}: `, term(r.state),
+    h('span', { class: 'muted' }, ` · ${r.device} · ${r.network}`)));
+  api('POST', '/v1/sessions', {}).then(showState).catch((e) => fill(out, errorBox(e)));
+  return h('section', { class: 'card', 'aria-labelledby': 'sec-h' }, h('h2', { id: 'sec-h' }, t('login_security')), out,
+    h('div', { class: 'row' },
+      h('div', {}, h('label', { for: 'login-code' }, t('login_code')), code),
+      h('button', { type: 'button', id: 'verify-login', onclick: async () => {
+        try { showState(await api('POST', '/v1/security/verify', { code: code.value.trim() })); code.value = ''; } catch (e) { fill(out, errorBox(e)); }
+      } }, t('verify'))));
+}
+
+function passwordCard() {
+  const current = h('input', { type: 'password', id: 'current-password', autocomplete: 'current-password' });
+  const next = h('input', { type: 'password', id: 'new-password', autocomplete: 'new-password', minlength: 10 });
+  const out = h('div', { 'aria-live': 'polite' });
+  return h('section', { class: 'card', 'aria-labelledby': 'pw-h' }, h('h2', { id: 'pw-h' }, t('change_password')),
+    h('label', { for: 'current-password' }, t('current_password')), current,
+    h('label', { for: 'new-password' }, t('new_password')), next,
+    h('p', {}, h('button', { type: 'button', id: 'change-password', onclick: async () => {
+      try {
+        await api('PUT', `/v1/members/${me.member_id}/login`, { login: me.login, password: next.value, current_password: current.value });
+        // A new password ends every session, this one too.
+        me = null;
+        location.hash = '#/login';
+      } catch (e) { fill(out, errorBox(e)); }
+    } }, t('change_password'))), out);
+}
+
+async function tagsPage(view) {
   const [report, departments] = await Promise.all([api('GET', '/v1/tags/report'), api('GET', '/v1/departments')]);
   const path = h('input', { type: 'text', id: 'new-tag', placeholder: '客户等级/金牌/华东' });
   const err = h('div');
   const tree = (nodes) => h('ul', {}, nodes.map((d) => h('li', {}, `${d.name} (${d.n_contacts})`,
     d.children.length ? tree(d.children) : null)));
-  show(h('h1', {}, t('tags_page')),
+  view.show(h('h1', {}, t('tags_page')),
     h('div', { class: 'card' }, h('div', { class: 'row' },
       h('div', { style: 'flex:1' }, h('label', { for: 'new-tag' }, t('new_tag')), path),
       h('button', { type: 'button', class: 'primary', id: 'create-tag', onclick: async () => {
@@ -713,15 +749,15 @@ async function tagsPage() {
       h('thead', {}, h('tr', {}, h('th', {}, t('tags')), h('th', {}, t('size')), h('th', {}, t('own')),
         h('th', {}, t('last_used')), h('th', {}, ''))),
       h('tbody', {}, report.items.map((i) => h('tr', {},
-        h('td', {}, h('a', { href: '#/audience', onclick: () => sessionStorage.setItem('qunfa.expr', `tag:"${i.path}"`) }, i.path)),
+        h('td', {}, h('a', { href: '#/audience', onclick: () => sessionStorage.setItem('qunfa.expr', `tag:"${i.path.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`) }, i.path)),
         h('td', {}, i.size.toLocaleString()), h('td', {}, i.n_contacts.toLocaleString()), h('td', {}, when(i.last_used_at)),
         h('td', {}, i.dormant ? h('span', { class: 'badge warn' }, t('dormant')) : null)))))),
     h('h2', {}, t('departments')), departments.length ? h('div', { class: 'card', id: 'departments' }, tree(departments)) : h('p', { class: 'muted' }, t('none')));
 }
 
-async function reviewsPage() {
+async function reviewsPage(view) {
   const data = await api('GET', '/v1/safety/reviews?state=pending&limit=100');
-  show(h('h1', {}, t('pending_reviews')), data.reviews.length ? h('div', { id: 'reviews' }, data.reviews.map((r) => {
+  view.show(h('h1', {}, t('pending_reviews')), data.reviews.length ? h('div', { id: 'reviews' }, data.reviews.map((r) => {
     const reason = h('input', { type: 'text', 'aria-label': t('reason') });
     const out = h('div');
     const decide = (what) => async () => {
@@ -734,7 +770,7 @@ async function reviewsPage() {
       h('p', {}, h('a', { href: `#/broadcasts/${r.broadcast_id}` }, `#${r.broadcast_id}`), ' ',
         h('span', { class: 'muted' }, `${t('risk')} ${r.risk.toFixed(2)} · ${when(r.created_at)}`)),
       h('div', { class: 'highlight' }, highlighted(r.text, r.hits)),
-      h('ul', {}, r.hits.map((hit) => h('li', {}, h('span', { class: `badge ${hit.action}` }, hit.action), ' ',
+      h('ul', {}, r.hits.map((hit) => h('li', {}, term(hit.action), ' ',
         lang === 'zh' ? hit.message_zh : hit.message))),
       h('div', { class: 'row' }, h('div', { style: 'flex:1' }, reason),
         h('button', { type: 'button', class: 'primary', onclick: decide('approve') }, t('approve')),
@@ -743,32 +779,46 @@ async function reviewsPage() {
 }
 
 // ---------------------------------------------------------------- router
+// Each navigation gets a view; a page that finishes after the user moved on
+// draws nothing (its view is no longer current).
+let routeSeq = 0;
+function stopEvents() {
+  if (events) { events.close(); events = null; }
+  clearInterval(poller);
+}
 async function route() {
-  if (events && !location.hash.startsWith('#/broadcasts/')) { events.close(); events = null; }
-  const hash = location.hash || '#/contacts';
-  if (hash === '#/login') { me = null; nav(null); loginPage(); return; }
+  const mine = ++routeSeq;
+  const view = {
+    current: () => mine === routeSeq,
+    show: (...nodes) => { if (mine === routeSeq) fill(main(), ...nodes); },
+  };
+  stopEvents();
+  const hash = location.hash && location.hash.startsWith('#/') ? location.hash : '#/contacts';
+  if (hash === '#/login') { me = null; nav(null); loginPage(view); return; }
   if (!me) await loadSession();
+  if (!view.current()) return;
   if (!me) { location.hash = '#/login'; return; }
   const parts = hash.slice(2).split('/');
   nav(`#/${parts[0]}`);
-  document.documentElement.lang = lang === 'zh' ? 'zh-CN' : 'en';
   try {
     switch (parts[0]) {
-      case 'contacts': await (parts[1] ? contactPage(parts[1]) : contactsPage()); break;
-      case 'audience': audiencePage(); break;
-      case 'compose': composePage(); break;
-      case 'broadcasts': await (parts[1] ? broadcastPage(parts[1]) : broadcastsPage()); break;
-      case 'approvals': await broadcastsPage('pending_approval'); break;
-      case 'tags': await tagsPage(); break;
-      case 'reviews': await reviewsPage(); break;
-      case 'audit': await auditPage(); break;
-      case 'health': await healthPage(); break;
+      case 'contacts': await (parts[1] ? contactPage(view, parts[1]) : contactsPage(view)); break;
+      case 'audience': audiencePage(view); break;
+      case 'compose': composePage(view); break;
+      case 'broadcasts': await (parts[1] ? broadcastPage(view, parts[1]) : broadcastsPage(view)); break;
+      case 'approvals': await broadcastsPage(view, 'pending_approval'); break;
+      case 'tags': await tagsPage(view); break;
+      case 'reviews': await reviewsPage(view); break;
+      case 'audit': await auditPage(view); break;
+      case 'health': await healthPage(view); break;
       default: location.hash = '#/contacts';
     }
   } catch (e) {
-    show(errorBox(e));
+    view.show(errorBox(e));
   }
-  if (!main().contains(document.activeElement)) main().focus({ preventScroll: true });
+  if (view.current() && !main().contains(document.activeElement)) main().focus({ preventScroll: true });
 }
+// The skip link moves the focus, not the route.
+document.querySelector('.skip')?.addEventListener('click', (ev) => { ev.preventDefault(); main().focus(); });
 window.addEventListener('hashchange', route);
 route();

@@ -6,44 +6,21 @@
 const TEXT = {
   zh: {
     title: '收件箱', empty: '暂无消息', from: '来自', read: '已读', unread: '未读', reply: '回复', send: '发送',
-    forward: '转发', report: '举报', block: '屏蔽此发送者', unblock: '取消屏蔽', unsubscribe: '退订群发',
+    forward: '转发', report: '举报', block: '屏蔽此发送者', unsubscribe: '退订群发',
     recalled: '此消息已被发送者撤回', no_token: '链接无效：缺少收件箱令牌。', replied: '已回复', forwarded: '已转发',
     reported: '已举报', blocked: '已屏蔽', unsubscribed: '已退订', language: 'English', reason: '举报原因',
     spam: '垃圾信息', fraud: '诈骗', harassment: '骚扰', illegal: '违法', other: '其他', back: '返回',
   },
   en: {
     title: 'Inbox', empty: 'No messages', from: 'From', read: 'read', unread: 'unread', reply: 'Reply', send: 'Send',
-    forward: 'Forward', report: 'Report', block: 'Block this sender', unblock: 'Unblock', unsubscribe: 'Unsubscribe',
+    forward: 'Forward', report: 'Report', block: 'Block this sender', unsubscribe: 'Unsubscribe',
     recalled: 'The sender recalled this message', no_token: 'This link is not valid: the inbox token is missing.',
     replied: 'Replied', forwarded: 'Forwarded', reported: 'Reported', blocked: 'Blocked', unsubscribed: 'Unsubscribed',
     language: '中文', reason: 'Reason', spam: 'Spam', fraud: 'Fraud', harassment: 'Harassment', illegal: 'Illegal',
     other: 'Other', back: 'Back',
   },
 };
-let lang = localStorage.getItem('qunfa.lang') ||
-  ((navigator.languages || [navigator.language || 'zh']).some((l) => /^zh/i.test(l)) ? 'zh' : 'en');
-const t = (key) => TEXT[lang][key] ?? TEXT.en[key] ?? key;
-
-function h(tag, attrs, ...children) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
-    else if (k === 'class') el.className = v;
-    else el.setAttribute(k, v === true ? '' : v);
-  }
-  for (const c of children.flat(Infinity)) {
-    if (c === undefined || c === null || c === false) continue;
-    el.append(c instanceof Node ? c : String(c));
-  }
-  return el;
-}
-
-// Replaces an element's children (arrays flattened, null/false left out).
-function fill(el, ...kids) {
-  el.replaceChildren(...kids.flat(Infinity).filter((k) => k !== null && k !== undefined && k !== false)
-    .map((k) => (k instanceof Node ? k : String(k))));
-}
+const t = translator(TEXT);
 
 const fromHash = new URLSearchParams(location.hash.slice(1)).get('token');
 if (fromHash) {
@@ -59,24 +36,13 @@ async function api(method, path, body) {
   const text = await r.text();
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch { data = null; }
-  if (!r.ok) {
-    const e = new Error(data?.error?.message || `HTTP ${r.status}`);
-    e.body = data?.error || {};
-    throw e;
-  }
+  if (!r.ok) throw new ApiError(r.status, data?.error);
   return data;
 }
-function errorBox(e) {
-  const b = e.body || {};
-  return h('div', { class: 'error', role: 'alert' }, (lang === 'zh' ? b.message_zh : b.message) || e.message,
-    b.hint ? h('div', { class: 'hint' }, b.hint) : null);
-}
-const when = (s) => (s ? new Date(s).toLocaleString(lang === 'zh' ? 'zh-CN' : 'en-GB') : '');
-
 function header() {
   fill(document.getElementById('top'), h('nav', {},
     h('span', { class: 'brand' }, t('title')), h('span', { class: 'spacer' }),
-    h('button', { class: 'link', onclick: () => { lang = lang === 'zh' ? 'en' : 'zh'; localStorage.setItem('qunfa.lang', lang); list(); } }, t('language'))));
+    h('button', { class: 'link', id: 'lang', onclick: () => { switchLang(); list(); } }, t('language'))));
 }
 
 function messageBody(m) {

@@ -17,6 +17,7 @@ const INDEX_HTML: &str = include_str!("../console/index.html");
 const INBOX_HTML: &str = include_str!("../console/inbox.html");
 const APP_JS: &str = include_str!("../console/app.js");
 const INBOX_JS: &str = include_str!("../console/inbox.js");
+const COMMON_JS: &str = include_str!("../console/common.js");
 const APP_CSS: &str = include_str!("../console/app.css");
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; \
@@ -42,6 +43,7 @@ pub fn router() -> Router<AppState> {
         .route("/console/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
         .route("/console/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
         .route("/console/inbox.js", get(|| async { asset("text/javascript; charset=utf-8", INBOX_JS) }))
+        .route("/console/common.js", get(|| async { asset("text/javascript; charset=utf-8", COMMON_JS) }))
         .route("/console/app.css", get(|| async { asset("text/css; charset=utf-8", APP_CSS) }))
         .route("/inbox", get(|| async { asset("text/html; charset=utf-8", INBOX_HTML) }))
 }

@@ -200,7 +200,7 @@ impl FromRequestParts<AppState> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts).ok_or_else(|| ApiError::code(Code::Unauthenticated))?;
-        if qunfa_store::secret_hash(token) == state.admin_token_hash() {
+        if constant_time_eq(qunfa_store::secret_hash(token).as_bytes(), state.admin_token_hash().as_bytes()) {
             Ok(Admin)
         } else {
             Err(ApiError::new(Code::Unauthenticated, "the server admin token is required"))

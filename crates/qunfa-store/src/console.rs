@@ -21,7 +21,12 @@ use crate::{
 pub struct LoginRecord {
     pub member_id: i64,
     pub workspace_id: i64,
+    pub login: String,
     pub password_hash: String,
+}
+
+fn login_from(r: &crate::db::Row) -> LoginRecord {
+    LoginRecord { member_id: r.i64(0), workspace_id: r.i64(1), login: r.string(2), password_hash: r.string(3) }
 }
 
 /// A session just opened; the token is shown once (the cookie).
@@ -89,10 +94,10 @@ impl Store {
     /// Database errors.
     pub fn login_record(&self, login: &str) -> Result<Option<LoginRecord>, StoreError> {
         let row = self.db.conn()?.query_opt(
-            "SELECT member_id, workspace_id, password_hash FROM console_logins WHERE login = ?",
+            "SELECT member_id, workspace_id, login, password_hash FROM console_logins WHERE login = ?",
             params![login],
         )?;
-        Ok(row.map(|r| LoginRecord { member_id: r.i64(0), workspace_id: r.i64(1), password_hash: r.string(2) }))
+        Ok(row.as_ref().map(login_from))
     }
 
     /// The login record of a member, if it has one.
@@ -101,10 +106,10 @@ impl Store {
     /// Database errors.
     pub fn login_record_of(&self, member_id: i64) -> Result<Option<LoginRecord>, StoreError> {
         let row = self.db.conn()?.query_opt(
-            "SELECT member_id, workspace_id, password_hash FROM console_logins WHERE member_id = ?",
+            "SELECT member_id, workspace_id, login, password_hash FROM console_logins WHERE member_id = ?",
             params![member_id],
         )?;
-        Ok(row.map(|r| LoginRecord { member_id: r.i64(0), workspace_id: r.i64(1), password_hash: r.string(2) }))
+        Ok(row.as_ref().map(login_from))
     }
 
     /// Until when attempts under `key` are locked, if they are now.

@@ -19,13 +19,33 @@ use serde_json::{json, Value};
 /// The key of an element reference in WebDriver answers.
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
-/// A browser session. Dropping it kills the driver (and with it the browser).
+/// A browser session. Dropping it (a failed test too) ends the session, so
+/// Chromium quits, and kills the driver.
 pub struct Browser {
     http: reqwest::Client,
     /// `http://127.0.0.1:PORT/session/ID`.
     session: String,
     driver: tokio::process::Child,
     _profile: TempDir,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // A plain blocking `DELETE /session/ID` (no runtime here): the driver
+        // closes Chromium; then `kill_on_drop` stops the driver.
+        use std::io::{Read, Write};
+        let Some(rest) = self.session.strip_prefix("http://") else { return };
+        let Some((host, path)) = rest.split_once('/') else { return };
+        if let Ok(mut conn) = std::net::TcpStream::connect(host) {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+            let request =
+                format!("DELETE /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if conn.write_all(request.as_bytes()).is_ok() {
+                let mut answer = Vec::new();
+                let _ = conn.read_to_end(&mut answer);
+            }
+        }
+    }
 }
 
 /// An element of the page.
@@ -43,12 +63,6 @@ impl Drop for TempDir {
 
 fn path_of(var: &str, default: &str) -> PathBuf {
     std::env::var_os(var).map_or_else(|| PathBuf::from(default), PathBuf::from)
-}
-
-/// Whether the driver and browser are installed.
-pub fn available() -> bool {
-    path_of("QUNFA_CHROMEDRIVER", "/usr/bin/chromedriver").exists()
-        && path_of("QUNFA_CHROMIUM", "/usr/bin/chromium").exists()
 }
 
 impl Browser {
@@ -95,11 +109,15 @@ impl Browser {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        // Flags: no sandbox (tests may run as root), and nothing that talks
-        // to the network on its own (this machine's network is closed).
-        let args = vec![
+        // Flags: nothing that talks to the network on its own (this
+        // machine's network is closed), and no sandbox as root (Chromium
+        // refuses to start otherwise).
+        let root = {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+        };
+        let mut args = vec![
             "--headless=new".to_owned(),
-            "--no-sandbox".to_owned(),
             "--disable-gpu".to_owned(),
             "--disable-dev-shm-usage".to_owned(),
             "--disable-quic".to_owned(),
@@ -112,6 +130,9 @@ impl Browser {
             format!("--lang={lang}"),
             format!("--user-data-dir={}", profile.0.display()),
         ];
+        if root {
+            args.push("--no-sandbox".to_owned());
+        }
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": chromium, "args": args, "prefs": {"intl.accept_languages": lang}}
@@ -230,6 +251,24 @@ impl Browser {
         }
     }
 
+    /// Waits until exactly `n` elements match `css`.
+    ///
+    /// # Errors
+    /// When the count is still different after `timeout`.
+    pub async fn wait_count(&self, css: &str, n: usize, timeout: Duration) -> Result<(), String> {
+        let started = Instant::now();
+        loop {
+            let found = self.find_all(css).await?.len();
+            if found == n {
+                return Ok(());
+            }
+            if started.elapsed() > timeout {
+                return Err(format!("{found} × {css} after {timeout:?}, expected {n}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until nothing matches `css`.
     ///
     /// # Errors
@@ -313,9 +352,9 @@ impl Browser {
         base64::engine::general_purpose::STANDARD.decode(b64.as_str().unwrap_or_default()).map_err(|e| e.to_string())
     }
 
-    /// Ends the session and stops the driver.
-    pub async fn quit(mut self) {
-        let _ = self.http.delete(&self.session).send().await;
-        let _ = self.driver.kill().await;
+    /// Ends the session (Chromium quits) and the driver.
+    pub async fn quit(self) {
+        // Drop does it, blocking for the moment Chromium takes to close.
+        tokio::task::spawn_blocking(move || drop(self)).await.ok();
     }
 }

@@ -41,6 +41,8 @@ pub struct LoginRequest {
 #[derive(Serialize, ToSchema)]
 pub struct ConsoleSession {
     pub member_id: String,
+    /// The login name (to change the password).
+    pub login: Option<String>,
     pub name: String,
     pub role: String,
     pub workspace_id: String,
@@ -213,8 +215,10 @@ fn session_of(
     expires_at: Option<i64>,
 ) -> Result<ConsoleSession, ApiError> {
     let member = s.store.member(ctx.workspace.id, ctx.member_id)?;
+    let login = s.store.login_record_of(ctx.member_id)?.map(|r| r.login);
     Ok(ConsoleSession {
         member_id: ctx.member_id.to_string(),
+        login,
         name: member.name,
         role: ctx.role.as_str().to_owned(),
         workspace_id: ctx.workspace.id.to_string(),

@@ -289,7 +289,7 @@ pub async fn browser_tour() {
     let csv = "external_id,name,tags,city\nu1,张三,客户等级/金牌,上海\nu2,李四,客户等级/金牌,上海\nu3,王五,客户等级/银牌,北京\n";
     b.type_into(&b.wait("#import-text", None, T).await.unwrap(), csv, true).await.unwrap();
     b.click_on("#import-start", None, T).await.unwrap();
-    b.wait("#import-result", Some("3"), T).await.unwrap();
+    b.wait("#import-result", Some("3 新增, 0 更新, 3 新建标签"), T).await.unwrap();
     b.wait("#contacts td", Some("王五"), T).await.unwrap();
     shot("02-contacts").await;
     // The tags the import made, with their sizes (sub-tags included).
@@ -306,6 +306,7 @@ pub async fn browser_tour() {
     b.wait("#expr-out .at", None, T).await.unwrap();
     b.type_into(&expr, "上海 & tag:客户等级/金牌", false).await.unwrap();
     b.wait("#count", Some("2"), T).await.unwrap();
+    assert_eq!(b.text(&b.wait("#count", None, T).await.unwrap()).await.unwrap(), "2");
     shot("03-audience").await;
     b.click_on("#use-audience", None, T).await.unwrap();
 
@@ -322,13 +323,13 @@ pub async fn browser_tour() {
     b.type_into(&text, "兼职刷单，日结三百，轻松赚钱！", true).await.unwrap();
     let mark = b.wait("#highlight mark.block", None, T).await.unwrap();
     assert!(b.text(&mark).await.unwrap().contains("刷单"), "the word is marked where it is");
-    b.wait("#safety-action", Some("block"), T).await.unwrap();
+    b.wait("#safety-action[data-action=block]", Some("拦截"), T).await.unwrap();
     let masked = b.text(&b.wait("#masked", None, T).await.unwrap()).await.unwrap();
     assert!(!masked.contains("刷单") && masked.contains('*'), "{masked}");
     shot("04-compose-flagged").await;
     // Fixed: nothing marked any more.
     b.type_into(&text, "{{name}}您好，本周六上午十点门店会员活动，欢迎参加。", true).await.unwrap();
-    b.wait("#safety-action", Some("allow"), T).await.unwrap();
+    b.wait("#safety-action[data-action=allow]", None, T).await.unwrap();
     b.wait_gone("#highlight mark", T).await.unwrap();
     // Variables previewed for a recipient of the audience.
     b.wait("#personal-preview", Some("张三您好，本周六"), T).await.unwrap();
@@ -361,7 +362,7 @@ pub async fn browser_tour() {
     b.goto(&format!("{base}/console/#/contacts")).await.unwrap();
     b.wait("#contacts a", Some("王五"), T).await.unwrap();
     b.type_into(&b.wait("#contact-search", None, T).await.unwrap(), "张", true).await.unwrap();
-    b.wait_gone("#contacts tbody tr:nth-child(2)", T).await.unwrap();
+    b.wait_count("#contacts tbody tr", 1, T).await.unwrap();
     b.click_on("#contacts a", Some("张三"), T).await.unwrap();
     b.click_on("#open-inbox", None, T).await.unwrap();
     let href = b.text(&b.wait("#inbox-href", None, T).await.unwrap()).await.unwrap();
@@ -386,5 +387,18 @@ pub async fn browser_tour() {
     shot("08-broadcast-en").await;
     let stored = app.get(&format!("/v1/broadcasts/{id}"), &owner).await.expect(200);
     assert_eq!((stored["counts"]["delivered"].as_u64(), stored["counts"]["read"].as_u64()), (Some(2), Some(1)));
+
+    // The account page: this browser is the sender's trusted device (its id
+    // cookie, not the User-Agent), and the password can be changed there.
+    b.click_on("a[href='#/health']", None, T).await.unwrap();
+    b.wait("#login-state", Some("trusted"), T).await.unwrap();
+    b.type_into(&b.wait("#current-password", None, T).await.unwrap(), PASSWORD, true).await.unwrap();
+    b.type_into(&b.wait("#new-password", None, T).await.unwrap(), "a brand new password", true).await.unwrap();
+    b.click_on("#change-password", None, T).await.unwrap();
+    b.wait("#sign-in", None, T).await.unwrap();
+    b.type_into(&b.wait("#login", None, T).await.unwrap(), "sender", true).await.unwrap();
+    b.type_into(&b.wait("#password", None, T).await.unwrap(), "a brand new password", true).await.unwrap();
+    b.click_on("#sign-in", None, T).await.unwrap();
+    b.wait("#whoami", Some("sender"), T).await.unwrap();
     b.quit().await;
 }
