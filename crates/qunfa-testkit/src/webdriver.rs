@@ -25,7 +25,8 @@ pub struct Browser {
     http: reqwest::Client,
     /// `http://127.0.0.1:PORT/session/ID`.
     session: String,
-    driver: tokio::process::Child,
+    /// Killed on drop (`kill_on_drop`).
+    _driver: tokio::process::Child,
     _profile: TempDir,
 }
 
@@ -150,7 +151,7 @@ impl Browser {
             .as_str()
             .ok_or_else(|| format!("no session: {}", answer["value"]["message"]))?
             .to_owned();
-        Ok(Browser { http, session: format!("{base}/session/{id}"), driver, _profile: profile })
+        Ok(Browser { http, session: format!("{base}/session/{id}"), _driver: driver, _profile: profile })
     }
 
     async fn command(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, String> {
