@@ -146,6 +146,13 @@ codes! {
     ScheduleQuietHours = "QF-SCHEDULE-QUIET-HOURS", "The run falls into the workspace's quiet hours and goes at their end.", "发送时间处于免打扰时段，将在免打扰结束时发送。", "Nothing blocks; pick another time, or change the quiet hours (PUT /v1/workspace/schedule-settings).";
     QuietHoursFormat = "QF-SCHEDULE-QUIET-HOURS-FORMAT", "The quiet hours are not valid.", "免打扰时段格式无效。", "Use HH:MM-HH:MM in the workspace's time zone, e.g. 22:00-08:00 (it may wrap midnight), or null for none.";
     DuplicateClientMsgId = "QF-CLIENT-MSG-ID-REUSED", "This client_msg_id was used for different content.", "client_msg_id 已用于不同内容。", "Use a new client_msg_id for new content; resend the same body to get the original broadcast.";
+    // Measurement: tracked links, conversions, reports, A/B tests.
+    LinkInvalid = "QF-LINK-INVALID", "The tracked link is not valid.", "跟踪链接无效。", "Give an http(s) url and a channel (1 to 64 characters, e.g. poster-shanghai or email); campaign is optional, at most 64 characters.";
+    ConversionInvalid = "QF-CONVERSION-INVALID", "The conversion is not valid.", "转化数据无效。", "Give event_id (1 to 128 characters, your id of the event: reporting it again changes nothing), a value of 0 or more, and broadcast_id or link to attribute it.";
+    ReportSegment = "QF-REPORT-SEGMENT", "The segment of the report cannot be evaluated.", "报表的分群无法计算。", "Name a saved segment (GET /v1/segments) or give an audience expression (docs/audiences.md), not both.";
+    AbInvalid = "QF-AB-INVALID", "The A/B test is not valid.", "A/B 测试设置无效。", "Give 2 to 5 variants (3 recommended) that differ only in the declared variable (content, send_time, channel or attachment), a metric (open, read, reply, forward, click or conversion) and a test_fraction between 0 and 1; the base broadcast must be a draft.";
+    AbSmallArm = "QF-AB-SMALL-ARM", "An arm of the A/B test has fewer recipients than recommended.", "A/B 测试的某一组接收人数少于建议值。", "Nothing blocks, but differences in small arms are rarely significant: raise test_fraction, use fewer variants or a larger audience (the policy's measurement.ab_min_per_arm per arm).";
+    AbNoWinner = "QF-AB-NO-WINNER", "The A/B test has no significant winner.", "A/B 测试没有显著胜出的版本。", "Nothing was sent to the rest. Send an arm anyway with POST /v1/ab-tests/{id}/approve {\"arm\": N}, or leave it: the p-values are in the test's decision.";
 }
 
 impl std::fmt::Display for Code {

@@ -90,11 +90,15 @@ pub fn status_of(code: Code) -> StatusCode {
         | SafetyText
         | VerificationCode
         | LoginCode
-        | InvalidReviewChain => StatusCode::BAD_REQUEST,
+        | InvalidReviewChain
+        | LinkInvalid
+        | ConversionInvalid
+        | ReportSegment
+        | AbInvalid => StatusCode::BAD_REQUEST,
         Unauthenticated => StatusCode::UNAUTHORIZED,
         Forbidden | SelfApproval | ApprovalStage => StatusCode::FORBIDDEN,
         NotFound | MediaNotFound | UnsubscribeLink => StatusCode::NOT_FOUND,
-        Conflict | Duplicate | DuplicateClientMsgId | ApprovalDuplicate => StatusCode::CONFLICT,
+        Conflict | Duplicate | DuplicateClientMsgId | ApprovalDuplicate | AbNoWinner => StatusCode::CONFLICT,
         PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         Internal => StatusCode::INTERNAL_SERVER_ERROR,
         Unavailable => StatusCode::SERVICE_UNAVAILABLE,

@@ -18,6 +18,7 @@ pub mod events;
 pub mod evidence;
 pub mod inbox;
 pub mod json;
+pub mod measure;
 pub mod media;
 pub mod members;
 pub mod queue;
@@ -119,6 +120,7 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
     (7, include_str!("../migrations/sqlite/0007_schedule.sql"), None),
     (8, include_str!("../migrations/sqlite/0008_recall.sql"), None),
     (9, include_str!("../migrations/sqlite/0009_rules.sql"), None),
+    (10, include_str!("../migrations/sqlite/0010_measure.sql"), None),
 ];
 const POSTGRES_MIGRATIONS: &[Migration] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql"), None),
@@ -130,6 +132,7 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
     (7, include_str!("../migrations/postgres/0007_schedule.sql"), None),
     (8, include_str!("../migrations/postgres/0008_recall.sql"), None),
     (9, include_str!("../migrations/postgres/0009_rules.sql"), None),
+    (10, include_str!("../migrations/postgres/0010_measure.sql"), None),
 ];
 
 /// Version 2: memberships move from one row per contact to bitmaps.
