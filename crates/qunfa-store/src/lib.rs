@@ -7,6 +7,7 @@
 //! blocking thread. Every state change appends to the audit chain in the same
 //! transaction.
 
+pub mod abtest;
 pub mod approvals;
 pub mod audience;
 pub mod audit;

@@ -195,7 +195,11 @@ pub struct ChannelFigures {
 
 impl ChannelFigures {
     fn new(channel: &str) -> Self {
-        ChannelFigures { channel: channel.into(), read_histogram: vec![0; READ_HISTOGRAM_MS.len() + 1], ..Default::default() }
+        ChannelFigures {
+            channel: channel.into(),
+            read_histogram: vec![0; READ_HISTOGRAM_MS.len() + 1],
+            ..Default::default()
+        }
     }
 
     fn add(&mut self, o: &ChannelFigures) {
@@ -372,27 +376,52 @@ impl Store {
     ///
     /// # Errors
     /// `NotFound` for a broadcast of another workspace, or database errors.
-    pub fn create_link(&self, workspace_id: i64, new: &NewLink, actor: &str, now: i64) -> Result<LinkRecord, StoreError> {
+    pub fn create_link(
+        &self,
+        workspace_id: i64,
+        new: &NewLink,
+        actor: &str,
+        now: i64,
+    ) -> Result<LinkRecord, StoreError> {
         for _ in 0..4 {
             let short = new_short();
             let result = self.db.write(|c| {
                 if let Some(b) = new.broadcast_id {
-                    c.query_opt("SELECT 1 FROM broadcasts WHERE id = ? AND workspace_id = ?", params![b, workspace_id])?
-                        .ok_or(StoreError::NotFound)?;
+                    c.query_opt(
+                        "SELECT 1 FROM broadcasts WHERE id = ? AND workspace_id = ?",
+                        params![b, workspace_id],
+                    )?
+                    .ok_or(StoreError::NotFound)?;
                 }
                 let r = c.query_one(
                     &format!(
                         "INSERT INTO links (workspace_id, short, url, broadcast_id, channel, campaign, created_at)
                          VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING {LINK_COLUMNS}"
                     ),
-                    params![workspace_id, short.as_str(), new.url.as_str(), new.broadcast_id, new.channel.as_str(), new.campaign.clone(), now],
+                    params![
+                        workspace_id,
+                        short.as_str(),
+                        new.url.as_str(),
+                        new.broadcast_id,
+                        new.channel.as_str(),
+                        new.campaign.clone(),
+                        now
+                    ],
                 )?;
                 let link = link_from(&r);
                 let details = serde_json::json!({
                     "short": link.short, "url": link.url, "broadcast": link.broadcast_id,
                     "channel": link.channel, "campaign": link.campaign,
                 });
-                audit::append(c, workspace_id, actor, "link.created", &format!("link:{}", link.id), &details.to_string(), now)?;
+                audit::append(
+                    c,
+                    workspace_id,
+                    actor,
+                    "link.created",
+                    &format!("link:{}", link.id),
+                    &details.to_string(),
+                    now,
+                )?;
                 Ok(link)
             });
             match result {
@@ -899,6 +928,38 @@ impl Store {
             }
             Ok((stored, recount(c, broadcast_id)?))
         })
+    }
+
+    /// Each live contact's value of attribute `name`, as text (numbers and
+    /// booleans written out), for stratified A/B assignment; contacts without it are left out.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn contact_attribute_values(
+        &self,
+        workspace_id: i64,
+        name: &str,
+    ) -> Result<std::collections::HashMap<u32, String>, StoreError> {
+        let mut out = std::collections::HashMap::new();
+        self.db.conn()?.for_each_row(
+            "SELECT idx, attributes FROM contacts WHERE workspace_id = ? AND deleted_at IS NULL",
+            params![workspace_id],
+            &mut |r| {
+                if let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(r.str(1)) {
+                    match m.get(name) {
+                        Some(serde_json::Value::String(s)) => {
+                            out.insert(r.i64(0) as u32, s.clone());
+                        }
+                        Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                            out.insert(r.i64(0) as u32, v.to_string());
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        Ok(out)
     }
 
     /// Sets a broadcast's counters to what its records give (for records

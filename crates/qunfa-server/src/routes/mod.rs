@@ -6,6 +6,7 @@ pub mod channels;
 pub mod contacts;
 pub mod evidence;
 pub mod inbox;
+pub mod measure;
 pub mod ops;
 pub mod recall;
 pub mod safety;
@@ -121,6 +122,18 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::audit_log))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::metrics))
+        // Measurement (issue 9, docs/measurement.md).
+        .routes(routes!(measure::create_link, measure::list_links))
+        .routes(routes!(measure::get_link))
+        .routes(routes!(measure::recipient_url))
+        .routes(routes!(measure::link_qr))
+        .routes(routes!(measure::create_conversion))
+        .routes(routes!(measure::close_message))
+        .routes(routes!(measure::report))
+        .routes(routes!(measure::create_ab_test))
+        .routes(routes!(measure::get_ab_test))
+        .routes(routes!(measure::decide_ab_test))
+        .routes(routes!(measure::approve_ab_test))
 }
 
 /// `?limit=&cursor=` of list routes.

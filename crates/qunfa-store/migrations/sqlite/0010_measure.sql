@@ -40,7 +40,7 @@ CREATE TABLE clicks (
     channel TEXT,
     created_at INTEGER NOT NULL
 );
-CREATE INDEX clicks_link ON clicks(link_id, id);
+CREATE INDEX clicks_link ON clicks(link_id, contact_idx);
 CREATE INDEX clicks_broadcast ON clicks(broadcast_id, id);
 -- Conversions reported by integrators; event_id makes a report idempotent.
 CREATE TABLE conversions (
@@ -69,6 +69,9 @@ CREATE TABLE measure_counts (
     n INTEGER NOT NULL,
     PRIMARY KEY (broadcast_id, channel, metric, bucket)
 ) WITHOUT ROWID;
+-- The A/B test a broadcast is an arm or the winner's send of: its sends are
+-- parts of one send, not near-duplicates of each other.
+ALTER TABLE broadcasts ADD COLUMN ab_test_id INTEGER;
 -- A/B tests: arms are broadcasts of their own (ab_arms), sent to a seeded
 -- random split of a test fraction of the base draft's audience; the winner
 -- goes to the rest (rest_audience).
@@ -102,5 +105,7 @@ CREATE TABLE ab_arms (
     variant TEXT NOT NULL,
     broadcast_id INTEGER NOT NULL,
     n_assigned INTEGER NOT NULL,
+    -- When the arm goes out (the send_time variable delays arms).
+    send_at INTEGER NOT NULL,
     PRIMARY KEY (test_id, arm)
 );
