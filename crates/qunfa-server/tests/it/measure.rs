@@ -168,7 +168,7 @@ async fn links_clicks_bots_and_qr_codes(app: TestApp) {
     let img = image::load_from_memory(&png.bytes().await.unwrap()).unwrap().to_luma8();
     assert_eq!(img.width(), img.height());
     let modules = img.width() / 4;
-    assert!((21 + 8..=177 + 8).contains(&modules) && (modules - 8 - 21) % 4 == 0, "{modules} modules");
+    assert!((21 + 8..=177 + 8).contains(&modules) && (modules - 8 - 21).is_multiple_of(4), "{modules} modules");
     let dark = |mx: u32, my: u32| img.get_pixel(mx * 4 + 1, my * 4 + 1).0[0] < 128;
     assert!(!dark(0, 0) && !dark(3, 3), "quiet zone");
     // A finder pattern: dark ring, light ring, dark 3×3 core, in three corners.
@@ -502,7 +502,7 @@ async fn ab_test_with_a_winner(app: TestApp) {
         arm_members.push(who);
     }
     let audience: Vec<u32> = (0..4000).collect();
-    let city = |i: u32| if i % 2 == 0 { "上海".to_owned() } else { "北京".to_owned() };
+    let city = |i: u32| if i.is_multiple_of(2) { "上海".to_owned() } else { "北京".to_owned() };
     let expected = qunfa_core::abtest::assign(&audience, 3, 0.75, 20261206, Some(&city as &dyn Fn(u32) -> String));
     assert_eq!(arm_members, expected.arms, "reproducible from the seed");
 
