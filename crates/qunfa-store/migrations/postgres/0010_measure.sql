@@ -40,7 +40,14 @@ CREATE TABLE clicks (
     channel TEXT,
     created_at BIGINT NOT NULL
 );
-CREATE INDEX clicks_link ON clicks(link_id, contact_idx);
+CREATE INDEX clicks_link ON clicks(link_id, id);
+-- Recipients who clicked a link, each once: the insert that adds the row is
+-- the one that counts in links.n_unique (racing clicks count once).
+CREATE TABLE link_clickers (
+    link_id BIGINT NOT NULL,
+    contact_idx BIGINT NOT NULL,
+    PRIMARY KEY (link_id, contact_idx)
+);
 CREATE INDEX clicks_broadcast ON clicks(broadcast_id, id);
 -- Conversions reported by integrators; event_id makes a report idempotent.
 CREATE TABLE conversions (
