@@ -244,7 +244,7 @@ pub fn recipient_link(s: &Inner, short: &str, idx: u32, channel: &str) -> String
 
 /// The URL of the open pixel of one email (or other HTML) delivery.
 pub fn open_pixel_url(s: &Inner, workspace_id: i64, broadcast_id: i64, idx: u32, channel: &str) -> String {
-    let purpose = format!("open:{workspace_id}:{broadcast_id}:{idx}:{channel}");
+    let purpose = qunfa_core::sign::open_purpose(workspace_id, broadcast_id, idx, channel);
     let token = qunfa_core::sign::link_token(&s.options.link_key, &purpose);
     format!("{}/o/{workspace_id}/{broadcast_id}/{idx}/{channel}/{token}", s.options.public_url.trim_end_matches('/'))
 }
@@ -438,7 +438,7 @@ pub async fn open_pixel(
     Path((ws, broadcast, idx, channel, token)): Path<(i64, i64, u32, String, String)>,
 ) -> Response {
     let person = !is_automated(&method, &headers);
-    let purpose = format!("open:{ws}:{broadcast}:{idx}:{channel}");
+    let purpose = qunfa_core::sign::open_purpose(ws, broadcast, idx, &channel);
     if person && qunfa_core::sign::verify_link_token(&state.options.link_key, &purpose, &token) {
         let result = state.blocking(move |s| Ok(s.store.record_open(ws, broadcast, idx, &channel, s.now())?)).await;
         if let Err(e) = result {

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::support::{spawn_app, spawn_app_policy, Backend, TestApp};
 
-both_backends!(links_clicks_bots_and_qr_codes, reading_time_reports_and_conversions);
+both_backends!(links_clicks_bots_and_qr_codes, reading_time_reports_and_conversions, email_open_pixel);
 
 /// Enterprise sends above 500 recipients wait for an approver; these tests
 /// are about what happens after the send.
@@ -387,6 +387,61 @@ async fn reading_time_reports_and_conversions(app: TestApp) {
     assert_counters_exact(&app, &b).await;
 }
 
+/// An email carries its delivery's open pixel; loading it counts the open
+/// once, on the email channel; a prefetch does not.
+async fn email_open_pixel(app: TestApp) {
+    let smtp = qunfa_testkit::smtp::SmtpSink::start().await;
+    let (_, key) = app.workspace("enterprise").await;
+    app.put(
+        "/v1/channels/email",
+        &key,
+        json!({"host": "127.0.0.1", "port": smtp.port(), "security": "none", "from": "群发 <news@shop.example>", "allow_private_networks": true}),
+    )
+    .await
+    .expect(200);
+    let people = [("a", "zhang@example.com"), ("b", "li@example.com")]
+        .iter()
+        .map(|(id, email)| {
+            json!({"external_id": id, "channels": {"email": email}, "consent": {"email": true}}).to_string() + "\n"
+        })
+        .collect::<String>();
+    app.raw("/v1/contacts/import", &key, "application/x-ndjson", people).await.expect(200);
+    let b = app
+        .post(
+            "/v1/broadcasts",
+            &key,
+            json!({"content": {"type": "text", "text": "周年庆邀请"}, "audience": {"all": true}, "channels": ["email"]}),
+        )
+        .await
+        .expect(201);
+    let id = b["id"].as_str().unwrap().to_owned();
+    app.post(&format!("/v1/broadcasts/{id}/send"), &key, json!({})).await.expect(202);
+    app.wait_completed(&key, &id).await;
+    let mails = smtp.wait_for(2, std::time::Duration::from_secs(5)).await;
+    let pixels: Vec<String> = mails
+        .iter()
+        .map(|m| {
+            let html = m.parse().body_html(0).expect("an HTML part").into_owned();
+            let at = html.find(&format!("{}/o/", app.base)).expect("the open pixel");
+            html[at..].split('"').next().unwrap().replace("&amp;", "&")
+        })
+        .collect();
+    assert_ne!(pixels[0], pixels[1], "one pixel per delivery");
+    let web = browser();
+    let prefetch = web.get(&pixels[0]).header("sec-purpose", "prefetch").send().await.unwrap();
+    assert_eq!(prefetch.headers()["content-type"], "image/gif");
+    let r = app.get(&format!("/v1/broadcasts/{id}/report"), &key).await.expect(200);
+    assert_eq!(r["totals"]["opened"], 0, "a prefetch is not an open");
+    for _ in 0..2 {
+        assert_eq!(web.get(&pixels[0]).send().await.unwrap().status(), 200);
+    }
+    let r = app.get(&format!("/v1/broadcasts/{id}/report"), &key).await.expect(200);
+    assert_eq!((r["totals"]["opened"].as_u64(), r["channels"][0]["channel"].as_str()), (Some(1), Some("email")), "{r}");
+    assert_eq!(r["channels"][0]["rates"]["open"], 0.5);
+    assert_eq!(app.get(&format!("/v1/broadcasts/{id}"), &key).await.expect(200)["counts"]["read"], 1);
+    assert_counters_exact(&app, &id).await;
+}
+
 /// Whether simulated recipient `idx` responds at `rate_per_mille`: a fixed
 /// hash, so every run sees the same responders.
 fn responds(idx: u32, rate_per_mille: u64) -> bool {
@@ -417,13 +472,20 @@ async fn recipients(app: &TestApp, key: &str, broadcast: &str) -> Vec<u32> {
 async fn simulate_opens(app: &TestApp, ws: i64, broadcast: &str, who: &[u32], rate_per_mille: u64) -> u64 {
     let (store, b, who) = (app.store.clone(), broadcast.parse::<i64>().unwrap(), who.to_vec());
     let now = qunfa_store::now_millis();
+    // Four at a time: each open is a transaction of its own (a commit each on PostgreSQL).
     tokio::task::spawn_blocking(move || {
-        let mut n = 0;
-        for idx in who.into_iter().filter(|&i| responds(i, rate_per_mille)) {
-            assert!(store.mark_read(ws, idx, b, now).unwrap());
-            n += 1;
-        }
-        n
+        let responders: Vec<u32> = who.into_iter().filter(|&i| responds(i, rate_per_mille)).collect();
+        std::thread::scope(|scope| {
+            for part in responders.chunks(responders.len().div_ceil(4).max(1)) {
+                let store = &store;
+                scope.spawn(move || {
+                    for &idx in part {
+                        assert!(store.mark_read(ws, idx, b, now).unwrap());
+                    }
+                });
+            }
+        });
+        responders.len() as u64
     })
     .await
     .unwrap()
