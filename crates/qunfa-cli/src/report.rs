@@ -97,13 +97,13 @@ pub fn render(r: &Value) -> String {
             out,
             "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
             f["channel"].as_str().unwrap_or("?"),
-            f["delivered"],
-            f["opened"],
-            f["replied"],
-            f["forwarded"],
-            f["clicked"],
-            f["converted"],
-            f["failed"]
+            f["delivered"].to_string(),
+            f["opened"].to_string(),
+            f["replied"].to_string(),
+            f["forwarded"].to_string(),
+            f["clicked"].to_string(),
+            f["converted"].to_string(),
+            f["failed"].to_string()
         );
         let _ = writeln!(
             out,
@@ -207,6 +207,10 @@ mod tests {
         let text = render(&r);
         assert!(text.starts_with("broadcast 7: 10 recipients\n"), "{text}");
         assert!(text.contains("50.0%") && text.contains("20.0%"), "{text}");
+        assert!(
+            text.contains("all               10         5         1         1         2         1         0\n"),
+            "{text}"
+        );
         assert!(text.contains("4.0 s on average over 2 recipients — under 8 s"), "{text}");
         assert!(text.contains("busiest hours for opens (Asia/Shanghai): Sun 03:00 (4), Mon 01:00 (2)"), "{text}");
         assert!(
