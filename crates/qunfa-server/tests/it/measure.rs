@@ -26,6 +26,16 @@ async fn ab_test_with_a_winner_postgres() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ab_test_send_time_and_attachment_sqlite() {
+    ab_test_send_time_and_attachment(spawn_app_policy(Backend::Sqlite, NO_APPROVALS).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ab_test_send_time_and_attachment_postgres() {
+    ab_test_send_time_and_attachment(spawn_app_policy(Backend::Postgres, NO_APPROVALS).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ab_test_without_a_winner_sqlite() {
     ab_test_without_a_winner(spawn_app_policy(Backend::Sqlite, NO_APPROVALS).await).await;
 }
@@ -694,4 +704,72 @@ async fn ab_test_without_a_winner(app: TestApp) {
     let w = wait_broadcast(&app, &key, sent["winner_broadcast_id"].as_str().unwrap()).await;
     assert_eq!(w["counts"]["delivered"], 300);
     assert!(w["content"]["text"].as_str().unwrap().starts_with("周末来玩"));
+}
+
+/// The `send_time` variable: the delayed arm waits as a draft until the A/B
+/// task sends it at its time (by the server's clock), and the decision waits
+/// for the last arm. The `attachment` variable: arms of different content types.
+async fn ab_test_send_time_and_attachment(app: TestApp) {
+    let (_, key) = app.workspace("enterprise").await;
+    app.contacts(&key, 200, &[]).await;
+    let base = app.draft(&key, "早上好还是晚上好", json!({"all": true})).await;
+    let t = app
+        .post(
+            "/v1/ab-tests",
+            &key,
+            json!({"broadcast_id": base, "variable": "send_time", "metric": "open", "test_fraction": 1.0, "seed": 1,
+                   "decide_after_seconds": 60, "variants": [{"send_after_seconds": 0}, {"send_after_seconds": 7200}]}),
+        )
+        .await
+        .expect(201);
+    assert_eq!(t["warnings"][0]["code"], "QF-AB-SMALL-ARM");
+    assert_eq!(t["rest_recipients"], 0);
+    let test = t["id"].as_str().unwrap().to_owned();
+    let (now_arm, later_arm) =
+        (t["arms"][0]["broadcast_id"].as_str().unwrap(), t["arms"][1]["broadcast_id"].as_str().unwrap());
+    assert_eq!(t["arms"][1]["variant"], 7200);
+    assert_eq!(app.wait_completed(&key, now_arm).await["counts"]["delivered"], 100);
+    assert_eq!(app.get(&format!("/v1/broadcasts/{later_arm}"), &key).await.expect(200)["state"], "draft");
+    // Both arms have the base's content.
+    let texts: Vec<Value> = [now_arm, later_arm]
+        .iter()
+        .map(|id| {
+            let (app, key) = (&app, &key);
+            async move { app.get(&format!("/v1/broadcasts/{id}"), key).await.expect(200)["content"]["text"].clone() }
+        })
+        .collect::<futures::future::JoinAll<_>>()
+        .await;
+    assert_eq!(texts[0], texts[1]);
+    // Two hours on, the A/B task sends the second arm; the decision comes 60 s after that.
+    app.advance(7_201_000);
+    let mut sent = Value::Null;
+    for _ in 0..200 {
+        sent = app.get(&format!("/v1/broadcasts/{later_arm}"), &key).await.expect(200);
+        if sent["state"] != "draft" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(matches!(sent["state"].as_str(), Some("sending" | "completed")), "{sent}");
+    assert_eq!(sent["recipients"], 100);
+    assert_eq!(app.get(&format!("/v1/ab-tests/{test}"), &key).await.expect(200)["state"], "testing");
+    app.advance(61_000);
+    // Nobody opened anything: no test to run, no winner, nothing sent.
+    let done = wait_state(&app, &key, &test, "no_winner").await;
+    assert_eq!(done["statistics"]["chi_square"], Value::Null);
+
+    // Attachment: the arms' content types must differ.
+    let text = json!({"type": "text", "text": "看看"});
+    let link = json!({"type": "link", "url": "https://shop.example.com/", "title": "看看"});
+    let base = app.draft(&key, "附件", json!({"all": true})).await;
+    let body = |variants: Value| json!({"broadcast_id": base, "variable": "attachment", "metric": "click", "test_fraction": 0.5, "variants": variants});
+    app.post("/v1/ab-tests", &key, body(json!([{"content": text}, {"content": {"type": "text", "text": "别的字"}}])))
+        .await
+        .expect_error(400, "QF-AB-INVALID");
+    let t = app.post("/v1/ab-tests", &key, body(json!([{"content": text}, {"content": link}]))).await.expect(201);
+    assert_eq!(
+        (t["arms"][0]["variant"]["type"].as_str(), t["arms"][1]["variant"]["type"].as_str()),
+        (Some("text"), Some("link"))
+    );
+    assert_eq!((t["arms"][0]["assigned"].as_u64(), t["arms"][1]["assigned"].as_u64()), (Some(50), Some(50)));
 }
