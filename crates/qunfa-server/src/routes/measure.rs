@@ -670,6 +670,8 @@ pub struct ReportResponse {
     pub recipients: u64,
     pub totals: FiguresWire,
     pub channels: Vec<FiguresWire>,
+    /// Recipients who blocked the sender from this broadcast.
+    pub blocked: u64,
     /// Every click by a person on the broadcast's tracked links.
     pub clicks: u64,
     pub conversions: u64,
@@ -747,6 +749,7 @@ fn report_wire(s: &Inner, ws: i64, r: &MeasureReport, segment: Option<String>) -
         recipients: r.recipients,
         totals: figures_wire(all),
         channels: r.channels.iter().map(figures_wire).collect(),
+        blocked: r.blocked,
         clicks: r.clicks,
         conversions: r.conversions,
         conversion_value: r.conversion_value,
@@ -892,6 +895,7 @@ pub fn report_csv(r: &ReportResponse) -> Result<String, csv::Error> {
             w.write_record(["channel", &f.channel, metric, &v.to_string()])?;
         }
     }
+    w.write_record(["totals", "all", "blocked", &r.blocked.to_string()])?;
     w.write_record(["totals", "all", "clicks", &r.clicks.to_string()])?;
     w.write_record(["totals", "all", "conversions", &r.conversions.to_string()])?;
     w.write_record(["totals", "all", "conversion_value", &r.conversion_value.to_string()])?;

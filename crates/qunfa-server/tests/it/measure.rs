@@ -244,6 +244,7 @@ async fn reading_time_reports_and_conversions(app: TestApp) {
     app.post(&format!("/v1/inbox/{b}/reply"), &tokens[3], json!({"text": "收到"})).await.expect(201);
     app.post(&format!("/v1/inbox/{b}/forward"), &tokens[4], json!({"to": "group"})).await.expect(201);
     app.post(&format!("/v1/inbox/{b}/report"), &tokens[4], json!({"reason": "spam"})).await.expect(200);
+    app.post(&format!("/v1/inbox/{b}/block"), &tokens[4], json!({})).await.expect(200);
 
     // Conversions: attributed to the broadcast and a contact; idempotent by event id.
     let conv = |body: Value| {
@@ -292,6 +293,7 @@ async fn reading_time_reports_and_conversions(app: TestApp) {
     // Replying and forwarding open it too: 0, 1, 2 read, 3 replied, 4 forwarded = 5 opened.
     assert_eq!(t["rates"]["delivery"], 1.0);
     assert_eq!((r["conversions"].as_u64(), r["conversion_value"].as_i64()), (Some(3), Some(10_000)));
+    assert_eq!(r["blocked"], 1);
     // Reading: 9 s, 600 s, 3 s → average 204 s; buckets [8,15) s, [300 s, ∞), [2,4) s.
     let reading = &r["reading"];
     assert_eq!((reading["measured_recipients"].as_u64(), reading["average_ms"].as_u64()), (Some(3), Some(204_000)));
@@ -358,6 +360,7 @@ async fn reading_time_reports_and_conversions(app: TestApp) {
     assert_eq!(cell("reading", "all", "average_ms"), "204000");
     assert_eq!(cell("reading_histogram", "300000ms+", "recipients"), "1");
     assert_eq!(cell("totals", "all", "conversion_value"), "10000");
+    assert_eq!(cell("totals", "all", "blocked"), "1");
 
     // Short reads are flagged: a broadcast read for 2 s on average.
     // A page cannot claim more than the server saw between open and close.
