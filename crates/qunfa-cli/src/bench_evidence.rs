@@ -87,7 +87,7 @@ pub fn evidence(database_url: Option<&str>, n: usize, runs: usize) -> anyhow::Re
 
 /// Creates the workspace, imports `n` contacts, dispatches one inbox
 /// broadcast to all of them and delivers it; returns (workspace, broadcast).
-fn setup(store: &Store, n: usize) -> anyhow::Result<(i64, i64)> {
+pub(crate) fn setup(store: &Store, n: usize) -> anyhow::Result<(i64, i64)> {
     let policy = Policy::builtin();
     let (w, _) =
         store.create_workspace(&Name::parse("bench")?, WorkspaceKind::Enterprise, None, "bench", now_millis())?;

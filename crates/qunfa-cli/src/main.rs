@@ -6,6 +6,7 @@ mod bench_audience;
 mod bench_channels;
 mod bench_evidence;
 mod bench_priority;
+mod bench_report;
 mod bench_safety;
 mod channels;
 mod client;
@@ -13,6 +14,7 @@ mod config;
 mod demo;
 mod evidence;
 mod recall;
+mod report;
 mod safety;
 mod schedule;
 
@@ -126,6 +128,8 @@ enum Command {
     /// Benchmarks of the bulk paths.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// A broadcast's measurement report: rates per channel, reading time, heatmap peaks, links (--csv for CSV).
+    Report(report::ReportArgs),
 }
 
 #[derive(Subcommand)]
@@ -352,6 +356,14 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// The measurement report of one delivered N-recipient broadcast with
+    /// engagement, against the plain GROUP BY over its delivery records.
+    Report {
+        #[arg(long, default_value_t = 1_000_000)]
+        recipients: usize,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// Inbox broadcast fan-out: accepted → all records durable, against the raw bulk insert.
     Fanout {
         #[arg(long, default_value_t = 100_000)]
@@ -470,6 +482,12 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             bench_evidence::evidence(config.database_url.as_deref(), recipients, runs.max(1))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench(BenchCommand::Report { recipients, runs }) => {
+            bench::check_url(config.database_url.as_deref())?;
+            bench_report::report(config.database_url.as_deref(), recipients, runs.max(1))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report(args) => runtime()?.block_on(report::run(&api_client(&config)?, args)),
         Command::Bench(BenchCommand::Fanout { recipients, runs }) => {
             bench::check_url(config.database_url.as_deref())?;
             bench::fanout(config.database_url.as_deref(), recipients, runs.max(1))?;

@@ -152,6 +152,13 @@ codes! {
     InvalidLogin = "QF-INVALID-LOGIN", "The login name or password is not acceptable.", "登录名或密码不符合要求。", "Use a login name of 2 to 64 letters, digits, '.', '_', '-' or '@', and a password of 10 to 256 characters.";
     CsrfToken = "QF-CSRF-TOKEN", "The request lacks the session's CSRF token.", "请求缺少会话的 CSRF 令牌。", "Browsers send the token from the login answer (csrf_token) in the X-CSRF-Token header with every change; scripts should use an API key instead of the console cookie.";
     DuplicateClientMsgId = "QF-CLIENT-MSG-ID-REUSED", "This client_msg_id was used for different content.", "client_msg_id 已用于不同内容。", "Use a new client_msg_id for new content; resend the same body to get the original broadcast.";
+    // Measurement: tracked links, conversions, reports, A/B tests.
+    LinkInvalid = "QF-LINK-INVALID", "The tracked link is not valid.", "跟踪链接无效。", "Give an http(s) url and a channel (1 to 64 characters, e.g. poster-shanghai or email); campaign is optional, at most 64 characters.";
+    ConversionInvalid = "QF-CONVERSION-INVALID", "The conversion is not valid.", "转化数据无效。", "Give event_id (1 to 128 characters, your id of the event: reporting it again changes nothing), a value of 0 or more, and broadcast_id or link to attribute it.";
+    ReportSegment = "QF-REPORT-SEGMENT", "The segment of the report cannot be evaluated.", "报表的分群无法计算。", "Name a saved segment (GET /v1/segments) or give an audience expression (docs/audiences.md), not both.";
+    AbInvalid = "QF-AB-INVALID", "The A/B test is not valid.", "A/B 测试设置无效。", "Give 2 to 5 variants (3 recommended) that differ only in the declared variable (content, send_time, channel or attachment), a metric (open, read, reply, forward, click or conversion) and a test_fraction between 0 and 1; the base broadcast must be a draft.";
+    AbSmallArm = "QF-AB-SMALL-ARM", "An arm of the A/B test has fewer recipients than recommended.", "A/B 测试的某一组接收人数少于建议值。", "Nothing blocks, but differences in small arms are rarely significant: raise test_fraction, use fewer variants or a larger audience (the policy's measurement.ab_min_per_arm per arm).";
+    AbNoWinner = "QF-AB-NO-WINNER", "The A/B test has no significant winner.", "A/B 测试没有显著胜出的版本。", "Nothing was sent to the rest. Send an arm anyway with POST /v1/ab-tests/{id}/approve {\"arm\": N}, or leave it: the p-values are in the test's decision.";
 }
 
 impl std::fmt::Display for Code {

@@ -7,6 +7,7 @@
 //! audit hash chain. Storage, HTTP and time all live in other crates; the current
 //! time is always passed in.
 
+pub mod abtest;
 pub mod audit;
 pub mod broadcast;
 pub mod channel;
@@ -19,6 +20,7 @@ pub mod policy;
 pub mod preflight;
 pub mod schedule;
 pub mod sign;
+pub mod stats;
 pub mod tag;
 pub mod template;
 pub mod workspace;

@@ -124,7 +124,22 @@ pub struct Policy {
     pub security: SecurityPolicy,
     pub health: HealthPolicy,
     pub schedule: SchedulePolicy,
+    pub measurement: MeasurementPolicy,
     pub console: ConsolePolicy,
+}
+
+/// Measurement: reading time and A/B tests (docs/measurement.md).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MeasurementPolicy {
+    /// One view (open → close) counts for at most this long.
+    pub read_cap_seconds: u32,
+    /// An average reading time below this flags the content (title, layout).
+    pub short_read_seconds: u32,
+    /// An A/B test warns below this many recipients per arm.
+    pub ab_min_per_arm: u32,
+    /// A winner needs p below this.
+    pub ab_significance: f64,
 }
 
 /// Console logins.
@@ -316,6 +331,12 @@ impl Policy {
     fn check(&self) -> Result<(), PolicyError> {
         if !(-12..=14).contains(&self.day_utc_offset_hours) {
             return Err(PolicyError::Invalid("day_utc_offset_hours must be within -12..=14".into()));
+        }
+        let m = &self.measurement;
+        if m.read_cap_seconds == 0 || !(m.ab_significance > 0.0 && m.ab_significance < 0.5) {
+            return Err(PolicyError::Invalid(
+                "measurement.read_cap_seconds must be positive and ab_significance within (0, 0.5)".into(),
+            ));
         }
         for (name, tier) in
             [("personal", &self.tiers.personal), ("enterprise", &self.tiers.enterprise), ("api", &self.tiers.api)]

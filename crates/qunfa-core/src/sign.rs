@@ -54,6 +54,11 @@ pub fn verify_link_token(key: &[u8], purpose: &str, token: &str) -> bool {
     expected.len() == token.len() && expected.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
+/// What the open pixel of one delivery proves (docs/measurement.md).
+pub fn open_purpose(workspace_id: i64, broadcast_id: i64, contact_idx: u32, channel: &str) -> String {
+    format!("open:{workspace_id}:{broadcast_id}:{contact_idx}:{channel}")
+}
+
 /// What an unsubscribe link of a contact on a channel proves.
 pub fn unsubscribe_purpose(workspace_id: i64, contact_idx: u32, channel: &str) -> String {
     format!("unsubscribe:{workspace_id}:{contact_idx}:{channel}")

@@ -579,7 +579,12 @@ impl Job<'_> {
         })?;
         let name: String = item.name.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
         let name = name.trim();
-        let rendered = render(self.content, item.text.as_deref(), item.unsubscribe_url.as_deref());
+        let mut rendered = render(self.content, item.text.as_deref(), item.unsubscribe_url.as_deref());
+        if let Some(pixel) = &item.open_pixel_url {
+            // The open pixel (docs/measurement.md): a person's mail client loading it counts as the open.
+            let img = format!("<img src=\"{}\" width=\"1\" height=\"1\" alt=\"\">\n</body>", escape(pixel));
+            rendered.html = rendered.html.replacen("</body>", &img, 1);
+        }
         let key = &item.idempotency_key;
         let mut builder = Message::builder()
             .from(from.clone())

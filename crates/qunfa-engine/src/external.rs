@@ -48,6 +48,18 @@ impl Links {
         )
     }
 
+    /// The open pixel of one delivery: loading it counts as its first open
+    /// (`GET /o/…`, docs/measurement.md).
+    pub fn open_pixel(&self, workspace_id: i64, broadcast_id: i64, contact_idx: u32, channel: Channel) -> String {
+        let purpose = sign::open_purpose(workspace_id, broadcast_id, contact_idx, channel.as_str());
+        format!(
+            "{}/o/{workspace_id}/{broadcast_id}/{contact_idx}/{}/{}",
+            self.public_url,
+            channel.as_str(),
+            sign::link_token(&self.key, &purpose)
+        )
+    }
+
     /// Where a provider posts the delivery receipts of a workspace's channel.
     pub fn receipts(&self, workspace_id: i64, channel: Channel) -> String {
         let purpose = sign::receipts_purpose(workspace_id, channel.as_str());
@@ -99,6 +111,14 @@ impl Transports {
             if matches!(batch.channel, Channel::Email | Channel::Sms) {
                 for item in &mut batch.items {
                     item.unsubscribe_url = Some(links.unsubscribe(batch.workspace_id, item.contact_idx, batch.channel));
+                    if batch.channel == Channel::Email {
+                        item.open_pixel_url = Some(links.open_pixel(
+                            batch.workspace_id,
+                            batch.broadcast_id,
+                            item.contact_idx,
+                            batch.channel,
+                        ));
+                    }
                 }
             }
         }

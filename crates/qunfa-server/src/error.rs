@@ -91,12 +91,18 @@ pub fn status_of(code: Code) -> StatusCode {
         | VerificationCode
         | LoginCode
         | InvalidLogin
-        | InvalidReviewChain => StatusCode::BAD_REQUEST,
+        | InvalidReviewChain
+        | LinkInvalid
+        | ConversionInvalid
+        | ReportSegment
+        | AbInvalid => StatusCode::BAD_REQUEST,
         Unauthenticated | LoginFailed => StatusCode::UNAUTHORIZED,
         LoginLocked => StatusCode::TOO_MANY_REQUESTS,
         Forbidden | SelfApproval | ApprovalStage | CsrfToken => StatusCode::FORBIDDEN,
         NotFound | MediaNotFound | UnsubscribeLink => StatusCode::NOT_FOUND,
-        Conflict | Duplicate | DuplicateClientMsgId | ApprovalDuplicate | LoginTaken => StatusCode::CONFLICT,
+        Conflict | Duplicate | DuplicateClientMsgId | ApprovalDuplicate | LoginTaken | AbNoWinner => {
+            StatusCode::CONFLICT
+        }
         PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         Internal => StatusCode::INTERNAL_SERVER_ERROR,
         Unavailable => StatusCode::SERVICE_UNAVAILABLE,

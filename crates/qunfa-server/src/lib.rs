@@ -157,6 +157,12 @@ pub fn app(state: AppState) -> Router {
             "/u/{workspace}/{contact}/{channel}/{token}",
             axum::routing::get(routes::channels::unsubscribe_page).post(routes::channels::unsubscribe),
         )
+        // Measurement: tracked links and the open pixel (no login: the short code or a signed token).
+        .route("/l/{short}", axum::routing::get(routes::measure::follow_link))
+        .route(
+            "/o/{workspace}/{broadcast}/{contact}/{channel}/{token}",
+            axum::routing::get(routes::measure::open_pixel),
+        )
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -199,6 +205,8 @@ pub async fn serve(
     });
     // Scheduled and recurring runs, submitted when they come due.
     let scheduler = routes::schedule::spawn(state.clone());
+    // A/B tests: delayed arms and decisions (routes/measure.rs).
+    let ab_tests = routes::measure::spawn(state.clone());
     // MASSSENDJOBFINISH callbacks of the WeChat-compatible API.
     let compat_callbacks = compat::callback::spawn(state.clone());
     let result = axum::serve(listener, app(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
@@ -206,6 +214,7 @@ pub async fn serve(
         .await;
     follow.abort();
     scheduler.abort();
+    ab_tests.abort();
     compat_callbacks.abort();
     engine.shutdown().await;
     result

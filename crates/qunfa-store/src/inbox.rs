@@ -248,7 +248,10 @@ impl Store {
             )? == 1;
             if first {
                 c.execute("UPDATE broadcasts SET n_read = n_read + 1 WHERE id = ?", params![broadcast_id])?;
+                crate::measure::first_open(c, broadcast_id, "inbox", now)?;
             }
+            // Every open starts a view; `close_view` measures it.
+            crate::measure::start_view(c, broadcast_id, idx, now)?;
             Ok(first)
         })
     }
@@ -289,6 +292,7 @@ impl Store {
             )? == 1;
             if first_read {
                 c.execute("UPDATE broadcasts SET n_read = n_read + 1 WHERE id = ?", params![broadcast_id])?;
+                crate::measure::first_open(c, broadcast_id, "inbox", now)?;
             }
             let first_reply = c.execute(
                 "UPDATE deliveries SET replied_at = ? WHERE broadcast_id = ? AND channel = 'inbox' AND contact_idx = ? AND replied_at IS NULL",
@@ -296,6 +300,7 @@ impl Store {
             )? == 1;
             if first_reply {
                 c.execute("UPDATE broadcasts SET n_replied = n_replied + 1 WHERE id = ?", params![broadcast_id])?;
+                crate::measure::bump(c, broadcast_id, "inbox", "replied", -1, 1)?;
             }
             let id = c
                 .query_one(
@@ -350,6 +355,7 @@ impl Store {
             if n == 0 {
                 return Ok(false);
             }
+            crate::measure::bump(c, broadcast_id, "inbox", "reported", -1, 1)?;
             let details = serde_json::json!({"reason": reason, "contact": idx}).to_string();
             audit::append(c, workspace_id, "recipient", "broadcast.reported", &format!("broadcast:{broadcast_id}"), &details, now)?;
             let data = serde_json::json!({

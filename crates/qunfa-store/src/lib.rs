@@ -7,6 +7,7 @@
 //! blocking thread. Every state change appends to the audit chain in the same
 //! transaction.
 
+pub mod abtest;
 pub mod approvals;
 pub mod audience;
 pub mod audit;
@@ -20,6 +21,7 @@ pub mod events;
 pub mod evidence;
 pub mod inbox;
 pub mod json;
+pub mod measure;
 pub mod media;
 pub mod members;
 pub mod queue;
@@ -121,6 +123,7 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
     (7, include_str!("../migrations/sqlite/0007_schedule.sql"), None),
     (8, include_str!("../migrations/sqlite/0008_recall.sql"), None),
     (9, include_str!("../migrations/sqlite/0009_rules.sql"), None),
+    (10, include_str!("../migrations/sqlite/0010_measure.sql"), None),
     (11, include_str!("../migrations/sqlite/0011_compat.sql"), None),
     (12, include_str!("../migrations/sqlite/0012_console.sql"), None),
     (13, include_str!("../migrations/sqlite/0013_compat_dedup.sql"), None),
@@ -135,6 +138,7 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
     (7, include_str!("../migrations/postgres/0007_schedule.sql"), None),
     (8, include_str!("../migrations/postgres/0008_recall.sql"), None),
     (9, include_str!("../migrations/postgres/0009_rules.sql"), None),
+    (10, include_str!("../migrations/postgres/0010_measure.sql"), None),
     (11, include_str!("../migrations/postgres/0011_compat.sql"), None),
     (12, include_str!("../migrations/postgres/0012_console.sql"), None),
     (13, include_str!("../migrations/postgres/0013_compat_dedup.sql"), None),

@@ -98,6 +98,8 @@ pub struct Outgoing {
     /// The contact's one-click unsubscribe link for this channel (the engine
     /// fills it in before the send; channels that can carry it do).
     pub unsubscribe_url: Option<String>,
+    /// The open pixel of this delivery (email: the engine fills it in; docs/measurement.md).
+    pub open_pixel_url: Option<String>,
 }
 
 /// A claimed batch for an external channel: its queued records are written,
@@ -174,6 +176,7 @@ impl Outgoing {
             address,
             text,
             unsubscribe_url: None,
+            open_pixel_url: None,
         }
     }
 }
@@ -736,6 +739,7 @@ impl Store {
                             address: addresses.get(&idx).cloned(),
                             text,
                             unsubscribe_url: None,
+            open_pixel_url: None,
                         }
                     })
                     .collect();

@@ -396,6 +396,12 @@ impl Store {
                 "UPDATE broadcasts SET n_read = n_read + ?, n_forwarded = n_forwarded + ? WHERE id = ?",
                 params![i64::from(first_read), i64::from(first_forward), broadcast_id],
             )?;
+            if first_read {
+                crate::measure::first_open(c, broadcast_id, "inbox", now)?;
+            }
+            if first_forward {
+                crate::measure::bump(c, broadcast_id, "inbox", "forwarded", -1, 1)?;
+            }
             let share_id = c
                 .query_one(
                     "INSERT INTO shares (workspace_id, broadcast_id, contact_idx, target, created_at) VALUES (?, ?, ?, ?, ?) RETURNING id",

@@ -669,10 +669,13 @@ fn duplicate_verdict(
     // Runs of one recurring schedule repeat by design (an admin scheduled the
     // series): they are not near-duplicates of each other.
     let parent = s.store.schedule_parent(b.workspace_id, b.id)?;
+    // The arms of an A/B test and its winner's send are parts of one send (routes/measure.rs).
+    let ab_siblings = s.store.ab_siblings(b.workspace_id, b.id)?;
     let near = |a: Option<u64>, b: Option<u64>, d: u32| matches!((a, b), (Some(x), Some(y)) if hamming(x, y) <= d);
     let earlier: Vec<_> = recent
         .iter()
         .filter(|r| r.broadcast_id != b.id && (parent.is_none() || r.parent_id != parent))
+        .filter(|r| !ab_siblings.contains(&r.broadcast_id))
         .filter(|r| {
             near(f.simhash, r.fingerprint.simhash, SIMHASH_NEAR)
                 || near(f.image_hash, r.fingerprint.image_hash, IMAGE_NEAR)

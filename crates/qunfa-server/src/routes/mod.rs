@@ -7,6 +7,7 @@ pub mod console;
 pub mod contacts;
 pub mod evidence;
 pub mod inbox;
+pub mod measure;
 pub mod ops;
 pub mod recall;
 pub mod safety;
@@ -122,6 +123,18 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::audit_log))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::metrics))
+        // Measurement (issue 9, docs/measurement.md).
+        .routes(routes!(measure::create_link, measure::list_links))
+        .routes(routes!(measure::get_link))
+        .routes(routes!(measure::recipient_url))
+        .routes(routes!(measure::link_qr))
+        .routes(routes!(measure::create_conversion))
+        .routes(routes!(measure::close_message))
+        .routes(routes!(measure::report))
+        .routes(routes!(measure::create_ab_test))
+        .routes(routes!(measure::get_ab_test))
+        .routes(routes!(measure::decide_ab_test))
+        .routes(routes!(measure::approve_ab_test))
         // Credentials of the WeChat-compatible API (crate::compat).
         .routes(routes!(crate::compat::settings::list_compat))
         .routes(routes!(crate::compat::settings::put_compat, crate::compat::settings::delete_compat))

@@ -37,6 +37,7 @@ macro_rules! both_backends {
 
 // After the macro, which it uses to run its tests on both backends.
 mod evidence;
+mod measure;
 
 both_backends!(
     first_mass_send_end_to_end,
