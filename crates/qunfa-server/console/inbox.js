@@ -56,12 +56,42 @@ function messageBody(m) {
     c.media_id ? h('p', { class: 'muted' }, `[${c.type}]`) : null);
 }
 
+// The message on screen, and how long it was visible: opening it starts a
+// view (the read receipt, the first time), leaving it (back, another tab,
+// closing the page) ends the view with the visible time (reading time).
+let viewing = null;
+function visibleMs() {
+  if (!viewing) return 0;
+  return viewing.ms + (viewing.since === null ? 0 : performance.now() - viewing.since);
+}
+document.addEventListener('visibilitychange', () => {
+  if (!viewing) return;
+  if (document.visibilityState === 'hidden') {
+    viewing.ms = visibleMs();
+    viewing.since = null;
+  } else if (viewing.since === null) {
+    viewing.since = performance.now();
+  }
+});
+function closeView() {
+  if (!viewing) return;
+  const body = JSON.stringify({ visible_ms: Math.round(visibleMs()) });
+  const path = `/v1/inbox/${encodeURIComponent(viewing.id)}/close`;
+  viewing = null;
+  // keepalive: the request outlives a closing page.
+  fetch(path, { method: 'POST', keepalive: true, body, headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' } })
+    .catch(() => {});
+}
+window.addEventListener('pagehide', closeView);
+
 async function open(id) {
   const box = document.getElementById('main');
   try {
     const m = await api('GET', `/v1/inbox/${encodeURIComponent(id)}`);
-    // Opening the message is reading it (the read receipt).
-    if (!m.read_at && !m.recalled) await api('POST', `/v1/inbox/${encodeURIComponent(id)}/read`);
+    if (!m.recalled) {
+      await api('POST', `/v1/inbox/${encodeURIComponent(id)}/read`);
+      viewing = { id, ms: 0, since: document.visibilityState === 'visible' ? performance.now() : null };
+    }
     const status = h('p', { id: 'status', 'aria-live': 'polite' });
     const replyText = h('textarea', { id: 'reply-text', rows: 3, 'aria-label': t('reply') });
     const reason = h('select', { id: 'report-reason', 'aria-label': t('reason') },
@@ -93,6 +123,7 @@ async function open(id) {
 }
 
 async function list() {
+  closeView();
   header();
   const box = document.getElementById('main');
   if (!token) { fill(box, h('p', { class: 'error' }, t('no_token'))); return; }

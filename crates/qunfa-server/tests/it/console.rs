@@ -373,6 +373,21 @@ pub async fn browser_tour() {
     b.click(&link).await.unwrap();
     b.wait("#message", Some("张三您好，本周六上午十点门店会员活动"), T).await.unwrap();
     shot("07-inbox-phone").await;
+    // Leaving the message ends the view: its reading time is recorded.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    b.click_on("#main a", Some("返回"), T).await.unwrap();
+    b.wait("#messages", None, T).await.unwrap();
+    let mut reading = Value::Null;
+    for _ in 0..50 {
+        reading = app.get(&format!("/v1/broadcasts/{id}/report"), &owner).await.expect(200)["reading"].clone();
+        if reading["measured_recipients"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(reading["measured_recipients"], 1, "{reading}");
+    assert!(reading["average_ms"].as_f64().unwrap() >= 1_000.0, "{reading}");
+    assert_eq!(reading["short_read"], true, "about a second is a short read");
 
     // Counted as read, live on the broadcast page.
     b.window(1280, 900).await.unwrap();
