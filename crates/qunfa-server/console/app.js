@@ -32,6 +32,8 @@ const TEXT = {
     reason: '理由', schedule: '定时发送', at_time: '时间', time_zone: '时区', cron: '循环（cron）',
     schedule_it: '设定时间', unschedule: '取消定时', recall: '撤回', scheduled_for: '计划时间',
     n_dormant: '个沉睡标签', search: '搜索联系人', search_help: '外部 ID 或姓名开头', preview_for: '预览，收件人', caption: '说明文字', html: '富文本（HTML）', upload: '上传文件', filename: '文件名', results: '效果', delivery_rate: '送达率', read_rate: '阅读率', reply_rate: '回复率', forward_rate: '转发率',
+    open_rate: '打开率', click_rate: '点击率', conversion_rate: '转化率', all_channels: '全部渠道', reading_time: '阅读时长',
+    average: '平均', short_read: '平均阅读不足 8 秒：建议改进标题或排版', heatmap: '打开时间分布',
     this_login: '本次登录', login_security: '登录安全', login_code: '管理员给的验证码', verify: '验证',
     change_password: '修改密码', current_password: '当前密码', new_password: '新密码（至少 10 个字符）',
     term_abnormal: '异常', term_verified: '已验证', term_trusted: '可信',
@@ -66,6 +68,8 @@ const TEXT = {
     reason: 'Reason', schedule: 'Schedule', at_time: 'Time', time_zone: 'Time zone', cron: 'Recurring (cron)',
     schedule_it: 'Schedule it', unschedule: 'Cancel the schedule', recall: 'Recall', scheduled_for: 'Scheduled for',
     n_dormant: 'dormant tags', search: 'Search contacts', search_help: 'External id or start of the name', preview_for: 'Preview for', caption: 'Caption', html: 'Rich text (HTML)', upload: 'Upload', filename: 'File name', results: 'Results', delivery_rate: 'Delivery rate', read_rate: 'Read rate', reply_rate: 'Reply rate', forward_rate: 'Forward rate',
+    open_rate: 'Open rate', click_rate: 'Click rate', conversion_rate: 'Conversion rate', all_channels: 'All channels', reading_time: 'Reading time',
+    average: 'Average', short_read: 'Read for under 8 seconds on average: try a better title or layout', heatmap: 'When it was opened',
     this_login: 'This login', login_security: 'Login security', login_code: 'Code from an admin', verify: 'Verify',
     change_password: 'Change the password', current_password: 'Current password', new_password: 'New password (10 characters or more)',
     term_abnormal: 'abnormal', term_verified: 'verified', term_trusted: 'trusted',
@@ -549,6 +553,56 @@ function rates(b) {
   }));
 }
 
+// SVG helpers: an element with attributes, in the SVG namespace.
+function svg(tag, attrs, ...kids) {
+  const el = document.createElementNS('http://www.w3.org/2000/svg', tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  el.append(...kids);
+  return el;
+}
+
+// The report of a broadcast (issue 9's API): rates per channel, the
+// reading-time histogram with the "under 8 seconds" flag, and the
+// day × hour heatmap of first opens; CSV for the rest.
+async function reportSection(id) {
+  const r = await api('GET', `/v1/broadcasts/${encodeURIComponent(id)}/report`);
+  const pct = (x) => `${(100 * x).toFixed(1)}%`;
+  const rows = [r.totals, ...r.channels];
+  const table = h('div', { class: 'table-wrap' }, h('table', { id: 'report-rates' },
+    h('thead', {}, h('tr', {}, ['channels', 'delivery_rate', 'open_rate', 'reply_rate', 'forward_rate', 'click_rate', 'conversion_rate']
+      .map((k) => h('th', {}, t(k))))),
+    h('tbody', {}, rows.map((f) => h('tr', {}, h('td', {}, f.channel === 'all' || !f.channel ? t('all_channels') : f.channel),
+      ...['delivery', 'open', 'reply', 'forward', 'click', 'conversion'].map((k) => h('td', {}, pct(f.rates[k]))))))));
+  // Reading time: one bar per bucket.
+  const hist = r.reading.histogram;
+  const most = Math.max(1, ...hist.map((b) => b.recipients));
+  const w = 64;
+  const histogram = svg('svg', { viewBox: `0 0 ${hist.length * w} 110`, role: 'img', class: 'chart',
+    'aria-label': `${t('reading_time')}: ${hist.map((b) => `${b.from_ms / 1000}s ${b.recipients}`).join(', ')}` },
+  ...hist.flatMap((b, i) => {
+    const bh = (90 * b.recipients) / most;
+    return [svg('rect', { x: i * w + 3, y: 95 - bh, width: w - 6, height: bh, fill: b.to_ms !== null && b.to_ms <= r.reading.short_read_seconds * 1000 ? '#a15c00' : '#0b6bcb' }),
+      svg('text', { x: i * w + w / 2, y: 108, 'font-size': 11, 'text-anchor': 'middle', fill: '#5b6475' }, `${b.from_ms / 1000}s`)];
+  }));
+  // Heatmap: 7 days × 24 hours of first opens.
+  const opens = r.heatmaps.opens;
+  const peak = Math.max(1, ...opens.flat());
+  const days = lang === 'zh' ? ['一', '二', '三', '四', '五', '六', '日'] : ['Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat', 'Sun'];
+  const heat = svg('svg', { viewBox: '0 0 520 150', role: 'img', class: 'chart', 'aria-label': t('heatmap') },
+    ...opens.flatMap((hours, d) => [svg('text', { x: 0, y: d * 20 + 14, 'font-size': 10, fill: '#5b6475' }, days[d]),
+      ...hours.map((n, hr) => svg('rect', { x: 30 + hr * 20, y: d * 20, width: 19, height: 19,
+        fill: n ? `rgba(11,107,203,${0.15 + (0.85 * n) / peak})` : '#eef1f6' }, svg('title', {}, `${days[d]} ${hr}:00 — ${n}`)))]),
+    ...[0, 6, 12, 18].map((hr) => svg('text', { x: 30 + hr * 20, y: 148, 'font-size': 9, fill: '#5b6475' }, `${hr}:00`)));
+  return h('div', { id: 'report' }, table,
+    h('h3', {}, t('reading_time')),
+    h('p', {}, r.reading.average_ms === null ? t('none')
+      : `${t('average')}: ${(r.reading.average_ms / 1000).toFixed(1)} s · ${r.reading.measured_recipients} ${t('recipients')}`,
+    r.reading.short_read ? h('span', { class: 'badge warn', id: 'short-read' }, ` ${t('short_read')}`) : null),
+    histogram,
+    h('h3', {}, `${t('heatmap')} (${r.heatmaps.time_zone})`), heat,
+    h('p', {}, h('a', { href: `/v1/broadcasts/${encodeURIComponent(id)}/report?format=csv`, download: `report-${id}.csv` }, 'CSV')));
+}
+
 let events = null;
 let poller = null;
 // Called when an action changes the broadcast's state (send, approve…).
@@ -585,9 +639,16 @@ async function broadcastPage(view, id) {
   }
   let shown = null;
   const results = h('div', {}, rates(b));
+  const report = h('div', { 'aria-live': 'polite' });
+  let reportShown = 0;
   function render(x) {
     fill(progress, bars(x));
     fill(results, rates(x));
+    // The full report once something went out, at most every 10 s.
+    if (x.state !== 'draft' && x.counts.delivered > 0 && Date.now() - reportShown > 10_000) {
+      reportShown = Date.now();
+      reportSection(id).then((r) => fill(report, r)).catch((e) => fill(report, errorBox(e)));
+    }
     // Buttons are rebuilt only when the state changes: progress events
     // must not take the focus from under the keyboard or the pointer.
     if (x.state === shown) return;
@@ -635,7 +696,7 @@ async function broadcastPage(view, id) {
       h('button', { type: 'button', onclick: preflight }, t('run_preflight'))),
     h('section', { class: 'card' }, actions, scheduleBox, err),
     h('section', { class: 'card', 'aria-labelledby': 'pr-h' }, h('h2', { id: 'pr-h' }, t('progress_live')), progress),
-    h('section', { class: 'card', 'aria-labelledby': 'rs-h' }, h('h2', { id: 'rs-h' }, t('results')), results));
+    h('section', { class: 'card', 'aria-labelledby': 'rs-h' }, h('h2', { id: 'rs-h' }, t('results')), results, report));
   render(b);
   if (b.state === 'draft') preflight();
   if (!view.current()) return;

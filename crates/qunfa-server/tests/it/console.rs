@@ -399,6 +399,11 @@ pub async fn browser_tour() {
     b.click_on("#lang", None, T).await.unwrap();
     b.wait("#state", Some("completed"), T).await.unwrap();
     b.wait("#progress", Some("Read"), T).await.unwrap();
+    // The report: rates per channel, reading time (short: about a second), the heatmap.
+    b.wait("#report-rates", Some("Open rate"), T).await.unwrap();
+    b.wait("#report-rates tr", Some("inbox 100.0% 50.0%"), T).await.unwrap();
+    b.wait("#short-read", None, T).await.unwrap();
+    b.execute("document.getElementById('rs-h').scrollIntoView()", Vec::new()).await.unwrap();
     shot("08-broadcast-en").await;
     let stored = app.get(&format!("/v1/broadcasts/{id}"), &owner).await.expect(200);
     assert_eq!((stored["counts"]["delivered"].as_u64(), stored["counts"]["read"].as_u64()), (Some(2), Some(1)));
