@@ -422,3 +422,84 @@ pub async fn browser_tour() {
     b.wait("#whoami", Some("sender"), T).await.unwrap();
     b.quit().await;
 }
+
+/// The review queue and scheduling in Chromium: a send the content check
+/// holds is approved from the queue with its hits marked; a draft is
+/// scheduled with a cron expression and unscheduled again.
+pub async fn browser_review_and_schedule() {
+    use qunfa_testkit::webdriver::Browser;
+    const T: Duration = Duration::from_secs(20);
+    let app =
+        spawn_app_policy(Backend::Sqlite, "[safety]\nreview_sample_base = 0.0\nreview_sample_per_risk = 0.0\n").await;
+    let (_, owner) = app.workspace("enterprise").await;
+    let owner_id = app.get("/v1/workspace", &owner).await.expect(200)["member_id"].as_str().unwrap().to_owned();
+    let (reviewer_id, _) = app.member(&owner, "reviewer").await;
+    for (id, login) in [(&owner_id, "boss"), (&reviewer_id, "checker")] {
+        app.put(&format!("/v1/members/{id}/login"), &owner, json!({"login": login, "password": PASSWORD}))
+            .await
+            .expect(200);
+    }
+    app.contacts(&owner, 3, &["会员"]).await;
+    let b = Browser::launch("zh-CN").await.unwrap_or_else(|e| panic!("the browser test needs Chromium: {e}"));
+    let base = app.base.clone();
+    // (login, the role as the header shows it)
+    let log_in = |who: &'static str, role: &'static str| {
+        let (b, base) = (&b, base.clone());
+        async move {
+            b.goto(&format!("{base}/console/#/login")).await.unwrap();
+            b.type_into(&b.wait("#login", None, T).await.unwrap(), who, true).await.unwrap();
+            b.type_into(&b.wait("#password", None, T).await.unwrap(), PASSWORD, true).await.unwrap();
+            b.click_on("#sign-in", None, T).await.unwrap();
+            b.wait("#whoami", Some(role), T).await.unwrap();
+        }
+    };
+
+    // A text the content check sends to human review.
+    log_in("boss", "所有者").await;
+    b.goto(&format!("{base}/console/#/compose")).await.unwrap();
+    b.type_into(&b.wait("#compose-expr", None, T).await.unwrap(), "tag:会员", true).await.unwrap();
+    b.type_into(&b.wait("#content-text", None, T).await.unwrap(), "周末赚钱小技巧，轻松上手。", true)
+        .await
+        .unwrap();
+    b.wait("#safety-action[data-action=review]", None, T).await.unwrap();
+    b.click_on("#save-preflight", None, T).await.unwrap();
+    b.wait("#verdicts", Some("QF-CONTENT-REVIEW"), T).await.unwrap();
+    let held = b.url().await.unwrap().rsplit('/').next().unwrap().to_owned();
+    b.click_on("#send", None, T).await.unwrap();
+    b.wait("#state", Some("待审批"), T).await.unwrap();
+
+    // The reviewer sees it in the queue, the hits marked, and approves it.
+    log_in("checker", "审核员").await;
+    b.click_on("a[href='#/reviews']", None, T).await.unwrap();
+    let card = format!("#reviews a[href='#/broadcasts/{held}']");
+    b.wait(&card, None, T).await.unwrap();
+    b.wait("#reviews .highlight mark.review", Some("赚钱"), T).await.unwrap();
+    b.click_on("#reviews button.primary", None, T).await.unwrap();
+    b.wait_gone(&card, T).await.unwrap();
+    assert_eq!(app.wait_completed(&owner, &held).await["counts"]["delivered"], 3);
+
+    // The owner schedules a draft every Monday at 09:00, then takes it back.
+    log_in("boss", "所有者").await;
+    b.goto(&format!("{base}/console/#/compose")).await.unwrap();
+    b.type_into(&b.wait("#compose-expr", None, T).await.unwrap(), "tag:会员", true).await.unwrap();
+    b.type_into(&b.wait("#content-text", None, T).await.unwrap(), "每周一上午九点的会员周报。", true).await.unwrap();
+    b.wait("#safety-action[data-action=allow]", None, T).await.unwrap();
+    b.click_on("#save-preflight", None, T).await.unwrap();
+    b.wait("#preflight-recipients", Some("3"), T).await.unwrap();
+    let draft = b.url().await.unwrap().rsplit('/').next().unwrap().to_owned();
+    b.type_into(&b.wait("#schedule-zone", None, T).await.unwrap(), "Asia/Shanghai", true).await.unwrap();
+    b.type_into(&b.wait("#schedule-cron", None, T).await.unwrap(), "0 9 * * MON", true).await.unwrap();
+    b.click_on("#schedule", None, T).await.unwrap();
+    b.wait("#state", Some("已定时"), T).await.unwrap();
+    b.wait("#schedule-at", Some("0 9 * * MON"), T).await.unwrap();
+    let stored = app.get(&format!("/v1/broadcasts/{draft}/schedule"), &owner).await.expect(200);
+    assert_eq!(stored["schedule"]["cron"], "0 9 * * MON");
+    b.click_on("#unschedule", None, T).await.unwrap();
+    b.wait("#state", Some("草稿"), T).await.unwrap();
+    // A bad cron expression is explained in place; nothing is scheduled.
+    b.type_into(&b.wait("#schedule-cron", None, T).await.unwrap(), "0 9 31 2 *", true).await.unwrap();
+    b.click_on("#schedule", None, T).await.unwrap();
+    b.wait(".error", Some("QF-SCHEDULE-NEVER"), T).await.unwrap();
+    assert_eq!(app.get(&format!("/v1/broadcasts/{draft}"), &owner).await.expect(200)["state"], "draft");
+    b.quit().await;
+}

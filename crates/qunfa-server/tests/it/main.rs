@@ -109,6 +109,11 @@ async fn browser_tour() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_review_and_schedule() {
+    console::browser_review_and_schedule().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recall_policy_sqlite() {
     recall::recall_and_signature_follow_the_policy(Backend::Sqlite).await;
 }
