@@ -191,15 +191,32 @@ pub async fn login(
     let max_age = i64::from(state.policy.console.session_hours) * 3600;
     let mut response = Json(session).into_response();
     let cookies = response.headers_mut();
-    let cookie = format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}");
+    let attrs = cookie_attributes(&state, &headers);
+    let cookie = format!("{SESSION_COOKIE}={token}; {attrs}; Max-Age={max_age}");
     cookies.append(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(|e| ApiError::internal(&e))?);
     if let Some(id) = new_device {
         // The browser's own id for sender security (a browser update changes
         // its User-Agent, not this), kept for a year.
-        let device = format!("{DEVICE_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age=31536000");
+        let device = format!("{DEVICE_COOKIE}={id}; {attrs}; Max-Age=31536000");
         cookies.append(header::SET_COOKIE, HeaderValue::from_str(&device).map_err(|e| ApiError::internal(&e))?);
     }
     Ok(response)
+}
+
+/// The cookies' attributes: `Secure` too when the request came over HTTPS
+/// through the trusted proxy (`trust_forwarded_for` and `X-Forwarded-Proto: https`).
+fn cookie_attributes(state: &AppState, headers: &HeaderMap) -> &'static str {
+    let https = state.options.trust_forwarded_for
+        && headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"));
+    if https {
+        "Path=/; HttpOnly; SameSite=Strict; Secure"
+    } else {
+        "Path=/; HttpOnly; SameSite=Strict"
+    }
 }
 
 fn locked(until: i64, now: i64) -> ApiError {
@@ -257,7 +274,7 @@ fn not_a_session() -> ApiError {
 /// Log out: ends the session and clears the cookie.
 #[utoipa::path(post, path = "/v1/console/logout", tag = "console",
     responses((status = 204), (status = 401, body = ErrorBody)))]
-pub async fn logout(State(state): State<AppState>, auth: Auth) -> ApiResult<Response> {
+pub async fn logout(State(state): State<AppState>, auth: Auth, headers: HeaderMap) -> ApiResult<Response> {
     let session = auth.0.session_id.ok_or_else(not_a_session)?;
     let (ws, actor) = (auth.workspace_id(), auth.0.actor());
     state
@@ -267,7 +284,7 @@ pub async fn logout(State(state): State<AppState>, auth: Auth) -> ApiResult<Resp
         })
         .await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
-    let cookie = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    let cookie = format!("{SESSION_COOKIE}=; {}; Max-Age=0", cookie_attributes(&state, &headers));
     response
         .headers_mut()
         .insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(|e| ApiError::internal(&e))?);

@@ -206,6 +206,18 @@ pub async fn console_logins(backend: Backend) {
         .expect_error(401, "QF-AUTH-REQUIRED");
     assert!(login(&app, "wang.wu", PASSWORD).await.is_err());
 
+    // Behind the trusted proxy over HTTPS, the cookies are Secure too.
+    let https = app
+        .http
+        .post(format!("{}/v1/console/login", app.base))
+        .header("x-forwarded-proto", "https")
+        .json(&json!({"login": "li.si", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let cookies: Vec<String> =
+        https.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
+    assert!(!cookies.is_empty() && cookies.iter().all(|c| c.contains("; Secure")), "{cookies:?}");
     // Logging out ends the session; sessions also end after session_hours.
     with_cookie(&app, Method::POST, "/v1/console/logout", &cookie, Some(&csrf), None).await.expect(204);
     with_cookie(&app, Method::GET, "/v1/workspace", &cookie, None, None).await.expect_error(401, "QF-AUTH-REQUIRED");
@@ -458,9 +470,7 @@ pub async fn browser_review_and_schedule() {
     log_in("boss", "所有者").await;
     b.goto(&format!("{base}/console/#/compose")).await.unwrap();
     b.type_into(&b.wait("#compose-expr", None, T).await.unwrap(), "tag:会员", true).await.unwrap();
-    b.type_into(&b.wait("#content-text", None, T).await.unwrap(), "周末赚钱小技巧，轻松上手。", true)
-        .await
-        .unwrap();
+    b.type_into(&b.wait("#content-text", None, T).await.unwrap(), "周末赚钱小技巧，轻松上手。", true).await.unwrap();
     b.wait("#safety-action[data-action=review]", None, T).await.unwrap();
     b.click_on("#save-preflight", None, T).await.unwrap();
     b.wait("#verdicts", Some("QF-CONTENT-REVIEW"), T).await.unwrap();
