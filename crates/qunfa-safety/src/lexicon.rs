@@ -498,7 +498,14 @@ pub struct Scratch {
     raw: Vec<(u32, u32, u32)>,
     hits: Vec<LexiconHit>,
     allow: Vec<(usize, usize)>,
+    /// Parts of complete conjunctions: conjunction, part, start, end.
     parts: Vec<(u32, u8, usize, usize)>,
+    /// Indices in `raw` of the matches of conjunction parts.
+    with_parts: Vec<u32>,
+    /// Per conjunction, the parts seen (all zero between scans).
+    seen: Vec<u64>,
+    /// The conjunctions with bits in `seen`.
+    touched: Vec<u32>,
 }
 
 impl Scratch {
@@ -588,6 +595,7 @@ impl Lexicon {
         scratch.hits.clear();
         scratch.allow.clear();
         scratch.parts.clear();
+        scratch.with_parts.clear();
         for i in 0..scratch.raw.len() {
             let (start, end, value) = scratch.raw[i];
             let (start, end) = (start as usize, end as usize);
@@ -607,10 +615,8 @@ impl Lexicon {
                     scratch.hits.push(LexiconHit { entry: pe.entry, start, end });
                 }
             }
-            for (conjunction, part, runs) in &pattern.parts {
-                if runs.as_deref().is_none_or(|runs| runs_satisfied(text, start, runs)) {
-                    scratch.parts.push((*conjunction, *part, start, end));
-                }
+            if !pattern.parts.is_empty() {
+                scratch.with_parts.push(i as u32);
             }
         }
         if !scratch.allow.is_empty() {
@@ -624,31 +630,83 @@ impl Lexicon {
                 span.1 = max_end;
             }
             let allow = &scratch.allow;
-            let covered = |start: usize, end: usize| {
-                let n = allow.partition_point(|&(s, _)| s <= start);
-                n > 0 && allow[n - 1].1 >= end
-            };
-            scratch.hits.retain(|h| !covered(h.start, h.end));
-            scratch.parts.retain(|&(_, _, s, e)| !covered(s, e));
+            scratch.hits.retain(|h| !covered(allow, h.start, h.end));
         }
-        if !scratch.parts.is_empty() {
-            // A conjunction matches when each of its parts was seen.
-            scratch.parts.sort_unstable();
-            for group in scratch.parts.chunk_by(|a, b| a.0 == b.0) {
-                let conjunction = &self.conjunctions[group[0].0 as usize];
-                let seen = group.iter().fold(0u64, |bits, &(_, part, _, _)| bits | 1 << part);
-                if seen.count_ones() == u32::from(conjunction.parts) {
-                    let mut last_part = u8::MAX;
-                    for &(_, part, start, end) in group {
-                        if part != last_part {
-                            scratch.hits.push(LexiconHit { entry: conjunction.entry, start, end });
-                            last_part = part;
-                        }
+        if !scratch.with_parts.is_empty() {
+            self.conjunctions(text, scratch);
+        }
+    }
+
+    /// Adds the hits of the conjunctions whose parts were all seen. A word
+    /// can be a part of hundreds of conjunctions and few of them ever
+    /// complete, so the parts seen are first only marked, per conjunction,
+    /// and collected (then sorted) for the complete ones alone.
+    fn conjunctions(&self, text: &Normalized, scratch: &mut Scratch) {
+        if scratch.seen.len() < self.conjunctions.len() {
+            scratch.seen.resize(self.conjunctions.len(), 0);
+        }
+        let Scratch { raw, hits, allow, parts, with_parts, seen, touched } = scratch;
+        touched.clear();
+        // Each part of each match that counts, as (conjunction, part, start, end).
+        let each_part = |on_part: &mut dyn FnMut(u32, u8, usize, usize)| {
+            for &i in with_parts.iter() {
+                let (start, end, value) = raw[i as usize];
+                let (start, end) = (start as usize, end as usize);
+                if !allow.is_empty() && covered(allow, start, end) {
+                    continue;
+                }
+                for (conjunction, part, runs) in &self.patterns[(value & VALUE_INDEX) as usize].parts {
+                    if runs.as_deref().is_none_or(|runs| runs_satisfied(text, start, runs)) {
+                        on_part(*conjunction, *part, start, end);
                     }
                 }
             }
+        };
+        each_part(&mut |conjunction, part, _, _| {
+            let bits = &mut seen[conjunction as usize];
+            if *bits == 0 {
+                touched.push(conjunction);
+            }
+            *bits |= 1 << part;
+        });
+        // Complete conjunctions keep all their bits set, the others none.
+        let mut complete = false;
+        for &conjunction in touched.iter() {
+            let bits = &mut seen[conjunction as usize];
+            if bits.count_ones() == u32::from(self.conjunctions[conjunction as usize].parts) {
+                *bits = u64::MAX;
+                complete = true;
+            } else {
+                *bits = 0;
+            }
+        }
+        if complete {
+            each_part(&mut |conjunction, part, start, end| {
+                if seen[conjunction as usize] == u64::MAX {
+                    parts.push((conjunction, part, start, end));
+                }
+            });
+            // The first occurrence of each part of each conjunction, in order.
+            parts.sort_unstable();
+            let mut last = None;
+            for &(conjunction, part, start, end) in parts.iter() {
+                if last != Some((conjunction, part)) {
+                    hits.push(LexiconHit { entry: self.conjunctions[conjunction as usize].entry, start, end });
+                    last = Some((conjunction, part));
+                }
+            }
+            for &conjunction in touched.iter() {
+                seen[conjunction as usize] = 0;
+            }
         }
     }
+}
+
+/// Whether an allow span covers `start..end` (`allow` sorted by start, each
+/// end raised to the furthest end so far).
+fn covered(allow: &[(usize, usize)], start: usize, end: usize) -> bool {
+    let n = allow.partition_point(|&(s, _)| s <= start);
+    n > 0 && allow[n - 1].1 >= end
 }
 
 /// An entry that starts (ends) with a Latin letter or digit must start (end)
@@ -759,6 +817,40 @@ mod tests {
             ("x六合彩", &["6合彩=六合彩"]),
             ("20246合彩", &[]),
             ("病毒性肺炎", &["肺炎+病毒=肺炎", "肺炎+病毒=病毒"]),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(&found(&l, text), expected, "in {text:?}");
+        }
+    }
+
+    #[test]
+    fn conjunctions_sharing_parts() {
+        // 股票 is a part of three conjunctions; only those whose other parts
+        // are in the text match, each part by its first occurrence.
+        let l = library(
+            &[("finance", "股票+内幕"), ("finance", "股票+稳赚\n股票+翻倍+内幕"), ("finance", "翻倍+稳赚")],
+            &["内幕消息公开"],
+        );
+        let cases: &[(&str, &[&str])] = &[
+            ("股票内幕", &["股票+内幕=股票", "股票+内幕=内幕"]),
+            ("股票 稳赚 股票", &["股票+稳赚=股票", "股票+稳赚=稳赚"]),
+            (
+                "稳赚股票翻倍有内幕",
+                &[
+                    "股票+内幕=股票",
+                    "股票+内幕=内幕",
+                    "股票+稳赚=股票",
+                    "股票+稳赚=稳赚",
+                    "股票+翻倍+内幕=股票",
+                    "股票+翻倍+内幕=翻倍",
+                    "股票+翻倍+内幕=内幕",
+                    "翻倍+稳赚=翻倍",
+                    "翻倍+稳赚=稳赚",
+                ],
+            ),
+            // The allowlist cancels the part it covers, so nothing completes.
+            ("股票的内幕消息公开", &[]),
+            ("股票翻倍", &[]),
         ];
         for (text, expected) in cases {
             assert_eq!(&found(&l, text), expected, "in {text:?}");
