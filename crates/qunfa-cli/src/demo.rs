@@ -69,8 +69,15 @@ pub fn seed(store: &Store, policy: &Policy) -> anyhow::Result<DemoKeys> {
         (ent, ids[4], "reviewer"),
         (personal, personal_owner, "zhangsan"),
     ] {
-        qunfa_server::set_login_direct(store, ws, member, login, &console_password, now)
-            .map_err(|e| anyhow::anyhow!("demo login {login}: {}", e.message))?;
+        match qunfa_server::set_login_direct(store, ws, member, login, &console_password, now) {
+            Ok(()) => {}
+            // Another member of this database has the name: the demo does
+            // without that login rather than refuse to start.
+            Err(e) if e.code == qunfa_core::Code::LoginTaken => {
+                tracing::warn!(login, "demo console login not set: the name belongs to another member");
+            }
+            Err(e) => anyhow::bail!("demo login {login}: {}", e.message),
+        }
     }
     Ok(DemoKeys {
         enterprise_id: ent,
