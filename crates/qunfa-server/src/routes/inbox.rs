@@ -245,14 +245,7 @@ pub async fn block_sender(
     auth: InboxAuth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<BlockResponse>> {
-    let id = parse_id(&id)?;
-    let changed = state
-        .blocking(move |s| {
-            let (ws, idx) = auth.recipient(&s.store)?;
-            Ok(s.store.block_sender(ws, idx, id, s.now())?)
-        })
-        .await?;
-    Ok(Json(BlockResponse { blocked: true, changed }))
+    set_block(state, auth, &id, true).await
 }
 
 /// Lift the block of a message's sender (only the recipient can).
@@ -263,14 +256,24 @@ pub async fn unblock_sender(
     auth: InboxAuth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<BlockResponse>> {
-    let id = parse_id(&id)?;
+    set_block(state, auth, &id, false).await
+}
+
+/// Blocks or unblocks the sender of a message for the token's recipient.
+async fn set_block(state: AppState, auth: InboxAuth, id: &str, block: bool) -> ApiResult<Json<BlockResponse>> {
+    let id = parse_id(id)?;
     let changed = state
         .blocking(move |s| {
             let (ws, idx) = auth.recipient(&s.store)?;
-            Ok(s.store.unblock_sender(ws, idx, id, s.now())?)
+            let now = s.now();
+            Ok(if block {
+                s.store.block_sender(ws, idx, id, now)?
+            } else {
+                s.store.unblock_sender(ws, idx, id, now)?
+            })
         })
         .await?;
-    Ok(Json(BlockResponse { blocked: false, changed }))
+    Ok(Json(BlockResponse { blocked: block, changed }))
 }
 
 /// Forward a message (also counts as reading it): each forward gets a share
