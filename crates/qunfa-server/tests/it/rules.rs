@@ -123,7 +123,8 @@ pub async fn abnormal_login_until_verified(backend: Backend) {
         .post_from(&format!("/v1/broadcasts/{id}/send"), &sender, json!({}), "phone-1", "172.16.0.9")
         .await
         .expect(202);
-    assert_eq!(b["state"], "sending");
+    // The engine may finish the three recipients before the answer is written.
+    assert!(b["state"] == "sending" || b["state"] == "completed", "{b}");
     // Every step is in the audit log.
     let audit = app.get("/v1/audit?limit=200", &owner).await.expect(200);
     let actions: Vec<&str> = audit["items"].as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
@@ -279,7 +280,7 @@ pub async fn approval_levels_and_chain(backend: Backend) {
     app.post(&format!("/v1/broadcasts/{id}/approve"), &r2, json!({"comment": "法务同意"})).await.expect(202);
     assert_eq!(state_of(&app, &sender, &id).await, "pending_approval");
     let b = app.post(&format!("/v1/broadcasts/{id}/approve"), &r3, json!({"comment": "技术同意"})).await.expect(202);
-    assert_eq!(b["state"], "sending");
+    assert!(b["state"] == "sending" || b["state"] == "completed", "the engine may already be done: {b}");
     let a = app.get(&format!("/v1/broadcasts/{id}/approvals"), &sender).await.expect(200);
     let stages: Vec<&str> = a["decisions"].as_array().unwrap().iter().map(|d| d["stage"].as_str().unwrap()).collect();
     assert_eq!(stages, ["business", "legal", "technical"]);
