@@ -91,6 +91,15 @@ const BROADCAST_COLUMNS: &str =
     n_filtered, n_sent, n_skipped, fallback,
     recalled_at, correction_of, n_forwarded, n_blocked, n_recalled";
 
+/// A broadcast of the workspace, read on `c` (inside the caller's snapshot).
+pub(crate) fn broadcast_in(c: &mut Conn, workspace_id: i64, id: i64) -> Result<BroadcastRecord, StoreError> {
+    let r = c.query_one(
+        &format!("SELECT {BROADCAST_COLUMNS} FROM broadcasts WHERE id = ? AND workspace_id = ?"),
+        params![id, workspace_id],
+    )?;
+    broadcast_from(&r)
+}
+
 fn broadcast_from(r: &Row) -> Result<BroadcastRecord, StoreError> {
     Ok(BroadcastRecord {
         id: r.i64(0),
@@ -378,11 +387,7 @@ impl Store {
     /// # Errors
     /// `NotFound`, or database errors.
     pub fn broadcast(&self, workspace_id: i64, id: i64) -> Result<BroadcastRecord, StoreError> {
-        let r = self.db.conn()?.query_one(
-            &format!("SELECT {BROADCAST_COLUMNS} FROM broadcasts WHERE id = ? AND workspace_id = ?"),
-            params![id, workspace_id],
-        )?;
-        broadcast_from(&r)
+        broadcast_in(&mut *self.db.conn()?, workspace_id, id)
     }
 
     /// Broadcasts of the workspace, newest first, before `before_id`.

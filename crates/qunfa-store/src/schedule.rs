@@ -94,6 +94,35 @@ pub struct ScheduleRun {
     pub n_recipients: u64,
 }
 
+/// A broadcast with its schedule and runs, as of one snapshot.
+#[derive(Debug, Clone)]
+pub struct ScheduleView {
+    pub broadcast: crate::broadcasts::BroadcastRecord,
+    pub schedule: ScheduleRecord,
+    /// The newest runs of a recurring schedule, when asked for.
+    pub runs: Option<Vec<ScheduleRun>>,
+}
+
+fn runs_of(c: &mut Conn, workspace_id: i64, parent_id: i64, limit: usize) -> Result<Vec<ScheduleRun>, StoreError> {
+    let rows = c.query(
+        "SELECT id, state, schedule_at, submitted_at, n_recipients FROM broadcasts
+         WHERE parent_id = ? AND workspace_id = ? ORDER BY id DESC LIMIT ?",
+        params![parent_id, workspace_id, limit],
+    )?;
+    rows.iter()
+        .map(|r| {
+            Ok(ScheduleRun {
+                broadcast_id: r.i64(0),
+                state: BroadcastState::parse(r.str(1))
+                    .map_err(|_| StoreError::Corrupt(format!("state {}", r.str(1))))?,
+                due_at: r.opt_i64(2),
+                submitted_at: r.opt_i64(3),
+                n_recipients: r.i64(4) as u64,
+            })
+        })
+        .collect()
+}
+
 /// A workspace's scheduling settings as stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScheduleSettingsRecord {
@@ -332,23 +361,34 @@ impl Store {
         parent_id: i64,
         limit: usize,
     ) -> Result<Vec<ScheduleRun>, StoreError> {
-        let rows = self.db.conn()?.query(
-            "SELECT id, state, schedule_at, submitted_at, n_recipients FROM broadcasts
-             WHERE parent_id = ? AND workspace_id = ? ORDER BY id DESC LIMIT ?",
-            params![parent_id, workspace_id, limit],
-        )?;
-        rows.iter()
-            .map(|r| {
-                Ok(ScheduleRun {
-                    broadcast_id: r.i64(0),
-                    state: BroadcastState::parse(r.str(1))
-                        .map_err(|_| StoreError::Corrupt(format!("state {}", r.str(1))))?,
-                    due_at: r.opt_i64(2),
-                    submitted_at: r.opt_i64(3),
-                    n_recipients: r.i64(4) as u64,
-                })
-            })
-            .collect()
+        runs_of(&mut *self.db.conn()?, workspace_id, parent_id, limit)
+    }
+
+    /// A broadcast, its schedule and (with `runs_limit`, for a recurring one)
+    /// its newest runs, read in one snapshot: a run the scheduler creates
+    /// while this reads shows with the `next_run_at` it moved, never without.
+    ///
+    /// # Errors
+    /// `NotFound`, or database errors.
+    pub fn schedule_view(
+        &self,
+        workspace_id: i64,
+        id: i64,
+        runs_limit: Option<usize>,
+    ) -> Result<ScheduleView, StoreError> {
+        self.db.read(|c| {
+            let r = c.query_one(
+                &format!("SELECT {SCHEDULE_COLUMNS} FROM broadcasts WHERE id = ? AND workspace_id = ?"),
+                params![id, workspace_id],
+            )?;
+            let schedule = schedule_from(&r)?;
+            let runs = match runs_limit {
+                Some(limit) if schedule.cron.is_some() => Some(runs_of(c, workspace_id, id, limit)?),
+                _ => None,
+            };
+            let broadcast = crate::broadcasts::broadcast_in(c, workspace_id, id)?;
+            Ok(ScheduleView { broadcast, schedule, runs })
+        })
     }
 
     /// The workspace's quiet hours and time zone.

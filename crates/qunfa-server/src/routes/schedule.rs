@@ -242,26 +242,22 @@ pub async fn schedule_broadcast(
 }
 
 fn response_of(s: &Inner, ws: i64, id: i64, with_runs: bool) -> Result<ScheduleResponse, ApiError> {
-    let schedule = s.store.schedule(ws, id)?;
-    let runs = if with_runs && schedule.cron.is_some() {
-        let runs = s.store.schedule_runs(ws, id, 100)?;
-        Some(
-            runs.into_iter()
-                .map(|r| ScheduleRunWire {
-                    id: r.broadcast_id.to_string(),
-                    state: r.state.as_str().into(),
-                    due_at: ts_opt(r.due_at),
-                    submitted_at: ts_opt(r.submitted_at),
-                    recipients: r.n_recipients,
-                })
-                .collect(),
-        )
-    } else {
-        None
-    };
+    // One snapshot: a run made while this reads shows with the schedule it moved.
+    let view = s.store.schedule_view(ws, id, with_runs.then_some(100))?;
+    let runs = view.runs.map(|runs| {
+        runs.into_iter()
+            .map(|r| ScheduleRunWire {
+                id: r.broadcast_id.to_string(),
+                state: r.state.as_str().into(),
+                due_at: ts_opt(r.due_at),
+                submitted_at: ts_opt(r.submitted_at),
+                recipients: r.n_recipients,
+            })
+            .collect()
+    });
     Ok(ScheduleResponse {
-        broadcast: broadcast_response(s.store.broadcast(ws, id)?),
-        schedule: schedule_wire(&schedule),
+        broadcast: broadcast_response(view.broadcast),
+        schedule: schedule_wire(&view.schedule),
         runs,
     })
 }
