@@ -675,6 +675,14 @@ impl Store {
                     "",
                     &mut rows.into_iter(),
                 )?;
+                // Capped records are final at once: not sent.
+                let mut marks = crate::engagement::Marks::new();
+                for (channel, _, _) in &plan {
+                    for idx in capped.iter() {
+                        marks.set(id, channel.as_str(), "not_sent", -1, idx, true);
+                    }
+                }
+                marks.apply(c)?;
             }
             if rules.from == BroadcastState::PendingApproval {
                 crate::safety::decide(c, workspace_id, id, crate::safety::Decision::Approved, rules.review_reason, actor, now)?;

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use qunfa_core::{channel::ChannelSettings, contact::Channel, Code};
 use serde_json::{Map, Value as Json};
 
-use crate::{audit, events, params, queue::channel_settings, Conn, Store, StoreError};
+use crate::{audit, engagement::Marks, events, params, queue::channel_settings, Conn, Store, StoreError};
 
 /// Why a contact is opted out of a channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -365,6 +365,7 @@ impl Store {
             // (delivered, failed, of which were `sent`) per broadcast.
             let mut by_broadcast: HashMap<i64, (u64, u64, u64)> = HashMap::new();
             let mut failures: HashMap<i64, Vec<Json>> = HashMap::new();
+            let mut marks = Marks::new();
             for r in receipts {
                 let found = c.query_opt(
                     "SELECT broadcast_id, contact_idx FROM deliveries WHERE workspace_id = ? AND channel = ? AND provider_id = ? AND state = 'sent'",
@@ -403,6 +404,7 @@ impl Store {
                     report.ignored += 1;
                     continue;
                 }
+                marks.state_change(broadcast_id, channel.as_str(), idx as u32, Some(from), state);
                 let e = by_broadcast.entry(broadcast_id).or_default();
                 // From `sent` the message leaves the awaiting count; from `queued` it never entered it.
                 if from == "sent" {
@@ -433,6 +435,7 @@ impl Store {
                     events::emit(c, workspace_id, "delivery.failed", data, now)?;
                 }
             }
+            marks.apply(c)?;
             Ok(report)
         })
     }
@@ -487,6 +490,9 @@ impl Store {
                     params![Code::EmailBounced.as_str(), format!("bounce: {diagnostic}"), broadcast_id, idx, was.as_str()],
                 )? == 1;
             if changed {
+                let mut marks = Marks::new();
+                marks.state_change(broadcast_id, "email", idx, Some(was.as_str()), "failed");
+                marks.apply(c)?;
                 let column = match was.as_str() {
                     "delivered" => "n_delivered = n_delivered - 1,",
                     "sent" => "n_sent = n_sent - 1,",

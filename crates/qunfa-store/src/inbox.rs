@@ -3,7 +3,9 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
-use crate::{audit, json::content_from_json, new_secret, params, secret_hash, Code, Store, StoreError};
+use crate::{
+    audit, engagement::Marks, json::content_from_json, new_secret, params, secret_hash, Code, Store, StoreError,
+};
 use qunfa_core::message::RawContent;
 
 /// One message in a recipient's inbox.
@@ -248,7 +250,9 @@ impl Store {
             )? == 1;
             if first {
                 c.execute("UPDATE broadcasts SET n_read = n_read + 1 WHERE id = ?", params![broadcast_id])?;
-                crate::measure::first_open(c, broadcast_id, "inbox", now)?;
+                let mut marks = Marks::new();
+                crate::measure::first_open(c, &mut marks, (broadcast_id, "inbox", idx), now)?;
+                marks.apply(c)?;
             }
             // Every open starts a view; `close_view` measures it.
             crate::measure::start_view(c, broadcast_id, idx, now)?;
@@ -290,9 +294,10 @@ impl Store {
                 "UPDATE deliveries SET read_at = ?, state = 'read' WHERE broadcast_id = ? AND channel = 'inbox' AND contact_idx = ? AND read_at IS NULL",
                 params![now, broadcast_id, idx],
             )? == 1;
+            let mut marks = Marks::new();
             if first_read {
                 c.execute("UPDATE broadcasts SET n_read = n_read + 1 WHERE id = ?", params![broadcast_id])?;
-                crate::measure::first_open(c, broadcast_id, "inbox", now)?;
+                crate::measure::first_open(c, &mut marks, (broadcast_id, "inbox", idx), now)?;
             }
             let first_reply = c.execute(
                 "UPDATE deliveries SET replied_at = ? WHERE broadcast_id = ? AND channel = 'inbox' AND contact_idx = ? AND replied_at IS NULL",
@@ -301,7 +306,9 @@ impl Store {
             if first_reply {
                 c.execute("UPDATE broadcasts SET n_replied = n_replied + 1 WHERE id = ?", params![broadcast_id])?;
                 crate::measure::bump(c, broadcast_id, "inbox", "replied", -1, 1)?;
+                marks.set(broadcast_id, "inbox", "replied", -1, idx, true);
             }
+            marks.apply(c)?;
             let id = c
                 .query_one(
                     "INSERT INTO replies (workspace_id, broadcast_id, contact_idx, text, created_at) VALUES (?, ?, ?, ?, ?) RETURNING id",

@@ -17,6 +17,7 @@ pub mod compat;
 pub mod console;
 pub mod contacts;
 pub mod db;
+pub mod engagement;
 pub mod events;
 pub mod evidence;
 pub mod inbox;
@@ -127,6 +128,7 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
     (11, include_str!("../migrations/sqlite/0011_compat.sql"), None),
     (12, include_str!("../migrations/sqlite/0012_console.sql"), None),
     (13, include_str!("../migrations/sqlite/0013_compat_dedup.sql"), None),
+    (14, include_str!("../migrations/sqlite/0014_measure_sets.sql"), Some(build_measure_sets)),
 ];
 const POSTGRES_MIGRATIONS: &[Migration] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql"), None),
@@ -142,7 +144,18 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
     (11, include_str!("../migrations/postgres/0011_compat.sql"), None),
     (12, include_str!("../migrations/postgres/0012_console.sql"), None),
     (13, include_str!("../migrations/postgres/0013_compat_dedup.sql"), None),
+    (14, include_str!("../migrations/postgres/0014_measure_sets.sql"), Some(build_measure_sets)),
 ];
+
+/// Version 14: the engagement sets of every broadcast, from its records.
+fn build_measure_sets(c: &mut Conn) -> Result<(), StoreError> {
+    let ids: Vec<i64> =
+        c.query("SELECT DISTINCT broadcast_id FROM deliveries", params![])?.iter().map(|r| r.i64(0)).collect();
+    for id in ids {
+        engagement::rebuild(c, id)?;
+    }
+    Ok(())
+}
 
 /// Version 2: memberships move from one row per contact to bitmaps.
 fn move_memberships_to_bitmaps(c: &mut Conn) -> Result<(), StoreError> {

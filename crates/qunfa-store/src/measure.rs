@@ -2,7 +2,8 @@
 //! state — opened, reading time, replied, forwarded, clicked, converted,
 //! reported — and the counters reports read.
 //!
-//! Every event moves its counters in `measure_counts` in its own transaction,
+//! Every event moves its counters in `measure_counts` and its recipient's
+//! engagement sets ([`crate::engagement`]) in its own transaction,
 //! and only the first event of its kind per delivery record moves a
 //! recipient count (a conditional `UPDATE … WHERE x_at IS NULL` decides which
 //! one that is, even when two race). So a report is a read of a few hundred
@@ -11,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::{audit, params, Code, Conn, Store, StoreError};
+use crate::{audit, engagement::Marks, params, Code, Conn, Store, StoreError};
 
 /// Upper bounds (exclusive, ms) of the reading-time histogram's buckets; the
 /// last bucket is open-ended. A recipient's bucket is that of their total
@@ -54,7 +55,13 @@ pub(crate) fn bump(
 }
 
 /// A delivery record was opened for the first time (its `read_at` just set).
-pub(crate) fn first_open(c: &mut Conn, broadcast_id: i64, channel: &str, now: i64) -> Result<(), StoreError> {
+pub(crate) fn first_open(
+    c: &mut Conn,
+    marks: &mut Marks,
+    (broadcast_id, channel, idx): (i64, &str, u32),
+    now: i64,
+) -> Result<(), StoreError> {
+    marks.first_open(broadcast_id, channel, idx, now);
     bump(c, broadcast_id, channel, "opened", -1, 1)?;
     bump(c, broadcast_id, channel, "opened_hour", hour_of(now), 1)
 }
@@ -318,6 +325,92 @@ fn new_short() -> String {
     (0..8).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
 }
 
+/// A segment report's start: the segment's recipients, and a row for each
+/// channel of the broadcast.
+fn segment_start(
+    c: &mut Conn,
+    workspace_id: i64,
+    broadcast_id: i64,
+    members: &qunfa_audience::Bitmap,
+) -> Result<(u64, BTreeMap<String, ChannelFigures>), StoreError> {
+    let b = c.query_one(
+        "SELECT frozen_audience, channels, fallback FROM broadcasts WHERE id = ? AND workspace_id = ?",
+        params![broadcast_id, workspace_id],
+    )?;
+    let recipients = match b.opt_blob(0) {
+        Some(blob) => {
+            let frozen = qunfa_audience::decode(blob)
+                .ok_or_else(|| StoreError::Corrupt(format!("the frozen audience of broadcast {broadcast_id}")))?;
+            (&frozen & members).cardinality()
+        }
+        None => 0,
+    };
+    let channels = crate::json::channels_from_json(b.str(1))?;
+    let fallback = crate::json::fallback_from_json(b.opt_str(2).unwrap_or("[]"))?;
+    let by_channel = channels
+        .iter()
+        .map(|c| c.as_str())
+        .chain(fallback.iter().map(|f| f.channel.as_str()))
+        .map(|n| (n.to_owned(), ChannelFigures::new(n)))
+        .collect();
+    Ok((recipients, by_channel))
+}
+
+/// A segment report's end: the broadcast's reports, clicks and conversions
+/// by recipients of the segment (rows per event, not per recipient), and
+/// the totals.
+fn segment_finish(
+    c: &mut Conn,
+    broadcast_id: i64,
+    members: &qunfa_audience::Bitmap,
+    recipients: u64,
+    mut by_channel: BTreeMap<String, ChannelFigures>,
+    opens: BTreeMap<i64, u64>,
+) -> Result<MeasureReport, StoreError> {
+    for r in c.query("SELECT contact_idx FROM reports WHERE broadcast_id = ?", params![broadcast_id])? {
+        if members.contains(r.i64(0) as u32) {
+            by_channel.entry("inbox".into()).or_insert_with(|| ChannelFigures::new("inbox")).reported += 1;
+        }
+    }
+    let mut clicks: BTreeMap<i64, u64> = BTreeMap::new();
+    let mut report = MeasureReport { broadcast_id, recipients, ..Default::default() };
+    c.for_each_row(
+        "SELECT contact_idx, created_at FROM clicks WHERE broadcast_id = ? AND contact_idx IS NOT NULL",
+        params![broadcast_id],
+        &mut |r| {
+            if members.contains(r.i64(0) as u32) {
+                report.clicks += 1;
+                *clicks.entry(hour_of(r.i64(1))).or_default() += 1;
+            }
+            Ok(())
+        },
+    )?;
+    c.for_each_row(
+        "SELECT contact_idx, value FROM conversions WHERE broadcast_id = ? AND contact_idx IS NOT NULL",
+        params![broadcast_id],
+        &mut |r| {
+            if members.contains(r.i64(0) as u32) {
+                report.conversions += 1;
+                report.conversion_value += r.i64(1);
+            }
+            Ok(())
+        },
+    )?;
+    for f in by_channel.values_mut() {
+        f.records = recipients;
+        f.pending = recipients.saturating_sub(f.delivered + f.failed + f.not_sent);
+    }
+    let mut all = ChannelFigures::new("all");
+    for f in by_channel.values() {
+        all.add(f);
+    }
+    report.all = all;
+    report.channels = by_channel.into_values().collect();
+    report.opens_by_hour = opens.into_iter().collect();
+    report.clicks_by_hour = clicks.into_iter().collect();
+    Ok(report)
+}
+
 impl Store {
     /// Closes the view of an inbox message opened last (`POST …/read`):
     /// adds `now − opened` (at most `visible_ms` when the page says how long
@@ -369,6 +462,9 @@ impl Store {
             }
             bump(c, broadcast_id, "inbox", "read_hist", read_bucket(after), 1)?;
             bump(c, broadcast_id, "inbox", "read_ms", -1, ms)?;
+            let mut marks = Marks::new();
+            marks.read_time(broadcast_id, "inbox", idx, before, after);
+            marks.apply(c)?;
             Ok(Some(ms))
         })
     }
@@ -546,6 +642,9 @@ impl Store {
                 bump(c, b, ANY_CHANNEL, "clicks_hour", hour_of(now), 1)?;
                 if let (true, Some(k)) = (first_of_recipient, recipient) {
                     bump(c, b, k.channel, "clicked", -1, 1)?;
+                    let mut marks = Marks::new();
+                    marks.set(b, k.channel, "clicked", -1, k.contact_idx, true);
+                    marks.apply(c)?;
                 }
             }
             Ok(ClickOutcome { url: link.url, counted: true, first_of_recipient })
@@ -579,7 +678,9 @@ impl Store {
             )? == 1;
             if first {
                 c.execute("UPDATE broadcasts SET n_read = n_read + 1 WHERE id = ?", params![broadcast_id])?;
-                first_open(c, broadcast_id, channel, now)?;
+                let mut marks = Marks::new();
+                first_open(c, &mut marks, (broadcast_id, channel, idx), now)?;
+                marks.apply(c)?;
             }
             Ok(first)
         })
@@ -669,6 +770,9 @@ impl Store {
                 )? == 1;
                 if first_of_recipient {
                     bump(c, b, &ch, "converted", -1, 1)?;
+                    let mut marks = Marks::new();
+                    marks.set(b, &ch, "converted", -1, idx, true);
+                    marks.apply(c)?;
                 }
                 channel = Some(ch);
             }
@@ -723,8 +827,8 @@ impl Store {
 
     /// The report of a broadcast, from its counters: one read of the
     /// broadcast row, its `measure_counts` rows and its links — no scan of
-    /// its delivery records, except the per-channel delivery states of a
-    /// broadcast on several channels (its counters are per broadcast).
+    /// its delivery records (a broadcast on several channels has its delivery
+    /// states per channel from the sizes of its engagement sets).
     ///
     /// # Errors
     /// `NotFound`, or database errors.
@@ -754,16 +858,17 @@ impl Store {
                 f.pending = recipients.saturating_sub(delivered + failed + not_sent);
                 let _ = sent;
             } else {
+                // Several channels: the sizes of their delivery-state sets.
                 for r in c.query(
-                    "SELECT channel, state, COUNT(*) FROM deliveries WHERE broadcast_id = ? GROUP BY channel, state",
+                    "SELECT channel, metric, CAST(SUM(cardinality) AS BIGINT) FROM measure_sets
+                     WHERE broadcast_id = ? AND metric IN ('delivered', 'failed', 'not_sent') GROUP BY channel, metric",
                     params![broadcast_id],
                 )? {
                     let f = by_channel.entry(r.string(0)).or_insert_with(|| ChannelFigures::new(r.str(0)));
                     let n = r.i64(2) as u64;
                     match r.str(1) {
-                        "delivered" | "read" => f.delivered += n,
+                        "delivered" => f.delivered += n,
                         "failed" => f.failed += n,
-                        "queued" | "sent" => {}
                         _ => f.not_sent += n,
                     }
                 }
@@ -813,8 +918,9 @@ impl Store {
     }
 
     /// The report restricted to the recipients in `members` (a segment),
-    /// computed from the delivery records (a scan of the broadcast's records:
-    /// counters cannot be kept for every possible segment).
+    /// from the broadcast's engagement sets ([`crate::engagement`]): each set
+    /// intersected with the segment, then the broadcast's click, conversion
+    /// and report rows. Equal to [`Store::measure_report_of_scan`].
     ///
     /// # Errors
     /// `NotFound`, or database errors.
@@ -825,19 +931,42 @@ impl Store {
         members: &qunfa_audience::Bitmap,
     ) -> Result<MeasureReport, StoreError> {
         self.db.read(|c| {
-            let b = c.query_one(
-                "SELECT frozen_audience FROM broadcasts WHERE id = ? AND workspace_id = ?",
-                params![broadcast_id, workspace_id],
-            )?;
-            let recipients = match b.opt_blob(0) {
-                Some(blob) => {
-                    let frozen = qunfa_audience::decode(blob)
-                        .ok_or_else(|| StoreError::Corrupt(format!("the frozen audience of broadcast {broadcast_id}")))?;
-                    (&frozen & members).cardinality()
+            let (recipients, mut by_channel) = segment_start(c, workspace_id, broadcast_id, members)?;
+            let mut opens: BTreeMap<i64, u64> = BTreeMap::new();
+            for ((channel, metric, bucket), bits) in crate::engagement::load(c, broadcast_id)? {
+                let n = bits.and_cardinality(members);
+                if n == 0 {
+                    continue;
                 }
-                None => 0,
-            };
-            let mut by_channel: BTreeMap<String, ChannelFigures> = BTreeMap::new();
+                let f = by_channel.entry(channel).or_insert_with_key(|ch| ChannelFigures::new(ch));
+                match metric.as_str() {
+                    "delivered" => f.delivered += n,
+                    "failed" => f.failed += n,
+                    "not_sent" => f.not_sent += n,
+                    "opened_hour" => *opens.entry(bucket).or_default() += n,
+                    // Σ 2ᵏ · |segment ∩ {reading times with bit k}|.
+                    "read_ms_bit" => f.read_ms_sum += (n as i64) << bucket,
+                    m => f.engagement(m, bucket, n as i64),
+                }
+            }
+            segment_finish(c, broadcast_id, members, recipients, by_channel, opens)
+        })
+    }
+
+    /// [`Store::measure_report_of`] computed from the delivery records: a
+    /// scan of every record of the broadcast (the reference the sets are
+    /// checked against, and the baseline of `qunfa bench report`).
+    ///
+    /// # Errors
+    /// `NotFound`, or database errors.
+    pub fn measure_report_of_scan(
+        &self,
+        workspace_id: i64,
+        broadcast_id: i64,
+        members: &qunfa_audience::Bitmap,
+    ) -> Result<MeasureReport, StoreError> {
+        self.db.read(|c| {
+            let (recipients, mut by_channel) = segment_start(c, workspace_id, broadcast_id, members)?;
             let mut opens: BTreeMap<i64, u64> = BTreeMap::new();
             c.for_each_row(
                 "SELECT channel, contact_idx, state, read_at, replied_at, forwarded_at, clicked_at, converted_at, read_ms
@@ -848,11 +977,11 @@ impl Store {
                         return Ok(());
                     }
                     let f = by_channel.entry(r.string(0)).or_insert_with(|| ChannelFigures::new(r.str(0)));
-                    match r.str(2) {
-                        "delivered" | "read" => f.delivered += 1,
-                        "failed" => f.failed += 1,
-                        "queued" | "sent" => {}
-                        _ => f.not_sent += 1,
+                    match crate::engagement::state_class(r.str(2)) {
+                        Some("delivered") => f.delivered += 1,
+                        Some("failed") => f.failed += 1,
+                        Some(_) => f.not_sent += 1,
+                        None => {}
                     }
                     if let Some(at) = r.opt_i64(3) {
                         f.opened += 1;
@@ -870,44 +999,7 @@ impl Store {
                     Ok(())
                 },
             )?;
-            for r in c.query("SELECT contact_idx FROM reports WHERE broadcast_id = ?", params![broadcast_id])? {
-                if members.contains(r.i64(0) as u32) {
-                    by_channel.entry("inbox".into()).or_insert_with(|| ChannelFigures::new("inbox")).reported += 1;
-                }
-            }
-            let mut clicks: BTreeMap<i64, u64> = BTreeMap::new();
-            let mut report = MeasureReport { broadcast_id, recipients, ..Default::default() };
-            for r in c.query(
-                "SELECT contact_idx, created_at FROM clicks WHERE broadcast_id = ? AND contact_idx IS NOT NULL",
-                params![broadcast_id],
-            )? {
-                if members.contains(r.i64(0) as u32) {
-                    report.clicks += 1;
-                    *clicks.entry(hour_of(r.i64(1))).or_default() += 1;
-                }
-            }
-            for r in c.query(
-                "SELECT contact_idx, value FROM conversions WHERE broadcast_id = ? AND contact_idx IS NOT NULL",
-                params![broadcast_id],
-            )? {
-                if members.contains(r.i64(0) as u32) {
-                    report.conversions += 1;
-                    report.conversion_value += r.i64(1);
-                }
-            }
-            for f in by_channel.values_mut() {
-                f.records = recipients;
-                f.pending = recipients.saturating_sub(f.delivered + f.failed + f.not_sent);
-            }
-            let mut all = ChannelFigures::new("all");
-            for f in by_channel.values() {
-                all.add(f);
-            }
-            report.all = all;
-            report.channels = by_channel.into_values().collect();
-            report.opens_by_hour = opens.into_iter().collect();
-            report.clicks_by_hour = clicks.into_iter().collect();
-            Ok(report)
+            segment_finish(c, broadcast_id, members, recipients, by_channel, opens)
         })
     }
 
@@ -961,8 +1053,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Sets a broadcast's counters to what its records give (for records
-    /// written in bulk, e.g. by `qunfa bench report`).
+    /// Sets a broadcast's counters and engagement sets to what its records
+    /// give (for records written in bulk, e.g. by `qunfa bench report`).
     ///
     /// # Errors
     /// Database errors.
@@ -973,10 +1065,22 @@ impl Store {
             for ((channel, metric, bucket), n) in counts {
                 bump(c, broadcast_id, &channel, &metric, bucket, n)?;
             }
-            Ok(())
+            crate::engagement::rebuild(c, broadcast_id)
         })
     }
+
+    /// The engagement sets of a broadcast as stored, and as its records give
+    /// them: the two are equal unless a writer missed a change.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn measure_sets_recount(&self, broadcast_id: i64) -> Result<(EngagementSets, EngagementSets), StoreError> {
+        self.db.read(|c| Ok((crate::engagement::load(c, broadcast_id)?, crate::engagement::derive(c, broadcast_id)?)))
+    }
 }
+
+/// Engagement sets: (channel, metric, bucket) → recipients.
+pub type EngagementSets = BTreeMap<(String, String, i64), qunfa_audience::Bitmap>;
 
 /// Sums the counts of equal hours (opens of several channels), ascending.
 fn merge_hours(list: Vec<(i64, u64)>) -> Vec<(i64, u64)> {
@@ -1038,6 +1142,8 @@ mod tests {
                         params![id, idx, w.id, NOW, NOW],
                     )?;
                 }
+                // Records written by hand: their sets too.
+                crate::engagement::rebuild(c, id)?;
                 Ok(id)
             })
             .unwrap();
@@ -1090,6 +1196,15 @@ mod tests {
         assert_eq!((link.n_clicks, link.n_unique, link.n_conversions), (160, 40, 0));
         let (stored, recounted) = store.measure_recount(b).unwrap();
         assert_eq!(stored, recounted);
+        let (stored, derived) = store.measure_sets_recount(b).unwrap();
+        assert_eq!(stored, derived, "racing events keep the sets exact");
+        assert_eq!(stored[&("inbox".to_owned(), "clicked".to_owned(), -1)].cardinality(), 40);
+        // A segment's report from the sets is the one from the records.
+        let even = qunfa_audience::Bitmap::from_range_with_step(0..40, 2);
+        let from_sets = store.measure_report_of(w.id, b, &even).unwrap();
+        assert_eq!(from_sets, store.measure_report_of_scan(w.id, b, &even).unwrap());
+        assert_eq!((from_sets.all.opened, from_sets.all.delivered, from_sets.conversions), (20, 20, 20));
+        assert_eq!(from_sets.all.read_ms_sum, store.measure_report_of_scan(w.id, b, &even).unwrap().all.read_ms_sum);
         // Rebuilding from the records changes nothing.
         store.measure_rebuild(b).unwrap();
         assert_eq!(store.measure_report(w.id, b).unwrap(), r);

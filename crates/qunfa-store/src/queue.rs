@@ -24,6 +24,7 @@ use crate::{
     audit,
     broadcasts::{complete_if_done, DispatchCache},
     channels,
+    engagement::Marks,
     json::attr_display,
     params, Backend, Code, Conn, Store, StoreError, Value,
 };
@@ -397,9 +398,11 @@ fn jitter(job_id: i64, now: i64) -> f64 {
 
 /// The inbox records of one batch: rendered per recipient when the message
 /// has variables. Returns how many were written now.
+#[allow(clippy::too_many_arguments)]
 fn deliver_inbox_batch(
     c: &mut Conn,
     cache: &DispatchCache,
+    marks: &mut Marks,
     broadcast_id: i64,
     batch_no: usize,
     queued_at: i64,
@@ -508,6 +511,7 @@ fn deliver_inbox_batch(
             ],
         }),
     )?;
+    marks.sync_states(c, broadcast_id, "inbox", lo, hi)?;
     Ok((written - new_filtered.min(written), new_filtered.min(written)))
 }
 
@@ -535,6 +539,7 @@ impl Store {
             let mut sql = claim_sql(cache.exclusions(now));
             let mut report = StepReport::default();
             let mut touched: Vec<(i64, u64, u64, u64)> = Vec::new();
+            let mut marks = Marks::new();
             while let Some(job) = c.query_opt(&sql, params![owner, now + LEASE_MS, now, now])? {
                 let (job_id, broadcast_id, batch_no, queued_at) = (job.i64(0), job.i64(1), job.i64(2), job.i64(4));
                 let priority = Priority::from_i64(job.i64(5));
@@ -550,7 +555,7 @@ impl Store {
                     db.clear_urgent_queued();
                 }
                 let (delivered, filtered) =
-                    deliver_inbox_batch(c, cache, broadcast_id, batch_no as usize, queued_at, redrive, now)?;
+                    deliver_inbox_batch(c, cache, &mut marks, broadcast_id, batch_no as usize, queued_at, redrive, now)?;
                 c.execute(
                     "UPDATE jobs SET state = 'done', lease_until = NULL, throttled = 0, done_at = ? WHERE id = ?",
                     params![now, job_id],
@@ -593,6 +598,8 @@ impl Store {
                     cache.forget(broadcast_id);
                 }
             }
+            // Engagement sets after the counters, in key order (same reason).
+            marks.apply(c)?;
             Ok(report)
         })
     }
@@ -625,6 +632,7 @@ impl Store {
         self.db.write(|c| {
             let mut sql = claim_sql(backend, channels, &cache.exclusions(now));
             let mut out = Vec::new();
+            let mut marks = Marks::new();
             while out.len() < max_jobs {
                 let Some(job) = c.query_opt(&sql, params![owner, now + lease_ms, now, now])? else { break };
                 let (job_id, broadcast_id, batch_no, queued_at) = (job.i64(0), job.i64(1), job.i64(2), job.i64(4));
@@ -632,7 +640,7 @@ impl Store {
                 let (workspace_id, member_id) = (job.i64(6), job.i64(7));
                 let channel = Channel::parse(job.str(3)).map_err(|_| StoreError::Corrupt(format!("channel {}", job.str(3))))?;
                 // A batch of a broadcast recalled since it was queued is not sent.
-                if crate::recall::cancel_if_recalled(c, (job_id, broadcast_id, batch_no), channel.as_str(), queued_at, now)? {
+                if crate::recall::cancel_if_recalled(c, &mut marks, (job_id, broadcast_id, batch_no), channel.as_str(), queued_at, now)? {
                     continue;
                 }
                 // A fallback step waits until the channel before it finished
@@ -697,6 +705,7 @@ impl Store {
                         "UPDATE broadcasts SET n_skipped = n_skipped + ?, n_filtered = n_filtered + ? WHERE id = ?",
                         params![skipped, filtered, broadcast_id],
                     )?;
+                    marks.sync_states(c, broadcast_id, channel.as_str(), lo, hi)?;
                 }
                 let column = match channel {
                     Channel::Email => "email",
@@ -760,6 +769,7 @@ impl Store {
                     hi,
                 });
             }
+            marks.apply(c)?;
             Ok(out)
         })
     }
@@ -931,6 +941,9 @@ impl Store {
                 "UPDATE broadcasts SET n_delivered = n_delivered + ?, n_sent = n_sent + ?, n_failed = n_failed + ?, n_batches_done = n_batches_done + ? WHERE id = ?",
                 params![report.delivered, report.sent, report.failed, batches_done, id],
             )?;
+            let mut marks = Marks::new();
+            marks.sync_states(c, id, ch, batch.lo, batch.hi)?;
+            marks.apply(c)?;
             if !failures.is_empty() {
                 let data = serde_json::json!({"broadcast_id": id.to_string(), "channel": ch, "batch": batch.batch_no, "failures": failures});
                 crate::events::emit(c, batch.workspace_id, "delivery.failed", data, now)?;
@@ -996,9 +1009,12 @@ impl Store {
                 params![broadcast_id],
             )?;
             let workspace_id = b.i64(0);
+            let mut batch_range = None;
             let failed = match FrozenAudience::deserialize(b.blob(1)) {
                 Ok(frozen) => {
                     let frozen = frozen.with_batch_size(b.opt_i64(2).map(|n| n as usize));
+                    let members = frozen.batch(batch_no as usize);
+                    batch_range = members.first().zip(members.last()).map(|(&lo, &hi)| (lo, hi));
                     let rows: Vec<Vec<Value>> = frozen
                         .batch(batch_no as usize)
                         .iter()
@@ -1039,6 +1055,11 @@ impl Store {
                 "UPDATE broadcasts SET n_failed = n_failed + ?, n_batches_done = n_batches_done + 1 WHERE id = ?",
                 params![failed, broadcast_id],
             )?;
+            if let Some((lo, hi)) = batch_range {
+                let mut marks = Marks::new();
+                marks.sync_states(c, broadcast_id, &channel, lo, hi)?;
+                marks.apply(c)?;
+            }
             let details =
                 serde_json::json!({"job": job_id, "batch": batch_no, "failed": failed, "error": error}).to_string();
             audit::append(
@@ -1157,6 +1178,7 @@ impl Store {
                 "UPDATE deliveries SET state = 'queued', error_code = NULL WHERE broadcast_id = ? AND state = 'failed'",
                 params![id],
             )?;
+            crate::engagement::forget_failures(c, id)?;
             for (channel, batch_no) in &batches {
                 c.execute(
                     "UPDATE jobs SET state = 'ready', run_at = ?, due_at = ?, attempts = 0, redrive = 1, throttled = 0, lease_until = NULL, last_error = NULL, done_at = NULL

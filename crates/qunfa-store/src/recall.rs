@@ -20,7 +20,7 @@ use std::collections::HashSet;
 
 use qunfa_audience::FrozenAudience;
 
-use crate::{audit, params, Code, Conn, Store, StoreError, Value};
+use crate::{audit, engagement::Marks, params, Code, Conn, Store, StoreError, Value};
 
 /// What a recall did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -67,6 +67,7 @@ pub(crate) fn blocked(c: &mut Conn, broadcast_id: i64, lo: u32, hi: u32) -> Resu
 /// record a `recalled` one; returns how many records that made.
 fn recall_batch(
     c: &mut Conn,
+    marks: &mut Marks,
     (broadcast_id, workspace_id): (i64, i64),
     frozen: &FrozenAudience,
     batch_no: usize,
@@ -102,6 +103,7 @@ fn recall_batch(
         "ON CONFLICT DO NOTHING",
         &rows,
     )?;
+    marks.sync_states(c, broadcast_id, channel, lo, hi)?;
     Ok(updated + inserted)
 }
 
@@ -122,6 +124,7 @@ fn frozen_of(c: &mut Conn, broadcast_id: i64) -> Result<FrozenAudience, StoreErr
 /// Database errors.
 pub(crate) fn cancel_if_recalled(
     c: &mut Conn,
+    marks: &mut Marks,
     (job_id, broadcast_id, batch_no): (i64, i64, i64),
     channel: &str,
     queued_at: i64,
@@ -132,7 +135,7 @@ pub(crate) fn cancel_if_recalled(
         return Ok(false);
     }
     let frozen = frozen_of(c, broadcast_id)?;
-    let n = recall_batch(c, (broadcast_id, r.i64(0)), &frozen, batch_no as usize, channel, queued_at)?;
+    let n = recall_batch(c, marks, (broadcast_id, r.i64(0)), &frozen, batch_no as usize, channel, queued_at)?;
     c.execute(
         "UPDATE jobs SET state = 'cancelled', lease_until = NULL, throttled = 0, done_at = ? WHERE id = ?",
         params![now, job_id],
@@ -183,10 +186,19 @@ impl Store {
                 params![now, id, now],
             )?;
             let mut cancelled = 0;
+            let mut marks = Marks::new();
             if !jobs.is_empty() {
                 let frozen = frozen_of(c, id)?;
                 for job in &jobs {
-                    cancelled += recall_batch(c, (id, workspace_id), &frozen, job.i64(0) as usize, job.str(1), job.i64(2))?;
+                    cancelled += recall_batch(
+                        c,
+                        &mut marks,
+                        (id, workspace_id),
+                        &frozen,
+                        job.i64(0) as usize,
+                        job.str(1),
+                        job.i64(2),
+                    )?;
                 }
             }
             // A paused broadcast has nothing held any more: it is sending what
@@ -201,6 +213,7 @@ impl Store {
                 // Rolls the cancellations back too.
                 return Err(StoreError::rejected(Code::Conflict, "the broadcast changed state during the recall"));
             }
+            marks.apply(c)?;
             let count = |c: &mut Conn, sql: &str| -> Result<u64, StoreError> {
                 Ok(c.query_one(sql, params![id])?.i64(0) as u64)
             };
@@ -396,12 +409,15 @@ impl Store {
                 "UPDATE broadcasts SET n_read = n_read + ?, n_forwarded = n_forwarded + ? WHERE id = ?",
                 params![i64::from(first_read), i64::from(first_forward), broadcast_id],
             )?;
+            let mut marks = Marks::new();
             if first_read {
-                crate::measure::first_open(c, broadcast_id, "inbox", now)?;
+                crate::measure::first_open(c, &mut marks, (broadcast_id, "inbox", idx), now)?;
             }
             if first_forward {
                 crate::measure::bump(c, broadcast_id, "inbox", "forwarded", -1, 1)?;
+                marks.set(broadcast_id, "inbox", "forwarded", -1, idx, true);
             }
+            marks.apply(c)?;
             let share_id = c
                 .query_one(
                     "INSERT INTO shares (workspace_id, broadcast_id, contact_idx, target, created_at) VALUES (?, ?, ?, ?, ?) RETURNING id",

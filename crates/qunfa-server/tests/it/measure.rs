@@ -79,6 +79,9 @@ async fn assert_counters_exact(app: &TestApp, id: &str) {
     let id: i64 = id.parse().unwrap();
     let (stored, recounted) = tokio::task::spawn_blocking(move || store.measure_recount(id).unwrap()).await.unwrap();
     assert_eq!(stored, recounted, "counters drifted from the records");
+    let store = app.store.clone();
+    let (stored, derived) = tokio::task::spawn_blocking(move || store.measure_sets_recount(id).unwrap()).await.unwrap();
+    assert_eq!(stored, derived, "engagement sets drifted from the records");
 }
 
 async fn links_clicks_bots_and_qr_codes(app: TestApp) {

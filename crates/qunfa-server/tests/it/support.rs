@@ -302,6 +302,12 @@ impl TestApp {
         for _ in 0..400 {
             let b = self.get(&format!("/v1/broadcasts/{id}"), key).await.expect(200);
             if b["state"] == "completed" {
+                // Every completed broadcast of every test: its engagement
+                // sets are what its records say (the writers kept them up).
+                let (store, n) = (self.store.clone(), id.parse::<i64>().expect("a broadcast id"));
+                let (stored, derived) =
+                    tokio::task::spawn_blocking(move || store.measure_sets_recount(n).unwrap()).await.unwrap();
+                assert_eq!(stored, derived, "the engagement sets of broadcast {id} drifted from its records");
                 return b;
             }
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
