@@ -90,6 +90,18 @@ impl Marks {
         }
     }
 
+    /// Adds recipients to one set (records just created with that class).
+    pub(crate) fn add_all(&mut self, broadcast_id: i64, channel: &str, metric: &'static str, ids: &Bitmap) {
+        let none = Bitmap::new();
+        let (Some(first), Some(last)) = (ids.minimum(), ids.maximum()) else { return };
+        for chunk in chunk_of(first)..=chunk_of(last) {
+            let part = ids & &Bitmap::from_range(chunk << 16..=(chunk << 16 | 0xffff));
+            if !part.is_empty() {
+                self.put((broadcast_id, channel.to_owned(), metric, -1, chunk), &part, &none);
+            }
+        }
+    }
+
     /// The recipient's first open, at `at`.
     pub(crate) fn first_open(&mut self, broadcast_id: i64, channel: &str, idx: u32, at: i64) {
         self.set(broadcast_id, channel, "opened", -1, idx, true);

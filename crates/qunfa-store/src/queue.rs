@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use qunfa_audience::{FrozenAudience, BATCH_SIZE};
+use qunfa_audience::{Bitmap, FrozenAudience, BATCH_SIZE};
 use qunfa_core::{broadcast::Priority, channel::ChannelSettings, contact::Channel, policy::DeliveryPolicy};
 
 use crate::{
@@ -511,7 +511,17 @@ fn deliver_inbox_batch(
             ],
         }),
     )?;
-    marks.sync_states(c, broadcast_id, "inbox", lo, hi)?;
+    if written == members.len() as u64 {
+        // Every record is new (no re-drive, no record from before): each
+        // one's class is the state written here.
+        let mut delivered: Bitmap = members.iter().copied().collect();
+        let filtered: Bitmap = opted.keys().copied().collect();
+        delivered.andnot_inplace(&filtered);
+        marks.add_all(broadcast_id, "inbox", "delivered", &delivered);
+        marks.add_all(broadcast_id, "inbox", "not_sent", &filtered);
+    } else {
+        marks.sync_states(c, broadcast_id, "inbox", lo, hi)?;
+    }
     Ok((written - new_filtered.min(written), new_filtered.min(written)))
 }
 
