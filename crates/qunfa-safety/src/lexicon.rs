@@ -715,28 +715,23 @@ fn covered(allow: &[(usize, usize)], start: usize, end: usize) -> bool {
 /// belong to the Chinese text around them, so they neither need nor break a
 /// boundary (`2024六合彩` holds 六合彩).
 fn at_word_boundaries(value: u32, text: &Normalized, start: usize, end: usize) -> bool {
-    let haystack = text.text();
-    let latin_at = |at: usize, c: char| c.is_ascii_alphanumeric() && !text.info(at).hanzi;
-    if value & VALUE_WORD_START != 0 && start > 0 {
+    // The bytes of a multi-byte character are not ASCII, so a neighbour is a
+    // Latin letter or digit exactly when its byte next to the match is one:
+    // the character information is only looked up then (in Chinese text,
+    // rarely).
+    let bytes = text.text().as_bytes();
+    if value & VALUE_WORD_START != 0 && start > 0 && bytes[start - 1].is_ascii_alphanumeric() {
         let first = text.info(start);
-        if !first.hanzi && !first.gap_before && !first.gap_inside {
-            if let Some((at, before)) = haystack[..start].char_indices().next_back() {
-                if latin_at(at, before) {
-                    return false;
-                }
-            }
+        if !first.hanzi && !first.gap_before && !first.gap_inside && !text.info(start - 1).hanzi {
+            return false;
         }
     }
-    if value & VALUE_WORD_END != 0 && end < haystack.len() {
-        let last_at = haystack[..end].char_indices().next_back().map_or(start, |(i, _)| i);
+    if value & VALUE_WORD_END != 0 && bytes.get(end).is_some_and(u8::is_ascii_alphanumeric) {
+        let last_at = text.text()[..end].char_indices().next_back().map_or(start, |(i, _)| i);
         let last = text.info(last_at);
         let next = text.info(end);
-        if !last.hanzi && !last.gap_inside && !next.gap_before {
-            if let Some(after) = haystack[end..].chars().next() {
-                if latin_at(end, after) {
-                    return false;
-                }
-            }
+        if !last.hanzi && !last.gap_inside && !next.gap_before && !next.hanzi {
+            return false;
         }
     }
     true
