@@ -59,6 +59,58 @@ pub fn open_purpose(workspace_id: i64, broadcast_id: i64, contact_idx: u32, chan
     format!("open:{workspace_id}:{broadcast_id}:{contact_idx}:{channel}")
 }
 
+/// What a recipient's click token on tracked link `short` proves.
+pub fn click_purpose(short: &str, contact_idx: u32, channel: &str) -> String {
+    format!("click:{short}:{contact_idx}:{channel}")
+}
+
+/// The tracked URL of link `short` for one recipient on a channel:
+/// `{public_url}/l/{short}?r={idx}.{channel}.{token}` (docs/measurement.md).
+pub fn recipient_link(public_url: &str, key: &[u8], short: &str, contact_idx: u32, channel: &str) -> String {
+    let token = link_token(key, &click_purpose(short, contact_idx, channel));
+    format!("{}/l/{short}?r={contact_idx}.{channel}.{token}", public_url.trim_end_matches('/'))
+}
+
+/// Replaces each occurrence of a tracked URL in `text` by its replacement
+/// (`links`: URL → replacement; the longest URL wins where two start at the
+/// same place). An occurrence counts only where the URL ends: not where the
+/// text goes on with more of a longer URL (`…/sale` in `…/sale2` or
+/// `…/sale/x`), while trailing punctuation (`…/sale.` `…/sale)`) ends it.
+pub fn rewrite_links<'a>(text: &'a str, links: &[(String, String)]) -> std::borrow::Cow<'a, str> {
+    let continues = |rest: &str| {
+        let mut chars = rest.chars();
+        match chars.next() {
+            None => false,
+            Some(c) if c.is_ascii_alphanumeric() || "/?#&=%+-_~@$*".contains(c) => true,
+            // A dot or comma inside a URL is followed by more of it.
+            Some(c) if ".,:;!'()".contains(c) => chars.next().is_some_and(|d| d.is_ascii_alphanumeric() || d == '/'),
+            Some(_) => false,
+        }
+    };
+    let mut order: Vec<&(String, String)> = links.iter().filter(|(url, _)| !url.is_empty()).collect();
+    order.sort_by_key(|(url, _)| std::cmp::Reverse(url.len()));
+    let mut out = String::new();
+    let (mut copied, mut i) = (0, 0);
+    while i < text.len() {
+        let rest = &text[i..];
+        let found = order.iter().find(|(url, _)| rest.starts_with(url.as_str()) && !continues(&rest[url.len()..]));
+        match found {
+            Some((url, replacement)) => {
+                out.push_str(&text[copied..i]);
+                out.push_str(replacement);
+                i += url.len();
+                copied = i;
+            }
+            None => i += rest.chars().next().map_or(1, char::len_utf8),
+        }
+    }
+    if copied == 0 {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    out.push_str(&text[copied..]);
+    std::borrow::Cow::Owned(out)
+}
+
 /// What an unsubscribe link of a contact on a channel proves.
 pub fn unsubscribe_purpose(workspace_id: i64, contact_idx: u32, channel: &str) -> String {
     format!("unsubscribe:{workspace_id}:{contact_idx}:{channel}")
@@ -72,6 +124,39 @@ pub fn receipts_purpose(workspace_id: i64, channel: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tracked_links_replace_whole_urls_only() {
+        let links = vec![
+            ("https://shop.example/sale".to_owned(), "[A]".to_owned()),
+            ("https://shop.example/sale/vip".to_owned(), "[B]".to_owned()),
+        ];
+        let cases = [
+            ("看 https://shop.example/sale 吧", "看 [A] 吧"),
+            ("https://shop.example/sale。", "[A]。"),
+            ("(https://shop.example/sale), end.", "([A]), end."),
+            ("https://shop.example/sale.", "[A]."),
+            ("两次 https://shop.example/sale https://shop.example/sale", "两次 [A] [A]"),
+            ("longest: https://shop.example/sale/vip!", "longest: [B]!"),
+            (
+                "not this: https://shop.example/sale2 https://shop.example/sale/other",
+                "not this: https://shop.example/sale2 https://shop.example/sale/other",
+            ),
+            (
+                "nor https://shop.example/sale.html or https://shop.example/sale?x=1",
+                "nor https://shop.example/sale.html or https://shop.example/sale?x=1",
+            ),
+            ("<a href=\"https://shop.example/sale\">买</a>", "<a href=\"[A]\">买</a>"),
+            ("", ""),
+        ];
+        for (text, want) in cases {
+            assert_eq!(rewrite_links(text, &links), want, "{text}");
+        }
+        assert!(matches!(rewrite_links("没有链接", &links), std::borrow::Cow::Borrowed(_)));
+        let url = recipient_link("https://q.example/", b"k", "Ab3", 7, "email");
+        assert!(url.starts_with("https://q.example/l/Ab3?r=7.email."), "{url}");
+        assert!(verify_link_token(b"k", &click_purpose("Ab3", 7, "email"), url.rsplit('.').next().unwrap()));
+    }
 
     #[test]
     fn rfc_4231_vectors() {

@@ -60,6 +60,30 @@ impl Links {
         )
     }
 
+    /// The tracked URL of link `short` for one recipient (docs/measurement.md).
+    pub fn click(&self, short: &str, contact_idx: u32, channel: Channel) -> String {
+        sign::recipient_link(&self.public_url, &self.key, short, contact_idx, channel.as_str())
+    }
+
+    /// Gives each message of the batch its recipient's tracked URL in place
+    /// of every tracked link's URL.
+    pub fn track(&self, batch: &mut ExternalBatch) {
+        if batch.tracked_links.is_empty() {
+            return;
+        }
+        for item in &mut batch.items {
+            let Some(text) = &item.text else { continue };
+            let mine: Vec<(String, String)> = batch
+                .tracked_links
+                .iter()
+                .map(|(url, short)| (url.clone(), self.click(short, item.contact_idx, batch.channel)))
+                .collect();
+            if let std::borrow::Cow::Owned(t) = sign::rewrite_links(text, &mine) {
+                item.text = Some(t);
+            }
+        }
+    }
+
     /// Where a provider posts the delivery receipts of a workspace's channel.
     pub fn receipts(&self, workspace_id: i64, channel: Channel) -> String {
         let purpose = sign::receipts_purpose(workspace_id, channel.as_str());
@@ -108,6 +132,7 @@ impl Transports {
     /// Sends a claimed batch: one outcome per message.
     pub async fn send(&self, batch: &mut ExternalBatch) -> Vec<(u32, SendOutcome)> {
         if let Some(links) = &self.links {
+            links.track(batch);
             if matches!(batch.channel, Channel::Email | Channel::Sms) {
                 for item in &mut batch.items {
                     item.unsubscribe_url = Some(links.unsubscribe(batch.workspace_id, item.contact_idx, batch.channel));

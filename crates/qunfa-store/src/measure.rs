@@ -325,6 +325,21 @@ fn new_short() -> String {
     (0..8).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
 }
 
+/// The tracked links of a broadcast on a channel: (URL, short code), oldest first.
+pub(crate) fn tracked_links(
+    c: &mut Conn,
+    broadcast_id: i64,
+    channel: &str,
+) -> Result<Vec<(String, String)>, StoreError> {
+    Ok(c.query(
+        "SELECT url, short FROM links WHERE broadcast_id = ? AND channel = ? ORDER BY id",
+        params![broadcast_id, channel],
+    )?
+    .iter()
+    .map(|r| (r.string(0), r.string(1)))
+    .collect())
+}
+
 /// A segment report's start: the segment's recipients, and a row for each
 /// channel of the broadcast.
 fn segment_start(
@@ -573,6 +588,41 @@ impl Store {
             )?,
         };
         Ok(rows.iter().map(link_from).collect())
+    }
+
+    /// The tracked links of a broadcast on a channel, as (URL, short code):
+    /// the URLs its messages on that channel carry as recipient links.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn tracked_links(&self, broadcast_id: i64, channel: &str) -> Result<Vec<(String, String)>, StoreError> {
+        tracked_links(&mut *self.db.conn()?, broadcast_id, channel)
+    }
+
+    /// The tracked links of several broadcasts on a channel, as (broadcast,
+    /// URL, short code).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn tracked_links_of(
+        &self,
+        broadcast_ids: &[i64],
+        channel: &str,
+    ) -> Result<Vec<(i64, String, String)>, StoreError> {
+        if broadcast_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = broadcast_ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        Ok(self
+            .db
+            .conn()?
+            .query(
+                &format!("SELECT broadcast_id, url, short FROM links WHERE broadcast_id IN ({list}) AND channel = ? ORDER BY id"),
+                params![channel],
+            )?
+            .iter()
+            .map(|r| (r.i64(0), r.string(1), r.string(2)))
+            .collect())
     }
 
     /// Records a request for a tracked link; `person` is false for a bot or

@@ -124,6 +124,9 @@ pub struct ExternalBatch {
     pub settings: Option<std::sync::Arc<ChannelSettings>>,
     /// Recipients of the batch not yet sent (delivered or failed ones are left out).
     pub items: Vec<Outgoing>,
+    /// The broadcast's tracked links on this channel, (URL, short code): the
+    /// engine gives each recipient their own tracked URL in place of the URL.
+    pub tracked_links: Vec<(String, String)>,
     lo: u32,
     hi: u32,
 }
@@ -154,6 +157,7 @@ impl ExternalBatch {
             content_json,
             settings,
             items,
+            tracked_links: Vec::new(),
             lo,
             hi,
         }
@@ -774,6 +778,7 @@ impl Store {
                     lease_until: now + lease_ms,
                     content_json: b.content_json.clone(),
                     settings: channel_settings(c, workspace_id, channel)?,
+                    tracked_links: crate::measure::tracked_links(c, broadcast_id, channel.as_str())?,
                     items,
                     lo,
                     hi,

@@ -41,6 +41,43 @@ fn item_wire(i: InboxItem) -> InboxItemWire {
     }
 }
 
+/// Gives the recipient their own tracked URL wherever a message's text (or
+/// link card) carries the URL of one of its broadcast's tracked links on the
+/// inbox channel (docs/measurement.md). `recipient` is asked only when there
+/// are such links.
+fn track_links(
+    s: &Inner,
+    items: &mut [InboxItem],
+    recipient: impl FnOnce() -> Result<u32, ApiError>,
+) -> Result<(), ApiError> {
+    let ids: Vec<i64> = items.iter().filter(|i| !i.recalled).map(|i| i.broadcast_id).collect();
+    let links = s.store.tracked_links_of(&ids, "inbox")?;
+    if links.is_empty() {
+        return Ok(());
+    }
+    let idx = recipient()?;
+    for item in items.iter_mut().filter(|i| !i.recalled) {
+        let mine: Vec<(String, String)> = links
+            .iter()
+            .filter(|(b, _, _)| *b == item.broadcast_id)
+            .map(|(_, url, short)| (url.clone(), super::measure::recipient_link(s, short, idx, "inbox")))
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let c = &mut item.content;
+        for text in [&mut item.body, &mut c.text, &mut c.caption, &mut c.description, &mut c.html, &mut c.url]
+            .into_iter()
+            .flatten()
+        {
+            if let std::borrow::Cow::Owned(t) = qunfa_core::sign::rewrite_links(text, &mine) {
+                *text = t;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `Page<InboxItemWire>` as JSON, written from the items as read ([`item_wire`]
 /// would copy every text of a page into wire values first, only to serialize
 /// them). The bytes are those of the wire types: `tests` holds the two together.
@@ -140,7 +177,8 @@ pub async fn list_inbox(
 ) -> ApiResult<Response> {
     let (limit, before) = (q.limit()?, q.cursor_i64()?);
     let body = read_inbox(&state, move |s| {
-        let rows = s.store.inbox_of_token(auth.token(), before, limit)?.ok_or_else(InboxAuth::unknown)?;
+        let mut rows = s.store.inbox_of_token(auth.token(), before, limit)?.ok_or_else(InboxAuth::unknown)?;
+        track_links(s, &mut rows, || Ok(auth.recipient(&s.store)?.1))?;
         let next_cursor = (rows.len() == limit).then(|| rows.last().map(|i| i.broadcast_id)).flatten();
         // A message is about 260 bytes: one allocation for most pages.
         let mut body = Vec::with_capacity(64 + 320 * rows.len());
@@ -164,7 +202,10 @@ pub async fn get_message(
     let item = state
         .blocking(move |s| {
             let (ws, idx) = auth.recipient(&s.store)?;
-            Ok(s.store.inbox_message(ws, idx, id)?)
+            let mut item = [s.store.inbox_message(ws, idx, id)?];
+            track_links(s, &mut item, || Ok(idx))?;
+            let [item] = item;
+            Ok(item)
         })
         .await?;
     Ok(Json(item_wire(item)))

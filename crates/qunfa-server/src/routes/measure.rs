@@ -231,15 +231,9 @@ fn channel_of(name: Option<&str>) -> Result<Channel, ApiError> {
     Channel::parse(name).map_err(|code| ApiError::new(code, format!("unknown channel {name:?}")))
 }
 
-/// What a recipient's click token proves.
-fn click_purpose(short: &str, idx: u32, channel: &str) -> String {
-    format!("click:{short}:{idx}:{channel}")
-}
-
 /// The tracked URL of `short` for one recipient: `?r={idx}.{channel}.{token}`.
 pub fn recipient_link(s: &Inner, short: &str, idx: u32, channel: &str) -> String {
-    let token = qunfa_core::sign::link_token(&s.options.link_key, &click_purpose(short, idx, channel));
-    format!("{}/l/{short}?r={idx}.{channel}.{token}", s.options.public_url.trim_end_matches('/'))
+    qunfa_core::sign::recipient_link(&s.options.public_url, &s.options.link_key, short, idx, channel)
 }
 
 /// The URL of the open pixel of one email (or other HTML) delivery.
@@ -409,8 +403,12 @@ pub async fn follow_link(
                 let idx: u32 = parts.next()?.parse().ok()?;
                 let channel = parts.next()?.to_owned();
                 let token = parts.next()?;
-                qunfa_core::sign::verify_link_token(&s.options.link_key, &click_purpose(&short, idx, &channel), token)
-                    .then_some((idx, channel))
+                qunfa_core::sign::verify_link_token(
+                    &s.options.link_key,
+                    &qunfa_core::sign::click_purpose(&short, idx, &channel),
+                    token,
+                )
+                .then_some((idx, channel))
             });
             let clicker_ref = clicker.as_ref().map(|(idx, ch)| Clicker { contact_idx: *idx, channel: ch });
             Ok(s.store.record_click(&short, clicker_ref, person, s.now())?)

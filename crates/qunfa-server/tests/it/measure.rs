@@ -9,7 +9,12 @@ use serde_json::{json, Value};
 
 use crate::support::{spawn_app, spawn_app_policy, Backend, TestApp};
 
-both_backends!(links_clicks_bots_and_qr_codes, reading_time_reports_and_conversions, email_open_pixel);
+both_backends!(
+    links_clicks_bots_and_qr_codes,
+    reading_time_reports_and_conversions,
+    email_open_pixel,
+    inbox_messages_carry_tracked_links
+);
 
 /// Enterprise sends above 500 recipients wait for an approver; these tests
 /// are about what happens after the send.
@@ -426,11 +431,18 @@ async fn email_open_pixel(app: TestApp) {
         .post(
             "/v1/broadcasts",
             &key,
-            json!({"content": {"type": "text", "text": "周年庆邀请"}, "audience": {"all": true}, "channels": ["email"]}),
+            json!({"content": {"type": "text", "text": "周年庆邀请：https://shop.example/anniv 。"}, "audience": {"all": true}, "channels": ["email"]}),
         )
         .await
         .expect(201);
     let id = b["id"].as_str().unwrap().to_owned();
+    // A tracked link of the draft on the email channel: each email carries
+    // its recipient's own tracked URL instead.
+    let link = app
+        .post("/v1/links", &key, json!({"url": "https://shop.example/anniv", "channel": "email", "broadcast_id": id}))
+        .await
+        .expect(201);
+    let short = link["short"].as_str().unwrap().to_owned();
     app.post(&format!("/v1/broadcasts/{id}/send"), &key, json!({})).await.expect(202);
     app.wait_completed(&key, &id).await;
     let mails = smtp.wait_for(2, std::time::Duration::from_secs(5)).await;
@@ -443,6 +455,18 @@ async fn email_open_pixel(app: TestApp) {
         })
         .collect();
     assert_ne!(pixels[0], pixels[1], "one pixel per delivery");
+    let tracked: Vec<String> = mails
+        .iter()
+        .map(|m| {
+            let text = m.parse().body_text(0).expect("a text part").into_owned();
+            assert!(!text.contains("https://shop.example/anniv"), "{text}");
+            let at = text.find(&format!("{}/l/{short}?r=", app.base)).expect("a tracked URL");
+            text[at..].split_whitespace().next().unwrap().to_owned()
+        })
+        .collect();
+    assert_ne!(tracked[0], tracked[1], "one tracked URL per recipient");
+    let r = browser().get(&tracked[0]).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (302, "https://shop.example/anniv"));
     let web = browser();
     let prefetch = web.get(&pixels[0]).header("sec-purpose", "prefetch").send().await.unwrap();
     assert_eq!(prefetch.headers()["content-type"], "image/gif");
@@ -454,7 +478,68 @@ async fn email_open_pixel(app: TestApp) {
     let r = app.get(&format!("/v1/broadcasts/{id}/report"), &key).await.expect(200);
     assert_eq!((r["totals"]["opened"].as_u64(), r["channels"][0]["channel"].as_str()), (Some(1), Some("email")), "{r}");
     assert_eq!(r["channels"][0]["rates"]["open"], 0.5);
+    assert_eq!(
+        (r["clicks"].as_u64(), r["channels"][0]["clicked"].as_u64()),
+        (Some(1), Some(1)),
+        "the click is the recipient's: {r}"
+    );
     assert_eq!(app.get(&format!("/v1/broadcasts/{id}"), &key).await.expect(200)["counts"]["read"], 1);
+    assert_counters_exact(&app, &id).await;
+}
+
+/// A broadcast's tracked links on the inbox channel: each recipient's inbox
+/// shows their own tracked URL where the text has the link's URL, and a
+/// click on it counts for them.
+async fn inbox_messages_carry_tracked_links(app: TestApp) {
+    let (_, key) = app.workspace("enterprise").await;
+    let ids = app.contacts(&key, 2, &[]).await;
+    let text = "会员日 https://shop.example/vip ，详情 https://shop.example/vip/rules";
+    let id = app.draft(&key, text, json!({"all": true})).await;
+    let link = app
+        .post("/v1/links", &key, json!({"url": "https://shop.example/vip", "channel": "inbox", "broadcast_id": id}))
+        .await
+        .expect(201);
+    let short = link["short"].as_str().unwrap().to_owned();
+    // A link of another channel is not used in the inbox.
+    app.post(
+        "/v1/links",
+        &key,
+        json!({"url": "https://shop.example/vip/rules", "channel": "email", "broadcast_id": id}),
+    )
+    .await
+    .expect(201);
+    // Two links to a new domain: the risk model holds it for a review.
+    let sent = app.post(&format!("/v1/broadcasts/{id}/send"), &key, json!({})).await.expect(202);
+    assert_eq!(sent["state"], "pending_approval", "{sent}");
+    let (_, reviewer) = app.member(&key, "reviewer").await;
+    let queue = app.get("/v1/safety/reviews?state=pending", &reviewer).await.expect(200);
+    let rid = queue["reviews"][0]["id"].as_str().unwrap().to_owned();
+    app.post(&format!("/v1/safety/reviews/{rid}/approve"), &reviewer, json!({})).await.expect(200);
+    app.wait_completed(&key, &id).await;
+
+    let mut urls = Vec::new();
+    for contact in &ids {
+        let token = inbox_token(&app, &key, contact).await;
+        let one = app.get(&format!("/v1/inbox/{id}"), &token).await.expect(200);
+        let listed = app.get("/v1/inbox", &token).await.expect(200);
+        assert_eq!(listed["items"][0]["text"], one["text"], "the list and the message agree");
+        let shown = one["text"].as_str().unwrap().to_owned();
+        let mine = app
+            .get(&format!("/v1/links/{}/recipient-url?contact_id={contact}", link["id"].as_str().unwrap()), &key)
+            .await
+            .expect(200)["url"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(shown, format!("会员日 {mine} ，详情 https://shop.example/vip/rules\n\n来自enterprise ws"));
+        assert!(mine.starts_with(&format!("{}/l/{short}?r={}.inbox.", app.base, split_id(contact).1)), "{mine}");
+        urls.push(mine);
+    }
+    assert_eq!(browser().get(&urls[1]).send().await.unwrap().status(), 302);
+    let r = app.get(&format!("/v1/broadcasts/{id}/report"), &key).await.expect(200);
+    assert_eq!((r["clicks"].as_u64(), r["totals"]["clicked"].as_u64()), (Some(1), Some(1)), "{r}");
+    let segment = app.get(&format!("/v1/broadcasts/{id}/report?expr=all"), &key).await.expect(200);
+    assert_eq!(segment["totals"]["clicked"], 1);
     assert_counters_exact(&app, &id).await;
 }
 
