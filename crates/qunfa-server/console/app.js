@@ -34,6 +34,7 @@ const TEXT = {
     n_dormant: '个沉睡标签', search: '搜索联系人', search_help: '外部 ID 或姓名开头', preview_for: '预览，收件人', caption: '说明文字', html: '富文本（HTML）', upload: '上传文件', filename: '文件名', results: '效果', delivery_rate: '送达率', read_rate: '阅读率', reply_rate: '回复率', forward_rate: '转发率',
     open_rate: '打开率', click_rate: '点击率', conversion_rate: '转化率', all_channels: '全部渠道', reading_time: '阅读时长',
     average: '平均', short_read: '平均阅读不足 8 秒：建议改进标题或排版', heatmap: '打开时间分布',
+    tracked_links: '追踪链接', tracked_links_help: '消息里出现此网址时，每位收件人看到的是自己的追踪链接（点击计入本群发）。', url: '网址', campaign: '活动', add_link: '添加追踪链接', clicks: '点击', unique_clicks: '独立点击', qr: '二维码',
     this_login: '本次登录', login_security: '登录安全', login_code: '管理员给的验证码', verify: '验证',
     change_password: '修改密码', current_password: '当前密码', new_password: '新密码（至少 10 个字符）',
     term_abnormal: '异常', term_verified: '已验证', term_trusted: '可信',
@@ -70,6 +71,7 @@ const TEXT = {
     n_dormant: 'dormant tags', search: 'Search contacts', search_help: 'External id or start of the name', preview_for: 'Preview for', caption: 'Caption', html: 'Rich text (HTML)', upload: 'Upload', filename: 'File name', results: 'Results', delivery_rate: 'Delivery rate', read_rate: 'Read rate', reply_rate: 'Reply rate', forward_rate: 'Forward rate',
     open_rate: 'Open rate', click_rate: 'Click rate', conversion_rate: 'Conversion rate', all_channels: 'All channels', reading_time: 'Reading time',
     average: 'Average', short_read: 'Read for under 8 seconds on average: try a better title or layout', heatmap: 'When it was opened',
+    tracked_links: 'Tracked links', tracked_links_help: 'Where the message has this URL, each recipient gets their own tracked link (clicks count for this broadcast).', url: 'URL', campaign: 'Campaign', add_link: 'Add tracked link', clicks: 'Clicks', unique_clicks: 'Unique clicks', qr: 'QR code',
     this_login: 'This login', login_security: 'Login security', login_code: 'Code from an admin', verify: 'Verify',
     change_password: 'Change the password', current_password: 'Current password', new_password: 'New password (10 characters or more)',
     term_abnormal: 'abnormal', term_verified: 'verified', term_trusted: 'trusted',
@@ -603,6 +605,48 @@ async function reportSection(id) {
     h('p', {}, h('a', { href: `/v1/broadcasts/${encodeURIComponent(id)}/report?format=csv`, download: `report-${id}.csv` }, 'CSV')));
 }
 
+// The broadcast's tracked links (issue 9): each recipient gets their own
+// tracked URL where the message has the link's URL on its channel; QR codes
+// for offline channels.
+function linksSection(b) {
+  const list = h('div', { id: 'links-list', 'aria-live': 'polite' });
+  const err = h('div');
+  const url = h('input', { type: 'url', id: 'link-url', placeholder: 'https://' });
+  const channel = h('input', { type: 'text', id: 'link-channel', value: b.channels[0] || 'inbox', list: 'link-channels' });
+  const campaign = h('input', { type: 'text', id: 'link-campaign' });
+  async function load() {
+    try {
+      const r = await api('GET', `/v1/links?broadcast_id=${encodeURIComponent(b.id)}&limit=100`);
+      fill(list, r.items.length === 0 ? h('p', { class: 'muted' }, t('none')) : h('div', { class: 'table-wrap' }, h('table', { id: 'links-table' },
+        h('thead', {}, h('tr', {}, ['url', 'channels', 'campaign', 'clicks', 'unique_clicks', 'qr'].map((k) => h('th', {}, t(k))))),
+        h('tbody', {}, r.items.map((l) => h('tr', {},
+          h('td', {}, h('span', { class: 'wrap' }, l.url), h('br'), h('code', {}, l.tracked_url)),
+          h('td', {}, l.channel), h('td', {}, l.campaign || ''), h('td', {}, String(l.clicks)), h('td', {}, String(l.unique_clicks)),
+          h('td', {}, h('a', { href: l.qr_url, target: '_blank', rel: 'noopener' }, 'PNG'), ' ',
+            h('a', { href: `${l.qr_url}${l.qr_url.includes('?') ? '&' : '?'}format=svg`, target: '_blank', rel: 'noopener' }, 'SVG'))))))));
+    } catch (e) { fill(list, errorBox(e)); }
+  }
+  async function add() {
+    fill(err);
+    try {
+      const body = { url: url.value.trim(), channel: channel.value.trim(), broadcast_id: b.id };
+      if (campaign.value.trim()) body.campaign = campaign.value.trim();
+      await api('POST', '/v1/links', body);
+      url.value = '';
+      await load();
+    } catch (e) { fill(err, errorBox(e)); }
+  }
+  load();
+  return h('section', { class: 'card', 'aria-labelledby': 'tl-h' }, h('h2', { id: 'tl-h' }, t('tracked_links')),
+    h('p', { class: 'muted' }, t('tracked_links_help')), list,
+    h('datalist', { id: 'link-channels' }, ['inbox', 'email', 'sms', 'wecom', 'webhook', 'poster', 'qr'].map((c) => h('option', { value: c }))),
+    h('div', { class: 'row' },
+      h('div', {}, h('label', { for: 'link-url' }, t('url')), url),
+      h('div', {}, h('label', { for: 'link-channel' }, t('channels')), channel),
+      h('div', {}, h('label', { for: 'link-campaign' }, t('campaign')), campaign),
+      h('button', { type: 'button', id: 'add-link', onclick: add }, t('add_link'))), err);
+}
+
 let events = null;
 let poller = null;
 // Called when an action changes the broadcast's state (send, approve…).
@@ -696,7 +740,8 @@ async function broadcastPage(view, id) {
       h('button', { type: 'button', onclick: preflight }, t('run_preflight'))),
     h('section', { class: 'card' }, actions, scheduleBox, err),
     h('section', { class: 'card', 'aria-labelledby': 'pr-h' }, h('h2', { id: 'pr-h' }, t('progress_live')), progress),
-    h('section', { class: 'card', 'aria-labelledby': 'rs-h' }, h('h2', { id: 'rs-h' }, t('results')), results, report));
+    h('section', { class: 'card', 'aria-labelledby': 'rs-h' }, h('h2', { id: 'rs-h' }, t('results')), results, report),
+    ['owner', 'admin', 'sender'].includes(me.role) ? linksSection(b) : null);
   render(b);
   if (b.state === 'draft') preflight();
   if (!view.current()) return;

@@ -419,6 +419,17 @@ pub async fn browser_tour() {
     shot("08-broadcast-en").await;
     let stored = app.get(&format!("/v1/broadcasts/{id}"), &owner).await.expect(200);
     assert_eq!((stored["counts"]["delivered"].as_u64(), stored["counts"]["read"].as_u64()), (Some(2), Some(1)));
+    // A tracked link for a poster: a bad URL is refused with its code, then one is listed with its QR code.
+    b.type_into(&b.wait("#link-url", None, T).await.unwrap(), "ftp://shop.example/x", true).await.unwrap();
+    b.type_into(&b.wait("#link-channel", None, T).await.unwrap(), "poster", true).await.unwrap();
+    b.click_on("#add-link", None, T).await.unwrap();
+    b.wait("#tl-h ~ div .error", Some("QF-LINK-INVALID"), T).await.unwrap();
+    b.type_into(&b.wait("#link-url", None, T).await.unwrap(), "https://shop.example/poster", true).await.unwrap();
+    b.click_on("#add-link", None, T).await.unwrap();
+    b.wait("#links-table td", Some("https://shop.example/poster"), T).await.unwrap();
+    b.wait("#links-table a", Some("PNG"), T).await.unwrap();
+    let links = app.get(&format!("/v1/links?broadcast_id={id}"), &owner).await.expect(200);
+    assert_eq!((links["items"][0]["channel"].as_str(), links["items"].as_array().unwrap().len()), (Some("poster"), 1));
 
     // The account page: this browser is the sender's trusted device (its id
     // cookie, not the User-Agent), and the password can be changed there.
