@@ -73,9 +73,8 @@ pub(crate) async fn run(engine: Engine, store: Store, config: EngineConfig) {
         return;
     };
     while !engine.stop.load(Ordering::Acquire) {
-        let s = store.clone();
-        let claimed =
-            tokio::task::spawn_blocking(move || s.claim_events(EVENTS_PER_ROUND, EVENT_LEASE_MS, now_millis())).await;
+        let (s, now) = (store.clone(), config.clock.now());
+        let claimed = tokio::task::spawn_blocking(move || s.claim_events(EVENTS_PER_ROUND, EVENT_LEASE_MS, now)).await;
         let jobs = match claimed {
             Ok(Ok(jobs)) => jobs,
             Ok(Err(error)) => {
@@ -101,14 +100,14 @@ pub(crate) async fn run(engine: Engine, store: Store, config: EngineConfig) {
             .collect();
         let outcomes: Vec<(i64, Attempt)> =
             futures::stream::iter(sends).buffer_unordered(EVENTS_PER_ROUND).collect().await;
-        let (s, policy) = (store.clone(), config.delivery.clone());
+        let (s, policy, clock) = (store.clone(), config.delivery.clone(), config.clock.clone());
         let recorded = tokio::task::spawn_blocking(move || {
             for (id, outcome) in outcomes {
                 if let Err((_, error, _)) = &outcome {
                     tracing::info!(delivery = id, %error, "event delivery failed");
                 }
                 let jitter = (id.wrapping_mul(2_654_435_761) % 1000) as f64 / 1000.0;
-                s.finish_event(id, outcome, &policy, jitter.abs(), now_millis())?;
+                s.finish_event(id, outcome, &policy, jitter.abs(), clock.now())?;
             }
             Ok::<_, qunfa_store::StoreError>(())
         })

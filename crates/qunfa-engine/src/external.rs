@@ -20,7 +20,6 @@ use qunfa_core::{
 };
 use qunfa_store::{
     broadcasts::DispatchCache,
-    now_millis,
     queue::{ExternalBatch, SendOutcome},
     Store,
 };
@@ -185,7 +184,7 @@ pub(crate) async fn run(engine: Engine, store: Store, config: EngineConfig, tran
         }
         let (s, c, cfg, chs) = (store.clone(), cache.clone(), config.clone(), channels.clone());
         let claimed = tokio::task::spawn_blocking(move || {
-            s.claim_external(&cfg.node, &chs, &c, &cfg.delivery, 4, lease_ms, now_millis())
+            s.claim_external(&cfg.node, &chs, &c, &cfg.delivery, 4, lease_ms, cfg.clock.now())
         })
         .await;
         let batches = match claimed {
@@ -246,9 +245,9 @@ async fn send_and_record(
             tokio::select! {
                 outcomes = &mut send => break outcomes,
                 () = tick => {
-                    let (s, node) = (store.clone(), config.node.clone());
+                    let (s, node, now) = (store.clone(), config.node.clone(), config.clock.now());
                     let renewed = tokio::task::spawn_blocking(move || {
-                        s.renew_lease(&node, job_id, lease_until, now_millis() + lease_ms)
+                        s.renew_lease(&node, job_id, lease_until, now + lease_ms)
                     })
                     .await;
                     match renewed {
@@ -264,9 +263,10 @@ async fn send_and_record(
     let (s, cfg, m) = (store.clone(), config.clone(), engine.metrics.clone());
     let node = config.node.clone();
     let recorded = tokio::task::spawn_blocking(move || {
-        let r = s.finish_external(&node, &batch, &outcomes, &cfg.delivery, now_millis());
+        let now = cfg.clock.now();
+        let r = s.finish_external(&node, &batch, &outcomes, &cfg.delivery, now);
         if let Ok(report) = &r {
-            m.record_external(&batch, report, now_millis() - batch.queued_at);
+            m.record_external(&batch, report, now - batch.queued_at);
             tracing::info!(
                 broadcast = batch.broadcast_id,
                 batch = batch.batch_no,

@@ -138,6 +138,31 @@ impl EngineMetrics {
     }
 }
 
+/// The clock the engine stamps and compares its records with (Unix ms): the
+/// wall clock, or the server's own when one is injected (tests move it), so
+/// that a job the server queued "in two hours" is due when the server says so.
+/// Signature timestamps for receivers stay on the wall clock.
+#[derive(Clone)]
+pub struct EngineClock(pub Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl EngineClock {
+    pub fn now(&self) -> i64 {
+        (self.0)()
+    }
+}
+
+impl Default for EngineClock {
+    fn default() -> Self {
+        Self(Arc::new(now_millis))
+    }
+}
+
+impl std::fmt::Debug for EngineClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EngineClock({})", self.now())
+    }
+}
+
 /// Settings of the worker.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -151,6 +176,8 @@ pub struct EngineConfig {
     pub delivery: DeliveryPolicy,
     /// How often content past retention is purged.
     pub housekeeping_interval: Duration,
+    /// Now, for the records.
+    pub clock: EngineClock,
 }
 
 impl Default for EngineConfig {
@@ -161,6 +188,7 @@ impl Default for EngineConfig {
             poll_interval: Duration::from_millis(250),
             delivery: Policy::builtin().delivery,
             housekeeping_interval: Duration::from_secs(60),
+            clock: EngineClock::default(),
         }
     }
 }
@@ -206,7 +234,7 @@ impl Engine {
             while !e.stop.load(Ordering::Acquire) {
                 let (store, cache, e2, config) = (store2.clone(), cache.clone(), e.clone(), config2.clone());
                 let drained = tokio::task::spawn_blocking(move || {
-                    drain(&store, &cache, &config, &e2.metrics, &e2.stop, &now_millis)
+                    drain(&store, &cache, &config, &e2.metrics, &e2.stop, &|| config.clock.now())
                 })
                 .await;
                 let pause = match drained {
@@ -230,10 +258,8 @@ impl Engine {
         tokio::spawn(async move {
             let retention_ms = i64::from(config.delivery.retention_hours) * 3_600_000;
             while !e.stop.load(Ordering::Acquire) {
-                let (store, e2) = (store.clone(), e.clone());
-                let _ =
-                    tokio::task::spawn_blocking(move || housekeeping(&store, &e2.metrics, retention_ms, now_millis()))
-                        .await;
+                let (store, e2, now) = (store.clone(), e.clone(), config.clock.now());
+                let _ = tokio::task::spawn_blocking(move || housekeeping(&store, &e2.metrics, retention_ms, now)).await;
                 tokio::select! {
                     () = e.done.notified() => {}
                     () = tokio::time::sleep(config.housekeeping_interval) => {}

@@ -374,7 +374,7 @@ pub async fn wecom_recall_and_customers(backend: Backend) {
     .await;
     assert_eq!(listed["group_msg_list"][0]["msgid"], msgid.as_str(), "{listed}");
     assert_eq!(listed["group_msg_list"][0]["creator"], "boss");
-    // Past the tier's window (the engine keeps the wall clock, so this comes last).
+    // Past the tier's window.
     app.advance(86_401_000);
     let token = wecom_token(&app).await;
     let r = post(&app, "message/recall", &token, json!({"msgid": late})).await;
@@ -676,9 +676,9 @@ pub async fn refused_send_is_retried(backend: Backend) {
     let token = oa_token(&app).await;
     let retry = post(&app, "message/mass/send", &token, body("第二条", Some("c-2"))).await;
     assert_eq!((errcode(&retry), retry["msg_id"].as_i64()), (0, Some(draft_id)), "{retry}");
-    // (Dispatched: the engine keeps the wall clock, so it runs the batches a day later.)
+    // Dispatched (the engine may have delivered it already).
     let b = app.get(&format!("/v1/broadcasts/{draft_id}"), &key).await.expect(200);
-    assert_eq!(b["state"], "sending", "{b}");
+    assert!(matches!(b["state"].as_str(), Some("sending" | "completed")), "{b}");
     assert_eq!(n_broadcasts(&app, &key).await, 2, "no second draft");
     // Now it was sent: the clientmsgid answers the original.
     let again = post(&app, "message/mass/send", &token, body("第二条", Some("c-2"))).await;

@@ -215,7 +215,7 @@ async fn reading_time_reports_and_conversions(app: TestApp) {
     let (_, key) = app.workspace("enterprise").await;
     let ids = app.contacts(&key, 10, &[]).await;
     let b = send_all(&app, &key, "年终盘点").await;
-    // Sent now: the engine runs on the wall clock, so sends after `advance` would wait.
+    // Both sent before the clock moves.
     let b2 = send_all(&app, &key, "短消息").await;
     let mut tokens = Vec::new();
     for id in &ids[..5] {
@@ -696,8 +696,7 @@ async fn ab_test_with_a_winner(app: TestApp) {
     let done = wait_state(&app, &key, &test, "winner_sent").await;
     assert_eq!(done["winner_arm"], 1);
     assert!(done["statistics"]["summary"].as_str().unwrap().starts_with("arm 1 wins"), "{done}");
-    // The winner's send: arm 1's content to exactly the rest. (Its delivery waits for the
-    // engine's wall clock to reach the test's moved clock; delivery is docs/delivery.md's.)
+    // The winner's send: arm 1's content to exactly the rest, delivered by the engine.
     let winner = done["winner_broadcast_id"].as_str().unwrap().to_owned();
     let w = app.get(&format!("/v1/broadcasts/{winner}"), &key).await.expect(200);
     assert!(matches!(w["state"].as_str(), Some("sending" | "completed")), "{w}");
@@ -709,6 +708,7 @@ async fn ab_test_with_a_winner(app: TestApp) {
     let rest: Vec<u32> =
         w["audience"]["contact_ids"].as_array().unwrap().iter().map(|c| split_id(c.as_str().unwrap()).1).collect();
     assert_eq!(rest, expected.rest, "the winner goes to exactly the rest");
+    assert_eq!(app.wait_completed(&key, &winner).await["counts"]["delivered"], 1000);
     // Decided once: deciding or approving again is a conflict.
     app.post(&format!("/v1/ab-tests/{test}/decide"), &key, json!({})).await.expect_error(409, "QF-STATE-CONFLICT");
     app.post(&format!("/v1/ab-tests/{test}/approve"), &key, json!({})).await.expect_error(409, "QF-STATE-CONFLICT");
@@ -843,6 +843,10 @@ async fn ab_test_send_time_and_attachment(app: TestApp) {
     }
     assert!(matches!(sent["state"].as_str(), Some("sending" | "completed")), "{sent}");
     assert_eq!(sent["recipients"], 100);
+    // … and the engine delivers it, to the other half.
+    assert_eq!(app.wait_completed(&key, later_arm).await["counts"]["delivered"], 100);
+    let (first, second) = (recipients(&app, &key, now_arm).await, recipients(&app, &key, later_arm).await);
+    assert!(first.iter().all(|idx| !second.contains(idx)), "each recipient in one arm");
     assert_eq!(app.get(&format!("/v1/ab-tests/{test}"), &key).await.expect(200)["state"], "testing");
     app.advance(61_000);
     // Nobody opened anything: no test to run, no winner, nothing sent.

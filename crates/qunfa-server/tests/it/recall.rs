@@ -162,8 +162,7 @@ pub async fn personal_recall(app: TestApp) {
 /// Bad input: after the window, or in an enterprise workspace, a recall is
 /// refused with a code and changes nothing.
 pub async fn recall_refused(app: TestApp) {
-    // Enterprise first: moving the server's clock ahead (below) would make
-    // later dispatches wait that long for the engine, which keeps the wall clock.
+    // Enterprise first, before the server's clock moves ahead (below).
     let (_, enterprise) = app.workspace("enterprise").await;
     app.contacts(&enterprise, 2, &["员工"]).await;
     let id = app.draft(&enterprise, "季度会议改期", json!({"tag": "员工"})).await;

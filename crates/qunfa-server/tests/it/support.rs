@@ -94,8 +94,17 @@ pub async fn spawn(backend: Backend, setup: Setup<'_>) -> TestApp {
     .unwrap();
     let location = db.location.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(location, 4).expect("open store")).await.unwrap();
-    let mut config =
-        qunfa_engine::EngineConfig { poll_interval: std::time::Duration::from_millis(50), ..Default::default() };
+    // The engine reads the server's clock: what the server queues for later
+    // is due when `advance` says so.
+    let engine_offset = clock_offset.clone();
+    let engine_clock = qunfa_engine::EngineClock(std::sync::Arc::new(move || {
+        qunfa_store::now_millis() + engine_offset.load(std::sync::atomic::Ordering::SeqCst)
+    }));
+    let mut config = qunfa_engine::EngineConfig {
+        poll_interval: std::time::Duration::from_millis(50),
+        clock: engine_clock,
+        ..Default::default()
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let s = store.clone();
@@ -173,7 +182,7 @@ impl Resp {
 }
 
 impl TestApp {
-    /// Moves the server's clock `ms` ahead (the engine keeps the wall clock).
+    /// Moves the server's (and the engine's) clock `ms` ahead.
     pub fn advance(&self, ms: i64) {
         self.clock_offset.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
     }
