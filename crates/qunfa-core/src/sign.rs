@@ -73,27 +73,41 @@ pub fn recipient_link(public_url: &str, key: &[u8], short: &str, contact_idx: u3
 
 /// Replaces each occurrence of a tracked URL in `text` by its replacement
 /// (`links`: URL → replacement; the longest URL wins where two start at the
-/// same place). An occurrence counts only where the URL ends: not where the
-/// text goes on with more of a longer URL (`…/sale` in `…/sale2` or
-/// `…/sale/x`), while trailing punctuation (`…/sale.` `…/sale)`) ends it.
+/// same place). An occurrence counts only where the URL starts and ends: not
+/// inside another URL (`?u=https://…`), not where the text goes on with more
+/// of a longer URL (`…/sale` in `…/sale2` or `…/sale/x`), while trailing
+/// punctuation (`…/sale.` `…/sale)`) or an HTML entity (`&nbsp;`) ends it.
+/// In HTML a URL's `&` is written `&amp;`: that form is replaced too.
 pub fn rewrite_links<'a>(text: &'a str, links: &[(String, String)]) -> std::borrow::Cow<'a, str> {
     let continues = |rest: &str| {
         let mut chars = rest.chars();
         match chars.next() {
             None => false,
-            Some(c) if c.is_ascii_alphanumeric() || "/?#&=%+-_~@$*".contains(c) => true,
+            // `&amp;` goes on (an escaped query separator); another entity ends it.
+            Some('&') => rest.starts_with("&amp;") || !is_entity(rest),
+            Some(c) if c.is_ascii_alphanumeric() || "/?#=%+-_~@$*".contains(c) => true,
             // A dot or comma inside a URL is followed by more of it.
             Some(c) if ".,:;!'()".contains(c) => chars.next().is_some_and(|d| d.is_ascii_alphanumeric() || d == '/'),
             Some(_) => false,
         }
     };
-    let mut order: Vec<&(String, String)> = links.iter().filter(|(url, _)| !url.is_empty()).collect();
+    let starts = |before: &str| {
+        before.chars().next_back().is_none_or(|c| !(c.is_ascii_alphanumeric() || "/?=&%.-_~+#@".contains(c)))
+    };
+    let escaped: Vec<(String, String)> = links
+        .iter()
+        .filter(|(url, _)| url.contains('&'))
+        .map(|(url, to)| (url.replace('&', "&amp;"), to.replace('&', "&amp;")))
+        .collect();
+    let mut order: Vec<&(String, String)> = links.iter().chain(&escaped).filter(|(url, _)| !url.is_empty()).collect();
     order.sort_by_key(|(url, _)| std::cmp::Reverse(url.len()));
     let mut out = String::new();
     let (mut copied, mut i) = (0, 0);
     while i < text.len() {
         let rest = &text[i..];
-        let found = order.iter().find(|(url, _)| rest.starts_with(url.as_str()) && !continues(&rest[url.len()..]));
+        let found = order
+            .iter()
+            .find(|(url, _)| rest.starts_with(url.as_str()) && !continues(&rest[url.len()..]) && starts(&text[..i]));
         match found {
             Some((url, replacement)) => {
                 out.push_str(&text[copied..i]);
@@ -109,6 +123,17 @@ pub fn rewrite_links<'a>(text: &'a str, links: &[(String, String)]) -> std::borr
     }
     out.push_str(&text[copied..]);
     std::borrow::Cow::Owned(out)
+}
+
+/// Whether `s` starts with an HTML character reference (`&name;`, `&#123;`, `&#x1F;`).
+fn is_entity(s: &str) -> bool {
+    let Some(body) = s.strip_prefix('&') else { return false };
+    let end = body.find(';').unwrap_or(0);
+    let name = &body[..end];
+    end > 0
+        && end <= 32
+        && (name.bytes().all(|b| b.is_ascii_alphanumeric())
+            || name.strip_prefix('#').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric())))
 }
 
 /// What an unsubscribe link of a contact on a channel proves.
@@ -130,6 +155,7 @@ mod tests {
         let links = vec![
             ("https://shop.example/sale".to_owned(), "[A]".to_owned()),
             ("https://shop.example/sale/vip".to_owned(), "[B]".to_owned()),
+            ("https://shop.example/q?a=1&b=2".to_owned(), "[Q]".to_owned()),
         ];
         let cases = [
             ("看 https://shop.example/sale 吧", "看 [A] 吧"),
@@ -147,6 +173,17 @@ mod tests {
                 "nor https://shop.example/sale.html or https://shop.example/sale?x=1",
             ),
             ("<a href=\"https://shop.example/sale\">买</a>", "<a href=\"[A]\">买</a>"),
+            ("https://shop.example/sale&nbsp;去看", "[A]&nbsp;去看"),
+            ("https://shop.example/sale&amp;x=1", "https://shop.example/sale&amp;x=1"),
+            (
+                "inside: https://r.example/?u=https://shop.example/sale",
+                "inside: https://r.example/?u=https://shop.example/sale",
+            ),
+            ("详情见:https://shop.example/sale", "详情见:[A]"),
+            ("&nbsp;https://shop.example/sale", "&nbsp;[A]"),
+            ("x.https://shop.example/sale", "x.https://shop.example/sale"),
+            ("<a href=\"https://shop.example/q?a=1&amp;b=2\">", "<a href=\"[Q]\">"),
+            ("plain https://shop.example/q?a=1&b=2 .", "plain [Q] ."),
             ("", ""),
         ];
         for (text, want) in cases {

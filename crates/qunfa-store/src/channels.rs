@@ -490,15 +490,16 @@ impl Store {
                     params![Code::EmailBounced.as_str(), format!("bounce: {diagnostic}"), broadcast_id, idx, was.as_str()],
                 )? == 1;
             if changed {
-                let mut marks = Marks::new();
-                marks.state_change(broadcast_id, "email", idx, Some(was.as_str()), "failed");
-                marks.apply(c)?;
                 let column = match was.as_str() {
                     "delivered" => "n_delivered = n_delivered - 1,",
                     "sent" => "n_sent = n_sent - 1,",
                     _ => "",
                 };
                 c.execute(&format!("UPDATE broadcasts SET {column} n_failed = n_failed + 1 WHERE id = ?"), params![broadcast_id])?;
+                // The sets after the broadcast row, like every writer.
+                let mut marks = Marks::new();
+                marks.state_change(broadcast_id, "email", idx, Some(was.as_str()), "failed");
+                marks.apply(c)?;
                 let data = serde_json::json!({
                     "broadcast_id": broadcast_id.to_string(), "channel": "email",
                     "failures": [{"contact_id": crate::contact_public_id(workspace_id, idx).to_string(), "code": Code::EmailBounced.as_str(), "error": diagnostic}],

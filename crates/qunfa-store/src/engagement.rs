@@ -16,7 +16,9 @@
 //! locks in the same order (no deadlock between two batches or two events).
 //! Delivery states are not tracked change by change: a writer re-derives the
 //! state classes of the id range it wrote from the records themselves
-//! ([`Marks::sync_states`]), so a set cannot drift from its records.
+//! ([`Marks::sync_states`]), so a set cannot drift from its records. Every
+//! writer of delivery states takes the broadcast row (its counters) before it
+//! applies its marks, and the records are read at that point.
 
 use std::collections::BTreeMap;
 
@@ -56,6 +58,9 @@ fn chunk_of(idx: u32) -> u32 {
 pub(crate) struct Marks {
     /// Per row: ids to add and ids to remove (disjoint; the later change wins).
     map: BTreeMap<Key, (Bitmap, Bitmap)>,
+    /// Id ranges whose state classes are derived from the records when the
+    /// marks are applied: (broadcast, channel, lo, hi).
+    syncs: Vec<(i64, String, u32, u32)>,
 }
 
 impl Marks {
@@ -140,8 +145,16 @@ impl Marks {
     }
 
     /// Sets the state classes of ids `lo..=hi` of one channel to what their
-    /// records say (an id without a record is pending).
-    pub(crate) fn sync_states(
+    /// records say (an id without a record is pending) — read when the marks
+    /// are applied, that is after the writer took the broadcast row: a
+    /// writer that changed one of those records meanwhile has committed.
+    pub(crate) fn sync_states(&mut self, broadcast_id: i64, channel: &str, lo: u32, hi: u32) {
+        if lo <= hi {
+            self.syncs.push((broadcast_id, channel.to_owned(), lo, hi));
+        }
+    }
+
+    fn derive_states(
         &mut self,
         c: &mut Conn,
         broadcast_id: i64,
@@ -149,9 +162,6 @@ impl Marks {
         lo: u32,
         hi: u32,
     ) -> Result<(), StoreError> {
-        if lo > hi {
-            return Ok(());
-        }
         let mut derived: [Bitmap; 3] = Default::default();
         c.for_each_row(
             "SELECT contact_idx, state FROM deliveries WHERE broadcast_id = ? AND channel = ? AND contact_idx BETWEEN ? AND ?",
@@ -181,7 +191,10 @@ impl Marks {
     ///
     /// # Errors
     /// `Corrupt` when a stored set does not decode, or database errors.
-    pub(crate) fn apply(self, c: &mut Conn) -> Result<(), StoreError> {
+    pub(crate) fn apply(mut self, c: &mut Conn) -> Result<(), StoreError> {
+        for (broadcast_id, channel, lo, hi) in std::mem::take(&mut self.syncs) {
+            self.derive_states(c, broadcast_id, &channel, lo, hi)?;
+        }
         let postgres = c.backend() == Backend::Postgres;
         let select = format!(
             "SELECT bits FROM measure_sets WHERE broadcast_id = ? AND channel = ? AND metric = ? AND bucket = ? AND chunk = ?{}",
@@ -265,12 +278,6 @@ fn write_row(
          DO UPDATE SET cardinality = excluded.cardinality, bits = excluded.bits",
         params![broadcast_id, channel, metric, bucket, i64::from(chunk), bits.cardinality() as i64, Value::Blob(encode(bits))],
     )?;
-    Ok(())
-}
-
-/// Every failed record of the broadcast was queued again (a re-drive).
-pub(crate) fn forget_failures(c: &mut Conn, broadcast_id: i64) -> Result<(), StoreError> {
-    c.execute("DELETE FROM measure_sets WHERE broadcast_id = ? AND metric = 'failed'", params![broadcast_id])?;
     Ok(())
 }
 

@@ -524,7 +524,7 @@ fn deliver_inbox_batch(
         marks.add_all(broadcast_id, "inbox", "delivered", &delivered);
         marks.add_all(broadcast_id, "inbox", "not_sent", &filtered);
     } else {
-        marks.sync_states(c, broadcast_id, "inbox", lo, hi)?;
+        marks.sync_states(broadcast_id, "inbox", lo, hi);
     }
     Ok((written - new_filtered.min(written), new_filtered.min(written)))
 }
@@ -719,7 +719,7 @@ impl Store {
                         "UPDATE broadcasts SET n_skipped = n_skipped + ?, n_filtered = n_filtered + ? WHERE id = ?",
                         params![skipped, filtered, broadcast_id],
                     )?;
-                    marks.sync_states(c, broadcast_id, channel.as_str(), lo, hi)?;
+                    marks.sync_states(broadcast_id, channel.as_str(), lo, hi);
                 }
                 let column = match channel {
                     Channel::Email => "email",
@@ -957,7 +957,7 @@ impl Store {
                 params![report.delivered, report.sent, report.failed, batches_done, id],
             )?;
             let mut marks = Marks::new();
-            marks.sync_states(c, id, ch, batch.lo, batch.hi)?;
+            marks.sync_states(id, ch, batch.lo, batch.hi);
             marks.apply(c)?;
             if !failures.is_empty() {
                 let data = serde_json::json!({"broadcast_id": id.to_string(), "channel": ch, "batch": batch.batch_no, "failures": failures});
@@ -1072,7 +1072,7 @@ impl Store {
             )?;
             if let Some((lo, hi)) = batch_range {
                 let mut marks = Marks::new();
-                marks.sync_states(c, broadcast_id, &channel, lo, hi)?;
+                marks.sync_states(broadcast_id, &channel, lo, hi);
                 marks.apply(c)?;
             }
             let details =
@@ -1189,11 +1189,16 @@ impl Store {
                 .collect();
             batches.sort();
             batches.dedup();
-            let n = c.execute(
-                "UPDATE deliveries SET state = 'queued', error_code = NULL WHERE broadcast_id = ? AND state = 'failed'",
+            let requeued = c.query(
+                "UPDATE deliveries SET state = 'queued', error_code = NULL WHERE broadcast_id = ? AND state = 'failed'
+                 RETURNING channel, contact_idx",
                 params![id],
             )?;
-            crate::engagement::forget_failures(c, id)?;
+            let n = requeued.len() as u64;
+            let mut marks = Marks::new();
+            for r in &requeued {
+                marks.state_change(id, r.str(0), r.i64(1) as u32, Some("failed"), "queued");
+            }
             for (channel, batch_no) in &batches {
                 c.execute(
                     "UPDATE jobs SET state = 'ready', run_at = ?, due_at = ?, attempts = 0, redrive = 1, throttled = 0, lease_until = NULL, last_error = NULL, done_at = NULL
@@ -1206,6 +1211,9 @@ impl Store {
                  n_batches_done = n_batches_done - ? WHERE id = ?",
                 params![n, n, batches.len(), id],
             )?;
+            // The records that were queued again leave the failed set (after
+            // the broadcast row, like every writer: no lock-order deadlock).
+            marks.apply(c)?;
             let details = serde_json::json!({"deliveries": n, "batches": batches.len()}).to_string();
             audit::append(c, workspace_id, actor, "broadcast.redriven", &format!("broadcast:{id}"), &details, now)?;
             Ok(n)

@@ -103,7 +103,7 @@ fn recall_batch(
         "ON CONFLICT DO NOTHING",
         &rows,
     )?;
-    marks.sync_states(c, broadcast_id, channel, lo, hi)?;
+    marks.sync_states(broadcast_id, channel, lo, hi);
     Ok(updated + inserted)
 }
 

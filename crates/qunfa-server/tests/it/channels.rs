@@ -542,6 +542,7 @@ pub async fn external_channels_end_to_end(app: TestApp) {
         (Some(3), Some(3)),
         "{after}"
     );
+    app.assert_sets_exact(&id).await;
     // A forged receipt URL is refused.
     let forged = format!("{}/v1/hooks/sms/{ws}/deadbeef", app.base);
     let r = app.http.post(&forged).json(&json!([{"message_id": "x", "status": "DELIVERED"}])).send().await.unwrap();

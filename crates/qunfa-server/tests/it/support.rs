@@ -307,16 +307,21 @@ impl TestApp {
     }
 
     /// Polls until the broadcast is completed.
+    /// The engagement sets of a broadcast equal what its records give.
+    pub async fn assert_sets_exact(&self, id: &str) {
+        let (store, n) = (self.store.clone(), id.parse::<i64>().expect("a broadcast id"));
+        let (stored, derived) =
+            tokio::task::spawn_blocking(move || store.measure_sets_recount(n).unwrap()).await.unwrap();
+        assert_eq!(stored, derived, "the engagement sets of broadcast {id} drifted from its records");
+    }
+
     pub async fn wait_completed(&self, key: &str, id: &str) -> Value {
         for _ in 0..400 {
             let b = self.get(&format!("/v1/broadcasts/{id}"), key).await.expect(200);
             if b["state"] == "completed" {
                 // Every completed broadcast of every test: its engagement
                 // sets are what its records say (the writers kept them up).
-                let (store, n) = (self.store.clone(), id.parse::<i64>().expect("a broadcast id"));
-                let (stored, derived) =
-                    tokio::task::spawn_blocking(move || store.measure_sets_recount(n).unwrap()).await.unwrap();
-                assert_eq!(stored, derived, "the engagement sets of broadcast {id} drifted from its records");
+                self.assert_sets_exact(id).await;
                 return b;
             }
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
