@@ -580,6 +580,14 @@ impl Job<'_> {
         let name: String = item.name.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
         let name = name.trim();
         let mut rendered = render(self.content, item.text.as_deref(), item.unsubscribe_url.as_deref());
+        if !item.tracked_urls.is_empty() {
+            // The link card's URL and links in the HTML: this recipient's tracked URLs.
+            for body in [&mut rendered.plain, &mut rendered.html] {
+                if let std::borrow::Cow::Owned(b) = qunfa_core::sign::rewrite_links(body, &item.tracked_urls) {
+                    *body = b;
+                }
+            }
+        }
         if let Some(pixel) = &item.open_pixel_url {
             // The open pixel (docs/measurement.md): a person's mail client loading it counts as the open.
             let img = format!("<img src=\"{}\" width=\"1\" height=\"1\" alt=\"\">\n</body>", escape(pixel));

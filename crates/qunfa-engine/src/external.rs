@@ -71,14 +71,15 @@ impl Links {
             return;
         }
         for item in &mut batch.items {
-            let Some(text) = &item.text else { continue };
-            let mine: Vec<(String, String)> = batch
+            item.tracked_urls = batch
                 .tracked_links
                 .iter()
                 .map(|(url, short)| (url.clone(), self.click(short, item.contact_idx, batch.channel)))
                 .collect();
-            if let std::borrow::Cow::Owned(t) = sign::rewrite_links(text, &mine) {
-                item.text = Some(t);
+            if let Some(text) = &item.text {
+                if let std::borrow::Cow::Owned(t) = sign::rewrite_links(text, &item.tracked_urls) {
+                    item.text = Some(t);
+                }
             }
         }
     }

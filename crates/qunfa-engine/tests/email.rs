@@ -139,7 +139,7 @@ async fn links_use_their_title_as_subject_and_long_texts_are_cut() {
     let link = serde_json::json!({
         "type": "link", "title": "秋季新品上市", "url": "https://shop.example/new?a=1&b=2", "description": "{{name}} 专享"
     });
-    let b = batch(link, &s, vec![item(1, Some("a@example.com"), "A", "A 专享 8 折")]);
+    let b = batch(link.clone(), &s, vec![item(1, Some("a@example.com"), "A", "A 专享 8 折")]);
     assert_all_delivered(&send(&sender, &b, &s).await);
     let long = "很长的第一行".repeat(20);
     let b = text_batch(&s, vec![item(2, Some("b@example.com"), "B", &format!("{long}\n第二行"))]);
@@ -155,6 +155,19 @@ async fn links_use_their_title_as_subject_and_long_texts_are_cut() {
     let subject = received[1].parse().subject().expect("subject").to_owned();
     assert_eq!(subject.chars().count(), 78);
     assert!(subject.ends_with('…') && long.starts_with(subject.trim_end_matches('…')), "{subject}");
+
+    // A tracked link: the card's URL in both bodies is the recipient's tracked URL.
+    let mut tracked = item(3, Some("c@example.com"), "C", "C 专享 8 折");
+    tracked.tracked_urls =
+        vec![("https://shop.example/new?a=1&b=2".to_owned(), "https://q.example/l/Ab3?r=3.email.f00d".to_owned())];
+    assert_all_delivered(&send(&sender, &batch(link, &s, vec![tracked]), &s).await);
+    let received = sink.wait_for(3, WAIT).await;
+    let mail = received[2].parse();
+    let text = mail.body_text(0).expect("text").replace("\r\n", "\n");
+    assert!(text.ends_with("https://q.example/l/Ab3?r=3.email.f00d") && !text.contains("shop.example"), "{text}");
+    let html = mail.body_html(0).expect("html").replace("\r\n", "\n");
+    assert!(html.contains("<a href=\"https://q.example/l/Ab3?r=3.email.f00d\">秋季新品上市</a>"), "{html}");
+    assert!(!html.contains("shop.example"), "{html}");
 }
 
 #[tokio::test]

@@ -101,6 +101,10 @@ pub struct Outgoing {
     pub unsubscribe_url: Option<String>,
     /// The open pixel of this delivery (email: the engine fills it in; docs/measurement.md).
     pub open_pixel_url: Option<String>,
+    /// The broadcast's tracked URLs on this channel with this recipient's own
+    /// tracked URL for each (the engine fills them in; an email's link card
+    /// and HTML use them too).
+    pub tracked_urls: Vec<(String, String)>,
 }
 
 /// A claimed batch for an external channel: its queued records are written,
@@ -182,6 +186,7 @@ impl Outgoing {
             text,
             unsubscribe_url: None,
             open_pixel_url: None,
+            tracked_urls: Vec::new(),
         }
     }
 }
@@ -763,6 +768,7 @@ impl Store {
                             text,
                             unsubscribe_url: None,
             open_pixel_url: None,
+                            tracked_urls: Vec::new(),
                         }
                     })
                     .collect();
