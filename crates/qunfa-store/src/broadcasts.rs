@@ -678,9 +678,7 @@ impl Store {
                 // Capped records are final at once: not sent.
                 let mut marks = crate::engagement::Marks::new();
                 for (channel, _, _) in &plan {
-                    for idx in capped.iter() {
-                        marks.set(id, channel.as_str(), "not_sent", -1, idx, true);
-                    }
+                    marks.add_all(id, channel.as_str(), "not_sent", capped);
                 }
                 marks.apply(c)?;
             }
